@@ -1,0 +1,596 @@
+//! Turns TOML text into a `Config`, reporting *every* problem with its line, column and
+//! key. serde stops at the first error, so each section, chain and upstream is
+//! deserialized on its own from a span-keeping parse; checks that span several values
+//! (duplicate names, URL schemes) run afterwards and are located by key path.
+
+use std::{collections::HashSet, fmt, ops::Range, path::Path};
+
+use serde::de::DeserializeOwned;
+use toml::{
+    Spanned,
+    de::{DeTable, DeValue, ValueDeserializer},
+};
+
+use super::{Chain, Config, Limits, Routing, Server, Upstream};
+
+/// One thing wrong with a config file, located for a person with an editor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub line: usize,
+    pub column: usize,
+    /// Dotted key path such as `chains[0].upstreams[2].max_rps`; empty for the whole file.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}:{}: {}", self.line, self.column, self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}: {}: {}",
+                self.line, self.column, self.key, self.message
+            )
+        }
+    }
+}
+
+/// Every problem found, in file order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct Problems(pub Vec<Problem>);
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {count} problem(s):\n{problems}", count = problems.0.len(), problems = Prefixed(path, problems))]
+    Invalid { path: String, problems: Problems },
+}
+
+/// Prints each problem as `path:line:col: …`, the form editors and CI logs link.
+struct Prefixed<'a>(&'a str, &'a Problems);
+
+impl fmt::Display for Prefixed<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.1.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}:{p}", self.0)?;
+        }
+        Ok(())
+    }
+}
+
+pub fn load_file(path: &Path) -> Result<Config, LoadError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    load_str(&text).map_err(|problems| LoadError::Invalid {
+        path: shown,
+        problems,
+    })
+}
+
+pub fn load_str(text: &str) -> Result<Config, Problems> {
+    let mut ctx = Ctx {
+        text,
+        problems: Vec::new(),
+    };
+    let (root, syntax) = DeTable::parse_recoverable(text);
+    if !syntax.is_empty() {
+        for e in syntax {
+            ctx.push(e.span(), "", e.message().trim().to_owned());
+        }
+        return Err(ctx.finish());
+    }
+    let root_span = root.span();
+    let root = root.into_inner();
+
+    let mut config = Config {
+        server: Server::default(),
+        limits: Limits::default(),
+        routing: Routing::default(),
+        chains: Vec::new(),
+    };
+    for (key, value) in root.iter() {
+        match key.get_ref().as_ref() {
+            "server" => config.server = ctx.section(value, "server").unwrap_or_default(),
+            "limits" => config.limits = ctx.section(value, "limits").unwrap_or_default(),
+            "routing" => config.routing = ctx.section(value, "routing").unwrap_or_default(),
+            "chains" => config.chains = ctx.chains(value),
+            other => ctx.push(
+                Some(key.span()),
+                other,
+                "unknown section; expected one of `server`, `limits`, `routing`, `chains`".into(),
+            ),
+        }
+    }
+    if !root.iter().any(|(k, _)| k.get_ref().as_ref() == "chains") {
+        ctx.push(
+            Some(root_span.start..root_span.start),
+            "chains",
+            "no `[[chains]]` configured; add at least one chain with its upstreams".into(),
+        );
+    }
+    for (path, message) in validate(&config) {
+        let span = locate(&root, &path);
+        ctx.push(span, &path_text(&path), message);
+    }
+    if ctx.problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(ctx.finish())
+    }
+}
+
+struct Ctx<'t> {
+    text: &'t str,
+    problems: Vec<Problem>,
+}
+
+impl Ctx<'_> {
+    fn push(&mut self, span: Option<Range<usize>>, key: &str, message: String) {
+        let (line, column) = span.map_or((1, 1), |s| line_col(self.text, s.start));
+        self.problems.push(Problem {
+            line,
+            column,
+            key: key.to_owned(),
+            message,
+        });
+    }
+
+    fn finish(mut self) -> Problems {
+        self.problems.sort_by_key(|p| (p.line, p.column));
+        Problems(self.problems)
+    }
+
+    /// Deserializes one table; on error, names the key whose value holds the error.
+    fn section<T: DeserializeOwned>(
+        &mut self,
+        value: &Spanned<DeValue<'_>>,
+        path: &str,
+    ) -> Option<T> {
+        match T::deserialize(ValueDeserializer::from(value.clone())) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let span = e.span();
+                let key = span
+                    .as_ref()
+                    .and_then(|s| child_containing(value, s))
+                    .map_or_else(|| path.to_owned(), |k| format!("{path}.{k}"));
+                self.push(
+                    span.or(Some(value.span())),
+                    &key,
+                    e.message().trim().to_owned(),
+                );
+                None
+            }
+        }
+    }
+
+    fn chains(&mut self, value: &Spanned<DeValue<'_>>) -> Vec<Chain> {
+        let Some(array) = value.get_ref().as_array() else {
+            self.push(
+                Some(value.span()),
+                "chains",
+                "must be an array of tables: write `[[chains]]`".into(),
+            );
+            return Vec::new();
+        };
+        let mut chains = Vec::new();
+        for (i, item) in array.iter().enumerate() {
+            let path = format!("chains[{i}]");
+            let Some(table) = item.get_ref().as_table() else {
+                self.push(Some(item.span()), &path, "must be a table".into());
+                continue;
+            };
+            let rest: DeTable<'_> = table
+                .iter()
+                .filter(|(k, _)| k.get_ref().as_ref() != "upstreams")
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let rest = Spanned::new(item.span(), DeValue::Table(rest));
+            let chain: Option<Chain> = self.section(&rest, &path);
+            let upstreams = match table
+                .iter()
+                .find(|(k, _)| k.get_ref().as_ref() == "upstreams")
+            {
+                Some((_, ups)) => self.upstreams(ups, &path),
+                None => {
+                    self.push(
+                        Some(item.span()),
+                        &path,
+                        "no `[[chains.upstreams]]`: add at least one".into(),
+                    );
+                    Vec::new()
+                }
+            };
+            if let Some(mut chain) = chain {
+                chain.upstreams = upstreams;
+                chains.push(chain);
+            }
+        }
+        chains
+    }
+
+    fn upstreams(&mut self, value: &Spanned<DeValue<'_>>, chain_path: &str) -> Vec<Upstream> {
+        let path = format!("{chain_path}.upstreams");
+        let Some(array) = value.get_ref().as_array() else {
+            self.push(
+                Some(value.span()),
+                &path,
+                "must be an array of tables: write `[[chains.upstreams]]`".into(),
+            );
+            return Vec::new();
+        };
+        let mut upstreams = Vec::new();
+        for (i, item) in array.iter().enumerate() {
+            let at = format!("{path}[{i}]");
+            let Some(up) = self.section::<Upstream>(item, &at) else {
+                continue;
+            };
+            for (key, message) in validate_upstream(&up) {
+                let span = item
+                    .get_ref()
+                    .as_table()
+                    .and_then(|t| t.iter().find(|(k, _)| k.get_ref().as_ref() == key))
+                    .map(|(_, v)| v.span());
+                self.push(span.or(Some(item.span())), &format!("{at}.{key}"), message);
+            }
+            upstreams.push(up);
+        }
+        upstreams
+    }
+}
+
+/// The key of `table` whose value (or key) span contains `span`.
+fn child_containing(table: &Spanned<DeValue<'_>>, span: &Range<usize>) -> Option<String> {
+    table.get_ref().as_table()?.iter().find_map(|(k, v)| {
+        let (ks, vs) = (k.span(), v.span());
+        let inside = |s: &Range<usize>| s.start <= span.start && span.end <= s.end.max(s.start + 1);
+        (inside(&ks) || inside(&vs)).then(|| k.get_ref().to_string())
+    })
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seg {
+    Key(&'static str),
+    Index(usize),
+}
+
+fn path_text(path: &[Seg]) -> String {
+    let mut s = String::new();
+    for seg in path {
+        match seg {
+            Seg::Key(k) if s.is_empty() => s.push_str(k),
+            Seg::Key(k) => {
+                s.push('.');
+                s.push_str(k);
+            }
+            Seg::Index(i) => s.push_str(&format!("[{i}]")),
+        }
+    }
+    s
+}
+
+/// The span of the value at `path`, or of its nearest ancestor that exists.
+fn locate(root: &DeTable<'_>, path: &[Seg]) -> Option<Range<usize>> {
+    let mut span = None;
+    let mut table = Some(root);
+    let mut array = None;
+    for seg in path {
+        let next = match seg {
+            Seg::Key(k) => table?
+                .iter()
+                .find(|(key, _)| key.get_ref().as_ref() == *k)
+                .map(|(_, v)| v),
+            Seg::Index(i) => array.and_then(|a: &toml::de::DeArray<'_>| a.iter().nth(*i)),
+        };
+        let Some(next) = next else { break };
+        span = Some(next.span());
+        table = next.get_ref().as_table();
+        array = next.get_ref().as_array();
+    }
+    span
+}
+
+/// Checks that span several values, each reported at the value it concerns.
+fn validate(config: &Config) -> Vec<(Vec<Seg>, String)> {
+    use Seg::{Index, Key};
+    let mut out = Vec::new();
+    let limits = &config.limits;
+    for (key, value) in [
+        ("max_body_bytes", limits.max_body_bytes),
+        ("max_batch", limits.max_batch),
+        ("max_depth", limits.max_depth),
+    ] {
+        if value == 0 {
+            out.push((vec![Key("limits"), Key(key)], "must be at least 1".into()));
+        }
+    }
+    let routing = &config.routing;
+    for (key, value) in [
+        ("connect_timeout_ms", routing.connect_timeout_ms),
+        ("request_timeout_ms", routing.request_timeout_ms),
+        ("max_attempts", routing.max_attempts as u64),
+        ("chain_id_check_secs", routing.chain_id_check_secs),
+    ] {
+        if value == 0 {
+            out.push((vec![Key("routing"), Key(key)], "must be at least 1".into()));
+        }
+    }
+    let mut names = HashSet::new();
+    let mut ids = HashSet::new();
+    for (c, chain) in config.chains.iter().enumerate() {
+        let at = |key| vec![Key("chains"), Index(c), Key(key)];
+        if !names.insert(chain.name.as_str()) {
+            out.push((
+                at("name"),
+                format!("chain name `{}` is used twice", chain.name),
+            ));
+        }
+        if !ids.insert(chain.chain_id) {
+            out.push((
+                at("chain_id"),
+                format!("chain id {} is used twice", chain.chain_id),
+            ));
+        }
+        if let Some(why) = bad_chain_name(&chain.name) {
+            out.push((at("name"), why));
+        }
+        if chain.quorum == 0 {
+            out.push((at("quorum"), "must be at least 1".into()));
+        }
+        let mut up_names = HashSet::new();
+        for (u, up) in chain.upstreams.iter().enumerate() {
+            let at = |key| {
+                vec![
+                    Key("chains"),
+                    Index(c),
+                    Key("upstreams"),
+                    Index(u),
+                    Key(key),
+                ]
+            };
+            if !up_names.insert(up.name.as_str()) {
+                out.push((
+                    at("name"),
+                    format!("upstream name `{}` is used twice in this chain", up.name),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Checks of one upstream on its own, so they run even when its chain has other errors.
+fn validate_upstream(up: &Upstream) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    if up.name.is_empty()
+        || !up
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        out.push((
+            "name",
+            format!(
+                "`{}`: use letters, digits, `-`, `_` and `.` (it is sent in response headers)",
+                up.name
+            ),
+        ));
+    }
+    if !matches!(up.url.scheme(), "http" | "https") {
+        out.push((
+            "url",
+            format!("must be http:// or https://, not {}://", up.url.scheme()),
+        ));
+    }
+    if let Some(ws) = &up.ws_url {
+        if !matches!(ws.scheme(), "ws" | "wss") {
+            out.push((
+                "ws_url",
+                format!("must be ws:// or wss://, not {}://", ws.scheme()),
+            ));
+        }
+    }
+    if up.tier == 0 {
+        out.push(("tier", "must be at least 1 (1 is tried first)".into()));
+    }
+    if up.max_rps == Some(0) {
+        out.push((
+            "max_rps",
+            "must be at least 1, or left out for no limit".into(),
+        ));
+    }
+    out
+}
+
+/// Chain names are URL path segments beside `/status`, `/metrics` and friends.
+fn bad_chain_name(name: &str) -> Option<String> {
+    const RESERVED: [&str; 8] = [
+        "status",
+        "api",
+        "metrics",
+        "healthz",
+        "readyz",
+        "ipfs",
+        "ar",
+        "feed.atom",
+    ];
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+    {
+        Some(format!(
+            "`{name}`: use lowercase letters, digits, `-` and `_` (it becomes the URL path)"
+        ))
+    } else if name.chars().all(|c| c.is_ascii_digit()) {
+        Some(format!(
+            "`{name}`: a name of digits only would clash with chain ids in the URL path"
+        ))
+    } else if RESERVED.contains(&name) {
+        Some(format!("`{name}` is reserved for Outlast's own pages"))
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:9000"
+
+[[chains]]
+name = "local"
+chain_id = 31337
+
+[[chains.upstreams]]
+name = "a"
+url = "http://127.0.0.1:1"
+operator = "self"
+"#;
+
+    #[test]
+    fn good_config_loads_with_defaults() {
+        let c = load_str(GOOD).expect("loads");
+        assert_eq!(c.server.listen.port(), 9000);
+        assert_eq!(c.chains[0].upstreams[0].tier, 1);
+        assert_eq!(c.chains[0].quorum, 2);
+        assert_eq!(c.limits.max_batch, 100);
+    }
+
+    #[test]
+    fn embedded_default_loads() {
+        let c = Config::embedded_default().expect("embedded default is valid");
+        let names: Vec<_> = c.chains.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["ethereum", "base"]);
+        for chain in &c.chains {
+            let operators: HashSet<_> = chain.upstreams.iter().map(|u| &u.operator).collect();
+            assert!(
+                operators.len() >= 6,
+                "{} has {} operators",
+                chain.name,
+                operators.len()
+            );
+        }
+    }
+
+    fn problems(text: &str) -> Vec<String> {
+        load_str(text)
+            .expect_err("should fail")
+            .0
+            .iter()
+            .map(|p| p.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_line_and_key() {
+        let text = r#"[server]
+listen = "nope"
+
+[[chains]]
+name = "local"
+chain_id = "31337"
+
+[[chains.upstreams]]
+name = "a"
+url = "http://127.0.0.1:1"
+operator = "self"
+max_rsp = 5
+
+[[chains.upstreams]]
+name = "b"
+url = "ftp://127.0.0.1:2"
+operator = "self"
+"#;
+        let got = problems(text);
+        assert_eq!(got.len(), 4, "{got:#?}");
+        assert!(
+            got[0].starts_with("2:10: server.listen: invalid socket address"),
+            "{got:#?}"
+        );
+        assert!(
+            got[1].starts_with("6:12: chains[0].chain_id: invalid type: string"),
+            "{got:#?}"
+        );
+        assert!(
+            got[2].starts_with("12:1: chains[0].upstreams[0].max_rsp: unknown field `max_rsp`"),
+            "{got:#?}"
+        );
+        assert!(
+            got[3].starts_with("16:7: chains[0].upstreams[1].url: must be http:// or https://"),
+            "{got:#?}"
+        );
+    }
+
+    #[test]
+    fn missing_environment_variable_is_named_at_its_line() {
+        let text = GOOD.replace("http://127.0.0.1:1", "https://x/${OUTLAST_TEST_UNSET_VAR}");
+        let got = problems(&text);
+        assert_eq!(got.len(), 1, "{got:#?}");
+        assert!(got[0].contains("chains[0].upstreams[0].url"), "{got:#?}");
+        assert!(
+            got[0].contains("environment variable `OUTLAST_TEST_UNSET_VAR` is not set"),
+            "{got:#?}"
+        );
+        assert!(got[0].starts_with("11:7:"), "{got:#?}");
+    }
+
+    #[test]
+    fn syntax_errors_and_unknown_sections_are_reported() {
+        assert!(problems("[server\n")[0].starts_with("1:"));
+        let got = problems(&format!("{GOOD}\n[cahce]\nsize = 1\n"));
+        assert!(got[0].contains("cahce: unknown section"), "{got:#?}");
+        let got = problems("[server]\n");
+        assert!(got[0].contains("no `[[chains]]` configured"), "{got:#?}");
+    }
+
+    #[test]
+    fn duplicate_names_are_reported_at_the_second_one() {
+        let text = format!(
+            "{GOOD}\n[[chains.upstreams]]\nname = \"a\"\nurl = \"http://127.0.0.1:2\"\noperator = \"x\"\n"
+        );
+        let got = problems(&text);
+        assert_eq!(got.len(), 1, "{got:#?}");
+        assert!(
+            got[0]
+                .starts_with("15:8: chains[0].upstreams[1].name: upstream name `a` is used twice"),
+            "{got:#?}"
+        );
+    }
+}

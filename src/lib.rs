@@ -1,0 +1,104 @@
+//! Outlast: a JSON-RPC gateway that keeps wallets and dApps answering correctly when the
+//! providers under them fail. See ARCHITECTURE.md for the map; in short:
+//!
+//! - `config`   — the TOML contract, `${VAR}`, line-precise diagnostics, the embedded default
+//! - `server`   — the HTTP listener: JSON-RPC endpoints, `/healthz`, `/readyz`
+//! - `dispatch` — one request's way through, step by step
+//! - `rpc`      — the JSON-RPC envelope: parse, classify, errors, respond (pure)
+//! - `route`    — health per upstream, selection order, the failover loop
+//! - `upstream` — sending calls to one provider; its background chain-id probe
+//! - `gateway`  — the long-lived state built from the config
+
+pub mod config;
+pub mod dispatch;
+pub mod gateway;
+pub mod route;
+pub mod rpc;
+pub mod server;
+pub mod upstream;
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use tokio::net::TcpListener;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+pub use config::Config;
+use gateway::Gateway;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot build the HTTP client for upstreams: {0}")]
+    HttpClient(#[source] reqwest::Error),
+    #[error("serving failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Serves `config` on `listener` until `shutdown` resolves, then lets in-flight calls
+/// finish and stops the background checks. Tests bind port 0 and pass their own future.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let gw = Arc::new(Gateway::new(&config).map_err(RunError::HttpClient)?);
+    let stop = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    for chain in &gw.chains {
+        for up in &chain.upstreams {
+            tasks.spawn(upstream::watch(
+                up.clone(),
+                chain.chain_id,
+                gw.chain_id_check,
+                stop.clone(),
+            ));
+        }
+    }
+    let first_checks = Duration::from_millis(
+        config.routing.connect_timeout_ms + config.routing.request_timeout_ms,
+    );
+    tasks.spawn(report_first_checks(gw.clone(), first_checks, stop.clone()));
+    if let Ok(addr) = listener.local_addr() {
+        let chains: Vec<&str> = gw.chains.iter().map(|c| &*c.name).collect();
+        tracing::info!(%addr, ?chains, "Outlast is listening: POST /{{chain}} for JSON-RPC, GET /readyz for readiness");
+    }
+    let served = server::serve(listener, gw, shutdown).await;
+    stop.cancel();
+    tasks.close();
+    tasks.wait().await;
+    served.map_err(RunError::Serve)
+}
+
+/// Once every upstream has been checked (or `within` passed), says per chain how many
+/// upstreams answer — plainly, since "nothing is reachable" is the first thing an
+/// operator of a new deployment needs to hear.
+async fn report_first_checks(gw: Arc<Gateway>, within: Duration, stop: CancellationToken) {
+    let deadline = tokio::time::Instant::now() + within;
+    let checked = |gw: &Gateway| {
+        gw.chains
+            .iter()
+            .flat_map(|c| &c.upstreams)
+            .all(|u| u.health.status() != route::health::Status::Unchecked)
+    };
+    while !checked(&gw) && tokio::time::Instant::now() < deadline {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    }
+    for chain in &gw.chains {
+        let total = chain.upstreams.len();
+        let ready = chain
+            .upstreams
+            .iter()
+            .filter(|u| u.health.is_ready())
+            .count();
+        if ready == 0 {
+            tracing::error!(
+                chain = %chain.name,
+                "none of {total} upstreams is reachable; calls get -32002 listing each upstream's error until one answers"
+            );
+        } else {
+            tracing::info!(chain = %chain.name, "{ready} of {total} upstreams ready");
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! One upstream's health: whether it may be chosen now, and why not. Fed by every call's
+//! outcome and by the background probe; read by `select` without waiting.
+//!
+//! States: `Unchecked` (chain id not yet confirmed: never chosen), `Ready`,
+//! `CoolingDown` (after `failures_before_cooldown` failures in a row, or a 429; probed
+//! back in by `upstream::probe`), `WrongChain` (disabled until its chain id matches).
+
+use std::{
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use tokio::sync::Notify;
+
+use crate::config::Routing;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    Unchecked,
+    Ready,
+    CoolingDown { until: Instant, why: String },
+    WrongChain { got: u64, expected: u64 },
+}
+
+/// What changed, so the caller can log transitions once instead of every event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transition {
+    None,
+    /// Became ready (first check passed, or back from cool-down / wrong chain).
+    Ready,
+    /// Taken out of rotation, with the error that did it and for how long.
+    CooledDown {
+        why: String,
+        for_: Duration,
+    },
+    WrongChain {
+        got: u64,
+        expected: u64,
+    },
+}
+
+pub struct Health {
+    state: Mutex<State>,
+    failures_before_cooldown: u32,
+    first_cooldown: Duration,
+    max_cooldown: Duration,
+    /// Wakes the probe when the upstream enters a cool-down, so it is probed back on time.
+    pub changed: Notify,
+}
+
+#[derive(Debug)]
+struct State {
+    status: Status,
+    consecutive_failures: u32,
+    next_cooldown: Duration,
+    last_error: Option<String>,
+}
+
+impl Health {
+    pub fn new(routing: &Routing) -> Self {
+        let first = Duration::from_millis(routing.cooldown_ms);
+        Health {
+            state: Mutex::new(State {
+                status: Status::Unchecked,
+                consecutive_failures: 0,
+                next_cooldown: first,
+                last_error: None,
+            }),
+            failures_before_cooldown: routing.failures_before_cooldown.max(1),
+            first_cooldown: first,
+            max_cooldown: Duration::from_millis(routing.max_cooldown_ms).max(first),
+            changed: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // The state is plain data updated in one step; a panic elsewhere cannot leave it
+        // half-written, so a poisoned lock is still safe to use.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn status(&self) -> Status {
+        self.lock().status.clone()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        matches!(self.lock().status, Status::Ready)
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.lock().last_error.clone()
+    }
+
+    /// A well-formed reply: the upstream is alive.
+    pub fn record_success(&self) -> Transition {
+        let mut s = self.lock();
+        s.consecutive_failures = 0;
+        s.next_cooldown = self.first_cooldown;
+        match s.status {
+            // Answered while cooling down (tried as a last resort): it is back.
+            Status::CoolingDown { .. } => {
+                s.status = Status::Ready;
+                Transition::Ready
+            }
+            _ => Transition::None,
+        }
+    }
+
+    /// A call failed for the upstream's reasons (not the caller's).
+    pub fn record_failure(&self, why: &str, now: Instant) -> Transition {
+        let mut s = self.lock();
+        s.consecutive_failures += 1;
+        s.last_error = Some(why.to_owned());
+        if s.status == Status::Ready && s.consecutive_failures >= self.failures_before_cooldown {
+            return self.cool_down(&mut s, why, None, now);
+        }
+        Transition::None
+    }
+
+    /// HTTP 429: back off at once, for as long as the upstream asked when it said.
+    pub fn record_rate_limited(&self, retry_after: Option<Duration>, now: Instant) -> Transition {
+        let mut s = self.lock();
+        s.last_error = Some("rate limited (HTTP 429)".into());
+        if s.status == Status::Ready {
+            return self.cool_down(&mut s, "rate limited (HTTP 429)", retry_after, now);
+        }
+        Transition::None
+    }
+
+    /// The background probe's verdict on `eth_chainId`.
+    pub fn record_probe(
+        &self,
+        result: Result<u64, String>,
+        expected: u64,
+        now: Instant,
+    ) -> Transition {
+        let mut s = self.lock();
+        match result {
+            Ok(got) if got == expected => {
+                s.consecutive_failures = 0;
+                s.next_cooldown = self.first_cooldown;
+                if s.status == Status::Ready {
+                    Transition::None
+                } else {
+                    s.status = Status::Ready;
+                    Transition::Ready
+                }
+            }
+            Ok(got) => {
+                s.last_error = Some(format!("wrong chain id {got} (expected {expected})"));
+                let already = s.status == (Status::WrongChain { got, expected });
+                s.status = Status::WrongChain { got, expected };
+                if already {
+                    Transition::None
+                } else {
+                    Transition::WrongChain { got, expected }
+                }
+            }
+            Err(why) => {
+                s.last_error = Some(why.clone());
+                // A failed probe extends the cool-down (doubling); a wrong-chain upstream
+                // stays disabled until a probe shows the right id.
+                match s.status {
+                    Status::WrongChain { .. } => Transition::None,
+                    _ => self.cool_down(&mut s, &why, None, now),
+                }
+            }
+        }
+    }
+
+    fn cool_down(
+        &self,
+        s: &mut State,
+        why: &str,
+        wanted: Option<Duration>,
+        now: Instant,
+    ) -> Transition {
+        let for_ = wanted.unwrap_or(s.next_cooldown).min(self.max_cooldown);
+        let was_cooling = matches!(s.status, Status::CoolingDown { .. });
+        s.next_cooldown = (s.next_cooldown * 2).min(self.max_cooldown);
+        s.status = Status::CoolingDown {
+            until: now + for_,
+            why: why.to_owned(),
+        };
+        self.changed.notify_one();
+        if was_cooling {
+            Transition::None
+        } else {
+            Transition::CooledDown {
+                why: why.to_owned(),
+                for_,
+            }
+        }
+    }
+
+    /// When the probe should next look at this upstream.
+    pub fn next_probe(&self, now: Instant, regular: Duration) -> Duration {
+        match &self.lock().status {
+            Status::CoolingDown { until, .. } => until.saturating_duration_since(now),
+            Status::Unchecked => Duration::ZERO,
+            Status::Ready | Status::WrongChain { .. } => regular,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn health() -> Health {
+        let routing = Routing {
+            failures_before_cooldown: 2,
+            cooldown_ms: 1000,
+            max_cooldown_ms: 3000,
+            ..Routing::default()
+        };
+        let h = Health::new(&routing);
+        h.record_probe(Ok(1), 1, Instant::now());
+        h
+    }
+
+    #[test]
+    fn unchecked_upstream_is_not_ready_until_its_chain_id_matches() {
+        let h = Health::new(&Routing::default());
+        assert!(!h.is_ready());
+        assert_eq!(
+            h.record_probe(Ok(5), 1, Instant::now()),
+            Transition::WrongChain {
+                got: 5,
+                expected: 1
+            }
+        );
+        assert!(!h.is_ready());
+        assert_eq!(h.record_probe(Ok(1), 1, Instant::now()), Transition::Ready);
+        assert!(h.is_ready());
+    }
+
+    #[test]
+    fn repeated_failures_cool_down_and_probe_failures_double_the_wait() {
+        let h = health();
+        let now = Instant::now();
+        assert_eq!(h.record_failure("refused", now), Transition::None);
+        assert!(h.is_ready());
+        assert_eq!(
+            h.record_failure("refused", now),
+            Transition::CooledDown {
+                why: "refused".into(),
+                for_: Duration::from_secs(1)
+            }
+        );
+        assert!(!h.is_ready());
+        assert_eq!(
+            h.next_probe(now, Duration::from_secs(300)),
+            Duration::from_secs(1)
+        );
+        h.record_probe(Err("still refused".into()), 1, now);
+        assert_eq!(
+            h.next_probe(now, Duration::from_secs(300)),
+            Duration::from_secs(2)
+        );
+        h.record_probe(Err("still refused".into()), 1, now);
+        assert_eq!(
+            h.next_probe(now, Duration::from_secs(300)),
+            Duration::from_secs(3),
+            "capped"
+        );
+        assert_eq!(h.record_probe(Ok(1), 1, now), Transition::Ready);
+    }
+
+    #[test]
+    fn a_success_resets_the_failure_count() {
+        let h = health();
+        let now = Instant::now();
+        h.record_failure("timeout", now);
+        h.record_success();
+        h.record_failure("timeout", now);
+        assert!(h.is_ready());
+    }
+
+    #[test]
+    fn rate_limit_backs_off_for_retry_after() {
+        let h = health();
+        let now = Instant::now();
+        h.record_rate_limited(Some(Duration::from_secs(2)), now);
+        assert!(!h.is_ready());
+        assert_eq!(
+            h.next_probe(now, Duration::from_secs(300)),
+            Duration::from_secs(2)
+        );
+    }
+}

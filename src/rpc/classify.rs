@@ -1,0 +1,119 @@
+//! Decisions about a method or an upstream's answer that need no I/O: is the method
+//! allowed here, and does an upstream's JSON-RPC error belong to the caller (pass it
+//! on) or to the upstream (ask another one)?
+
+/// Which methods this gateway refuses, from `[limits] denied_methods`.
+#[derive(Debug, Clone)]
+pub struct MethodPolicy {
+    exact: Vec<String>,
+    prefixes: Vec<String>,
+}
+
+impl MethodPolicy {
+    pub fn new(denied: &[String]) -> Self {
+        let (prefixes, exact): (Vec<_>, Vec<_>) = denied.iter().partition(|m| m.ends_with('*'));
+        MethodPolicy {
+            exact: exact.into_iter().cloned().collect(),
+            prefixes: prefixes
+                .into_iter()
+                .map(|p| p.trim_end_matches('*').to_owned())
+                .collect(),
+        }
+    }
+
+    pub fn is_denied(&self, method: &str) -> bool {
+        self.exact.iter().any(|m| m == method)
+            || self.prefixes.iter().any(|p| method.starts_with(p))
+    }
+}
+
+/// Whose fault a JSON-RPC error reply is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blame {
+    /// The call itself is wrong (revert, bad params, nonce too low): every honest
+    /// upstream would say the same, so the error is the answer.
+    Caller,
+    /// This upstream cannot serve it now (rate limit, missing state, internal error):
+    /// another upstream may.
+    Upstream,
+}
+
+/// Messages of `-32000` (the catch-all code) that mean the node, not the call, failed.
+const UPSTREAM_MESSAGES: [&str; 14] = [
+    "rate limit",
+    "too many requests",
+    "limit exceeded",
+    "capacity",
+    "timeout",
+    "timed out",
+    "header not found",
+    "missing trie node",
+    "unavailable",
+    "overloaded",
+    "try again",
+    "internal error",
+    "not supported",
+    "upgrade your plan",
+];
+
+pub fn blame(code: i64, message: &str) -> Blame {
+    match code {
+        // limit exceeded, internal error, method not found/supported here, unavailable.
+        -32005 | -32603 | -32601 | -32004 | -32002 => Blame::Upstream,
+        -32000 | -32099..=-32006 => {
+            let message = message.to_ascii_lowercase();
+            if UPSTREAM_MESSAGES.iter().any(|m| message.contains(m)) {
+                Blame::Upstream
+            } else {
+                Blame::Caller
+            }
+        }
+        _ => Blame::Caller,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_control_methods_are_denied_by_default() {
+        let policy = MethodPolicy::new(&crate::config::Limits::default().denied_methods);
+        for m in [
+            "admin_peers",
+            "debug_traceTransaction",
+            "personal_sign",
+            "anvil_setBalance",
+            "eth_sendTransaction",
+        ] {
+            assert!(policy.is_denied(m), "{m}");
+        }
+        for m in [
+            "eth_call",
+            "eth_getBalance",
+            "eth_sendRawTransaction",
+            "debug",
+        ] {
+            assert!(!policy.is_denied(m), "{m}");
+        }
+    }
+
+    #[test]
+    fn errors_are_blamed_on_whoever_caused_them() {
+        let cases = [
+            (3, "execution reverted", Blame::Caller),
+            (-32000, "execution reverted: no", Blame::Caller),
+            (-32000, "nonce too low", Blame::Caller),
+            (-32602, "invalid argument 0", Blame::Caller),
+            (-32003, "transaction already imported", Blame::Caller),
+            (-32005, "limit exceeded", Blame::Upstream),
+            (-32000, "header not found", Blame::Upstream),
+            (-32016, "Rate limit reached", Blame::Upstream),
+            (-32603, "internal", Blame::Upstream),
+            (-32601, "the method does not exist", Blame::Upstream),
+        ];
+        for (code, msg, want) in cases {
+            assert_eq!(blame(code, msg), want, "{code} {msg}");
+        }
+    }
+}

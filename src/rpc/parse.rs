@@ -1,0 +1,280 @@
+//! Reads a client's JSON-RPC body: the envelope only. `id` and `params` stay raw JSON so
+//! they are echoed and forwarded byte for byte (`1.50` stays `1.50`).
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+
+use super::errors::RpcError;
+
+/// One well-formed call. `id: None` is a notification: it is executed, never answered.
+#[derive(Debug, Clone)]
+pub struct Call<'a> {
+    pub id: Option<&'a RawValue>,
+    pub method: Cow<'a, str>,
+    /// Absent or `null` params are not forwarded.
+    pub params: Option<&'a RawValue>,
+}
+
+/// One entry of the request that gets an error instead of an answer. Its id is kept
+/// when it could be read (`null` when not), so the client can match the error; `None`
+/// only for a notification, which is refused silently.
+#[derive(Debug)]
+pub struct Rejected<'a> {
+    pub id: Option<&'a RawValue>,
+    pub error: RpcError,
+}
+
+pub type Entry<'a> = Result<Call<'a>, Rejected<'a>>;
+
+/// The request as the client shaped it: the reply mirrors that shape.
+#[derive(Debug)]
+pub enum Request<'a> {
+    Single(Entry<'a>),
+    Batch(Vec<Entry<'a>>),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ParseLimits {
+    pub max_batch: usize,
+    pub max_depth: usize,
+}
+
+/// Whole-request failures (`Err`) get one error object with id `null`; problems with a
+/// single entry are `Rejected` entries inside the `Request`.
+pub fn parse(body: &[u8], limits: ParseLimits) -> Result<Request<'_>, RpcError> {
+    let depth = nesting_depth(body);
+    if depth > limits.max_depth {
+        return Err(RpcError::LimitExceeded(format!(
+            "JSON nested {depth} levels deep; the limit is {}",
+            limits.max_depth
+        )));
+    }
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    match first {
+        Some(b'[') => {
+            let items: Vec<&RawValue> = serde_json::from_slice(body)
+                .map_err(|e| RpcError::Parse(format!("body is not valid JSON: {e}")))?;
+            if items.is_empty() {
+                return Err(RpcError::InvalidRequest(
+                    "empty batch: send at least one call".into(),
+                ));
+            }
+            if items.len() > limits.max_batch {
+                return Err(RpcError::LimitExceeded(format!(
+                    "batch of {} calls; the limit is {}: split it",
+                    items.len(),
+                    limits.max_batch
+                )));
+            }
+            Ok(Request::Batch(items.into_iter().map(entry).collect()))
+        }
+        Some(b'{') => {
+            let item: &RawValue = serde_json::from_slice(body)
+                .map_err(|e| RpcError::Parse(format!("body is not valid JSON: {e}")))?;
+            Ok(Request::Single(entry(item)))
+        }
+        _ => match serde_json::from_slice::<&RawValue>(body) {
+            Err(e) => Err(RpcError::Parse(format!("body is not valid JSON: {e}"))),
+            Ok(_) => Err(RpcError::InvalidRequest(
+                "a request must be a JSON object or an array of them".into(),
+            )),
+        },
+    }
+}
+
+/// All members raw, so each rule below can name exactly what is wrong.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow, default)]
+    jsonrpc: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    method: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    params: Option<&'a RawValue>,
+}
+
+/// A member that is present, even as `null`, is `Some`; absent is `None` (a notification).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+fn entry(raw: &RawValue) -> Entry<'_> {
+    let reject = |id, msg: &str| {
+        Err(Rejected {
+            id,
+            error: RpcError::InvalidRequest(msg.to_owned()),
+        })
+    };
+    if !raw.get().starts_with('{') {
+        return reject(Some(null()), "each call must be a JSON object");
+    }
+    let env: Envelope<'_> = match serde_json::from_str(raw.get()) {
+        Ok(env) => env,
+        Err(e) => {
+            return Err(Rejected {
+                id: Some(null()),
+                error: RpcError::InvalidRequest(format!("malformed call: {e}")),
+            });
+        }
+    };
+    let id = match env.id {
+        Some(id) if !matches!(id.get().as_bytes()[0], b'"' | b'-' | b'0'..=b'9' | b'n') => {
+            return reject(Some(null()), "`id` must be a string, a number or null");
+        }
+        id => id,
+    };
+    // A reply to an invalid call carries its id, or null when it has none (JSON-RPC 2.0 §5).
+    let reply_id = id.or(Some(null()));
+    match env.jsonrpc {
+        Some(v) if v.get() == r#""2.0""# => {}
+        Some(_) => return reject(reply_id, "`jsonrpc` must be \"2.0\""),
+        None => return reject(reply_id, "`jsonrpc` is missing; it must be \"2.0\""),
+    }
+    let method = match env.method {
+        None => return reject(reply_id, "`method` is missing"),
+        Some(m) => match serde_json::from_str::<Cow<'_, str>>(m.get()) {
+            Ok(m) if !m.is_empty() => m,
+            Ok(_) => return reject(reply_id, "`method` is empty"),
+            Err(_) => return reject(reply_id, "`method` must be a string"),
+        },
+    };
+    let params = match env.params {
+        Some(p) if p.get() == "null" => None,
+        Some(p) if !matches!(p.get().as_bytes()[0], b'[' | b'{') => {
+            return Err(Rejected {
+                id: reply_id,
+                error: RpcError::InvalidParams("`params` must be an array or an object".into()),
+            });
+        }
+        p => p,
+    };
+    Ok(Call { id, method, params })
+}
+
+/// The raw `null` used as the id of replies to calls whose id could not be read.
+pub fn null() -> &'static RawValue {
+    // A fixed, valid JSON literal: this cannot fail.
+    static NULL: std::sync::LazyLock<Box<RawValue>> = std::sync::LazyLock::new(|| {
+        RawValue::from_string("null".to_owned()).expect("`null` is valid JSON")
+    });
+    &NULL
+}
+
+/// Deepest nesting of arrays and objects, skipping string contents. A cheap byte scan
+/// run before the parser, so hostile nesting costs one pass and no recursion.
+fn nesting_depth(body: &[u8]) -> usize {
+    let (mut depth, mut max, mut in_str, mut escaped) = (0usize, 0usize, false, false);
+    for &b in body {
+        if in_str {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: ParseLimits = ParseLimits {
+        max_batch: 3,
+        max_depth: 8,
+    };
+
+    /// The error code and message of a whole-request or single-entry failure.
+    fn error_of(body: &str) -> (i64, String) {
+        match parse(body.as_bytes(), LIMITS) {
+            Err(e) => (e.code(), e.to_string()),
+            Ok(Request::Single(Err(r))) => (r.error.code(), r.error.to_string()),
+            Ok(other) => panic!("{body} parsed: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_requests_get_precise_errors() {
+        let cases: &[(&str, i64, &str)] = &[
+            ("{", -32700, "body is not valid JSON"),
+            ("", -32700, "body is not valid JSON"),
+            ("42", -32600, "must be a JSON object or an array"),
+            ("[]", -32600, "empty batch"),
+            ("[1,2,3,4]", -32005, "batch of 4 calls; the limit is 3"),
+            ("[[[[[[[[[1]]]]]]]]]", -32005, "nested 9 levels deep"),
+            (r#"{"id":1,"method":"x"}"#, -32600, "`jsonrpc` is missing"),
+            (
+                r#"{"jsonrpc":"1.0","id":1,"method":"x"}"#,
+                -32600,
+                "`jsonrpc` must be \"2.0\"",
+            ),
+            (r#"{"jsonrpc":"2.0","id":1}"#, -32600, "`method` is missing"),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":7}"#,
+                -32600,
+                "`method` must be a string",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"x","params":"a"}"#,
+                -32602,
+                "`params` must be an array or an object",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":[1],"method":"x"}"#,
+                -32600,
+                "`id` must be a string, a number or null",
+            ),
+        ];
+        for (body, code, text) in cases {
+            let (got_code, got_text) = error_of(body);
+            assert_eq!(got_code, *code, "{body}: {got_text}");
+            assert!(got_text.contains(text), "{body}: {got_text}");
+        }
+    }
+
+    #[test]
+    fn ids_and_params_stay_raw() {
+        let body = br#"{"jsonrpc":"2.0","id":1.50,"method":"eth_x","params":[ "0xA" , 1.0e3 ]}"#;
+        let Ok(Request::Single(Ok(call))) = parse(body, LIMITS) else {
+            panic!("should parse")
+        };
+        assert_eq!(call.id.map(RawValue::get), Some("1.50"));
+        assert_eq!(call.params.map(RawValue::get), Some(r#"[ "0xA" , 1.0e3 ]"#));
+        assert_eq!(call.method, "eth_x");
+    }
+
+    #[test]
+    fn absent_id_is_a_notification_and_null_id_is_not() {
+        let body = br#"[{"jsonrpc":"2.0","method":"a"},{"jsonrpc":"2.0","id":null,"method":"b"}]"#;
+        let Ok(Request::Batch(entries)) = parse(body, LIMITS) else {
+            panic!("should parse")
+        };
+        let ids: Vec<_> = entries
+            .iter()
+            .map(|e| e.as_ref().expect("valid").id.map(RawValue::get))
+            .collect();
+        assert_eq!(ids, [None, Some("null")]);
+    }
+
+    #[test]
+    fn depth_scan_ignores_brackets_in_strings() {
+        assert_eq!(nesting_depth(br#"{"a":"[[[[\"{{{"}"#), 1);
+        assert_eq!(nesting_depth(br#"[{"a":[1]}]"#), 3);
+    }
+}

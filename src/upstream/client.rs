@@ -1,0 +1,275 @@
+//! Sends calls to one upstream over pooled keep-alive HTTP and reads its reply into
+//! per-call answers. Results stay raw bytes (slices of the reply), never re-encoded.
+
+use std::{borrow::Cow, error::Error as _, time::Duration};
+
+use bytes::Bytes;
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+
+use super::Upstream;
+use crate::{
+    config::Routing,
+    rpc::{Blame, Call, blame},
+};
+
+/// Why an upstream gave no usable reply. Messages never contain its URL.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connection failed: {0}")]
+    Connect(String),
+    #[error("no answer within {} ms", .0.as_millis())]
+    Timeout(Duration),
+    #[error("rate limited (HTTP 429){}", retry_after.map(|d| format!(", retry after {} s", d.as_secs())).unwrap_or_default())]
+    RateLimited { retry_after: Option<Duration> },
+    #[error("HTTP status {0}")]
+    Status(u16),
+    #[error("malformed reply: {0}")]
+    Malformed(String),
+    #[error("transport error: {0}")]
+    Transport(String),
+}
+
+/// One call's answer: a raw `result`, or a raw `error` object with what blame needs.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    Result(Bytes),
+    Error {
+        raw: Bytes,
+        code: i64,
+        message: String,
+    },
+}
+
+impl Answer {
+    pub fn blame(&self) -> Option<Blame> {
+        match self {
+            Answer::Result(_) => None,
+            Answer::Error { code, message, .. } => Some(blame(*code, message)),
+        }
+    }
+}
+
+/// The one HTTP client all upstreams share: one connection pool per host, kept alive.
+pub fn http_client(routing: &Routing) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_millis(routing.connect_timeout_ms))
+        .timeout(Duration::from_millis(routing.request_timeout_ms))
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(512)
+        .tcp_nodelay(true)
+        .user_agent(concat!("outlast/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+impl Upstream {
+    /// Sends `calls` as one request (a batch when more than one) and returns one answer
+    /// per call, in order; `None` where the upstream's batch reply left a call out.
+    pub async fn send(&self, calls: &[&Call<'_>]) -> Result<Vec<Option<Answer>>, UpstreamError> {
+        let body = encode(calls);
+        let reply = self
+            .http
+            .post(self.url.expose().clone())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| self.transport_error(e))?;
+        let status = reply.status();
+        if status == http::StatusCode::TOO_MANY_REQUESTS {
+            let retry_after = reply
+                .headers()
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            return Err(UpstreamError::RateLimited { retry_after });
+        }
+        let bytes = reply.bytes().await.map_err(|e| self.transport_error(e))?;
+        match decode(&bytes, calls.len()) {
+            Ok(answers) => Ok(answers),
+            // A non-2xx status without a readable JSON-RPC body is the upstream's fault.
+            Err(_) if !status.is_success() => Err(UpstreamError::Status(status.as_u16())),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn transport_error(&self, e: reqwest::Error) -> UpstreamError {
+        if e.is_timeout() {
+            return UpstreamError::Timeout(self.timeout);
+        }
+        let detail = causes(&e);
+        if e.is_connect() {
+            UpstreamError::Connect(detail)
+        } else {
+            UpstreamError::Transport(detail)
+        }
+    }
+}
+
+/// The innermost causes of a reqwest error, without the URL reqwest would print.
+fn causes(e: &reqwest::Error) -> String {
+    let mut parts = Vec::new();
+    let mut source = e.source();
+    while let Some(s) = source {
+        parts.push(s.to_string());
+        source = s.source();
+    }
+    match parts.last() {
+        Some(last) => last.clone(),
+        None => e
+            .to_string()
+            .replace(e.url().map_or("", |u| u.as_str()), "<upstream>"),
+    }
+}
+
+/// Outlast's ids are the call's position, so a batch reply in any order maps back.
+fn encode(calls: &[&Call<'_>]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 * calls.len());
+    let batch = calls.len() != 1;
+    if batch {
+        out.push(b'[');
+    }
+    for (i, call) in calls.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(br#"{"jsonrpc":"2.0","id":"#);
+        out.extend_from_slice(i.to_string().as_bytes());
+        out.extend_from_slice(br#","method":"#);
+        // Writing a str into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut out, call.method.as_ref());
+        if let Some(params) = call.params {
+            out.extend_from_slice(br#","params":"#);
+            out.extend_from_slice(params.get().as_bytes());
+        }
+        out.push(b'}');
+    }
+    if batch {
+        out.push(b']');
+    }
+    out
+}
+
+#[derive(Deserialize)]
+struct Reply<'a> {
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    result: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    error: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct ErrorObject<'a> {
+    code: i64,
+    #[serde(borrow, default)]
+    message: Cow<'a, str>,
+}
+
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+fn decode(bytes: &Bytes, expected: usize) -> Result<Vec<Option<Answer>>, UpstreamError> {
+    let malformed = |what: &str| UpstreamError::Malformed(what.to_owned());
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if expected == 1 && first == Some(&b'{') {
+        let reply: Reply<'_> =
+            serde_json::from_slice(bytes).map_err(|e| malformed(&e.to_string()))?;
+        return Ok(vec![Some(answer(bytes, &reply)?)]);
+    }
+    if first != Some(&b'[') {
+        // A single error object for a whole batch (e.g. "batch too large") says nothing
+        // about the calls themselves: another upstream may take the batch.
+        let hint = serde_json::from_slice::<Reply<'_>>(bytes)
+            .ok()
+            .and_then(|r| r.error)
+            .map_or_else(
+                || "not JSON-RPC".to_owned(),
+                |e| format!("batch refused: {}", e.get()),
+            );
+        return Err(malformed(&hint));
+    }
+    let replies: Vec<Reply<'_>> =
+        serde_json::from_slice(bytes).map_err(|e| malformed(&e.to_string()))?;
+    let mut answers: Vec<Option<Answer>> = vec![None; expected];
+    for reply in &replies {
+        let slot = reply
+            .id
+            .and_then(|id| id.get().parse::<usize>().ok())
+            .filter(|&i| i < expected)
+            .ok_or_else(|| malformed("batch reply with an id Outlast did not send"))?;
+        answers[slot] = Some(answer(bytes, reply)?);
+    }
+    Ok(answers)
+}
+
+fn answer(bytes: &Bytes, reply: &Reply<'_>) -> Result<Answer, UpstreamError> {
+    match (reply.result, reply.error) {
+        (Some(result), None) => Ok(Answer::Result(bytes.slice_ref(result.get().as_bytes()))),
+        (_, Some(error)) => {
+            let obj: ErrorObject<'_> = serde_json::from_str(error.get())
+                .map_err(|e| UpstreamError::Malformed(format!("error object: {e}")))?;
+            Ok(Answer::Error {
+                raw: bytes.slice_ref(error.get().as_bytes()),
+                code: obj.code,
+                message: obj.message.into_owned(),
+            })
+        }
+        (None, None) => Err(UpstreamError::Malformed("neither result nor error".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(method: &str, params: Option<&'static RawValue>) -> Call<'static> {
+        Call {
+            id: None,
+            method: Cow::Owned(method.to_owned()),
+            params,
+        }
+    }
+
+    #[test]
+    fn single_call_is_sent_unbatched_with_params_untouched() {
+        let params: &'static RawValue =
+            Box::leak(RawValue::from_string(r#"[ "0xA" ,1.0e3]"#.into()).expect("json"));
+        let c = call("eth_x", Some(params));
+        assert_eq!(
+            String::from_utf8(encode(&[&c])).expect("utf8"),
+            r#"{"jsonrpc":"2.0","id":0,"method":"eth_x","params":[ "0xA" ,1.0e3]}"#
+        );
+    }
+
+    #[test]
+    fn batch_reply_in_any_order_maps_back_by_id() {
+        let bytes = Bytes::from_static(br#"[{"jsonrpc":"2.0","id":1,"result":null},{"jsonrpc":"2.0","id":0,"error":{"code":3,"message":"reverted"}}]"#);
+        let answers = decode(&bytes, 3).expect("decodes");
+        assert!(matches!(&answers[0], Some(Answer::Error { code: 3, .. })));
+        assert!(matches!(&answers[1], Some(Answer::Result(r)) if &r[..] == b"null"));
+        assert!(answers[2].is_none());
+    }
+
+    #[test]
+    fn garbage_and_half_replies_are_malformed() {
+        for body in [
+            &b"<html>bad gateway</html>"[..],
+            br#"{"jsonrpc":"2.0","id":0}"#,
+            br#"{"error":{"code":-32600,"message":"too big"}}"#,
+        ] {
+            let expected = if body.starts_with(b"{\"error") { 2 } else { 1 };
+            assert!(
+                matches!(
+                    decode(&Bytes::copy_from_slice(body), expected),
+                    Err(UpstreamError::Malformed(_))
+                ),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+}

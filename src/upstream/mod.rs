@@ -1,0 +1,62 @@
+//! One RPC endpoint: how to send it calls (`client`) and the background checks that keep
+//! its health honest (`probe`). The only module that sees a provider's real URL.
+
+mod client;
+mod probe;
+
+use std::{sync::Arc, time::Duration};
+
+pub use client::{Answer, UpstreamError, http_client};
+pub use probe::{log_transition, watch};
+
+use crate::{
+    config::{self, UpstreamUrl},
+    route::health::Health,
+};
+
+pub struct Upstream {
+    pub name: Arc<str>,
+    /// The chain this upstream serves, for logs.
+    pub chain: Arc<str>,
+    pub operator: String,
+    pub tier: u8,
+    url: UpstreamUrl,
+    http: reqwest::Client,
+    /// What the HTTP client waits for one attempt, named in timeout errors.
+    timeout: Duration,
+    pub health: Health,
+}
+
+impl Upstream {
+    pub fn new(
+        chain: &Arc<str>,
+        cfg: &config::Upstream,
+        routing: &config::Routing,
+        http: reqwest::Client,
+    ) -> Self {
+        Upstream {
+            name: Arc::from(cfg.name.as_str()),
+            chain: chain.clone(),
+            operator: cfg.operator.clone(),
+            tier: cfg.tier,
+            url: cfg.url.clone(),
+            http,
+            timeout: Duration::from_millis(routing.request_timeout_ms),
+            health: Health::new(routing),
+        }
+    }
+
+    /// The URL with secrets redacted: safe for logs and pages.
+    pub fn shown_url(&self) -> String {
+        self.url.to_string()
+    }
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,76 @@
+//! The background check of one upstream: `eth_chainId` at start, periodically, and when a
+//! cool-down ends (which is how a failed upstream is probed back in). It logs each
+//! change of state once, in words an operator can act on.
+
+use std::{
+    borrow::Cow,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tokio_util::sync::CancellationToken;
+
+use super::{Answer, Upstream, UpstreamError};
+use crate::{route::health::Transition, rpc::Call};
+
+/// Runs until `stop` is cancelled.
+pub async fn watch(up: Arc<Upstream>, expected: u64, every: Duration, stop: CancellationToken) {
+    loop {
+        let result = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = up.chain_id() => r.map_err(|e| e.to_string()),
+        };
+        let transition = up.health.record_probe(result, expected, Instant::now());
+        log_transition(&up, &transition);
+        let wait = up.health.next_probe(Instant::now(), every);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+            // A cool-down started by live traffic: re-plan the next probe.
+            _ = up.health.changed.notified() => {}
+        }
+    }
+}
+
+/// One line per change of an upstream's state; names, never URLs.
+pub fn log_transition(up: &Upstream, transition: &Transition) {
+    let (chain, upstream) = (&*up.chain, &*up.name);
+    match transition {
+        Transition::None => {}
+        Transition::Ready => tracing::info!(chain, upstream, "upstream is serving"),
+        Transition::CooledDown { why, for_ } => tracing::warn!(
+            chain,
+            upstream,
+            error = %why,
+            "upstream unreachable or failing; out of rotation for {} ms, then probed again",
+            for_.as_millis()
+        ),
+        Transition::WrongChain { got, expected } => tracing::error!(
+            chain,
+            upstream,
+            "upstream serves chain id {got}, not {expected}: disabled; fix its url in the config"
+        ),
+    }
+}
+
+impl Upstream {
+    pub async fn chain_id(&self) -> Result<u64, UpstreamError> {
+        let call = Call {
+            id: None,
+            method: Cow::Borrowed("eth_chainId"),
+            params: None,
+        };
+        let answer = self.send(&[&call]).await?.pop().flatten();
+        let malformed = |what: String| UpstreamError::Malformed(format!("eth_chainId: {what}"));
+        match answer {
+            Some(Answer::Result(raw)) => {
+                let hex: String =
+                    serde_json::from_slice(&raw).map_err(|e| malformed(e.to_string()))?;
+                u64::from_str_radix(hex.trim_start_matches("0x"), 16)
+                    .map_err(|e| malformed(format!("{hex:?}: {e}")))
+            }
+            Some(Answer::Error { message, .. }) => Err(malformed(message)),
+            None => Err(malformed("no answer".into())),
+        }
+    }
+}
