@@ -9,6 +9,7 @@ use std::{
 
 use crate::{
     config::{Config, Limits},
+    route::health::Status,
     rpc::{MethodPolicy, ParseLimits},
     upstream::{self, Upstream},
 };
@@ -29,6 +30,33 @@ pub struct Chain {
     pub max_attempts: usize,
     /// Spreads calls over equally good upstreams.
     pub rotation: AtomicUsize,
+}
+
+/// How many of a chain's upstreams may be chosen now, for `/readyz`.
+#[derive(Debug, serde::Serialize)]
+pub struct Readiness {
+    pub chain: Arc<str>,
+    pub upstreams: usize,
+    pub ready_upstreams: usize,
+    /// Not yet past their first `eth_chainId` check.
+    pub unchecked_upstreams: usize,
+}
+
+impl Chain {
+    pub fn readiness(&self) -> Readiness {
+        let count = |f: fn(&Status) -> bool| {
+            self.upstreams
+                .iter()
+                .filter(|u| f(&u.health.status()))
+                .count()
+        };
+        Readiness {
+            chain: self.name.clone(),
+            upstreams: self.upstreams.len(),
+            ready_upstreams: count(|s| *s == Status::Ready),
+            unchecked_upstreams: count(|s| *s == Status::Unchecked),
+        }
+    }
 }
 
 impl Gateway {
@@ -81,14 +109,5 @@ impl Gateway {
             max_batch: self.limits.max_batch,
             max_depth: self.limits.max_depth,
         }
-    }
-
-    /// Ready = every chain has at least one upstream that may be chosen now.
-    pub fn unready_chains(&self) -> Vec<&str> {
-        self.chains
-            .iter()
-            .filter(|c| !c.upstreams.iter().any(|u| u.health.is_ready()))
-            .map(|c| &*c.name)
-            .collect()
     }
 }

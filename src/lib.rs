@@ -76,8 +76,7 @@ async fn report_first_checks(gw: Arc<Gateway>, within: Duration, stop: Cancellat
     let checked = |gw: &Gateway| {
         gw.chains
             .iter()
-            .flat_map(|c| &c.upstreams)
-            .all(|u| u.health.status() != route::health::Status::Unchecked)
+            .all(|c| c.readiness().unchecked_upstreams == 0)
     };
     while !checked(&gw) && tokio::time::Instant::now() < deadline {
         tokio::select! {
@@ -86,12 +85,8 @@ async fn report_first_checks(gw: Arc<Gateway>, within: Duration, stop: Cancellat
         }
     }
     for chain in &gw.chains {
-        let total = chain.upstreams.len();
-        let ready = chain
-            .upstreams
-            .iter()
-            .filter(|u| u.health.is_ready())
-            .count();
+        let r = chain.readiness();
+        let (ready, total) = (r.ready_upstreams, r.upstreams);
         if ready == 0 {
             tracing::error!(
                 chain = %chain.name,

@@ -44,7 +44,8 @@ pub struct Health {
     failures_before_cooldown: u32,
     first_cooldown: Duration,
     max_cooldown: Duration,
-    /// Wakes the probe when the upstream enters a cool-down, so it is probed back on time.
+    /// Wakes the probe when live traffic puts the upstream in a cool-down, so it is
+    /// probed back in on time rather than at its next regular check.
     pub changed: Notify,
 }
 
@@ -112,6 +113,7 @@ impl Health {
         s.consecutive_failures += 1;
         s.last_error = Some(why.to_owned());
         if s.status == Status::Ready && s.consecutive_failures >= self.failures_before_cooldown {
+            self.changed.notify_one();
             return self.cool_down(&mut s, why, None, now);
         }
         Transition::None
@@ -122,6 +124,7 @@ impl Health {
         let mut s = self.lock();
         s.last_error = Some("rate limited (HTTP 429)".into());
         if s.status == Status::Ready {
+            self.changed.notify_one();
             return self.cool_down(&mut s, "rate limited (HTTP 429)", retry_after, now);
         }
         Transition::None
@@ -182,7 +185,6 @@ impl Health {
             until: now + for_,
             why: why.to_owned(),
         };
-        self.changed.notify_one();
         if was_cooling {
             Transition::None
         } else {

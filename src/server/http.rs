@@ -109,13 +109,13 @@ pub async fn healthz() -> &'static str {
 }
 
 pub async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
-    let unready = gw.unready_chains();
-    let status = if unready.is_empty() {
+    let chains: Vec<_> = gw.chains.iter().map(|c| c.readiness()).collect();
+    let ready = chains.iter().all(|c| c.ready_upstreams > 0);
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body =
-        serde_json::json!({ "ready": unready.is_empty(), "chains_without_upstream": unready });
+    let body = serde_json::json!({ "ready": ready, "chains": chains });
     json(status, body.to_string().into_bytes())
 }

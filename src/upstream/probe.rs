@@ -22,12 +22,15 @@ pub async fn watch(up: Arc<Upstream>, expected: u64, every: Duration, stop: Canc
         };
         let transition = up.health.record_probe(result, expected, Instant::now());
         log_transition(&up, &transition);
-        let wait = up.health.next_probe(Instant::now(), every);
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
-            // A cool-down started by live traffic: re-plan the next probe.
-            _ = up.health.changed.notified() => {}
+        // Sleep until the next probe is due; a cool-down started by live traffic wakes
+        // us early only to re-plan that time, not to probe at once.
+        loop {
+            let wait = up.health.next_probe(Instant::now(), every);
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(wait) => break,
+                _ = up.health.changed.notified() => {}
+            }
         }
     }
 }

@@ -1,0 +1,234 @@
+//! Failover on real Anvil nodes: a client keeps getting honest answers while upstreams
+//! die, hang, serve the wrong chain or misbehave, and gets a precise `-32002` when
+//! nothing is left.
+
+mod testbed;
+
+use serde_json::{Value, json};
+use testbed::{
+    ACCOUNT0_ADDRESS, Fleet,
+    gateway::{
+        FAST_ROUTING, Misbehaviour, Outlast, config, misbehaving_upstream, recording_upstream,
+    },
+    rpc,
+};
+
+/// A mixed set of reads at the fleet's current height, as (method, params).
+fn reads(height: u64) -> Vec<(&'static str, Value)> {
+    let block = format!("{height:#x}");
+    vec![
+        ("eth_blockNumber", json!([])),
+        ("eth_chainId", json!([])),
+        ("eth_getBalance", json!([ACCOUNT0_ADDRESS, block])),
+        ("eth_getBlockByNumber", json!([block, false])),
+        (
+            "eth_getTransactionCount",
+            json!([ACCOUNT0_ADDRESS, "latest"]),
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_reads_survive_one_killed_and_one_paused_upstream() {
+    let mut fleet = Fleet::start(3).await;
+    fleet.mine(3).await;
+    let outlast = Outlast::start(&config(&fleet.urls(), FAST_ROUTING)).await;
+    let honest = fleet.url(2);
+    let (mut calls, mut failed, mut wrong) = (0, Vec::new(), Vec::new());
+    for round in 0..30 {
+        match round {
+            8 => fleet.kill(0),
+            16 => fleet.pause(1),
+            _ => {}
+        }
+        if round % 5 == 4 {
+            fleet.mine(1).await;
+        }
+        for (method, params) in reads(fleet.height()) {
+            calls += 1;
+            let (reply, upstream) = outlast.call("/local", method, params.clone()).await;
+            let expected = rpc(&honest, method, params.clone()).await;
+            match reply.get("result") {
+                None => failed.push(format!("round {round} {method}: {reply}")),
+                Some(r) if Some(r) != expected.get("result") => wrong.push(format!(
+                    "round {round} {method} via {upstream:?}: {r} != {}",
+                    expected["result"]
+                )),
+                Some(_) => {}
+            }
+        }
+    }
+    fleet.resume(1);
+    assert!(
+        failed.is_empty(),
+        "{} of {calls} calls failed: {failed:#?}",
+        failed.len()
+    );
+    assert!(
+        wrong.is_empty(),
+        "{} of {calls} answers differ from an honest node: {wrong:#?}",
+        wrong.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_upstreams_down_gives_32002_listing_what_was_tried() {
+    let mut fleet = Fleet::start(2).await;
+    let outlast = Outlast::start(&config(&fleet.urls(), FAST_ROUTING)).await;
+    fleet.kill(0);
+    fleet.kill(1);
+    let (reply, upstream) = outlast.call("/local", "eth_blockNumber", json!([])).await;
+    assert_eq!(reply["error"]["code"], -32002, "{reply}");
+    assert_eq!(upstream, None);
+    let tried = reply["error"]["data"]["tried"]
+        .as_array()
+        .expect("data.tried is a list");
+    let mut names: Vec<&str> = tried
+        .iter()
+        .filter_map(|t| t["upstream"].as_str())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["u0", "u1"], "{reply}");
+    for t in tried {
+        assert!(
+            t["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("connection failed")),
+            "{t}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_upstream_is_probed_back_in() {
+    let mut fleet = Fleet::start(1).await;
+    fleet.mine(2).await;
+    let outlast = Outlast::start(&config(&fleet.urls(), FAST_ROUTING)).await;
+    fleet.kill(0);
+    let (reply, _) = outlast.call("/local", "eth_blockNumber", json!([])).await;
+    assert_eq!(reply["error"]["code"], -32002, "{reply}");
+    fleet.restart(0).await;
+    // No client call is needed to bring it back: the background probe does.
+    outlast.wait_ready().await;
+    let (reply, upstream) = outlast.call("/local", "eth_blockNumber", json!([])).await;
+    assert_eq!(reply["result"], "0x2", "{reply}");
+    assert_eq!(upstream.as_deref(), Some("u0"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_chain_id_upstream_is_never_used() {
+    let honest = Fleet::start(1).await;
+    let other = Fleet::start_with(1, 5).await;
+    // The wrong-chain node is listed first and in the preferred tier.
+    let toml = format!(
+        "{FAST_ROUTING}\n[[chains]]\nname = \"local\"\nchain_id = 31337\n\n[[chains.upstreams]]\nname = \"wrong\"\nurl = \"{}\"\noperator = \"a\"\ntier = 1\n\n[[chains.upstreams]]\nname = \"right\"\nurl = \"{}\"\noperator = \"b\"\ntier = 2\n",
+        other.url(0),
+        honest.url(0)
+    );
+    let outlast = Outlast::start(&toml).await;
+    for _ in 0..10 {
+        let (reply, upstream) = outlast.call("/local", "eth_chainId", json!([])).await;
+        assert_eq!(reply["result"], "0x7a69", "{reply}");
+        assert_eq!(upstream.as_deref(), Some("right"));
+    }
+    drop(honest);
+    let (reply, _) = outlast.call("/local", "eth_chainId", json!([])).await;
+    let tried = reply["error"]["data"]["tried"].to_string();
+    assert!(
+        tried.contains("disabled: serves chain id 5, not 31337"),
+        "{reply}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_faults_move_the_call_to_the_next_upstream() {
+    let fleet = Fleet::start(1).await;
+    for how in [
+        Misbehaviour::BadGateway,
+        Misbehaviour::Garbage,
+        Misbehaviour::RateLimited,
+        Misbehaviour::RpcLimit,
+    ] {
+        let (bad, hits) = misbehaving_upstream(how).await;
+        let toml = format!(
+            "{FAST_ROUTING}\n[[chains]]\nname = \"local\"\nchain_id = 31337\n\n[[chains.upstreams]]\nname = \"bad\"\nurl = \"{bad}\"\noperator = \"a\"\n\n[[chains.upstreams]]\nname = \"anvil\"\nurl = \"{}\"\noperator = \"b\"\ntier = 2\n",
+            fleet.url(0)
+        );
+        let outlast = Outlast::start(&toml).await;
+        let (reply, upstream) = outlast
+            .call(
+                "/local",
+                "eth_getBalance",
+                json!([ACCOUNT0_ADDRESS, "latest"]),
+            )
+            .await;
+        assert_eq!(reply["result"], "0x21e19e0c9bab2400000", "{how:?}: {reply}");
+        assert_eq!(upstream.as_deref(), Some("anvil"), "{how:?}");
+        assert_eq!(
+            *hits.lock().expect("lock"),
+            1,
+            "{how:?}: the bad upstream was asked once"
+        );
+        outlast.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_errors_pass_through_untouched_and_are_not_retried() {
+    let (recorder, seen) = recording_upstream().await;
+    let fleet = Fleet::start(1).await;
+    // Anvil first; the recorder would answer anything, so a retry would show there.
+    let toml = format!(
+        "{FAST_ROUTING}\n[[chains]]\nname = \"local\"\nchain_id = 31337\n\n[[chains.upstreams]]\nname = \"anvil\"\nurl = \"{}\"\noperator = \"a\"\n\n[[chains.upstreams]]\nname = \"recorder\"\nurl = \"{recorder}\"\noperator = \"b\"\ntier = 2\n",
+        fleet.url(0)
+    );
+    let outlast = Outlast::start(&toml).await;
+    let params = json!(["0xnot-an-address", "latest"]);
+    let direct = rpc(&fleet.url(0), "eth_getBalance", params.clone()).await;
+    let (reply, upstream) = outlast.call("/local", "eth_getBalance", params).await;
+    assert!(direct.get("error").is_some(), "{direct}");
+    assert_eq!(reply["error"], direct["error"]);
+    assert_eq!(upstream.as_deref(), Some("anvil"));
+    let forwarded: Vec<String> = seen
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|b| !b.contains("eth_chainId"))
+        .cloned()
+        .collect();
+    assert!(
+        forwarded.is_empty(),
+        "retried a caller error: {forwarded:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_upstream_does_not_block_calls_routed_elsewhere() {
+    let mut hung = Fleet::start(1).await;
+    let healthy = Fleet::start_with(1, 31338).await;
+    let toml = format!(
+        "[routing]\nrequest_timeout_ms = 20000\n\n[[chains]]\nname = \"slow\"\nchain_id = 31337\n[[chains.upstreams]]\nname = \"hung\"\nurl = \"{}\"\noperator = \"a\"\n\n[[chains]]\nname = \"fast\"\nchain_id = 31338\n[[chains.upstreams]]\nname = \"ok\"\nurl = \"{}\"\noperator = \"b\"\n",
+        hung.url(0),
+        healthy.url(0)
+    );
+    let outlast = std::sync::Arc::new(Outlast::start(&toml).await);
+    hung.pause(0);
+    let slow = {
+        let o = outlast.clone();
+        tokio::spawn(async move { o.call("/slow", "eth_blockNumber", json!([])).await })
+    };
+    for _ in 0..5 {
+        let (reply, _) = outlast.call("/fast", "eth_chainId", json!([])).await;
+        assert_eq!(reply["result"], "0x7a6a", "{reply}");
+    }
+    assert!(
+        !slow.is_finished(),
+        "the hung upstream's call should still be waiting"
+    );
+    hung.resume(0);
+    let (reply, _) = slow.await.expect("task");
+    assert_eq!(
+        reply["result"], "0x0",
+        "the held call completes once the node answers: {reply}"
+    );
+}

@@ -1,0 +1,238 @@
+//! Outlast itself in the test bed: started in-process on port 0 from a TOML config, and
+//! a few tiny misbehaving HTTP upstreams (5xx, garbage, 429, a recorder) for the faults
+//! a real node cannot be made to show.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{Router, body::Bytes, http::StatusCode, response::IntoResponse, routing::post};
+use serde_json::Value;
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+
+/// A running Outlast; stopped (gracefully) when dropped or by `stop`.
+pub struct Outlast {
+    pub base: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), outlast::RunError>>>,
+}
+
+/// What one HTTP call to Outlast returned.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub upstream: Option<String>,
+    pub text: String,
+}
+
+impl Response {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text))
+    }
+}
+
+impl Outlast {
+    /// Starts Outlast on 127.0.0.1:0 with `toml` (its `[server] listen` is ignored) and
+    /// waits until `/readyz` says it is ready and every upstream had its first check.
+    pub async fn start(toml: &str) -> Outlast {
+        let o = Outlast::start_unready(toml).await;
+        o.wait_ready().await;
+        o
+    }
+
+    /// Starts without waiting for readiness (for tests where nothing is reachable).
+    pub async fn start_unready(toml: &str) -> Outlast {
+        let config = outlast::config::load_str(toml)
+            .unwrap_or_else(|e| panic!("test config invalid:\n{e}\n{toml}"));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+        let base = format!("http://{}", listener.local_addr().expect("local addr"));
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(outlast::run(config, listener, async {
+            let _ = rx.await;
+        }));
+        Outlast {
+            base,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub async fn wait_ready(&self) {
+        let url = format!("{}/readyz", self.base);
+        for _ in 0..200 {
+            if let Ok(r) = reqwest::get(&url).await {
+                let ready = r.status().is_success();
+                let body: Value = serde_json::from_slice(&r.bytes().await.unwrap_or_default()).unwrap_or_default();
+                let checked = body["chains"]
+                    .as_array()
+                    .is_some_and(|cs| cs.iter().all(|c| c["unchecked_upstreams"] == 0));
+                if ready && checked {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("Outlast at {} never became ready", self.base);
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// POSTs `body` as is to `path` (e.g. `/local`).
+    pub async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> Response {
+        let r = client()
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {path} failed: {e}"));
+        let status = r.status().as_u16();
+        let upstream = r
+            .headers()
+            .get("x-outlast-upstream")
+            .map(|v| v.to_str().unwrap_or("").to_owned());
+        let text = r.text().await.expect("body");
+        Response {
+            status,
+            upstream,
+            text,
+        }
+    }
+
+    /// One call; returns the whole reply object.
+    pub async fn call(&self, path: &str, method: &str, params: Value) -> (Value, Option<String>) {
+        let body =
+            serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+        let r = self.post(path, body.to_string()).await;
+        (r.json(), r.upstream)
+    }
+
+    /// Graceful stop: in-flight calls finish, background tasks end.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await
+                .expect("Outlast task panicked")
+                .expect("Outlast returned an error");
+        }
+    }
+}
+
+impl Drop for Outlast {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+fn client() -> reqwest::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("client")
+        })
+        .clone()
+}
+
+/// A config for chain `local` (31337) with one upstream per URL, named `u0`, `u1`, …,
+/// each its own operator. `extra` is appended verbatim (e.g. `[routing]` settings).
+pub fn config(urls: &[String], extra: &str) -> String {
+    let mut s =
+        format!("{extra}\n[[chains]]\nname = \"local\"\nchain_id = 31337\nverify = \"off\"\n");
+    for (i, url) in urls.iter().enumerate() {
+        s.push_str(&format!(
+            "\n[[chains.upstreams]]\nname = \"u{i}\"\nurl = \"{url}\"\noperator = \"op{i}\"\n"
+        ));
+    }
+    s
+}
+
+/// Routing settings that make faults cost little time in tests.
+pub const FAST_ROUTING: &str = "[routing]\nconnect_timeout_ms = 500\nrequest_timeout_ms = 1000\nfailures_before_cooldown = 2\ncooldown_ms = 300\nmax_cooldown_ms = 1000\n";
+
+/// How a fake upstream misbehaves once it has passed its `eth_chainId` check.
+#[derive(Clone, Copy, Debug)]
+pub enum Misbehaviour {
+    /// HTTP 502 with an HTML body.
+    BadGateway,
+    /// HTTP 200 with a body that is not JSON.
+    Garbage,
+    /// HTTP 429 with `Retry-After: 1`.
+    RateLimited,
+    /// A JSON-RPC error that is the upstream's fault (`-32005 limit exceeded`).
+    RpcLimit,
+}
+
+/// A fake upstream: answers `eth_chainId` with 31337 (so it passes the check) and every
+/// other call as `how` says. Returns its URL and how many non-probe calls it received.
+pub async fn misbehaving_upstream(how: Misbehaviour) -> (String, Arc<Mutex<usize>>) {
+    let hits = Arc::new(Mutex::new(0usize));
+    let counter = hits.clone();
+    let app = Router::new().route(
+        "/",
+        post(move |body: Bytes| {
+            let counter = counter.clone();
+            async move {
+                if is_chain_id(&body) {
+                    return (StatusCode::OK, r#"{"jsonrpc":"2.0","id":0,"result":"0x7a69"}"#).into_response();
+                }
+                *counter.lock().expect("lock") += 1;
+                match how {
+                    Misbehaviour::BadGateway => (StatusCode::BAD_GATEWAY, "<html>502 Bad Gateway</html>").into_response(),
+                    Misbehaviour::Garbage => (StatusCode::OK, "{\"jsonrpc\":\"2.0\",\"id\":0,\"resu").into_response(),
+                    Misbehaviour::RateLimited => {
+                        (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")], "slow down").into_response()
+                    }
+                    Misbehaviour::RpcLimit => (
+                        StatusCode::OK,
+                        r#"{"jsonrpc":"2.0","id":0,"error":{"code":-32005,"message":"limit exceeded"}}"#,
+                    )
+                        .into_response(),
+                }
+            }
+        }),
+    );
+    (serve(app).await, hits)
+}
+
+/// A fake upstream that records every body it receives and answers `0x7a69` to all.
+pub async fn recording_upstream() -> (String, Arc<Mutex<Vec<String>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let app = Router::new().route(
+        "/",
+        post(move |body: Bytes| {
+            let log = log.clone();
+            async move {
+                log.lock()
+                    .expect("lock")
+                    .push(String::from_utf8_lossy(&body).into_owned());
+                r#"{"jsonrpc":"2.0","id":0,"result":"0x7a69"}"#
+            }
+        }),
+    );
+    (serve(app).await, seen)
+}
+
+fn is_chain_id(body: &[u8]) -> bool {
+    serde_json::from_slice::<Value>(body).is_ok_and(|v| v["method"] == "eth_chainId")
+}
+
+async fn serve(app: Router) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    url
+}
