@@ -63,13 +63,24 @@ fn redact(url: &Url, subs: &[env::Substitution]) -> String {
     if shown.password().is_some() {
         let _ = shown.set_password(Some("***"));
     }
+    // A value that came from the environment is kept here and shown as `${NAME}` below.
+    let from_env = |text: &str| subs.iter().any(|s| s.value == text);
     if shown.query().is_some() {
-        let pairs: Vec<String> = url.query_pairs().map(|(k, _)| format!("{k}=***")).collect();
+        let pairs: Vec<String> = url
+            .query_pairs()
+            .map(|(k, v)| {
+                if from_env(&v) {
+                    format!("{k}={v}")
+                } else {
+                    format!("{k}=***")
+                }
+            })
+            .collect();
         shown.set_query(Some(&pairs.join("&")));
     }
     let segments: Option<Vec<String>> = url.path_segments().map(|segs| {
         segs.map(|s| {
-            if looks_like_key(s) {
+            if looks_like_key(s) && !from_env(s) {
                 "***".to_owned()
             } else {
                 s.to_owned()
@@ -130,6 +141,14 @@ mod tests {
             "https://rpc.example/eth/mykey",
             &[("KEY", "mykey")],
             "https://rpc.example/eth/${KEY}",
+        );
+        check(
+            "https://mainnet.infura.io/v3/9aa3d95b3bc440fa88ea12eaa4456161?key=abcdef",
+            &[
+                ("INFURA", "9aa3d95b3bc440fa88ea12eaa4456161"),
+                ("K", "abcdef"),
+            ],
+            "https://mainnet.infura.io/v3/${INFURA}?key=${K}",
         );
         check(
             "https://ethereum-rpc.publicnode.com/",

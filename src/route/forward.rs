@@ -35,9 +35,24 @@ pub async fn forward(chain: &Chain, calls: &[&Call<'_>]) -> Vec<Outcome> {
     let mut fallback: Vec<Option<(Arc<str>, Answer)>> = vec![None; calls.len()];
     let mut pending: Vec<usize> = (0..calls.len()).collect();
 
-    for up in plan.order.iter().take(chain.max_attempts) {
+    for (attempt, up) in plan.order.iter().enumerate() {
         if pending.is_empty() {
             break;
+        }
+        if attempt >= chain.max_attempts {
+            let last = up
+                .health
+                .last_error()
+                .map(|e| format!("; its last error: {e}"))
+                .unwrap_or_default();
+            tried.push(Attempt {
+                upstream: up.name.to_string(),
+                error: format!(
+                    "not tried: [routing] max_attempts = {} reached{last}",
+                    chain.max_attempts
+                ),
+            });
+            continue;
         }
         let batch: Vec<&Call<'_>> = pending.iter().map(|&i| calls[i]).collect();
         match up.send(&batch).await {

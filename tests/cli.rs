@@ -1,0 +1,202 @@
+//! The `outlast` binary as an operator meets it: `check`, `default-config`, `serve` on
+//! the embedded default with no network, and graceful shutdown on SIGTERM.
+
+mod testbed;
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use serde_json::json;
+use testbed::{Fleet, free_port, rpc};
+
+const BIN: &str = env!("CARGO_BIN_EXE_outlast");
+
+fn run(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN).args(args).output().expect("run outlast");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn write_config(text: &str) -> tempfile_path::TempPath {
+    tempfile_path::TempPath::with(text)
+}
+
+/// A file in the system temp dir, removed on drop.
+mod tempfile_path {
+    pub struct TempPath(pub std::path::PathBuf);
+    impl TempPath {
+        pub fn with(text: &str) -> Self {
+            static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let path =
+                std::env::temp_dir().join(format!("outlast-cli-{}-{n}.toml", std::process::id()));
+            std::fs::write(&path, text).expect("write temp config");
+            TempPath(path)
+        }
+        pub fn as_str(&self) -> &str {
+            self.0.to_str().expect("utf-8 temp path")
+        }
+    }
+    impl Drop for TempPath {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+#[test]
+fn check_accepts_a_good_config_and_redacts_secrets() {
+    let file = write_config(
+        "[[chains]]\nname = \"eth\"\nchain_id = 1\n[[chains.upstreams]]\nname = \"infura\"\nurl = \"https://mainnet.infura.io/v3/${OUTLAST_CLI_TEST_KEY}\"\noperator = \"infura\"\n",
+    );
+    let out = Command::new(BIN)
+        .args(["check", "--config", file.as_str()])
+        .env("OUTLAST_CLI_TEST_KEY", "9aa3d95b3bc440fa88ea12eaa4456161")
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("chain eth (id 1): 1 upstreams, 1 operators"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("https://mainnet.infura.io/v3/${OUTLAST_CLI_TEST_KEY}"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("9aa3d95b"), "secret leaked: {stdout}");
+}
+
+#[test]
+fn check_lists_every_problem_with_file_line_and_key() {
+    let file = write_config(
+        "[server]\nlisten = 8545\n\n[[chains]]\nname = \"Eth Main\"\nchain_id = 1\n[[chains.upstreams]]\nname = \"a\"\nurl = \"http://x\"\noperator = \"o\"\nmax_rsp = 3\n",
+    );
+    let (ok, _, stderr) = run(&["check", "--config", file.as_str()]);
+    assert!(!ok);
+    let path = file.as_str();
+    for expected in [
+        format!("{path}:2:10: server.listen: invalid type: integer `8545`"),
+        format!("{path}:5:8: chains[0].name: `Eth Main`: use lowercase letters"),
+        format!("{path}:11:1: chains[0].upstreams[0].max_rsp: unknown field `max_rsp`"),
+    ] {
+        assert!(
+            stderr.contains(&expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+    assert!(stderr.contains("3 problem(s)"), "{stderr}");
+}
+
+#[test]
+fn default_config_prints_a_config_that_checks() {
+    let (ok, stdout, _) = run(&["default-config"]);
+    assert!(ok);
+    let file = write_config(&stdout);
+    let (ok, summary, stderr) = run(&["check", "--config", file.as_str()]);
+    assert!(ok, "{stderr}");
+    assert!(
+        summary.contains("chain ethereum (id 1): 8 upstreams, 8 operators"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("chain base (id 8453): 7 upstreams, 7 operators"),
+        "{summary}"
+    );
+}
+
+/// The embedded default in a network namespace with only loopback: every public upstream
+/// is unreachable. Outlast must start, say so in its log, and answer -32002 listing them.
+#[test]
+fn embedded_default_without_network_starts_and_answers_32002() {
+    let script = format!(
+        r#"set -e
+ip link set lo up
+{BIN} serve > "$LOG" 2>&1 &
+pid=$!
+for i in $(seq 1 100); do curl -s -o /dev/null http://127.0.0.1:8545/healthz && break; sleep 0.05; done
+sleep 0.5
+curl -s http://127.0.0.1:8545/ethereum -H 'content-type: application/json' -d '{{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber"}}'
+echo
+curl -s -o /dev/null -w '%{{http_code}}' http://127.0.0.1:8545/readyz
+echo
+kill -TERM $pid
+wait $pid
+"#
+    );
+    let log = std::env::temp_dir().join(format!("outlast-offline-{}.log", std::process::id()));
+    let out = Command::new("unshare")
+        .args(["--net", "sh", "-c", &script])
+        .env("LOG", &log)
+        .output()
+        .expect("unshare (util-linux) runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let logs = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    assert!(
+        out.status.success(),
+        "script failed: {}\n{stdout}\n{logs}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut lines = stdout.lines();
+    let reply: serde_json::Value =
+        serde_json::from_str(lines.next().unwrap_or("")).expect("JSON reply");
+    assert_eq!(reply["error"]["code"], -32002, "{reply}");
+    let tried = reply["error"]["data"]["tried"]
+        .as_array()
+        .expect("tried list");
+    assert_eq!(tried.len(), 8, "every ethereum upstream is listed: {reply}");
+    assert_eq!(lines.next(), Some("503"), "not ready without upstreams");
+    assert!(logs.contains("none of 8 upstreams is reachable"), "{logs}");
+    assert!(logs.contains("stopped"), "clean exit on SIGTERM: {logs}");
+}
+
+/// SIGTERM while a call is held by a hung node: the call still gets its answer, then the
+/// process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_in_flight_calls_finish() {
+    let mut fleet = Fleet::start(1).await;
+    fleet.mine(1).await;
+    let port = free_port();
+    let file = write_config(&format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n[routing]\nrequest_timeout_ms = 30000\n[[chains]]\nname = \"local\"\nchain_id = 31337\n[[chains.upstreams]]\nname = \"a\"\nurl = \"{}\"\noperator = \"a\"\n",
+        fleet.url(0)
+    ));
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config", file.as_str()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn outlast");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    // Wait for the upstream to pass its check.
+    for line in lines.by_ref() {
+        if line.expect("log line").contains("upstream is serving") {
+            break;
+        }
+    }
+    let url = format!("http://127.0.0.1:{port}/local");
+    fleet.pause(0);
+    let held = tokio::spawn(async move { rpc(&url, "eth_blockNumber", json!([])).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    fleet.resume(0);
+    let reply = held.await.expect("held call task");
+    assert_eq!(
+        reply["result"], "0x1",
+        "the in-flight call is answered: {reply}"
+    );
+    let status = child.wait().expect("wait outlast");
+    assert!(status.success(), "{status}");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(rest.iter().any(|l| l.contains("stopped")), "{rest:#?}");
+}
