@@ -73,10 +73,10 @@ pub async fn handle(gw: &Gateway, chain: &Chain, body: &[u8]) -> Reply {
                 let Some(outcome) = outcomes.next() else {
                     continue;
                 };
-                if let Outcome::Answered { upstream, .. } = &outcome {
-                    if !upstreams.contains(upstream) {
-                        upstreams.push(upstream.clone());
-                    }
+                if let Outcome::Answered { upstream, .. } = &outcome
+                    && !upstreams.contains(upstream)
+                {
+                    upstreams.push(upstream.clone());
                 }
                 let Some(id) = call.id else { continue };
                 match outcome {

@@ -1,7 +1,10 @@
 //! The `outlast` command: argument parsing, logging setup and exit codes. Everything
 //! else is in the library.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -120,7 +123,7 @@ async fn shutdown_signal() {
     tracing::info!("shutting down: finishing in-flight calls");
 }
 
-fn check(path: &PathBuf) -> ExitCode {
+fn check(path: &Path) -> ExitCode {
     match config::load_file(path) {
         Ok(config) => {
             println!("{}: OK", path.display());

@@ -24,7 +24,7 @@ async fn each_bad_request_gets_its_exact_error_and_the_server_keeps_answering() 
     let deep = format!("{}{}", "[".repeat(11), "]".repeat(11));
     let big_batch = format!(
         "[{}]",
-        vec![r#"{"jsonrpc":"2.0","id":1,"method":"eth_chainId"}"#; 6].join(",")
+        [r#"{"jsonrpc":"2.0","id":1,"method":"eth_chainId"}"#; 6].join(",")
     );
     let huge = format!(
         r#"{{"jsonrpc":"2.0","id":1,"method":"eth_call","params":["{}"]}}"#,

@@ -313,7 +313,7 @@ fn locate(root: &DeTable<'_>, path: &[Seg]) -> Option<Range<usize>> {
                 .iter()
                 .find(|(key, _)| key.get_ref().as_ref() == *k)
                 .map(|(_, v)| v),
-            Seg::Index(i) => array.and_then(|a: &toml::de::DeArray<'_>| a.iter().nth(*i)),
+            Seg::Index(i) => array.and_then(|a: &toml::de::DeArray<'_>| a.get(*i)),
         };
         let Some(next) = next else { break };
         span = Some(next.span());
@@ -415,13 +415,13 @@ fn validate_upstream(up: &Upstream) -> Vec<(&'static str, String)> {
             format!("must be http:// or https://, not {}://", up.url.scheme()),
         ));
     }
-    if let Some(ws) = &up.ws_url {
-        if !matches!(ws.scheme(), "ws" | "wss") {
-            out.push((
-                "ws_url",
-                format!("must be ws:// or wss://, not {}://", ws.scheme()),
-            ));
-        }
+    if let Some(ws) = &up.ws_url
+        && !matches!(ws.scheme(), "ws" | "wss")
+    {
+        out.push((
+            "ws_url",
+            format!("must be ws:// or wss://, not {}://", ws.scheme()),
+        ));
     }
     if up.tier == 0 {
         out.push(("tier", "must be at least 1 (1 is tried first)".into()));

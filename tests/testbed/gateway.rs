@@ -64,7 +64,8 @@ impl Outlast {
         for _ in 0..200 {
             if let Ok(r) = reqwest::get(&url).await {
                 let ready = r.status().is_success();
-                let body: Value = serde_json::from_slice(&r.bytes().await.unwrap_or_default()).unwrap_or_default();
+                let body: Value = serde_json::from_slice(&r.bytes().await.unwrap_or_default())
+                    .unwrap_or_default();
                 let checked = body["chains"]
                     .as_array()
                     .is_some_and(|cs| cs.iter().all(|c| c["unchecked_upstreams"] == 0));

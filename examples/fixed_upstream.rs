@@ -1,0 +1,75 @@
+//! A stand-in JSON-RPC provider for `bench/run.sh`: answers every POST at once with a
+//! fixed body, so a benchmark measures the proxy in front of it, not the provider.
+//!
+//! `cargo run --release --example fixed_upstream -- PORT [CHAIN_ID]`
+//! - a batch (body starting with `[`): ten results, ids 0..9, each `"0x1234"`;
+//! - `eth_chainId`: `CHAIN_ID` (default 31337), so a gateway's chain-id check passes;
+//! - anything else: `{"jsonrpc":"2.0","id":1,"result":"0x1234"}`.
+//!
+//! One thread (current-thread runtime), so on two cores it leaves one to the load
+//! generator and the proxy under test. Listens on 127.0.0.1 only.
+
+use std::sync::LazyLock;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::http::{Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+const SINGLE: &str = r#"{"jsonrpc":"2.0","id":1,"result":"0x1234"}"#;
+
+static BATCH: LazyLock<String> = LazyLock::new(|| {
+    let items: Vec<String> = (0..10)
+        .map(|i| format!(r#"{{"jsonrpc":"2.0","id":{i},"result":"0x1234"}}"#))
+        .collect();
+    format!("[{}]", items.join(","))
+});
+
+static CHAIN_ID: LazyLock<String> = LazyLock::new(|| {
+    let id: u64 = std::env::args()
+        .nth(2)
+        .map_or(31337, |s| s.parse().expect("CHAIN_ID must be a number"));
+    format!(r#"{{"jsonrpc":"2.0","id":1,"result":"{id:#x}"}}"#)
+});
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+async fn answer(method: Method, body: Bytes) -> Response {
+    if method != Method::POST {
+        return (StatusCode::METHOD_NOT_ALLOWED, "POST JSON-RPC here\n").into_response();
+    }
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    let text: &str = if first == Some(&b'[') {
+        &BATCH
+    } else if contains(&body, b"\"eth_chainId\"") {
+        &CHAIN_ID
+    } else {
+        SINGLE
+    };
+    ([(header::CONTENT_TYPE, "application/json")], text).into_response()
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let port: u16 = match std::env::args().nth(1).map(|s| s.parse()) {
+        Some(Ok(port)) => port,
+        _ => {
+            eprintln!("usage: fixed_upstream PORT [CHAIN_ID]");
+            std::process::exit(2);
+        }
+    };
+    LazyLock::force(&CHAIN_ID);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap_or_else(|e| panic!("bind 127.0.0.1:{port}: {e}"));
+    println!("fixed_upstream listening on http://127.0.0.1:{port}");
+    let app = Router::new().fallback(answer);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .expect("serve");
+}
