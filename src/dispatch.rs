@@ -1,5 +1,6 @@
 //! One JSON-RPC request's way through Outlast, the design's steps in order:
-//! parse → classify → (resolve, cache: later) → select + send (`route::forward`) →
+//! parse → classify → resolve (pin tags to the consensus head) → answer locally what
+//! the head tracker knows (cache: later) → select + send (`route::forward`) →
 //! (verify: later) → answer (`rpc::respond`, which restores each client id).
 //! Limits on the body and the chain lookup happen before, in `server::http`.
 
@@ -7,7 +8,10 @@ use std::sync::Arc;
 
 use crate::{
     gateway::{Chain, Gateway},
-    route::{self, Outcome},
+    route::{
+        self, Outcome,
+        resolve::{Need, Resolved, resolve},
+    },
     rpc::{self, Call, ReplyBody, Request, RpcError, parse::Rejected},
     upstream::Answer,
 };
@@ -50,14 +54,44 @@ pub async fn handle(gw: &Gateway, chain: &Chain, body: &[u8]) -> Reply {
         })
         .collect();
 
-    // 6-7. select and send, with failover.
+    // 4. resolve: pin block tags to the consensus head; learn which block each call needs.
+    let heads = chain.head.get();
     let calls: Vec<&Call<'_>> = entries.iter().filter_map(|e| e.as_ref().ok()).collect();
-    let mut outcomes = if calls.is_empty() {
-        Vec::new()
-    } else {
-        route::forward(chain, &calls).await
+    let resolved: Vec<Resolved> = calls
+        .iter()
+        .map(|c| resolve(&c.method, c.params, &heads))
+        .collect();
+    let pinned: Vec<Call<'_>> = calls
+        .iter()
+        .zip(&resolved)
+        .map(|(c, r)| Call {
+            id: c.id,
+            method: c.method.clone(),
+            params: r.params.as_deref().or(c.params),
+        })
+        .collect();
+
+    // 5. answer locally what the gateway itself knows best.
+    let mut outcomes: Vec<Option<Outcome>> =
+        pinned.iter().map(|c| local_answer(chain, c)).collect();
+
+    // 6-7. select and send the rest, with failover.
+    let (to_send, need): (Vec<&Call<'_>>, Need) = pinned
+        .iter()
+        .zip(&resolved)
+        .zip(&outcomes)
+        .filter(|(_, local)| local.is_none())
+        .fold((Vec::new(), Need::Any), |(mut v, need), ((c, r), _)| {
+            v.push(c);
+            (v, need.combine(r.need))
+        });
+    if !to_send.is_empty() {
+        let mut sent = route::forward(chain, &to_send, need).await.into_iter();
+        for slot in outcomes.iter_mut().filter(|o| o.is_none()) {
+            *slot = sent.next();
+        }
     }
-    .into_iter();
+    let mut outcomes = outcomes.into_iter().flatten();
 
     // 9. answer, in request order; notifications get nothing.
     let mut reply = ReplyBody::new(batch, 256);
@@ -103,4 +137,25 @@ pub async fn handle(gw: &Gateway, chain: &Chain, body: &[u8]) -> Reply {
         body: reply.finish(),
         upstreams,
     }
+}
+
+/// `eth_blockNumber` is the consensus head: answered here, so it never goes backwards
+/// whichever upstream would have been asked. Only while some upstream is serving, so
+/// an outage is not hidden behind a frozen number.
+fn local_answer(chain: &Chain, call: &Call<'_>) -> Option<Outcome> {
+    if call.method != "eth_blockNumber" || !chain.upstreams.iter().any(|u| u.health.is_ready()) {
+        return None;
+    }
+    let number = chain.head.latest()?;
+    Some(Outcome::Answered {
+        upstream: consensus_label(),
+        answer: Answer::Result(format!("\"{number:#x}\"").into()),
+    })
+}
+
+/// The `x-outlast-upstream` of answers taken from the consensus head.
+fn consensus_label() -> Arc<str> {
+    static LABEL: std::sync::LazyLock<Arc<str>> =
+        std::sync::LazyLock::new(|| Arc::from("consensus"));
+    LABEL.clone()
 }

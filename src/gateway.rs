@@ -3,16 +3,22 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, atomic::AtomicUsize},
-    time::Duration,
+    sync::{Arc, Mutex, atomic::AtomicUsize},
+    time::{Duration, Instant},
 };
 
 use crate::{
     config::{Config, Limits},
-    route::health::Status,
+    route::{
+        heads::{ChainHead, HeadView},
+        health::Status,
+    },
     rpc::{MethodPolicy, ParseLimits},
     upstream::{self, Upstream},
 };
+
+/// Fastest head poll, however fast the chain's blocks.
+const MIN_POLL: Duration = Duration::from_millis(100);
 
 pub struct Gateway {
     pub chains: Vec<Arc<Chain>>,
@@ -28,8 +34,20 @@ pub struct Chain {
     pub chain_id: u64,
     pub upstreams: Vec<Arc<Upstream>>,
     pub max_attempts: usize,
+    /// Distinct operators that must agree on the consensus head.
+    pub quorum: usize,
+    pub head: ChainHead,
     /// Spreads calls over equally good upstreams.
     pub rotation: AtomicUsize,
+    /// Seconds per block, learned from the consensus head: sets the head poll interval.
+    block_time: Mutex<BlockTime>,
+    max_poll: Duration,
+}
+
+#[derive(Default)]
+struct BlockTime {
+    last: Option<(u64, Instant)>,
+    estimate: Option<Duration>,
 }
 
 /// How many of a chain's upstreams may be chosen now, for `/readyz`.
@@ -43,6 +61,47 @@ pub struct Readiness {
 }
 
 impl Chain {
+    /// Recomputes the consensus head from the ready upstreams' views.
+    pub fn refresh_head(&self) {
+        let views: Vec<(&str, HeadView)> = self
+            .upstreams
+            .iter()
+            .filter(|u| u.health.is_ready())
+            .map(|u| (u.operator.as_str(), u.head.view()))
+            .collect();
+        let Some(moved) = self.head.update(&views, self.quorum) else {
+            return;
+        };
+        tracing::debug!(chain = %self.name, number = moved.number, hash = %moved.hash, confirmed = moved.confirmed, "consensus head");
+        let now = Instant::now();
+        let mut bt = self.block_time.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((n0, t0)) = bt.last
+            && moved.number > n0
+        {
+            let sample =
+                now.duration_since(t0) / u32::try_from(moved.number - n0).unwrap_or(u32::MAX);
+            bt.estimate = Some(bt.estimate.map_or(sample, |e| (e * 3 + sample) / 4));
+        }
+        bt.last = Some((moved.number, now));
+    }
+
+    pub fn poll_interval(&self) -> Duration {
+        let estimate = self
+            .block_time
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .estimate;
+        upstream::poll_interval(estimate, MIN_POLL.min(self.max_poll), self.max_poll)
+    }
+
+    /// Blocks behind the consensus head (0 when unknown).
+    pub fn lag(&self, up: &Upstream) -> u64 {
+        match (self.head.latest(), up.head.latest()) {
+            (Some(consensus), Some(own)) => consensus.saturating_sub(own),
+            _ => 0,
+        }
+    }
+
     pub fn readiness(&self) -> Readiness {
         let count = |f: fn(&Status) -> bool| {
             self.upstreams
@@ -76,7 +135,11 @@ impl Gateway {
                     name,
                     chain_id: c.chain_id,
                     max_attempts: config.routing.max_attempts,
+                    quorum: c.quorum,
+                    head: ChainHead::default(),
                     rotation: AtomicUsize::new(0),
+                    block_time: Mutex::new(BlockTime::default()),
+                    max_poll: Duration::from_millis(config.routing.head_poll_ms),
                 })
             })
             .collect();

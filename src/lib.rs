@@ -51,6 +51,7 @@ pub async fn run(
                 gw.chain_id_check,
                 stop.clone(),
             ));
+            tasks.spawn(upstream::track(up.clone(), chain.clone(), stop.clone()));
         }
     }
     let first_checks = Duration::from_millis(

@@ -223,11 +223,11 @@ async fn notifications_get_no_reply_but_are_still_sent() {
         .await;
     assert_eq!((single.status, single.text.as_str()), (204, ""));
     let batch = outlast
-        .post("/local", r#"[{"jsonrpc":"2.0","method":"eth_blockNumber"},{"jsonrpc":"2.0","method":"eth_gasPrice"}]"#)
+        .post("/local", r#"[{"jsonrpc":"2.0","method":"eth_getCode","params":["0x01","0x0"]},{"jsonrpc":"2.0","method":"eth_gasPrice"}]"#)
         .await;
     assert_eq!((batch.status, batch.text.as_str()), (204, ""));
     let seen = seen.lock().expect("lock").join("\n");
-    for method in ["eth_sendRawTransaction", "eth_blockNumber", "eth_gasPrice"] {
+    for method in ["eth_sendRawTransaction", "eth_getCode", "eth_gasPrice"] {
         assert!(
             seen.contains(method),
             "{method} never reached the upstream:\n{seen}"

@@ -183,7 +183,8 @@ async fn sigterm_lets_in_flight_calls_finish() {
     }
     let url = format!("http://127.0.0.1:{port}/local");
     fleet.pause(0);
-    let held = tokio::spawn(async move { rpc(&url, "eth_blockNumber", json!([])).await });
+    let held =
+        tokio::spawn(async move { rpc(&url, "eth_getBlockByNumber", json!(["0x1", false])).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let pid = child.id() as libc::pid_t;
     // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
@@ -192,7 +193,7 @@ async fn sigterm_lets_in_flight_calls_finish() {
     fleet.resume(0);
     let reply = held.await.expect("held call task");
     assert_eq!(
-        reply["result"], "0x1",
+        reply["result"]["number"], "0x1",
         "the in-flight call is answered: {reply}"
     );
     let status = child.wait().expect("wait outlast");

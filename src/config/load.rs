@@ -343,6 +343,7 @@ fn validate(config: &Config) -> Vec<(Vec<Seg>, String)> {
         ("request_timeout_ms", routing.request_timeout_ms),
         ("max_attempts", routing.max_attempts as u64),
         ("chain_id_check_secs", routing.chain_id_check_secs),
+        ("head_poll_ms", routing.head_poll_ms),
     ] {
         if value == 0 {
             out.push((vec![Key("routing"), Key(key)], "must be at least 1".into()));

@@ -8,7 +8,7 @@
 
 use std::{sync::Arc, time::Instant};
 
-use super::{health::Transition, select};
+use super::{health::Transition, resolve::Need, select};
 use crate::{
     gateway::Chain,
     rpc::{Attempt, Blame, Call},
@@ -27,8 +27,8 @@ pub enum Outcome {
 
 /// Answers `calls` in order. Calls still pending after an attempt (left out of a batch
 /// reply, or refused for the upstream's reasons) go together to the next upstream.
-pub async fn forward(chain: &Chain, calls: &[&Call<'_>]) -> Vec<Outcome> {
-    let plan = select::plan(chain, Instant::now());
+pub async fn forward(chain: &Chain, calls: &[&Call<'_>], need: Need) -> Vec<Outcome> {
+    let plan = select::plan(chain, need, Instant::now());
     let mut tried = plan.skipped;
     let mut answered: Vec<Option<(Arc<str>, Answer)>> = vec![None; calls.len()];
     // An upstream's own error (e.g. "method not found" there), kept in case no one does better.

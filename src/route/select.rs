@@ -10,7 +10,7 @@ use std::{
     time::Instant,
 };
 
-use super::health::Status;
+use super::{health::Status, resolve::Need};
 use crate::{gateway::Chain, rpc::Attempt, upstream::Upstream};
 
 pub struct Plan {
@@ -19,14 +19,18 @@ pub struct Plan {
     pub skipped: Vec<Attempt>,
 }
 
-pub fn plan(chain: &Chain, now: Instant) -> Plan {
-    let statuses: Vec<(u8, Status)> = chain
+pub fn plan(chain: &Chain, need: Need, now: Instant) -> Plan {
+    let candidates: Vec<Candidate> = chain
         .upstreams
         .iter()
-        .map(|u| (u.tier, u.health.status()))
+        .map(|u| Candidate {
+            tier: u.tier,
+            status: u.health.status(),
+            head: u.head.latest(),
+        })
         .collect();
     let rotation = chain.rotation.fetch_add(1, Ordering::Relaxed);
-    let (order, skipped) = order(&statuses, rotation, now);
+    let (order, skipped) = order(&candidates, need, chain.head.latest(), rotation, now);
     Plan {
         order: order
             .into_iter()
@@ -42,17 +46,31 @@ pub fn plan(chain: &Chain, now: Instant) -> Plan {
     }
 }
 
+/// What `order` needs to know of one upstream.
+#[derive(Debug, Clone)]
+struct Candidate {
+    tier: u8,
+    status: Status,
+    head: Option<u64>,
+}
+
+/// A node this many blocks behind the consensus still counts as caught up for calls
+/// that name no block: heads are polled, so one block of skew is normal.
+const FRESH_LAG: u64 = 1;
+
 /// Indices to try in order, and indices skipped with the reason.
 fn order(
-    upstreams: &[(u8, Status)],
+    upstreams: &[Candidate],
+    need: Need,
+    consensus: Option<u64>,
     rotation: usize,
     now: Instant,
 ) -> (Vec<usize>, Vec<(usize, String)>) {
     let mut ready: Vec<usize> = Vec::new();
     let mut cooling: Vec<(Instant, usize)> = Vec::new();
     let mut skipped = Vec::new();
-    for (i, (_, status)) in upstreams.iter().enumerate() {
-        match status {
+    for (i, c) in upstreams.iter().enumerate() {
+        match &c.status {
             Status::Ready => ready.push(i),
             Status::CoolingDown { until, .. } => cooling.push((*until, i)),
             Status::Unchecked => {
@@ -64,15 +82,38 @@ fn order(
             )),
         }
     }
-    ready.sort_by_key(|&i| upstreams[i].0);
+    // Split the ready ones by whether they can answer this call correctly; a head not
+    // polled yet is given the benefit of the doubt, after those known to be able.
+    let (able, behind): (Vec<usize>, Vec<usize>) = ready.iter().partition(|&&i| match need {
+        Need::Any => true,
+        Need::Block(n) => upstreams[i].head.is_none_or(|h| h >= n),
+        Need::Fresh => match (consensus, upstreams[i].head) {
+            (Some(c), Some(h)) => h + FRESH_LAG >= c,
+            _ => true,
+        },
+    });
+    let (known, unknown): (Vec<usize>, Vec<usize>) =
+        able.iter().partition(|&&i| upstreams[i].head.is_some());
     let mut order = Vec::with_capacity(upstreams.len());
-    for tier in ready.chunk_by(|&a, &b| upstreams[a].0 == upstreams[b].0) {
-        let start = rotation % tier.len();
-        order.extend(tier[start..].iter().chain(&tier[..start]));
+    push_by_tier(&mut order, &known, upstreams, rotation);
+    push_by_tier(&mut order, &unknown, upstreams, rotation);
+    match need {
+        // Nobody has block N (a future block?): every node answers for itself.
+        Need::Block(_) if able.is_empty() => push_by_tier(&mut order, &behind, upstreams, rotation),
+        Need::Block(n) => {
+            for &i in &behind {
+                let head = upstreams[i]
+                    .head
+                    .map_or("unknown".to_owned(), |h| h.to_string());
+                skipped.push((i, format!("behind: its head {head} is below block {n}")));
+            }
+        }
+        // Lagging nodes may still answer when the caught-up ones fail.
+        _ => push_by_tier(&mut order, &behind, upstreams, rotation),
     }
     cooling.sort();
     for (until, i) in cooling {
-        let Status::CoolingDown { why, .. } = &upstreams[i].1 else {
+        let Status::CoolingDown { why, .. } = &upstreams[i].status else {
             continue;
         };
         let left = until.saturating_duration_since(now).as_millis();
@@ -85,32 +126,59 @@ fn order(
     (order, skipped)
 }
 
+/// Appends `group` lowest tier first, rotated within each tier to spread load.
+fn push_by_tier(order: &mut Vec<usize>, group: &[usize], upstreams: &[Candidate], rotation: usize) {
+    let mut group = group.to_vec();
+    group.sort_by_key(|&i| upstreams[i].tier);
+    for tier in group.chunk_by(|&a, &b| upstreams[a].tier == upstreams[b].tier) {
+        let start = rotation % tier.len();
+        order.extend(tier[start..].iter().chain(&tier[..start]));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
     use super::*;
 
-    fn cooling(now: Instant, ms: u64) -> Status {
-        Status::CoolingDown {
-            until: now + Duration::from_millis(ms),
-            why: "refused".into(),
-        }
+    fn c(tier: u8, status: Status, head: Option<u64>) -> Candidate {
+        Candidate { tier, status, head }
+    }
+
+    fn ready(tier: u8) -> Candidate {
+        c(tier, Status::Ready, Some(10))
+    }
+
+    fn cooling(now: Instant, ms: u64) -> Candidate {
+        c(
+            1,
+            Status::CoolingDown {
+                until: now + Duration::from_millis(ms),
+                why: "refused".into(),
+            },
+            Some(10),
+        )
+    }
+
+    fn check(
+        ups: &[Candidate],
+        need: Need,
+        rotation: usize,
+        expected: &[usize],
+    ) -> Vec<(usize, String)> {
+        let (got, skipped) = order(ups, need, Some(10), rotation, Instant::now());
+        assert_eq!(got, expected, "{ups:?} {need:?}");
+        skipped
     }
 
     #[test]
     fn ready_upstreams_rotate_within_the_lowest_tier_first() {
-        let now = Instant::now();
-        let ups = [
-            (2, Status::Ready),
-            (1, Status::Ready),
-            (1, Status::Ready),
-            (1, Status::Unchecked),
-        ];
-        assert_eq!(order(&ups, 0, now).0, [1, 2, 0]);
-        assert_eq!(order(&ups, 1, now).0, [2, 1, 0]);
+        let ups = [ready(2), ready(1), ready(1), c(1, Status::Unchecked, None)];
+        check(&ups, Need::Any, 0, &[1, 2, 0]);
+        let skipped = check(&ups, Need::Any, 1, &[2, 1, 0]);
         assert_eq!(
-            order(&ups, 1, now).1,
+            skipped,
             [(3, "not yet checked (eth_chainId pending)".to_owned())]
         );
     }
@@ -118,29 +186,59 @@ mod tests {
     #[test]
     fn cooling_upstreams_are_only_a_last_resort() {
         let now = Instant::now();
-        let ups = [(1, cooling(now, 500)), (1, Status::Ready)];
-        let (order_, skipped) = order(&ups, 0, now);
-        assert_eq!(order_, [1]);
-        assert_eq!(
-            skipped,
-            [(0, "cooling down for 500 ms more after: refused".to_owned())]
+        let skipped = check(&[cooling(now, 500), ready(1)], Need::Any, 0, &[1]);
+        assert!(skipped[0].1.starts_with("cooling down for"), "{skipped:?}");
+        check(
+            &[cooling(now, 900), cooling(now, 100)],
+            Need::Any,
+            0,
+            &[1, 0],
         );
-        let ups = [(1, cooling(now, 900)), (1, cooling(now, 100))];
-        assert_eq!(order(&ups, 0, now).0, [1, 0], "soonest back first");
     }
 
     #[test]
     fn wrong_chain_upstreams_are_never_tried() {
-        let now = Instant::now();
-        let ups = [(
-            1,
-            Status::WrongChain {
-                got: 5,
-                expected: 1,
-            },
-        )];
-        let (order_, skipped) = order(&ups, 0, now);
-        assert!(order_.is_empty());
+        let skipped = check(
+            &[c(
+                1,
+                Status::WrongChain {
+                    got: 5,
+                    expected: 1,
+                },
+                None,
+            )],
+            Need::Any,
+            0,
+            &[],
+        );
         assert_eq!(skipped[0].1, "disabled: serves chain id 5, not 1");
+    }
+
+    #[test]
+    fn block_n_calls_go_only_to_upstreams_that_have_block_n() {
+        let ups = [
+            c(1, Status::Ready, Some(7)),
+            c(2, Status::Ready, Some(10)),
+            c(1, Status::Ready, None),
+        ];
+        // Known to have it first; a head not yet polled after them.
+        let skipped = check(&ups, Need::Block(9), 0, &[1, 2]);
+        assert_eq!(
+            skipped[0],
+            (0, "behind: its head 7 is below block 9".to_owned())
+        );
+        check(&ups, Need::Block(7), 0, &[0, 1, 2]);
+        // A block nobody is known to have (a future block): each answers for itself.
+        check(&ups[..2], Need::Block(50), 0, &[0, 1]);
+    }
+
+    #[test]
+    fn lagging_upstreams_come_after_caught_up_ones_for_fresh_calls() {
+        let ups = [
+            c(1, Status::Ready, Some(5)),
+            c(2, Status::Ready, Some(9)),
+            c(1, Status::Ready, Some(10)),
+        ];
+        check(&ups, Need::Fresh, 0, &[2, 1, 0]);
     }
 }

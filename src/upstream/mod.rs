@@ -3,15 +3,17 @@
 
 mod client;
 mod probe;
+mod track;
 
 use std::{sync::Arc, time::Duration};
 
 pub use client::{Answer, UpstreamError, http_client};
 pub use probe::{log_transition, watch};
+pub use track::{poll_interval, track};
 
 use crate::{
     config::{self, UpstreamUrl},
-    route::health::Health,
+    route::{heads::UpstreamHead, health::Health},
 };
 
 pub struct Upstream {
@@ -25,6 +27,7 @@ pub struct Upstream {
     /// What the HTTP client waits for one attempt, named in timeout errors.
     timeout: Duration,
     pub health: Health,
+    pub head: UpstreamHead,
 }
 
 impl Upstream {
@@ -43,6 +46,7 @@ impl Upstream {
             http,
             timeout: Duration::from_millis(routing.request_timeout_ms),
             health: Health::new(routing),
+            head: UpstreamHead::default(),
         }
     }
 

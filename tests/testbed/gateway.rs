@@ -104,6 +104,23 @@ impl Outlast {
         }
     }
 
+    /// Waits until `eth_blockNumber` through Outlast (the consensus head) reaches `n`.
+    pub async fn wait_for_head(&self, path: &str, n: u64) {
+        for _ in 0..400 {
+            let (reply, _) = self
+                .call(path, "eth_blockNumber", serde_json::json!([]))
+                .await;
+            let head = reply["result"]
+                .as_str()
+                .and_then(|h| u64::from_str_radix(h.trim_start_matches("0x"), 16).ok());
+            if head.is_some_and(|h| h >= n) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("Outlast's head never reached {n}");
+    }
+
     /// One call; returns the whole reply object.
     pub async fn call(&self, path: &str, method: &str, params: Value) -> (Value, Option<String>) {
         let body =
@@ -159,7 +176,7 @@ pub fn config(urls: &[String], extra: &str) -> String {
 }
 
 /// Routing settings that make faults cost little time in tests.
-pub const FAST_ROUTING: &str = "[routing]\nconnect_timeout_ms = 500\nrequest_timeout_ms = 1000\nfailures_before_cooldown = 2\ncooldown_ms = 300\nmax_cooldown_ms = 1000\n";
+pub const FAST_ROUTING: &str = "[routing]\nconnect_timeout_ms = 500\nrequest_timeout_ms = 1000\nfailures_before_cooldown = 2\ncooldown_ms = 300\nmax_cooldown_ms = 1000\nhead_poll_ms = 100\n";
 
 /// How a fake upstream misbehaves once it has passed its `eth_chainId` check.
 #[derive(Clone, Copy, Debug)]
@@ -184,8 +201,8 @@ pub async fn misbehaving_upstream(how: Misbehaviour) -> (String, Arc<Mutex<usize
         post(move |body: Bytes| {
             let counter = counter.clone();
             async move {
-                if is_chain_id(&body) {
-                    return (StatusCode::OK, r#"{"jsonrpc":"2.0","id":0,"result":"0x7a69"}"#).into_response();
+                if let Some(reply) = background_reply(&body) {
+                    return (StatusCode::OK, reply).into_response();
                 }
                 *counter.lock().expect("lock") += 1;
                 match how {
@@ -206,7 +223,8 @@ pub async fn misbehaving_upstream(how: Misbehaviour) -> (String, Arc<Mutex<usize
     (serve(app).await, hits)
 }
 
-/// A fake upstream that records every body it receives and answers `0x7a69` to all.
+/// A fake upstream that records every body it receives (but Outlast's background calls)
+/// and answers `0x7a69` to all.
 pub async fn recording_upstream() -> (String, Arc<Mutex<Vec<String>>>) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
@@ -215,18 +233,38 @@ pub async fn recording_upstream() -> (String, Arc<Mutex<Vec<String>>>) {
         post(move |body: Bytes| {
             let log = log.clone();
             async move {
+                if let Some(reply) = background_reply(&body) {
+                    return reply;
+                }
                 log.lock()
                     .expect("lock")
                     .push(String::from_utf8_lossy(&body).into_owned());
-                r#"{"jsonrpc":"2.0","id":0,"result":"0x7a69"}"#
+                r#"{"jsonrpc":"2.0","id":0,"result":"0x7a69"}"#.to_owned()
             }
         }),
     );
     (serve(app).await, seen)
 }
 
-fn is_chain_id(body: &[u8]) -> bool {
-    serde_json::from_slice::<Value>(body).is_ok_and(|v| v["method"] == "eth_chainId")
+/// Honest answers to Outlast's own background calls (the chain-id check and head polls,
+/// single or batched), so a fake upstream stays in rotation and only test calls see
+/// its misbehaviour. `None` for any other call.
+fn background_reply(body: &[u8]) -> Option<String> {
+    let answer = |call: &Value| -> Option<Value> {
+        let result = match call["method"].as_str()? {
+            "eth_chainId" => serde_json::json!("0x7a69"),
+            "eth_getBlockByNumber" => serde_json::json!({"number": "0x0", "hash": "0x00"}),
+            _ => return None,
+        };
+        Some(serde_json::json!({"jsonrpc": "2.0", "id": call["id"], "result": result}))
+    };
+    match serde_json::from_slice::<Value>(body).ok()? {
+        Value::Array(calls) => {
+            let replies: Option<Vec<Value>> = calls.iter().map(answer).collect();
+            Some(Value::Array(replies?).to_string())
+        }
+        call => answer(&call).map(|r| r.to_string()),
+    }
 }
 
 async fn serve(app: Router) -> String {

@@ -1,0 +1,331 @@
+//! Step 4 of a request: which block a call is about, and pinning block tags to the
+//! consensus. `latest` (and `safe`/`finalized`) in a call's block parameter become the
+//! agreed block number, so every upstream answers about the same block and answers
+//! never go backwards. Pure: reads the chain's head state, changes nothing.
+
+use serde_json::value::RawValue;
+
+use super::heads::ChainHeadState;
+
+/// What an upstream must have to answer a call correctly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Nothing block-related (`eth_chainId`, `eth_sendRawTransaction`, …).
+    Any,
+    /// Recent chain state without a block number (a tx by hash, a block by hash,
+    /// `pending`): prefer upstreams caught up with the consensus head.
+    Fresh,
+    /// Block N: only upstreams whose head is at least N.
+    Block(u64),
+}
+
+impl Need {
+    /// What a batch sent to one upstream needs: the most demanding of its calls.
+    pub fn combine(self, other: Need) -> Need {
+        match (self, other) {
+            (Need::Block(a), Need::Block(b)) => Need::Block(a.max(b)),
+            (Need::Block(n), _) | (_, Need::Block(n)) => Need::Block(n),
+            (Need::Fresh, _) | (_, Need::Fresh) => Need::Fresh,
+            (Need::Any, Need::Any) => Need::Any,
+        }
+    }
+}
+
+/// The call's params with tags pinned (`None`: forward the original bytes), and its need.
+#[derive(Debug)]
+pub struct Resolved {
+    pub params: Option<Box<RawValue>>,
+    pub need: Need,
+}
+
+/// Methods whose block parameter sits at a fixed position of the params array.
+fn block_param(method: &str) -> Option<usize> {
+    Some(match method {
+        "eth_getBlockByNumber"
+        | "eth_getBlockTransactionCountByNumber"
+        | "eth_getUncleCountByBlockNumber"
+        | "eth_getTransactionByBlockNumberAndIndex"
+        | "eth_getUncleByBlockNumberAndIndex"
+        | "eth_getBlockReceipts" => 0,
+        "eth_getBalance"
+        | "eth_getCode"
+        | "eth_getTransactionCount"
+        | "eth_call"
+        | "eth_estimateGas"
+        | "eth_createAccessList"
+        | "eth_feeHistory" => 1,
+        "eth_getStorageAt" | "eth_getProof" => 2,
+        _ => return None,
+    })
+}
+
+/// Methods about recent state that name no block.
+fn is_fresh(method: &str) -> bool {
+    matches!(
+        method,
+        "eth_getTransactionByHash"
+            | "eth_getTransactionReceipt"
+            | "eth_getBlockByHash"
+            | "eth_getBlockTransactionCountByHash"
+            | "eth_getTransactionByBlockHashAndIndex"
+            | "eth_blockNumber"
+            | "eth_gasPrice"
+            | "eth_maxPriorityFeePerGas"
+            | "eth_blobBaseFee"
+    )
+}
+
+pub fn resolve(method: &str, params: Option<&RawValue>, heads: &ChainHeadState) -> Resolved {
+    let unpinned = |need| Resolved { params: None, need };
+    if method == "eth_getLogs" {
+        return resolve_logs(params, heads);
+    }
+    let Some(index) = block_param(method) else {
+        return unpinned(if is_fresh(method) {
+            Need::Fresh
+        } else {
+            Need::Any
+        });
+    };
+    let Some(mut items) = params.and_then(|p| serde_json::from_str::<Vec<&RawValue>>(p.get()).ok())
+    else {
+        return unpinned(Need::Fresh);
+    };
+    let Some(block) = items.get(index) else {
+        // An omitted block parameter means `latest` to the node; leave it to the node.
+        return unpinned(Need::Fresh);
+    };
+    match block_ref(block, heads) {
+        BlockRef::Number(n) => unpinned(Need::Block(n)),
+        BlockRef::Pinned(n) => {
+            let pinned = quantity(n);
+            items[index] = &pinned;
+            Resolved {
+                params: Some(join(&items)),
+                need: Need::Block(n),
+            }
+        }
+        BlockRef::Other => unpinned(Need::Fresh),
+    }
+}
+
+enum BlockRef {
+    /// A number the client gave (or `earliest`).
+    Number(u64),
+    /// A tag resolved to the consensus: the params must be rewritten.
+    Pinned(u64),
+    /// `pending`, a block hash, or a tag with no consensus yet.
+    Other,
+}
+
+fn block_ref(raw: &RawValue, heads: &ChainHeadState) -> BlockRef {
+    let text = raw.get();
+    if text.starts_with('{') {
+        // EIP-1898: {"blockNumber": N} or {"blockHash": H}.
+        #[derive(serde::Deserialize)]
+        struct ByNumber<'a> {
+            #[serde(borrow, rename = "blockNumber")]
+            block_number: Option<&'a str>,
+        }
+        return match serde_json::from_str::<ByNumber<'_>>(text) {
+            Ok(ByNumber {
+                block_number: Some(n),
+            }) => parse_quantity(n).map_or(BlockRef::Other, BlockRef::Number),
+            _ => BlockRef::Other,
+        };
+    }
+    let Ok(tag) = serde_json::from_str::<&str>(text) else {
+        return BlockRef::Other;
+    };
+    let pinned = |n: Option<u64>| n.map_or(BlockRef::Other, BlockRef::Pinned);
+    match tag {
+        "latest" => pinned(heads.consensus.as_ref().map(|c| c.number)),
+        "safe" => pinned(heads.safe),
+        "finalized" => pinned(heads.finalized),
+        "earliest" => BlockRef::Number(0),
+        "pending" => BlockRef::Other,
+        n => parse_quantity(n).map_or(BlockRef::Other, BlockRef::Number),
+    }
+}
+
+/// `eth_getLogs`: pins `fromBlock`/`toBlock` tags (absent means `latest`) and needs the
+/// upper end.
+fn resolve_logs(params: Option<&RawValue>, heads: &ChainHeadState) -> Resolved {
+    use std::collections::BTreeMap;
+    let unpinned = Resolved {
+        params: None,
+        need: Need::Fresh,
+    };
+    let Some(items) = params.and_then(|p| serde_json::from_str::<Vec<&RawValue>>(p.get()).ok())
+    else {
+        return unpinned;
+    };
+    let Some(Ok(mut filter)) = items
+        .first()
+        .map(|f| serde_json::from_str::<BTreeMap<&str, &RawValue>>(f.get()))
+    else {
+        return unpinned;
+    };
+    if filter.contains_key("blockHash") {
+        return unpinned;
+    }
+    let latest: Box<RawValue> =
+        RawValue::from_string("\"latest\"".to_owned()).unwrap_or_else(|_| quantity(0));
+    let mut pins = Vec::new();
+    let mut upper = None;
+    for key in ["fromBlock", "toBlock"] {
+        let raw = filter.get(key).copied().unwrap_or(&latest);
+        match block_ref(raw, heads) {
+            BlockRef::Pinned(n) => {
+                pins.push((key, quantity(n)));
+                upper = upper.max(Some(n));
+            }
+            BlockRef::Number(n) => upper = upper.max(Some(n)),
+            BlockRef::Other => return unpinned,
+        }
+    }
+    for (key, value) in &pins {
+        filter.insert(key, value);
+    }
+    let Ok(filter) = serde_json::value::to_raw_value(&filter) else {
+        return unpinned;
+    };
+    let mut rest: Vec<&RawValue> = vec![&filter];
+    rest.extend(items.iter().skip(1));
+    Resolved {
+        params: if pins.is_empty() {
+            None
+        } else {
+            Some(join(&rest))
+        },
+        need: upper.map_or(Need::Fresh, Need::Block),
+    }
+}
+
+fn quantity(n: u64) -> Box<RawValue> {
+    // A quoted hex number is always valid JSON.
+    RawValue::from_string(format!("\"{n:#x}\""))
+        .unwrap_or_else(|_| unreachable!("hex quantity is JSON"))
+}
+
+fn parse_quantity(s: &str) -> Option<u64> {
+    u64::from_str_radix(s.strip_prefix("0x")?, 16).ok()
+}
+
+/// Re-joins array items; each item's own bytes are kept.
+fn join(items: &[&RawValue]) -> Box<RawValue> {
+    let mut s = String::with_capacity(items.iter().map(|i| i.get().len() + 1).sum::<usize>() + 2);
+    s.push('[');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(item.get());
+    }
+    s.push(']');
+    // Joining valid JSON values with commas inside brackets is a valid array.
+    RawValue::from_string(s).unwrap_or_else(|_| unreachable!("joined JSON array is JSON"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::heads::Consensus;
+
+    fn heads() -> ChainHeadState {
+        ChainHeadState {
+            consensus: Some(Consensus {
+                number: 100,
+                hash: "0xh".into(),
+                confirmed: true,
+            }),
+            safe: Some(68),
+            finalized: Some(36),
+        }
+    }
+
+    fn check(method: &str, params: &str, expected_params: Option<&str>, need: Need) {
+        let raw = RawValue::from_string(params.to_owned()).expect("test JSON");
+        let r = resolve(method, Some(&raw), &heads());
+        assert_eq!(
+            r.params.as_ref().map(|p| p.get()),
+            expected_params,
+            "{method} {params}"
+        );
+        assert_eq!(r.need, need, "{method} {params}");
+    }
+
+    #[test]
+    fn tags_are_pinned_to_the_consensus_and_numbers_kept() {
+        check(
+            "eth_getBalance",
+            r#"["0xab", "latest"]"#,
+            Some(r#"["0xab","0x64"]"#),
+            Need::Block(100),
+        );
+        check(
+            "eth_getBalance",
+            r#"["0xab", "0x10"]"#,
+            None,
+            Need::Block(16),
+        );
+        check(
+            "eth_getStorageAt",
+            r#"["0xab","0x0","finalized"]"#,
+            Some(r#"["0xab","0x0","0x24"]"#),
+            Need::Block(36),
+        );
+        check(
+            "eth_getBlockByNumber",
+            r#"["safe", false]"#,
+            Some(r#"["0x44",false]"#),
+            Need::Block(68),
+        );
+        check(
+            "eth_call",
+            r#"[{"to":"0x1"}, "pending"]"#,
+            None,
+            Need::Fresh,
+        );
+        check(
+            "eth_call",
+            r#"[{"to":"0x1"}, {"blockHash":"0xabc"}]"#,
+            None,
+            Need::Fresh,
+        );
+        check(
+            "eth_call",
+            r#"[{"to":"0x1"}, {"blockNumber":"0x5"}]"#,
+            None,
+            Need::Block(5),
+        );
+        check("eth_getBalance", r#"["0xab"]"#, None, Need::Fresh);
+        check("eth_getTransactionReceipt", r#"["0x1"]"#, None, Need::Fresh);
+        check("eth_chainId", "[]", None, Need::Any);
+    }
+
+    #[test]
+    fn log_ranges_pin_their_tags_and_need_their_upper_end() {
+        check(
+            "eth_getLogs",
+            r#"[{"address":"0x1","fromBlock":"0x5"}]"#,
+            Some(r#"[{"address":"0x1","fromBlock":"0x5","toBlock":"0x64"}]"#),
+            Need::Block(100),
+        );
+        check(
+            "eth_getLogs",
+            r#"[{"fromBlock":"0x5","toBlock":"0x9"}]"#,
+            None,
+            Need::Block(9),
+        );
+        check("eth_getLogs", r#"[{"blockHash":"0x5"}]"#, None, Need::Fresh);
+    }
+
+    #[test]
+    fn without_a_consensus_tags_are_left_alone() {
+        let raw = RawValue::from_string(r#"["0xab","latest"]"#.into()).expect("json");
+        let r = resolve("eth_getBalance", Some(&raw), &ChainHeadState::default());
+        assert!(r.params.is_none());
+        assert_eq!(r.need, Need::Fresh);
+    }
+}
