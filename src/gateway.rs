@@ -10,7 +10,7 @@ use std::{
 use crate::{
     config::{Config, Limits},
     route::{
-        heads::{ChainHead, HeadView},
+        heads::{self, ChainHead, HeadView},
         health::Status,
     },
     rpc::{MethodPolicy, ParseLimits},
@@ -58,6 +58,8 @@ pub struct Readiness {
     pub ready_upstreams: usize,
     /// Not yet past their first `eth_chainId` check.
     pub unchecked_upstreams: usize,
+    /// The consensus head, once any upstream's head is known.
+    pub head: Option<u64>,
 }
 
 impl Chain {
@@ -69,6 +71,7 @@ impl Chain {
             .filter(|u| u.health.is_ready())
             .map(|u| (u.operator.as_str(), u.head.view()))
             .collect();
+        let views = heads::without_stalled(views, self.stall_after(), Instant::now());
         let Some(moved) = self.head.update(&views, self.quorum) else {
             return;
         };
@@ -83,6 +86,17 @@ impl Chain {
             bt.estimate = Some(bt.estimate.map_or(sample, |e| (e * 3 + sample) / 4));
         }
         bt.last = Some((moved.number, now));
+    }
+
+    /// How long a head may stand still behind the others before it loses its vote:
+    /// three block times, and at least a second.
+    fn stall_after(&self) -> Duration {
+        let estimate = self
+            .block_time
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .estimate;
+        (estimate.unwrap_or(self.max_poll) * 3).max(Duration::from_secs(1))
     }
 
     pub fn poll_interval(&self) -> Duration {
@@ -114,6 +128,7 @@ impl Chain {
             upstreams: self.upstreams.len(),
             ready_upstreams: count(|s| *s == Status::Ready),
             unchecked_upstreams: count(|s| *s == Status::Unchecked),
+            head: self.head.latest(),
         }
     }
 }

@@ -161,7 +161,7 @@ async fn a_batch_mixing_good_and_bad_calls_answers_each_in_order() {
         {"jsonrpc":"2.0","id":2,"method":"admin_peers"},
         17,
         {"jsonrpc":"2.0","method":"eth_blockNumber"},
-        {"jsonrpc":"2.0","id":null,"method":"eth_blockNumber","params":[]}
+        {"jsonrpc":"2.0","id":null,"method":"eth_getTransactionCount","params":["0x0000000000000000000000000000000000000001","0x0"]}
     ]"#;
     let r = outlast.post("/local", body).await;
     let replies = r.json();
@@ -183,7 +183,8 @@ async fn a_batch_mixing_good_and_bad_calls_answers_each_in_order() {
         replies[3],
         json!({"jsonrpc":"2.0","id":null,"result":"0x0"})
     );
-    assert_eq!(r.upstream.as_deref(), Some("u0"));
+    // In call order, without repeats; the notification eth_blockNumber came from the head.
+    assert_eq!(r.upstream.as_deref(), Some("u0,consensus"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,7 +240,8 @@ async fn notifications_get_no_reply_but_are_still_sent() {
 async fn params_reach_the_upstream_byte_for_byte() {
     let (recorder, seen) = recording_upstream().await;
     let outlast = Outlast::start(&config(&[recorder], FAST_ROUTING)).await;
-    let params = r#"[ {"to":"0x00000000000000000000000000000000000000AA" , "data":"0x"},  "latest", 1.50e0 ]"#;
+    let params =
+        r#"[ {"to":"0x00000000000000000000000000000000000000AA" , "data":"0x"},  "0x0", 1.50e0 ]"#;
     let r = outlast
         .post(
             "/31337",
@@ -255,6 +257,27 @@ async fn params_reach_the_upstream_byte_for_byte() {
     assert!(
         forwarded.ends_with(&format!(r#""params":{params}}}"#)),
         "{forwarded}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latest_is_pinned_to_the_consensus_block_and_the_rest_kept() {
+    let (recorder, seen) = recording_upstream().await;
+    // The recorder reports head 0, so the consensus head is block 0.
+    let outlast = Outlast::start(&config(&[recorder], FAST_ROUTING)).await;
+    let r = outlast
+        .post(
+            "/local",
+            r#"{"jsonrpc":"2.0","id":1,"method":"eth_getBalance","params":[ "0x00000000000000000000000000000000000000aA" , "latest"]}"#,
+        )
+        .await;
+    assert_eq!(r.json()["result"], "0x7a69");
+    let seen = seen.lock().expect("lock").clone();
+    assert!(
+        seen.iter()
+            .any(|b| b
+                .ends_with(r#""params":["0x00000000000000000000000000000000000000aA","0x0"]}"#)),
+        "{seen:?}"
     );
 }
 

@@ -8,7 +8,7 @@
 use std::{
     collections::{BTreeMap, HashSet, VecDeque},
     sync::Mutex,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 /// How many recent (number, hash) pairs each upstream remembers, so a quorum can be
@@ -22,6 +22,9 @@ pub struct HeadView {
     pub safe: Option<u64>,
     pub finalized: Option<u64>,
     pub updated: Option<Instant>,
+    /// When `latest` last changed: a node whose head stopped while others moved on is
+    /// stuck, and its old head must not hold the consensus back.
+    pub changed: Option<Instant>,
     recent: VecDeque<(u64, String)>,
 }
 
@@ -70,6 +73,9 @@ impl UpstreamHead {
             if v.recent.len() > RECENT {
                 v.recent.pop_front();
             }
+        }
+        if v.latest != Some(latest.0) {
+            v.changed = Some(now);
         }
         v.latest = Some(latest.0);
         v.safe = safe.or(v.safe);
@@ -148,8 +154,30 @@ fn max_opt(a: Option<u64>, b: Option<u64>) -> Option<u64> {
     a.max(b)
 }
 
-/// The newest (number, hash) that at least `quorum` distinct operators have reported
-/// among their recent heads; without one, the newest head reported by anyone, unconfirmed.
+/// Drops the views of upstreams that are stuck: behind the newest head reported, with a
+/// head unchanged for `stall_after`. They still serve what they have; they just do not
+/// vote on the head, so one stuck node cannot freeze `latest` for everyone.
+pub fn without_stalled(
+    views: Vec<(&str, HeadView)>,
+    stall_after: Duration,
+    now: Instant,
+) -> Vec<(&str, HeadView)> {
+    let top = views.iter().filter_map(|(_, v)| v.latest).max();
+    views
+        .into_iter()
+        .filter(|(_, v)| {
+            let behind = v.latest < top;
+            let still = v
+                .changed
+                .is_none_or(|c| now.duration_since(c) > stall_after);
+            !(behind && still)
+        })
+        .collect()
+}
+
+/// The newest (number, hash) that enough distinct operators have reported among their
+/// recent heads: `quorum` of them, or all voting operators when fewer vote (then the head
+/// is not `confirmed`). Without any agreement, the newest head reported, unconfirmed.
 pub fn consensus(views: &[(&str, HeadView)], quorum: usize) -> Option<Consensus> {
     let mut support: BTreeMap<(u64, &str), HashSet<&str>> = BTreeMap::new();
     for (operator, view) in views {
@@ -161,14 +189,20 @@ pub fn consensus(views: &[(&str, HeadView)], quorum: usize) -> Option<Consensus>
         }
     }
     let quorum = quorum.max(1);
+    let voters = views
+        .iter()
+        .map(|(op, _)| *op)
+        .collect::<HashSet<_>>()
+        .len();
+    let needed = quorum.min(voters).max(1);
     let agreed = support
         .iter()
         .rev()
-        .find(|(_, ops)| ops.len() >= quorum)
-        .map(|((n, h), _)| Consensus {
+        .find(|(_, ops)| ops.len() >= needed)
+        .map(|((n, h), ops)| Consensus {
             number: *n,
             hash: (*h).to_owned(),
-            confirmed: true,
+            confirmed: ops.len() >= quorum,
         });
     agreed.or_else(|| {
         // Best available: the highest head that any upstream currently reports, with
@@ -267,6 +301,29 @@ mod tests {
             Some((5, "p", true)),
         );
         check(&[], 2, None);
+    }
+
+    #[test]
+    fn a_stuck_upstream_loses_its_vote() {
+        let now = Instant::now();
+        let stuck = view(&[(5, "x")]);
+        let moving = view(&[(5, "x"), (9, "z")]);
+        let views = vec![("a", stuck), ("b", moving)];
+        let later = now + Duration::from_secs(5);
+        let voting = without_stalled(views.clone(), Duration::from_secs(1), later);
+        assert_eq!(voting.iter().map(|(op, _)| *op).collect::<Vec<_>>(), ["b"]);
+        assert_eq!(
+            consensus(&voting, 2).map(|c| (c.number, c.confirmed)),
+            Some((9, false))
+        );
+        // Not yet stuck for long: it still votes, and the head waits for it.
+        let voting = without_stalled(views, Duration::from_secs(60), later);
+        assert_eq!(consensus(&voting, 2).map(|c| c.number), Some(5));
+        // Fewer voters than the quorum: all must agree, and the head is unconfirmed.
+        assert_eq!(
+            consensus(&[("a", view(&[(4, "x")]))], 2).map(|c| (c.number, c.confirmed)),
+            Some((4, false))
+        );
     }
 
     #[test]

@@ -15,13 +15,17 @@ use tokio_util::sync::CancellationToken;
 use super::{Answer, Upstream, UpstreamError, log_transition};
 use crate::{gateway::Chain, rpc::Call};
 
+/// How soon to look again at an upstream that is out of rotation.
+const NOT_READY_RECHECK: Duration = Duration::from_millis(50);
+
 /// `safe` and `finalized` move once per epoch: asked every this many polls.
 const FINALITY_EVERY: u32 = 10;
 
 pub async fn track(up: Arc<Upstream>, chain: Arc<Chain>, stop: CancellationToken) {
     let mut polls: u32 = 0;
     loop {
-        if up.health.is_ready() {
+        let ready = up.health.is_ready();
+        if ready {
             let with_finality = polls.is_multiple_of(FINALITY_EVERY);
             polls = polls.wrapping_add(1);
             let poll = tokio::select! {
@@ -46,9 +50,15 @@ pub async fn track(up: Arc<Upstream>, chain: Arc<Chain>, stop: CancellationToken
                 }
             }
         }
+        // Out of rotation: look again soon, so the head is known as soon as it is back.
+        let wait = if ready {
+            chain.poll_interval()
+        } else {
+            NOT_READY_RECHECK
+        };
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(chain.poll_interval()) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
     }
 }

@@ -35,7 +35,8 @@ impl Response {
 
 impl Outlast {
     /// Starts Outlast on 127.0.0.1:0 with `toml` (its `[server] listen` is ignored) and
-    /// waits until `/readyz` says it is ready and every upstream had its first check.
+    /// waits until `/readyz` says it is ready, every upstream had its first check and
+    /// each chain's consensus head is known.
     pub async fn start(toml: &str) -> Outlast {
         let o = Outlast::start_unready(toml).await;
         o.wait_ready().await;
@@ -66,9 +67,10 @@ impl Outlast {
                 let ready = r.status().is_success();
                 let body: Value = serde_json::from_slice(&r.bytes().await.unwrap_or_default())
                     .unwrap_or_default();
-                let checked = body["chains"]
-                    .as_array()
-                    .is_some_and(|cs| cs.iter().all(|c| c["unchecked_upstreams"] == 0));
+                let checked = body["chains"].as_array().is_some_and(|cs| {
+                    cs.iter()
+                        .all(|c| c["unchecked_upstreams"] == 0 && !c["head"].is_null())
+                });
                 if ready && checked {
                     return;
                 }
