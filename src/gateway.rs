@@ -10,6 +10,7 @@ use std::{
 use crate::{
     config::{Config, Limits},
     route::{
+        budget::RetryBudget,
         heads::{self, ChainHead, HeadView},
         health::Status,
     },
@@ -37,6 +38,9 @@ pub struct Chain {
     /// Distinct operators that must agree on the consensus head.
     pub quorum: usize,
     pub head: ChainHead,
+    /// Hedge delay bounds (min, max) for reads; `None` when hedging is off.
+    pub hedge: Option<(Duration, Duration)>,
+    pub budget: RetryBudget,
     /// Spreads calls over equally good upstreams.
     pub rotation: AtomicUsize,
     /// Seconds per block, learned from the consensus head: sets the head poll interval.
@@ -152,6 +156,16 @@ impl Gateway {
                     max_attempts: config.routing.max_attempts,
                     quorum: c.quorum,
                     head: ChainHead::default(),
+                    hedge: config.routing.hedge.then(|| {
+                        (
+                            Duration::from_millis(config.routing.hedge_min_ms),
+                            Duration::from_millis(config.routing.request_timeout_ms),
+                        )
+                    }),
+                    budget: RetryBudget::new(
+                        config.routing.retry_budget_ratio,
+                        config.routing.retry_budget_per_sec,
+                    ),
                     rotation: AtomicUsize::new(0),
                     block_time: Mutex::new(BlockTime::default()),
                     max_poll: Duration::from_millis(config.routing.head_poll_ms),

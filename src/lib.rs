@@ -8,10 +8,12 @@
 //! - `route`    — health per upstream, selection order, the failover loop
 //! - `upstream` — sending calls to one provider; its background chain-id probe
 //! - `gateway`  — the long-lived state built from the config
+//! - `probe`    — `outlast probe`: measures every upstream once from here, one table
 
 pub mod config;
 pub mod dispatch;
 pub mod gateway;
+pub mod probe;
 pub mod route;
 pub mod rpc;
 pub mod server;

@@ -44,6 +44,14 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Measure every configured upstream from this machine, in a few seconds: chain id,
+    /// head, lag, latency, archive, eth_getProof and WebSocket, one table per chain.
+    /// Exits 0 when every chain has a usable upstream, 1 otherwise.
+    Probe {
+        /// TOML config file; without it, the embedded default.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Print the embedded default config, a starting point for your own.
     DefaultConfig,
 }
@@ -54,6 +62,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config } => serve(config),
         Command::Check { config } => return check(&config),
+        Command::Probe { config } => return probe(config.as_ref()),
         Command::DefaultConfig => {
             print!("{}", config::DEFAULT_TOML);
             Ok(())
@@ -101,6 +110,29 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// Prints the probe's table; exit 1 when some chain has no usable upstream (the
+/// table's last line names it) or the probe cannot run.
+fn probe(path: Option<&PathBuf>) -> ExitCode {
+    let measured = load(path).and_then(|config| {
+        let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+        Ok(runtime.block_on(outlast::probe::probe(&config))?)
+    });
+    match measured {
+        Ok(report) => {
+            print!("{report}");
+            if report.usable() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// SIGINT or SIGTERM: stop accepting, finish what is in flight.

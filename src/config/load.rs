@@ -349,6 +349,17 @@ fn validate(config: &Config) -> Vec<(Vec<Seg>, String)> {
             out.push((vec![Key("routing"), Key(key)], "must be at least 1".into()));
         }
     }
+    for (key, value) in [
+        ("retry_budget_ratio", routing.retry_budget_ratio),
+        ("retry_budget_per_sec", routing.retry_budget_per_sec),
+    ] {
+        if !(value.is_finite() && value >= 0.0) {
+            out.push((
+                vec![Key("routing"), Key(key)],
+                "must be a number of at least 0".into(),
+            ));
+        }
+    }
     let mut names = HashSet::new();
     let mut ids = HashSet::new();
     for (c, chain) in config.chains.iter().enumerate() {
@@ -426,6 +437,12 @@ fn validate_upstream(up: &Upstream) -> Vec<(&'static str, String)> {
     }
     if up.tier == 0 {
         out.push(("tier", "must be at least 1 (1 is tried first)".into()));
+    }
+    if up.max_concurrency == Some(0) {
+        out.push((
+            "max_concurrency",
+            "must be at least 1, or left out for no limit".into(),
+        ));
     }
     if up.max_rps == Some(0) {
         out.push((

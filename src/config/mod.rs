@@ -111,6 +111,15 @@ pub struct Routing {
     /// Slowest head poll per upstream; it polls faster (a third of the observed block
     /// time, down to 100 ms) on chains with fast blocks.
     pub head_poll_ms: u64,
+    /// Ask a second upstream when the first has not answered a read within its tail
+    /// latency (at least `hedge_min_ms`): a hung upstream then costs one hedge delay.
+    pub hedge: bool,
+    pub hedge_min_ms: u64,
+    /// Retries and hedges allowed per call on average (0.2 = one extra attempt per five
+    /// calls), plus `retry_budget_per_sec` always: in a total outage retries cannot
+    /// multiply the load on providers that are already failing.
+    pub retry_budget_ratio: f64,
+    pub retry_budget_per_sec: f64,
 }
 
 impl Default for Routing {
@@ -124,6 +133,10 @@ impl Default for Routing {
             max_cooldown_ms: 60_000,
             chain_id_check_secs: 300,
             head_poll_ms: 2_000,
+            hedge: true,
+            hedge_min_ms: 100,
+            retry_budget_ratio: 0.2,
+            retry_budget_per_sec: 10.0,
         }
     }
 }
@@ -173,8 +186,12 @@ pub struct Upstream {
     pub cloud: Option<String>,
     #[serde(default, deserialize_with = "env::expanded_opt")]
     pub region: Option<String>,
+    /// Calls per second this provider accepts from us (its plan's limit).
     #[serde(default)]
     pub max_rps: Option<u32>,
+    /// Calls in flight at once; beyond it, calls go to other upstreams.
+    #[serde(default)]
+    pub max_concurrency: Option<u32>,
     #[serde(default = "default_tier")]
     pub tier: u8,
 }

@@ -1,12 +1,22 @@
 //! The failover loop: walks `select`'s plan until every call has an answer that is not
-//! the upstream's fault, or the plan (or `max_attempts`) runs out.
+//! the upstream's fault, or the plan, `max_attempts` or the retry budget runs out.
 //!
-//! Transport errors, timeouts, 429/5xx and malformed replies move the call on; a JSON-RPC
-//! error blamed on the caller (a revert, bad params) is the answer and is not retried.
-//! Retrying is safe for every method that gets here: reads are idempotent and a signed
-//! raw transaction is the same transaction wherever it is sent.
+//! Transport errors, timeouts, 429/5xx and malformed replies move the calls on; a
+//! JSON-RPC error blamed on the caller (a revert, bad params) is the answer and is not
+//! retried. A read that the first upstream has not answered within its tail latency is
+//! **hedged**: the next upstream is asked too and the first good answer wins, so a hung
+//! upstream costs one hedge delay, not a timeout. Retrying is safe for every method
+//! that gets here: reads are idempotent and a signed raw transaction is the same
+//! transaction wherever it is sent (which is why writes are retried but not hedged).
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures_util::{StreamExt, stream::FuturesUnordered};
 
 use super::{health::Transition, resolve::Need, select};
 use crate::{
@@ -25,85 +35,236 @@ pub enum Outcome {
     Unavailable(Vec<Attempt>),
 }
 
+/// How many upstreams may be working on the same calls at once (the first + hedges).
+const MAX_PARALLEL: usize = 2;
+
+/// One finished attempt: who, which calls (indices into `calls`), what came back.
+type Finished = (
+    Arc<Upstream>,
+    Vec<usize>,
+    Result<Vec<Option<Answer>>, UpstreamError>,
+    Duration,
+);
+type AttemptFuture<'a> = Pin<Box<dyn Future<Output = Finished> + Send + 'a>>;
+
 /// Answers `calls` in order. Calls still pending after an attempt (left out of a batch
 /// reply, or refused for the upstream's reasons) go together to the next upstream.
 pub async fn forward(chain: &Chain, calls: &[&Call<'_>], need: Need) -> Vec<Outcome> {
     let plan = select::plan(chain, need, Instant::now());
-    let mut tried = plan.skipped;
-    let mut answered: Vec<Option<(Arc<str>, Answer)>> = vec![None; calls.len()];
-    // An upstream's own error (e.g. "method not found" there), kept in case no one does better.
-    let mut fallback: Vec<Option<(Arc<str>, Answer)>> = vec![None; calls.len()];
-    let mut pending: Vec<usize> = (0..calls.len()).collect();
-
-    for (attempt, up) in plan.order.iter().enumerate() {
+    let hedge = chain
+        .hedge
+        .filter(|_| calls.iter().all(|c| is_hedgeable(&c.method)));
+    chain.budget.deposit();
+    let mut run = Run {
+        chain,
+        calls,
+        candidates: plan.order.into_iter(),
+        tried: plan.skipped,
+        answered: vec![None; calls.len()],
+        fallback: vec![None; calls.len()],
+        attempts: 0,
+        launched: Vec::new(),
+    };
+    let mut inflight: FuturesUnordered<AttemptFuture<'_>> = FuturesUnordered::new();
+    if let Some(first) = run.launch(&run.pending()) {
+        inflight.push(first);
+    }
+    let mut hedge_at = run.hedge_deadline(hedge, &inflight);
+    while !inflight.is_empty() {
+        let finished = match hedge_at {
+            Some(at) => tokio::select! {
+                f = inflight.next() => f,
+                _ = tokio::time::sleep_until(at.into()) => {
+                    hedge_at = None;
+                    if let Some(extra) = run.launch(&run.pending()) {
+                        tracing::debug!(chain = %chain.name, "hedging a slow call");
+                        inflight.push(extra);
+                    }
+                    continue;
+                }
+            },
+            None => inflight.next().await,
+        };
+        let Some((up, sent, result, took)) = finished else {
+            break;
+        };
+        run.settle(&up, &sent, result, took);
+        let pending = run.pending();
         if pending.is_empty() {
             break;
         }
-        if attempt >= chain.max_attempts {
-            let last = up
-                .health
-                .last_error()
-                .map(|e| format!("; its last error: {e}"))
-                .unwrap_or_default();
-            tried.push(Attempt {
-                upstream: up.name.to_string(),
-                error: format!(
-                    "not tried: [routing] max_attempts = {} reached{last}",
-                    chain.max_attempts
-                ),
-            });
-            continue;
+        if inflight.is_empty()
+            && let Some(next) = run.launch(&pending)
+        {
+            inflight.push(next);
         }
-        let batch: Vec<&Call<'_>> = pending.iter().map(|&i| calls[i]).collect();
-        match up.send(&batch).await {
+        if inflight.len() < MAX_PARALLEL && hedge_at.is_none() {
+            hedge_at = run.hedge_deadline(hedge, &inflight);
+        }
+    }
+    // Dropping `inflight` cancels a hedge that lost the race.
+    drop(inflight);
+    run.finish()
+}
+
+/// State of one `forward`.
+struct Run<'c, 'a> {
+    chain: &'c Chain,
+    calls: &'c [&'c Call<'a>],
+    candidates: std::vec::IntoIter<Arc<Upstream>>,
+    tried: Vec<Attempt>,
+    answered: Vec<Option<(Arc<str>, Answer)>>,
+    /// An upstream's own error (e.g. "method not found" there), kept in case no one does better.
+    fallback: Vec<Option<(Arc<str>, Answer)>>,
+    attempts: usize,
+    /// Upstreams asked so far, in order.
+    launched: Vec<Arc<Upstream>>,
+}
+
+impl<'c, 'a> Run<'c, 'a> {
+    fn pending(&self) -> Vec<usize> {
+        (0..self.calls.len())
+            .filter(|&i| self.answered[i].is_none())
+            .collect()
+    }
+
+    /// Starts an attempt at the next candidate that may take it, within `max_attempts`
+    /// and (beyond the first) the retry budget. `None` when nobody may.
+    fn launch(&mut self, pending: &[usize]) -> Option<AttemptFuture<'c>> {
+        if pending.is_empty() {
+            return None;
+        }
+        while let Some(up) = self.candidates.next() {
+            if self.attempts >= self.chain.max_attempts {
+                self.untried(
+                    &up,
+                    &format!(
+                        "[routing] max_attempts = {} reached",
+                        self.chain.max_attempts
+                    ),
+                );
+                continue;
+            }
+            if self.attempts > 0 && !self.chain.budget.withdraw(Instant::now()) {
+                self.untried(&up, "the chain's retry budget is spent (too many failures)");
+                continue;
+            }
+            let guard = match up.admit() {
+                Ok(g) => g,
+                Err(limit) => {
+                    self.untried(&up, limit);
+                    continue;
+                }
+            };
+            self.attempts += 1;
+            self.launched.push(up.clone());
+            let batch: Vec<&'c Call<'a>> = pending.iter().map(|&i| self.calls[i]).collect();
+            let sent = pending.to_vec();
+            return Some(Box::pin(async move {
+                let _guard = guard;
+                let started = Instant::now();
+                let result = up.send(&batch).await;
+                (up, sent, result, started.elapsed())
+            }));
+        }
+        None
+    }
+
+    fn untried(&mut self, up: &Upstream, why: &str) {
+        let last = up
+            .health
+            .last_error()
+            .map(|e| format!("; its last error: {e}"))
+            .unwrap_or_default();
+        self.tried.push(Attempt {
+            upstream: up.name.to_string(),
+            error: format!("not tried: {why}{last}"),
+        });
+    }
+
+    /// When to hedge the one attempt in flight: after that upstream's tail latency.
+    fn hedge_deadline(
+        &self,
+        hedge: Option<(Duration, Duration)>,
+        inflight: &FuturesUnordered<AttemptFuture<'_>>,
+    ) -> Option<Instant> {
+        let (min, max) = hedge?;
+        if inflight.len() != 1 || self.candidates.len() == 0 {
+            return None;
+        }
+        // The attempt in flight is the latest launched; its upstream's stats set the delay.
+        let last = self.launched.last()?;
+        Some(Instant::now() + last.health.hedge_delay(min, max))
+    }
+
+    fn settle(
+        &mut self,
+        up: &Upstream,
+        sent: &[usize],
+        result: Result<Vec<Option<Answer>>, UpstreamError>,
+        took: Duration,
+    ) {
+        let answers = match result {
             Err(e) => {
                 note_failure(up, &e);
-                tried.push(Attempt {
+                self.tried.push(Attempt {
                     upstream: up.name.to_string(),
                     error: e.to_string(),
                 });
+                return;
             }
-            Ok(answers) => {
-                upstream::log_transition(up, &up.health.record_success());
-                let mut still = Vec::new();
-                let mut refusals = Vec::new();
-                for (&i, answer) in pending.iter().zip(answers) {
-                    match answer {
-                        None => {
-                            still.push(i);
-                            refusals.push("left the call out of its batch reply".to_owned());
-                        }
-                        Some(a) if a.blame() == Some(Blame::Upstream) => {
-                            if let Answer::Error { code, message, .. } = &a {
-                                refusals.push(format!("error {code}: {message}"));
-                            }
-                            fallback[i] = Some((up.name.clone(), a));
-                            still.push(i);
-                        }
-                        Some(a) => answered[i] = Some((up.name.clone(), a)),
+            Ok(answers) => answers,
+        };
+        upstream::log_transition(up, &up.health.record_success(took));
+        let mut refusal = None;
+        for (&i, answer) in sent.iter().zip(answers) {
+            if self.answered[i].is_some() {
+                continue; // a hedge already answered it
+            }
+            match answer {
+                None => {
+                    refusal
+                        .get_or_insert_with(|| "left the call out of its batch reply".to_owned());
+                }
+                Some(a) if a.blame() == Some(Blame::Upstream) => {
+                    if let Answer::Error { code, message, .. } = &a {
+                        refusal.get_or_insert_with(|| format!("error {code}: {message}"));
                     }
+                    self.fallback[i] = Some((up.name.clone(), a));
                 }
-                if let Some(first) = refusals.first() {
-                    tried.push(Attempt {
-                        upstream: up.name.to_string(),
-                        error: first.clone(),
-                    });
-                }
-                pending = still;
+                Some(a) => self.answered[i] = Some((up.name.clone(), a)),
             }
         }
+        if let Some(error) = refusal {
+            self.tried.push(Attempt {
+                upstream: up.name.to_string(),
+                error,
+            });
+        }
     }
-    if !pending.is_empty() {
-        tracing::debug!(chain = %chain.name, pending = pending.len(), ?tried, "calls left unanswered");
+
+    fn finish(self) -> Vec<Outcome> {
+        let tried = self.tried;
+        if self.answered.iter().any(Option::is_none) {
+            tracing::debug!(chain = %self.chain.name, ?tried, "calls left unanswered");
+        }
+        self.answered
+            .into_iter()
+            .zip(self.fallback)
+            .map(|(answer, fallback)| match answer.or(fallback) {
+                Some((upstream, answer)) => Outcome::Answered { upstream, answer },
+                None => Outcome::Unavailable(tried.clone()),
+            })
+            .collect()
     }
-    answered
-        .into_iter()
-        .zip(fallback)
-        .map(|(answer, fallback)| match answer.or(fallback) {
-            Some((upstream, answer)) => Outcome::Answered { upstream, answer },
-            None => Outcome::Unavailable(tried.clone()),
-        })
-        .collect()
+}
+
+/// Writes are retried on failure but never sent twice at once.
+fn is_hedgeable(method: &str) -> bool {
+    !matches!(
+        method,
+        "eth_sendRawTransaction" | "eth_sendRawTransactionSync"
+    )
 }
 
 fn note_failure(up: &Upstream, e: &UpstreamError) {

@@ -12,7 +12,13 @@ use std::{
 
 use tokio::sync::Notify;
 
+use super::score::Stats;
 use crate::config::Routing;
+
+/// A Ready upstream is taken out when more than this share of recent calls failed…
+const ERROR_RATE_TRIP: f64 = 0.5;
+/// …once it has answered at least this many calls.
+const ERROR_RATE_MIN_SAMPLES: u64 = 10;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Status {
@@ -55,6 +61,7 @@ struct State {
     consecutive_failures: u32,
     next_cooldown: Duration,
     last_error: Option<String>,
+    stats: Stats,
 }
 
 impl Health {
@@ -66,6 +73,7 @@ impl Health {
                 consecutive_failures: 0,
                 next_cooldown: first,
                 last_error: None,
+                stats: Stats::default(),
             }),
             failures_before_cooldown: routing.failures_before_cooldown.max(1),
             first_cooldown: first,
@@ -92,9 +100,10 @@ impl Health {
         self.lock().last_error.clone()
     }
 
-    /// A well-formed reply: the upstream is alive.
-    pub fn record_success(&self) -> Transition {
+    /// A well-formed reply after `latency`: the upstream is alive.
+    pub fn record_success(&self, latency: Duration) -> Transition {
         let mut s = self.lock();
+        s.stats.record_success(latency);
         s.consecutive_failures = 0;
         s.next_cooldown = self.first_cooldown;
         match s.status {
@@ -110,13 +119,54 @@ impl Health {
     /// A call failed for the upstream's reasons (not the caller's).
     pub fn record_failure(&self, why: &str, now: Instant) -> Transition {
         let mut s = self.lock();
+        s.stats.record_failure();
         s.consecutive_failures += 1;
         s.last_error = Some(why.to_owned());
-        if s.status == Status::Ready && s.consecutive_failures >= self.failures_before_cooldown {
+        // The breaker opens on failures in a row, or on a high error rate that
+        // alternating successes would otherwise hide.
+        let flapping =
+            s.stats.samples >= ERROR_RATE_MIN_SAMPLES && s.stats.error_rate() > ERROR_RATE_TRIP;
+        if s.status == Status::Ready
+            && (s.consecutive_failures >= self.failures_before_cooldown || flapping)
+        {
             self.changed.notify_one();
-            return self.cool_down(&mut s, why, None, now);
+            let why = if flapping {
+                format!(
+                    "{:.0}% of recent calls failed, last: {why}",
+                    s.stats.error_rate() * 100.0
+                )
+            } else {
+                why.to_owned()
+            };
+            return self.cool_down(&mut s, &why, None, now);
         }
         Transition::None
+    }
+
+    /// Score inputs, read by `select` without waiting on anything but this lock.
+    pub fn stats(&self) -> Stats {
+        self.lock().stats.clone()
+    }
+
+    /// After how long an unanswered call here is worth asking elsewhere too: its tail
+    /// latency, within `[min, max]` (`min` until it has been measured).
+    pub fn hedge_delay(&self, min: Duration, max: Duration) -> Duration {
+        self.lock()
+            .stats
+            .tail()
+            .unwrap_or(min)
+            .clamp(min, max.max(min))
+    }
+
+    /// The circuit breaker's state in the usual words: `closed` (serving), `open`
+    /// (cooling down), `half-open` (cool-down over, probe in progress).
+    pub fn breaker(&self, now: Instant) -> &'static str {
+        match &self.lock().status {
+            Status::Ready => "closed",
+            Status::CoolingDown { until, .. } if *until > now => "open",
+            Status::CoolingDown { .. } => "half-open",
+            Status::Unchecked | Status::WrongChain { .. } => "open",
+        }
     }
 
     /// HTTP 429: back off at once, for as long as the upstream asked when it said.
@@ -274,7 +324,7 @@ mod tests {
         let h = health();
         let now = Instant::now();
         h.record_failure("timeout", now);
-        h.record_success();
+        h.record_success(Duration::from_millis(5));
         h.record_failure("timeout", now);
         assert!(h.is_ready());
     }

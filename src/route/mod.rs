@@ -1,12 +1,15 @@
-//! Which upstream answers a call: health per upstream (`health`), heads and the
-//! consensus head (`heads`), which block a call needs (`resolve`), the order to try
-//! upstreams in (`select`, pure and never waiting) and the failover loop that walks
-//! that order (`forward`).
+//! Which upstream answers a call: health per upstream (`health`, with its `score`),
+//! heads and the consensus head (`heads`), which block a call needs (`resolve`), the
+//! order to try upstreams in (`select`, pure and never waiting), and the failover loop
+//! that walks that order, hedging slow reads within the chain's retry `budget`
+//! (`forward`).
 
+pub mod budget;
 pub mod forward;
 pub mod heads;
 pub mod health;
 pub mod resolve;
+pub mod score;
 pub mod select;
 
 pub use forward::{Outcome, forward};

@@ -10,7 +10,7 @@ use std::{
     time::Instant,
 };
 
-use super::{health::Status, resolve::Need};
+use super::{health::Status, resolve::Need, score};
 use crate::{gateway::Chain, rpc::Attempt, upstream::Upstream};
 
 pub struct Plan {
@@ -27,6 +27,7 @@ pub fn plan(chain: &Chain, need: Need, now: Instant) -> Plan {
             tier: u.tier,
             status: u.health.status(),
             head: u.head.latest(),
+            score: score::score(&u.health.stats(), u.limits.in_flight(), chain.lag(u)).value,
         })
         .collect();
     let rotation = chain.rotation.fetch_add(1, Ordering::Relaxed);
@@ -52,6 +53,8 @@ struct Candidate {
     tier: u8,
     status: Status,
     head: Option<u64>,
+    /// Lower is better (`score::score`).
+    score: f64,
 }
 
 /// A node this many blocks behind the consensus still counts as caught up for calls
@@ -126,13 +129,53 @@ fn order(
     (order, skipped)
 }
 
-/// Appends `group` lowest tier first, rotated within each tier to spread load.
-fn push_by_tier(order: &mut Vec<usize>, group: &[usize], upstreams: &[Candidate], rotation: usize) {
+/// Two scores this close (within 25%, or 2 ms) are a tie: load is then spread rather
+/// than piled on the one that happens to be a little faster.
+const TIE: f64 = 1.25;
+const TIE_MS: f64 = 2.0;
+
+/// Appends `group` lowest tier first. Within a tier: power of two choices — of two
+/// upstreams drawn at random, the better goes first (either, when they tie) — then the
+/// rest by score, as fallbacks.
+fn push_by_tier(order: &mut Vec<usize>, group: &[usize], upstreams: &[Candidate], seed: usize) {
     let mut group = group.to_vec();
-    group.sort_by_key(|&i| upstreams[i].tier);
+    group.sort_by(|&a, &b| {
+        (upstreams[a].tier, upstreams[a].score)
+            .partial_cmp(&(upstreams[b].tier, upstreams[b].score))
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    let mut random = SplitMix(seed as u64);
     for tier in group.chunk_by(|&a, &b| upstreams[a].tier == upstreams[b].tier) {
-        let start = rotation % tier.len();
-        order.extend(tier[start..].iter().chain(&tier[..start]));
+        let mut tier = tier.to_vec();
+        if tier.len() >= 2 {
+            let x = random.below(tier.len());
+            let y = (x + 1 + random.below(tier.len() - 1)) % tier.len();
+            let (sx, sy) = (upstreams[tier[x]].score, upstreams[tier[y]].score);
+            let first = if sx.max(sy) <= sx.min(sy) * TIE || (sx - sy).abs() <= TIE_MS {
+                if random.below(2) == 0 { x } else { y }
+            } else if sx <= sy {
+                x
+            } else {
+                y
+            };
+            let chosen = tier.remove(first);
+            tier.insert(0, chosen);
+        }
+        order.extend(tier);
+    }
+}
+
+/// A tiny deterministic generator (SplitMix64): selection needs spread, not secrecy, and
+/// tests need to replay it.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) % n.max(1) as u64) as usize
     }
 }
 
@@ -143,7 +186,12 @@ mod tests {
     use super::*;
 
     fn c(tier: u8, status: Status, head: Option<u64>) -> Candidate {
-        Candidate { tier, status, head }
+        Candidate {
+            tier,
+            status,
+            head,
+            score: 10.0,
+        }
     }
 
     fn ready(tier: u8) -> Candidate {
@@ -173,14 +221,34 @@ mod tests {
     }
 
     #[test]
-    fn ready_upstreams_rotate_within_the_lowest_tier_first() {
+    fn lower_tiers_come_first_and_ties_spread_load() {
         let ups = [ready(2), ready(1), ready(1), c(1, Status::Unchecked, None)];
-        check(&ups, Need::Any, 0, &[1, 2, 0]);
-        let skipped = check(&ups, Need::Any, 1, &[2, 1, 0]);
+        let mut firsts = std::collections::BTreeSet::new();
+        for seed in 0..50 {
+            let (got, skipped) = order(&ups, Need::Any, Some(10), seed, Instant::now());
+            assert_eq!(got.len(), 3);
+            assert_eq!(got[2], 0, "tier 2 only after tier 1: {got:?}");
+            firsts.insert(got[0]);
+            assert_eq!(
+                skipped,
+                [(3, "not yet checked (eth_chainId pending)".to_owned())]
+            );
+        }
         assert_eq!(
-            skipped,
-            [(3, "not yet checked (eth_chainId pending)".to_owned())]
+            firsts.into_iter().collect::<Vec<_>>(),
+            [1, 2],
+            "equal upstreams share the load"
         );
+    }
+
+    #[test]
+    fn the_better_scored_of_two_goes_first() {
+        let mut slow = ready(1);
+        slow.score = 100.0;
+        let ups = [slow, ready(1)];
+        for seed in 0..50 {
+            check(&ups, Need::Any, seed, &[1, 0]);
+        }
     }
 
     #[test]

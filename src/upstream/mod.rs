@@ -1,13 +1,19 @@
-//! One RPC endpoint: how to send it calls (`client`) and the background checks that keep
-//! its health honest (`probe`). The only module that sees a provider's real URL.
+//! One RPC endpoint: how to send it calls (`client`), the provider's limits we keep
+//! (`limits`), and the background tasks that keep its health honest (`probe`: chain id
+//! and coming back from a cool-down; `track`: its head). The only module that sees a
+//! provider's real URL.
 
+mod capabilities;
 mod client;
+mod limits;
 mod probe;
 mod track;
 
 use std::{sync::Arc, time::Duration};
 
+pub use capabilities::Capability;
 pub use client::{Answer, UpstreamError, http_client};
+pub use limits::{InFlight, Limits};
 pub use probe::{log_transition, watch};
 pub use track::{poll_interval, track};
 
@@ -28,6 +34,7 @@ pub struct Upstream {
     timeout: Duration,
     pub health: Health,
     pub head: UpstreamHead,
+    pub limits: Limits,
 }
 
 impl Upstream {
@@ -47,6 +54,7 @@ impl Upstream {
             timeout: Duration::from_millis(routing.request_timeout_ms),
             health: Health::new(routing),
             head: UpstreamHead::default(),
+            limits: Limits::new(cfg.max_rps, cfg.max_concurrency),
         }
     }
 

@@ -28,12 +28,15 @@ pub async fn track(up: Arc<Upstream>, chain: Arc<Chain>, stop: CancellationToken
         if ready {
             let with_finality = polls.is_multiple_of(FINALITY_EVERY);
             polls = polls.wrapping_add(1);
+            let started = Instant::now();
             let poll = tokio::select! {
                 _ = stop.cancelled() => return,
                 p = up.poll_head(with_finality) => p,
             };
             match poll {
                 Ok(head) => {
+                    // A poll is a call like any other: its latency feeds the score.
+                    up.health.record_success(started.elapsed());
                     up.head.record(
                         (head.number, head.hash),
                         head.safe,

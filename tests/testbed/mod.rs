@@ -17,6 +17,7 @@
 //! `spawn_blocking`.
 #![allow(dead_code)]
 
+pub mod chaos;
 pub mod faultproxy;
 pub mod gateway;
 

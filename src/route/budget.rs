@@ -1,0 +1,82 @@
+//! The retry budget of one chain: every call earns a fraction of a retry, and every
+//! retry or hedge spends one. When upstreams fail wholesale, retries stop instead of
+//! multiplying the load on providers that are already failing (Finagle's design).
+
+use std::{sync::Mutex, time::Instant};
+
+pub struct RetryBudget {
+    state: Mutex<State>,
+    ratio: f64,
+    per_sec: f64,
+    cap: f64,
+}
+
+struct State {
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl RetryBudget {
+    pub fn new(ratio: f64, per_sec: f64) -> Self {
+        let cap = (per_sec * 10.0).max(10.0);
+        RetryBudget {
+            state: Mutex::new(State {
+                tokens: cap,
+                refilled: Instant::now(),
+            }),
+            ratio,
+            per_sec,
+            cap,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // Two numbers updated together; a poisoned lock still holds valid ones.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A call arrived: it earns `ratio` of a retry.
+    pub fn deposit(&self) {
+        let mut s = self.lock();
+        s.tokens = (s.tokens + self.ratio).min(self.cap);
+    }
+
+    /// Takes one retry if the budget has it.
+    pub fn withdraw(&self, now: Instant) -> bool {
+        let mut s = self.lock();
+        let elapsed = now.saturating_duration_since(s.refilled).as_secs_f64();
+        s.tokens = (s.tokens + elapsed * self.per_sec).min(self.cap);
+        s.refilled = now;
+        if s.tokens >= 1.0 {
+            s.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_are_capped_by_what_calls_earned() {
+        let budget = RetryBudget::new(0.5, 0.0);
+        let now = Instant::now();
+        while budget.withdraw(now) {}
+        assert!(!budget.withdraw(now), "spent");
+        budget.deposit();
+        assert!(!budget.withdraw(now), "half a retry is not a retry");
+        budget.deposit();
+        assert!(budget.withdraw(now), "two calls earned one retry");
+    }
+
+    #[test]
+    fn the_budget_refills_with_time() {
+        let budget = RetryBudget::new(0.0, 2.0);
+        let now = Instant::now();
+        while budget.withdraw(now) {}
+        assert!(budget.withdraw(now + std::time::Duration::from_secs(1)));
+    }
+}
