@@ -59,6 +59,8 @@ pub struct Row {
     pub operator: String,
     pub tier: u8,
     pub state: State,
+    /// What its `eth_chainId` answered, if it did.
+    pub chain_id: Option<u64>,
     pub head: Option<u64>,
     /// Blocks behind the chain's reference head; set by `ChainReport::ranked`.
     pub lag: Option<u64>,
@@ -276,6 +278,7 @@ fn row_of(up: &Upstream, state: State) -> Row {
         operator: up.operator.clone(),
         tier: up.tier,
         state,
+        chain_id: None,
         head: None,
         lag: None,
         latency: None,
@@ -298,11 +301,18 @@ async fn measure(
         Ok(Err(e)) => return row_of(&up, state_of(&e)),
         Ok(Ok(id)) => id,
     };
+    let answered = |state| Row {
+        chain_id: Some(chain_id),
+        ..row_of(&up, state)
+    };
     if chain_id != expected {
-        return row_of(&up, State::WrongChain(chain_id));
+        return answered(State::WrongChain(chain_id));
     }
     // Latency first and alone, so no check of ours competes with it for connections.
-    let samples = sample(&up, clock).await;
+    let (head, latency) = match sample(&up, clock).await {
+        Ok(s) => s,
+        Err(reason) => return answered(State::Failing(format!("eth_blockNumber: {reason}"))),
+    };
     let websocket = async {
         match &ws_url {
             Some(url) => Some(clock.capability(up.supports_websocket(url)).await),
@@ -314,17 +324,13 @@ async fn measure(
         clock.capability(up.supports_get_proof()),
         websocket,
     );
-    let (head, latency) = match samples {
-        Ok(s) => s,
-        Err(reason) => return row_of(&up, State::Failing(format!("eth_blockNumber: {reason}"))),
-    };
     Row {
         head: Some(head),
         latency: Some(latency),
         archive: Some(archive),
         get_proof: Some(get_proof),
         websocket,
-        ..row_of(&up, State::Serving)
+        ..answered(State::Serving)
     }
 }
 
@@ -367,7 +373,7 @@ async fn block_number(up: &Upstream) -> Result<u64, UpstreamError> {
         method: "eth_blockNumber".into(),
         params: None,
     };
-    let malformed = |what: String| UpstreamError::Malformed(format!("eth_blockNumber: {what}"));
+    let malformed = UpstreamError::Malformed;
     match up.send(&[&call]).await?.pop().flatten() {
         Some(Answer::Result(raw)) => {
             let hex: String = serde_json::from_slice(&raw).map_err(|e| malformed(e.to_string()))?;
@@ -456,12 +462,10 @@ impl fmt::Display for ChainReport {
                 row.name.clone(),
                 row.operator.clone(),
                 row.tier.to_string(),
-                match &row.state {
-                    State::WrongChain(id) => id.to_string(),
-                    State::Serving => "✓".to_owned(),
-                    // A failing upstream may have passed its chain id check; say
-                    // nothing rather than guess.
-                    _ => dash(),
+                match row.chain_id {
+                    Some(id) if id == self.chain_id => "✓".to_owned(),
+                    Some(id) => id.to_string(),
+                    None => dash(),
                 },
                 row.head.map_or_else(dash, |h| h.to_string()),
                 row.lag.map_or_else(dash, |l| l.to_string()),
@@ -536,6 +540,7 @@ mod tests {
             operator: operator.to_owned(),
             tier: 1,
             state: State::Serving,
+            chain_id: Some(31337),
             head: Some(head),
             lag: None,
             latency: Some(Latency {
@@ -553,6 +558,10 @@ mod tests {
             name: name.to_owned(),
             operator: name.to_owned(),
             tier: 1,
+            chain_id: match state {
+                State::WrongChain(id) => Some(id),
+                _ => None,
+            },
             state,
             head: None,
             lag: None,
@@ -571,8 +580,8 @@ mod tests {
     fn lag_is_measured_from_the_head_a_quorum_of_operators_reached() {
         // One operator runs ahead at 105 alone; two (distinct) operators reach 100.
         let chain = ChainReport::ranked(
-            "eth".into(),
-            1,
+            "local".into(),
+            31337,
             2,
             vec![
                 serving("ahead", "a", 105, 20),
@@ -604,8 +613,8 @@ mod tests {
     #[test]
     fn with_fewer_operators_than_quorum_lag_is_from_the_highest_head() {
         let chain = ChainReport::ranked(
-            "eth".into(),
-            1,
+            "local".into(),
+            31337,
             3,
             vec![serving("a", "a", 10, 5), serving("b", "b", 7, 5)],
         );
@@ -620,8 +629,8 @@ mod tests {
         let mut tier2 = serving("tier2", "t", 100, 1);
         tier2.tier = 2;
         let chain = ChainReport::ranked(
-            "eth".into(),
-            1,
+            "local".into(),
+            31337,
             1,
             vec![
                 down("refused", State::Unreachable("connection refused".into())),

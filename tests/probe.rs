@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use testbed::{
     Fleet,
-    gateway::{FAST_ROUTING, config},
+    gateway::{FAST_ROUTING, Misbehaviour, config, misbehaving_upstream},
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_outlast");
@@ -212,4 +212,17 @@ async fn hung_node_is_unreachable_after_the_request_timeout() {
         probed.stdout
     );
     assert!(probed.ok, "u0 still serves:\n{}", probed.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_failing_after_its_chain_id_is_failing_not_unreachable() {
+    let (url, _) = misbehaving_upstream(Misbehaviour::BadGateway).await;
+    let probed = probe(&config(&[url], FAST_ROUTING)).await;
+    let row = probed.row("u0");
+    assert_eq!(row["chain"], "✓", "{}", probed.stdout);
+    assert_eq!(
+        row["why"], "failing: eth_blockNumber: HTTP status 502",
+        "{}",
+        probed.stdout
+    );
 }
