@@ -3,8 +3,10 @@
 #
 # Starts a fixed upstream (examples/fixed_upstream.rs: answers every POST at once),
 # nginx in front of it (keepalive 32) and Outlast in front of it (one chain, verify
-# off), then loads each with wrk (-t1 -c16) for two workloads: one eth_blockNumber
-# (bench/single.lua) and a batch of ten (bench/batch10.lua). Prints one table.
+# off), then loads each with wrk (-t1 -c16) for three workloads: one eth_getBalance at
+# block 1 (bench/single.lua, passed through), a batch of ten of them (bench/batch10.lua),
+# and eth_blockNumber (bench/head.lua: Outlast answers it from its consensus head, the
+# others forward it). Prints one table.
 # Everything listens on 127.0.0.1; every process started here is stopped on exit.
 #
 # Environment: DURATION (s per run, 10), WARMUP (s before each run, 1),
@@ -103,8 +105,9 @@ wait_for() {
 }
 
 post() { curl -sS --max-time 5 -H 'content-type: application/json' --data-binary "$2" "$1"; }
-SINGLE='{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber","params":[]}'
-BATCH="[$(for i in $(seq 0 9); do printf '%s{"jsonrpc":"2.0","id":%d,"method":"eth_blockNumber","params":[]}' "$([[ $i == 0 ]] || echo ,)" "$i"; done)]"
+CALL='"method":"eth_getBalance","params":["0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266","0x1"]'
+SINGLE="{\"jsonrpc\":\"2.0\",\"id\":1,$CALL}"
+BATCH="[$(for i in $(seq 0 9); do printf '%s{"jsonrpc":"2.0","id":%d,%s}' "$([[ $i == 0 ]] || echo ,)" "$i" "$CALL"; done)]"
 
 # check NAME URL: one call and one batch of ten must come back as results.
 check() {
@@ -214,7 +217,7 @@ load() {
 }
 
 declare -A rps p50 p99 errs
-workloads=(single batch10)
+workloads=(single batch10 head)
 for w in "${workloads[@]}"; do
     for t in "${targets[@]}"; do
         if ((WARMUP > 0)); then

@@ -4,6 +4,8 @@
 //! `cargo run --release --example fixed_upstream -- PORT [CHAIN_ID]`
 //! - a batch (body starting with `[`): ten results, ids 0..9, each `"0x1234"`;
 //! - `eth_chainId`: `CHAIN_ID` (default 31337), so a gateway's chain-id check passes;
+//! - `eth_getBlockByNumber` (alone or in a batch, as a gateway's head poll sends it):
+//!   block `0x10` with a fixed hash, so the gateway knows a head;
 //! - anything else: `{"jsonrpc":"2.0","id":1,"result":"0x1234"}`.
 //!
 //! One thread (current-thread runtime), so on two cores it leaves one to the load
@@ -32,16 +34,35 @@ static CHAIN_ID: LazyLock<String> = LazyLock::new(|| {
     format!(r#"{{"jsonrpc":"2.0","id":1,"result":"{id:#x}"}}"#)
 });
 
+const BLOCK: &str = r#"{"number":"0x10","hash":"0x00000000000000000000000000000000000000000000000000000000000000aa"}"#;
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A head poll: one block per call (ids 0..n-1 in a batch, as the gateway numbers them).
+fn blocks(body: &[u8], batch: bool) -> String {
+    let one = |id: usize| format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{BLOCK}}}"#);
+    if !batch {
+        return one(0);
+    }
+    let n = body.windows(8).filter(|w| w == b"\"method\"").count();
+    format!("[{}]", (0..n).map(one).collect::<Vec<_>>().join(","))
 }
 
 async fn answer(method: Method, body: Bytes) -> Response {
     if method != Method::POST {
         return (StatusCode::METHOD_NOT_ALLOWED, "POST JSON-RPC here\n").into_response();
     }
-    let first = body.iter().find(|b| !b.is_ascii_whitespace());
-    let text: &str = if first == Some(&b'[') {
+    let batch = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+    if contains(&body, b"\"eth_getBlockByNumber\"") {
+        return (
+            [(header::CONTENT_TYPE, "application/json")],
+            blocks(&body, batch),
+        )
+            .into_response();
+    }
+    let text: &str = if batch {
         &BATCH
     } else if contains(&body, b"\"eth_chainId\"") {
         &CHAIN_ID

@@ -10,6 +10,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use outlast::{Config, config};
 
+/// glibc's allocator took a tenth of the CPU under load in `bench/run.sh` (arena locks
+/// between the runtime's threads); mimalloc's thread-local heaps avoid that.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Outlast keeps wallets and dApps answering correctly when RPC providers fail: it
 /// routes every JSON-RPC call to a healthy upstream and fails over without the client
 /// noticing.
