@@ -8,6 +8,7 @@
 //! - `route`    — health per upstream, selection order, the failover loop
 //! - `upstream` — sending calls to one provider; its background chain-id probe
 //! - `gateway`  — the long-lived state built from the config
+//! - `status`   — a snapshot of chains and upstreams (`/api/v1/status`)
 //! - `probe`    — `outlast probe`: measures every upstream once from here, one table
 
 pub mod config;
@@ -17,6 +18,7 @@ pub mod probe;
 pub mod route;
 pub mod rpc;
 pub mod server;
+pub mod status;
 pub mod upstream;
 
 use std::{future::Future, sync::Arc, time::Duration};

@@ -237,3 +237,50 @@ async fn a_hung_upstream_does_not_block_calls_routed_elsewhere() {
         "the held call completes once the node answers: {reply}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_api_explains_each_upstreams_state_and_rank() {
+    let mut fleet = Fleet::start(3).await;
+    fleet.mine(2).await;
+    let outlast = Outlast::start(&config(&fleet.urls(), FAST_ROUTING)).await;
+    fleet.kill(2);
+    // Head polls find the dead node within a few of their 100 ms rounds.
+    let mut status = Value::Null;
+    for _ in 0..100 {
+        outlast
+            .call("/local", "eth_getBlockByNumber", json!(["0x1", false]))
+            .await;
+        let text = reqwest::get(outlast.url("/api/v1/status"))
+            .await
+            .expect("GET")
+            .text()
+            .await
+            .expect("body");
+        status = serde_json::from_str(&text).expect("JSON");
+        if status["chains"][0]["upstreams"][2]["state"] != "ready" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    }
+    let chain = &status["chains"][0];
+    assert_eq!(chain["name"], "local");
+    assert_eq!(chain["head"]["number"], 2, "{chain}");
+    let ups = chain["upstreams"].as_array().expect("upstreams");
+    assert_eq!(ups[0]["state"], "ready", "{chain}");
+    assert_eq!(ups[0]["breaker"], "closed");
+    assert!(
+        ups[0]["reasons"][0]
+            .as_str()
+            .is_some_and(|r| r.starts_with("latency")),
+        "{chain}"
+    );
+    assert_eq!(ups[2]["state"], "cooling-down", "{chain}");
+    assert_eq!(ups[2]["breaker"], "open");
+    assert!(
+        ups[2]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("connection")),
+        "{chain}"
+    );
+    assert!(!status.to_string().contains("127.0.0.1"), "no URL is shown");
+}

@@ -108,6 +108,11 @@ pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
+pub async fn status(State(gw): State<Arc<Gateway>>) -> Response {
+    let body = serde_json::to_vec(&crate::status::snapshot(&gw)).unwrap_or_default();
+    json(StatusCode::OK, body)
+}
+
 pub async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
     let chains: Vec<_> = gw.chains.iter().map(|c| c.readiness()).collect();
     let ready = chains.iter().all(|c| c.ready_upstreams > 0);

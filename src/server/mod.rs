@@ -19,6 +19,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/{chain}", post(http::rpc_chain))
         .route("/healthz", get(http::healthz))
         .route("/readyz", get(http::readyz))
+        .route("/api/v1/status", get(http::status))
         .with_state(gw)
 }
 

@@ -1,0 +1,123 @@
+//! What Outlast knows about its chains and upstreams right now, as one serializable
+//! snapshot: served as `GET /api/v1/status`, and the source for any page that shows
+//! health. Reads only; never names a URL.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::{
+    gateway::{Chain, Gateway},
+    route::{health::Status, score},
+    upstream::Upstream,
+};
+
+#[derive(Debug, Serialize)]
+pub struct Snapshot {
+    pub chains: Vec<ChainStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChainStatus {
+    pub name: String,
+    pub chain_id: u64,
+    /// `ok` (quorum can be met), `degraded` (some upstream serving, fewer operators than
+    /// the quorum), `down` (none serving).
+    pub state: &'static str,
+    pub head: Option<Head>,
+    pub safe: Option<u64>,
+    pub finalized: Option<u64>,
+    pub quorum: usize,
+    pub upstreams: Vec<UpstreamStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Head {
+    pub number: u64,
+    pub hash: String,
+    pub confirmed: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UpstreamStatus {
+    pub name: String,
+    pub operator: String,
+    pub tier: u8,
+    /// `ready`, `cooling-down`, `unchecked` or `wrong-chain`.
+    pub state: &'static str,
+    pub breaker: &'static str,
+    pub head: Option<u64>,
+    pub lag: Option<u64>,
+    pub latency_ms: Option<f64>,
+    pub tail_ms: Option<f64>,
+    pub error_rate: f64,
+    pub in_flight: usize,
+    /// Lower is better; `reasons` say why, in words.
+    pub score: f64,
+    pub reasons: Vec<String>,
+    pub last_error: Option<String>,
+}
+
+pub fn snapshot(gw: &Gateway) -> Snapshot {
+    Snapshot {
+        chains: gw.chains.iter().map(|c| chain(c)).collect(),
+    }
+}
+
+fn chain(c: &Chain) -> ChainStatus {
+    let heads = c.head.get();
+    let upstreams: Vec<UpstreamStatus> = c.upstreams.iter().map(|u| upstream(c, u)).collect();
+    let serving: std::collections::HashSet<&str> = upstreams
+        .iter()
+        .filter(|u| u.state == "ready")
+        .map(|u| u.operator.as_str())
+        .collect();
+    ChainStatus {
+        name: c.name.to_string(),
+        chain_id: c.chain_id,
+        state: match serving.len() {
+            0 => "down",
+            n if n < c.quorum => "degraded",
+            _ => "ok",
+        },
+        head: heads.consensus.map(|h| Head {
+            number: h.number,
+            hash: h.hash,
+            confirmed: h.confirmed,
+        }),
+        safe: heads.safe,
+        finalized: heads.finalized,
+        quorum: c.quorum,
+        upstreams,
+    }
+}
+
+fn upstream(c: &Chain, u: &Upstream) -> UpstreamStatus {
+    let stats = u.health.stats();
+    let head = u.head.latest();
+    let lag = head.map(|_| c.lag(u));
+    let in_flight = u.limits.in_flight();
+    let s = score::score(&stats, in_flight, lag.unwrap_or(0));
+    let ms = |d: std::time::Duration| (d.as_secs_f64() * 10_000.0).round() / 10.0;
+    UpstreamStatus {
+        name: u.name.to_string(),
+        operator: u.operator.clone(),
+        tier: u.tier,
+        state: match u.health.status() {
+            Status::Ready => "ready",
+            Status::CoolingDown { .. } => "cooling-down",
+            Status::Unchecked => "unchecked",
+            Status::WrongChain { .. } => "wrong-chain",
+        },
+        breaker: u.health.breaker(Instant::now()),
+        head,
+        lag,
+        latency_ms: stats.latency().map(ms),
+        tail_ms: stats.tail().map(ms),
+        error_rate: (stats.error_rate() * 1000.0).round() / 1000.0,
+        in_flight,
+        score: (s.value * 10.0).round() / 10.0,
+        reasons: s.reasons,
+        last_error: u.health.last_error(),
+    }
+}
