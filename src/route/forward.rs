@@ -64,6 +64,8 @@ pub async fn forward(chain: &Chain, calls: &[&Call<'_>], need: Need) -> Vec<Outc
         fallback: vec![None; calls.len()],
         attempts: 0,
         launched: Vec::new(),
+        finished: Vec::new(),
+        need,
     };
     let mut inflight: FuturesUnordered<AttemptFuture<'_>> = FuturesUnordered::new();
     if let Some(first) = run.launch(&run.pending()) {
@@ -102,8 +104,11 @@ pub async fn forward(chain: &Chain, calls: &[&Call<'_>], need: Need) -> Vec<Outc
             hedge_at = run.hedge_deadline(hedge, &inflight);
         }
     }
-    // Dropping `inflight` cancels a hedge that lost the race.
+    // Dropping `inflight` cancels an attempt that lost the race to a hedge; that
+    // upstream was slower than its own tail latency, which counts against it, so a hung
+    // upstream leaves the rotation after a few calls instead of costing each a hedge.
     drop(inflight);
+    run.penalize_overtaken();
     run.finish()
 }
 
@@ -117,8 +122,11 @@ struct Run<'c, 'a> {
     /// An upstream's own error (e.g. "method not found" there), kept in case no one does better.
     fallback: Vec<Option<(Arc<str>, Answer)>>,
     attempts: usize,
-    /// Upstreams asked so far, in order.
+    /// Upstreams asked so far, in order, and those whose attempt came back.
     launched: Vec<Arc<Upstream>>,
+    finished: Vec<Arc<str>>,
+    /// The block the calls need: a `null` from an upstream below it means "not yet".
+    need: Need,
 }
 
 impl<'c, 'a> Run<'c, 'a> {
@@ -197,6 +205,33 @@ impl<'c, 'a> Run<'c, 'a> {
         Some(Instant::now() + last.health.hedge_delay(min, max))
     }
 
+    fn penalize_overtaken(&self) {
+        if self.answered.iter().any(Option::is_none) {
+            return;
+        }
+        for up in &self.launched {
+            if !self.finished.contains(&up.name) {
+                let why = format!(
+                    "overtaken by a hedge: no answer within {} ms",
+                    up.health
+                        .hedge_delay(Duration::ZERO, Duration::MAX)
+                        .as_millis()
+                );
+                note_failure(up, &UpstreamError::Slow(why));
+            }
+        }
+    }
+
+    /// A `null` block or state from an upstream whose head is below the block asked
+    /// for means it does not have it yet, not that it does not exist.
+    fn lacks_block(&self, up: &Upstream, answer: &Answer) -> bool {
+        let Need::Block(n) = self.need else {
+            return false;
+        };
+        matches!(answer, Answer::Result(raw) if &raw[..] == b"null")
+            && up.head.latest().is_none_or(|h| h < n)
+    }
+
     fn settle(
         &mut self,
         up: &Upstream,
@@ -204,6 +239,7 @@ impl<'c, 'a> Run<'c, 'a> {
         result: Result<Vec<Option<Answer>>, UpstreamError>,
         took: Duration,
     ) {
+        self.finished.push(up.name.clone());
         let answers = match result {
             Err(e) => {
                 note_failure(up, &e);
@@ -226,9 +262,16 @@ impl<'c, 'a> Run<'c, 'a> {
                     refusal
                         .get_or_insert_with(|| "left the call out of its batch reply".to_owned());
                 }
-                Some(a) if a.blame() == Some(Blame::Upstream) => {
-                    if let Answer::Error { code, message, .. } = &a {
-                        refusal.get_or_insert_with(|| format!("error {code}: {message}"));
+                Some(a) if a.blame() == Some(Blame::Upstream) || self.lacks_block(up, &a) => {
+                    match &a {
+                        Answer::Error { code, message, .. } => {
+                            refusal.get_or_insert_with(|| format!("error {code}: {message}"));
+                        }
+                        Answer::Result(_) => {
+                            refusal.get_or_insert_with(|| {
+                                "null: it does not have that block yet".to_owned()
+                            });
+                        }
                     }
                     self.fallback[i] = Some((up.name.clone(), a));
                 }

@@ -15,6 +15,9 @@ use tokio::sync::Notify;
 use super::score::Stats;
 use crate::config::Routing;
 
+/// How soon an upstream that answered a wrong chain id is asked again.
+const WRONG_CHAIN_RECHECK: Duration = Duration::from_secs(30);
+
 /// A Ready upstream is taken out when more than this share of recent calls failed…
 const ERROR_RATE_TRIP: f64 = 0.5;
 /// …once it has answered at least this many calls.
@@ -195,6 +198,11 @@ impl Health {
                 if s.status == Status::Ready {
                     Transition::None
                 } else {
+                    // Back from a cool-down: its old error rate is history; let new
+                    // answers rank it, or it would never be chosen to show it recovered.
+                    if matches!(s.status, Status::CoolingDown { .. }) {
+                        s.stats = Stats::default();
+                    }
                     s.status = Status::Ready;
                     Transition::Ready
                 }
@@ -250,7 +258,9 @@ impl Health {
         match &self.lock().status {
             Status::CoolingDown { until, .. } => until.saturating_duration_since(now),
             Status::Unchecked => Duration::ZERO,
-            Status::Ready | Status::WrongChain { .. } => regular,
+            Status::Ready => regular,
+            // A wrong chain id may have been a garbled answer: look again soon.
+            Status::WrongChain { .. } => regular.min(WRONG_CHAIN_RECHECK),
         }
     }
 }

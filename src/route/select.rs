@@ -101,8 +101,13 @@ fn order(
     push_by_tier(&mut order, &known, upstreams, rotation);
     push_by_tier(&mut order, &unknown, upstreams, rotation);
     match need {
-        // Nobody has block N (a future block?): every node answers for itself.
-        Need::Block(_) if able.is_empty() => push_by_tier(&mut order, &behind, upstreams, rotation),
+        // Nobody is known to have block N (just mined, or a future block): the highest
+        // heads first, as the likeliest to have it by now.
+        Need::Block(_) if able.is_empty() => {
+            let mut behind = behind.clone();
+            behind.sort_by_key(|&i| std::cmp::Reverse(upstreams[i].head));
+            order.extend(behind);
+        }
         Need::Block(n) => {
             for &i in &behind {
                 let head = upstreams[i]
@@ -296,8 +301,8 @@ mod tests {
             (0, "behind: its head 7 is below block 9".to_owned())
         );
         check(&ups, Need::Block(7), 0, &[0, 1, 2]);
-        // A block nobody is known to have (a future block): each answers for itself.
-        check(&ups[..2], Need::Block(50), 0, &[0, 1]);
+        // A block nobody is known to have (a future block): the highest head first.
+        check(&ups[..2], Need::Block(50), 0, &[1, 0]);
     }
 
     #[test]

@@ -56,7 +56,23 @@ const UPSTREAM_MESSAGES: [&str; 14] = [
     "upgrade your plan",
 ];
 
+/// Messages, under any code, that mean this node lacks the block or state asked for
+/// (it lags or prunes): another node may well have it. Anvil says -32602
+/// "BlockOutOfRangeError: block height is 15 but requested was 19".
+const MISSING_DATA_MESSAGES: [&str; 6] = [
+    "header not found",
+    "missing trie node",
+    "block height is",
+    "out of range",
+    "unknown block",
+    "block not found",
+];
+
 pub fn blame(code: i64, message: &str) -> Blame {
+    let lower = message.to_ascii_lowercase();
+    if MISSING_DATA_MESSAGES.iter().any(|m| lower.contains(m)) {
+        return Blame::Upstream;
+    }
     match code {
         // limit exceeded, internal error, method not found/supported here, unavailable.
         -32005 | -32603 | -32601 | -32004 | -32002 => Blame::Upstream,
@@ -110,6 +126,12 @@ mod tests {
             (-32000, "header not found", Blame::Upstream),
             (-32016, "Rate limit reached", Blame::Upstream),
             (-32603, "internal", Blame::Upstream),
+            (
+                -32602,
+                "BlockOutOfRangeError: block height is 15 but requested was 19",
+                Blame::Upstream,
+            ),
+            (-32000, "unknown block", Blame::Upstream),
             (-32601, "the method does not exist", Blame::Upstream),
         ];
         for (code, msg, want) in cases {

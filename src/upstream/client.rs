@@ -28,6 +28,9 @@ pub enum UpstreamError {
     Malformed(String),
     #[error("transport error: {0}")]
     Transport(String),
+    /// Answered too late to matter: another upstream's answer was used.
+    #[error("{0}")]
+    Slow(String),
 }
 
 /// One call's answer: a raw `result`, or a raw `error` object with what blame needs.

@@ -59,6 +59,8 @@ pub const SECONDS_VAR: &str = "OUTLAST_CHAOS_SECONDS";
 const DEFAULT_SECONDS: f64 = 5.0;
 /// Evidence kept per scenario (failed and wrong calls, first ones).
 const EVIDENCE: usize = 12;
+/// Slowest affected calls shown per scenario.
+const SLOWEST: usize = 3;
 const UPSTREAMS: usize = 3;
 
 /// What goes wrong in a scenario.
@@ -492,7 +494,7 @@ impl Sample {
 
     fn evidence(&self) -> String {
         let (what, why) = match &self.verdict {
-            Verdict::Ok => ("ok", String::new()),
+            Verdict::Ok => ("ok", "answered correctly".to_owned()),
             Verdict::Failed(e) => ("FAILED", e.clone()),
             Verdict::Wrong(e) => ("WRONG", e.clone()),
         };
@@ -877,12 +879,24 @@ fn measure(
             shares[phase][i] += 1;
         }
     }
-    let evidence = samples
+    let mut evidence: Vec<String> = samples
         .iter()
         .filter(|s| !matches!(s.verdict, Verdict::Ok))
         .take(EVIDENCE)
         .map(Sample::evidence)
         .collect();
+    // The slowest calls the fault cost, to tell a hedge delay from a timeout.
+    let mut slowest: Vec<&&Sample> = affected
+        .iter()
+        .filter(|s| matches!(s.verdict, Verdict::Ok))
+        .collect();
+    slowest.sort_by_key(|s| std::cmp::Reverse(s.took));
+    evidence.extend(
+        slowest
+            .iter()
+            .take(SLOWEST)
+            .map(|s| format!("slow: {}", s.evidence())),
+    );
     Report {
         name: scenario.name,
         chaos: scenario.chaos.describe(),
