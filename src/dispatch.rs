@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::{
     gateway::{Chain, Gateway},
     route::{
-        self, Outcome,
+        self, Outcome, logs,
         resolve::{Need, Resolved, resolve},
     },
     rpc::{self, Call, ReplyBody, Request, RpcError, parse::Rejected},
@@ -71,24 +71,55 @@ pub async fn handle(gw: &Gateway, chain: &Chain, body: &[u8]) -> Reply {
         })
         .collect();
 
-    // 5. answer locally what the gateway itself knows best.
+    // 5. answer locally what the gateway itself knows best; log ranges known to be too
+    //    big for the upstreams are split instead of sent whole.
     let mut outcomes: Vec<Option<Outcome>> =
         pinned.iter().map(|c| local_answer(chain, c)).collect();
+    let limit = logs::known_limit(chain);
+    let mut split: Vec<Option<(u64, u64, u64)>> = pinned
+        .iter()
+        .map(|c| {
+            log_range(c)
+                .filter(|&(f, t)| limit.is_some_and(|l| t - f + 1 > l))
+                .zip(limit)
+                .map(|((f, t), l)| (f, t, l))
+        })
+        .collect();
 
     // 6-7. select and send the rest, with failover.
     let (to_send, need): (Vec<&Call<'_>>, Need) = pinned
         .iter()
         .zip(&resolved)
-        .zip(&outcomes)
-        .filter(|(_, local)| local.is_none())
+        .zip(outcomes.iter().zip(&split))
+        .filter(|(_, (local, split))| local.is_none() && split.is_none())
         .fold((Vec::new(), Need::Any), |(mut v, need), ((c, r), _)| {
             v.push(c);
             (v, need.combine(r.need))
         });
     if !to_send.is_empty() {
         let mut sent = route::forward(chain, &to_send, need).await.into_iter();
-        for slot in outcomes.iter_mut().filter(|o| o.is_none()) {
+        for (slot, _) in outcomes
+            .iter_mut()
+            .zip(&split)
+            .filter(|(o, s)| o.is_none() && s.is_none())
+        {
             *slot = sent.next();
+        }
+    }
+
+    // 7b. a provider refused a log range as too big: remember its limit, then split.
+    for (i, call) in pinned.iter().enumerate() {
+        if let (Some((from, to)), Some(Outcome::Answered { upstream, answer })) =
+            (log_range(call), &outcomes[i])
+            && let Some(size) = logs::refused_range(answer, to - from + 1)
+        {
+            chain.learn_logs_range(upstream, size);
+            split[i] = Some((from, to, size));
+        }
+    }
+    for (i, call) in pinned.iter().enumerate() {
+        if let Some((from, to, size)) = split[i] {
+            outcomes[i] = Some(logs::split(chain, call, from, to, size).await);
         }
     }
     let mut outcomes = outcomes.into_iter().flatten();
@@ -137,6 +168,13 @@ pub async fn handle(gw: &Gateway, chain: &Chain, body: &[u8]) -> Reply {
         body: reply.finish(),
         upstreams,
     }
+}
+
+/// The block range of an `eth_getLogs` call with numeric (or pinned) bounds.
+fn log_range(call: &Call<'_>) -> Option<(u64, u64)> {
+    (call.method == "eth_getLogs")
+        .then(|| logs::range(call.params))
+        .flatten()
 }
 
 /// `eth_blockNumber` is the consensus head: answered here, so it never goes backwards

@@ -112,6 +112,18 @@ impl Chain {
         upstream::poll_interval(estimate, MIN_POLL.min(self.max_poll), self.max_poll)
     }
 
+    /// Remembers that `upstream` refused log ranges larger than `size`.
+    pub fn learn_logs_range(&self, upstream: &str, size: u64) {
+        if let Some(up) = self.upstreams.iter().find(|u| &*u.name == upstream) {
+            let old = up.logs_range.load(std::sync::atomic::Ordering::Relaxed);
+            if old == 0 || size < old {
+                up.logs_range
+                    .store(size, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(chain = %self.name, upstream, size, "learned the upstream's eth_getLogs range limit");
+            }
+        }
+    }
+
     /// Blocks behind the consensus head (0 when unknown).
     pub fn lag(&self, up: &Upstream) -> u64 {
         match (self.head.latest(), up.head.latest()) {

@@ -438,6 +438,12 @@ fn validate_upstream(up: &Upstream) -> Vec<(&'static str, String)> {
     if up.tier == 0 {
         out.push(("tier", "must be at least 1 (1 is tried first)".into()));
     }
+    if up.max_logs_range == Some(0) {
+        out.push((
+            "max_logs_range",
+            "must be at least 1, or left out to learn it".into(),
+        ));
+    }
     if up.max_concurrency == Some(0) {
         out.push((
             "max_concurrency",

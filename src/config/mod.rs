@@ -192,6 +192,10 @@ pub struct Upstream {
     /// Calls in flight at once; beyond it, calls go to other upstreams.
     #[serde(default)]
     pub max_concurrency: Option<u32>,
+    /// Largest `eth_getLogs` block range it accepts; larger queries are split. Learned
+    /// from its errors when not set.
+    #[serde(default)]
+    pub max_logs_range: Option<u64>,
     #[serde(default = "default_tier")]
     pub tier: u8,
 }

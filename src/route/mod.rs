@@ -8,6 +8,7 @@ pub mod budget;
 pub mod forward;
 pub mod heads;
 pub mod health;
+pub mod logs;
 pub mod resolve;
 pub mod score;
 pub mod select;

@@ -9,7 +9,10 @@ mod limits;
 mod probe;
 mod track;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, atomic::AtomicU64},
+    time::Duration,
+};
 
 pub use capabilities::Capability;
 pub use client::{Answer, UpstreamError, http_client};
@@ -35,6 +38,9 @@ pub struct Upstream {
     pub health: Health,
     pub head: UpstreamHead,
     pub limits: Limits,
+    /// Largest `eth_getLogs` block range it takes: from config, or learned from its
+    /// refusals; 0 while unknown.
+    pub logs_range: AtomicU64,
 }
 
 impl Upstream {
@@ -55,6 +61,7 @@ impl Upstream {
             health: Health::new(routing),
             head: UpstreamHead::default(),
             limits: Limits::new(cfg.max_rps, cfg.max_concurrency),
+            logs_range: AtomicU64::new(cfg.max_logs_range.unwrap_or(0)),
         }
     }
 

@@ -277,3 +277,50 @@ async fn serve(app: Router) -> String {
     });
     url
 }
+
+/// A provider with a block-range limit on `eth_getLogs`: relays every call to `target`
+/// (a real node) but refuses, like public providers do, a log query over more than
+/// `max` blocks. Returns its URL and how many queries it refused.
+pub async fn range_limited_upstream(target: String, max: u64) -> (String, Arc<Mutex<usize>>) {
+    let refused = Arc::new(Mutex::new(0usize));
+    let count = refused.clone();
+    let client = reqwest::Client::new();
+    let app = Router::new().route(
+        "/",
+        post(move |body: Bytes| {
+            let (count, client, target) = (count.clone(), client.clone(), target.clone());
+            async move {
+                if let Some(span) = logs_span(&body)
+                    && span > max
+                {
+                    *count.lock().expect("lock") += 1;
+                    return format!(
+                        r#"{{"jsonrpc":"2.0","id":0,"error":{{"code":-32005,"message":"block range too large: max {max} blocks"}}}}"#
+                    );
+                }
+                match client
+                    .post(&target)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                {
+                    Ok(r) => r.text().await.unwrap_or_default(),
+                    Err(e) => format!("relay failed: {e}"),
+                }
+            }
+        }),
+    );
+    (serve(app).await, refused)
+}
+
+/// Blocks covered by a single `eth_getLogs` call with numeric bounds.
+fn logs_span(body: &[u8]) -> Option<u64> {
+    let call: Value = serde_json::from_slice(body).ok()?;
+    if call["method"] != "eth_getLogs" {
+        return None;
+    }
+    let num = |v: &Value| u64::from_str_radix(v.as_str()?.strip_prefix("0x")?, 16).ok();
+    let filter = &call["params"][0];
+    Some(num(&filter["toBlock"])? - num(&filter["fromBlock"])? + 1)
+}

@@ -1,0 +1,254 @@
+//! `eth_getLogs` over more blocks than a provider accepts: the range is split into
+//! pieces it takes — its limit set in config (`max_logs_range`) or learned from its
+//! "range too large" errors — fetched a few at a time through the normal failover
+//! path, and merged in block order. Everything else about the call is unchanged.
+
+use std::sync::atomic::Ordering;
+
+use futures_util::{StreamExt, stream};
+use serde_json::value::RawValue;
+
+use super::{
+    forward::{Outcome, forward},
+    resolve::Need,
+};
+use crate::{gateway::Chain, rpc::Call, upstream::Answer};
+
+/// Pieces of one range fetched at once; each goes through `forward` (and so through
+/// every upstream's `max_rps`).
+const PARALLEL: usize = 4;
+/// Halvings allowed when pieces are still refused; beyond, the refusal is the answer.
+const MAX_SPLITS: u32 = 8;
+
+/// The numeric range of a pinned `eth_getLogs` filter, if it has one.
+pub fn range(params: Option<&RawValue>) -> Option<(u64, u64)> {
+    #[derive(serde::Deserialize)]
+    struct Filter<'a> {
+        #[serde(borrow, rename = "fromBlock")]
+        from: Option<&'a str>,
+        #[serde(borrow, rename = "toBlock")]
+        to: Option<&'a str>,
+    }
+    let items: Vec<&RawValue> = serde_json::from_str(params?.get()).ok()?;
+    let f: Filter<'_> = serde_json::from_str(items.first()?.get()).ok()?;
+    let num = |s: &str| u64::from_str_radix(s.strip_prefix("0x")?, 16).ok();
+    let (from, to) = (num(f.from?)?, num(f.to?)?);
+    (from <= to).then_some((from, to))
+}
+
+/// The largest range the chain's ready upstreams are known to take (config or learned).
+pub fn known_limit(chain: &Chain) -> Option<u64> {
+    chain
+        .upstreams
+        .iter()
+        .filter(|u| u.health.is_ready())
+        .filter_map(|u| match u.logs_range.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(n),
+        })
+        .min()
+}
+
+/// If `answer` is a provider saying the range was too big, the range to use instead:
+/// the number it names when it names a smaller one, else half of what was asked.
+pub fn refused_range(answer: &Answer, asked: u64) -> Option<u64> {
+    let Answer::Error { message, .. } = answer else {
+        return None;
+    };
+    let m = message.to_ascii_lowercase();
+    let about_range = m.contains("range") || m.contains("more than") || m.contains("response size");
+    let too_big = [
+        "too large",
+        "too wide",
+        "exceed",
+        "limit",
+        "more than",
+        "maximum",
+        "max ",
+    ]
+    .iter()
+    .any(|w| m.contains(w));
+    if !(about_range && too_big) {
+        return None;
+    }
+    let named = first_number(&m).filter(|&n| n > 0 && n < asked);
+    Some(named.unwrap_or((asked / 2).max(1)))
+}
+
+/// The first number in `text`, with `,`/`_` separators and a `k` suffix ("2K", "10,000").
+fn first_number(text: &str) -> Option<u64> {
+    let start = text.find(|c: char| c.is_ascii_digit())?;
+    let mut n: u64 = 0;
+    let mut rest = text[start..].chars().peekable();
+    while let Some(&c) = rest.peek() {
+        match c {
+            '0'..='9' => n = n.checked_mul(10)?.checked_add(u64::from(c as u8 - b'0'))?,
+            ',' | '_' => {}
+            _ => break,
+        }
+        rest.next();
+    }
+    if matches!(rest.peek(), Some('k')) {
+        n = n.checked_mul(1000)?;
+    }
+    Some(n)
+}
+
+/// Fetches `from..=to` in pieces of at most `size` blocks and merges the logs in order.
+/// The first piece that fails decides the answer (never a partial list).
+pub async fn split(chain: &Chain, call: &Call<'_>, from: u64, to: u64, size: u64) -> Outcome {
+    let mut size = size.max(1);
+    for _ in 0..MAX_SPLITS {
+        let pieces: Vec<(u64, u64)> = (from..=to)
+            .step_by(usize::try_from(size).unwrap_or(usize::MAX))
+            .map(|a| (a, a.saturating_add(size - 1).min(to)))
+            .collect();
+        let fetches: Vec<_> = pieces
+            .into_iter()
+            .map(|(a, b)| piece(chain, call, a, b))
+            .collect();
+        let results: Vec<Outcome> = stream::iter(fetches).buffered(PARALLEL).collect().await;
+        match merge(results, size) {
+            Merged::Done(outcome) => return outcome,
+            Merged::Smaller(next) => size = next,
+        }
+    }
+    piece(chain, call, from, from.saturating_add(size - 1).min(to)).await
+}
+
+enum Merged {
+    Done(Outcome),
+    /// A piece was still refused as too large: try again with this size.
+    Smaller(u64),
+}
+
+fn merge(results: Vec<Outcome>, size: u64) -> Merged {
+    let mut merged = Vec::with_capacity(2 + results.len() * 64);
+    merged.push(b'[');
+    let mut who: Option<std::sync::Arc<str>> = None;
+    for outcome in results {
+        match outcome {
+            Outcome::Answered {
+                upstream,
+                answer: Answer::Result(raw),
+            } => {
+                let inner = raw
+                    .strip_prefix(b"[")
+                    .and_then(|r| r.strip_suffix(b"]"))
+                    .unwrap_or(&[]);
+                let inner = inner.trim_ascii();
+                if !inner.is_empty() {
+                    if merged.len() > 1 {
+                        merged.push(b',');
+                    }
+                    merged.extend_from_slice(inner);
+                }
+                who.get_or_insert(upstream);
+            }
+            Outcome::Answered { answer, upstream } => {
+                if let Some(next) = refused_range(&answer, size).filter(|&n| n < size) {
+                    return Merged::Smaller(next);
+                }
+                return Merged::Done(Outcome::Answered { upstream, answer });
+            }
+            unavailable @ Outcome::Unavailable(_) => return Merged::Done(unavailable),
+        }
+    }
+    merged.push(b']');
+    Merged::Done(Outcome::Answered {
+        upstream: who.unwrap_or_else(|| std::sync::Arc::from("split")),
+        answer: Answer::Result(merged.into()),
+    })
+}
+
+/// One piece: the same filter with its own `fromBlock`/`toBlock`.
+async fn piece(chain: &Chain, call: &Call<'_>, from: u64, to: u64) -> Outcome {
+    let Some(params) = with_range(call.params, from, to) else {
+        return forward(chain, &[call], Need::Block(to))
+            .await
+            .pop()
+            .unwrap_or(Outcome::Unavailable(Vec::new()));
+    };
+    let piece = Call {
+        id: call.id,
+        method: call.method.clone(),
+        params: Some(&params),
+    };
+    forward(chain, &[&piece], Need::Block(to))
+        .await
+        .pop()
+        .unwrap_or(Outcome::Unavailable(Vec::new()))
+}
+
+fn with_range(params: Option<&RawValue>, from: u64, to: u64) -> Option<Box<RawValue>> {
+    let items: Vec<&RawValue> = serde_json::from_str(params?.get()).ok()?;
+    let mut filter: std::collections::BTreeMap<&str, &RawValue> =
+        serde_json::from_str(items.first()?.get()).ok()?;
+    let (a, b) = (quantity(from)?, quantity(to)?);
+    filter.insert("fromBlock", &a);
+    filter.insert("toBlock", &b);
+    let filter = serde_json::value::to_raw_value(&filter).ok()?;
+    let rest: Vec<&RawValue> = std::iter::once(&*filter)
+        .chain(items.iter().skip(1).copied())
+        .collect();
+    serde_json::value::to_raw_value(&rest).ok()
+}
+
+fn quantity(n: u64) -> Option<Box<RawValue>> {
+    RawValue::from_string(format!("\"{n:#x}\"")).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(message: &str) -> Answer {
+        Answer::Error {
+            raw: bytes::Bytes::new(),
+            code: -32005,
+            message: message.to_owned(),
+        }
+    }
+
+    #[test]
+    fn provider_range_errors_are_recognised_with_their_limits() {
+        let cases = [
+            (
+                "query returned more than 10000 results",
+                50_000,
+                Some(10_000),
+            ),
+            (
+                "eth_getLogs is limited to a 10,000 range",
+                20_000,
+                Some(10_000),
+            ),
+            ("exceed maximum block range: 5", 100, Some(5)),
+            (
+                "Log response size exceeded. You can make eth_getLogs requests with up to a 2K block range",
+                5000,
+                Some(2000),
+            ),
+            ("block range is too wide", 100, Some(50)),
+            ("execution reverted", 100, None),
+            ("header not found", 100, None),
+        ];
+        for (message, asked, expected) in cases {
+            assert_eq!(refused_range(&error(message), asked), expected, "{message}");
+        }
+    }
+
+    #[test]
+    fn pieces_carry_their_own_range_and_keep_the_rest() {
+        let p = RawValue::from_string(
+            r#"[{"address":"0xab","fromBlock":"0x0","toBlock":"0x64","topics":[null]}]"#.into(),
+        )
+        .expect("json");
+        let piece = with_range(Some(&p), 10, 19).expect("rewritten");
+        assert_eq!(
+            piece.get(),
+            r#"[{"address":"0xab","fromBlock":"0xa","toBlock":"0x13","topics":[null]}]"#
+        );
+        assert_eq!(range(Some(&p)), Some((0, 100)));
+    }
+}
