@@ -1,16 +1,19 @@
 //! One JSON-RPC request's way through Outlast, the design's steps in order:
 //! parse → classify → resolve (pin tags to the consensus head) → answer locally what
-//! the head tracker knows (cache: later) → select + send (`route::forward`) →
-//! (verify: later) → answer (`rpc::respond`, which restores each client id).
+//! the head tracker knows (cache: later) → select + send (`route::forward`), or for
+//! calls to check, prove or agree (`route::verified`) → answer (`rpc::respond`, which
+//! restores each client id).
 //! Limits on the body and the chain lookup happen before, in `server::http`.
 
 use std::sync::Arc;
 
 use crate::{
+    config::Verify,
     gateway::{Chain, Gateway},
     route::{
         self, Outcome, logs,
         resolve::{Need, Resolved, resolve},
+        verified::{self, Level, StateRead},
     },
     rpc::{self, Call, ReplyBody, Request, RpcError, parse::Rejected},
     upstream::Answer,
@@ -22,6 +25,8 @@ pub struct Reply {
     pub body: Option<Vec<u8>>,
     /// Who answered, for `x-outlast-upstream` (in call order, without repeats).
     pub upstreams: Vec<Arc<str>>,
+    /// The weakest check among the answers, for `x-outlast-verified`.
+    pub verified: Level,
 }
 
 pub async fn handle(gw: &Gateway, chain: &Chain, body: &[u8]) -> Reply {
@@ -32,6 +37,7 @@ pub async fn handle(gw: &Gateway, chain: &Chain, body: &[u8]) -> Reply {
             return Reply {
                 body: Some(rpc::respond::whole_request_error(&e)),
                 upstreams: Vec::new(),
+                verified: Level::None,
             };
         }
     };
@@ -75,6 +81,18 @@ pub async fn handle(gw: &Gateway, chain: &Chain, body: &[u8]) -> Reply {
     //    big for the upstreams are split instead of sent whole.
     let mut outcomes: Vec<Option<Outcome>> =
         pinned.iter().map(|c| local_answer(chain, c)).collect();
+    let checks: Vec<Check> = pinned
+        .iter()
+        .zip(&resolved)
+        .zip(&outcomes)
+        .map(|((c, r), local)| {
+            if local.is_some() {
+                Check::None
+            } else {
+                check_for(chain, c, r.need)
+            }
+        })
+        .collect();
     let limit = logs::known_limit(chain);
     let mut split: Vec<Option<(u64, u64, u64)>> = pinned
         .iter()
@@ -90,18 +108,21 @@ pub async fn handle(gw: &Gateway, chain: &Chain, body: &[u8]) -> Reply {
     let (to_send, need): (Vec<&Call<'_>>, Need) = pinned
         .iter()
         .zip(&resolved)
-        .zip(outcomes.iter().zip(&split))
-        .filter(|(_, (local, split))| local.is_none() && split.is_none())
+        .zip(outcomes.iter().zip(&split).zip(&checks))
+        .filter(|(_, ((local, split), check))| {
+            local.is_none() && split.is_none() && matches!(check, Check::None)
+        })
         .fold((Vec::new(), Need::Any), |(mut v, need), ((c, r), _)| {
             v.push(c);
             (v, need.combine(r.need))
         });
     if !to_send.is_empty() {
         let mut sent = route::forward(chain, &to_send, need).await.into_iter();
-        for (slot, _) in outcomes
+        for ((slot, _), _) in outcomes
             .iter_mut()
             .zip(&split)
-            .filter(|(o, s)| o.is_none() && s.is_none())
+            .zip(&checks)
+            .filter(|((o, s), c)| o.is_none() && s.is_none() && matches!(c, Check::None))
         {
             *slot = sent.next();
         }
@@ -122,6 +143,36 @@ pub async fn handle(gw: &Gateway, chain: &Chain, body: &[u8]) -> Reply {
             outcomes[i] = Some(logs::split(chain, call, from, to, size).await);
         }
     }
+
+    // 8. verified calls: proven from Merkle proofs, or agreed by a quorum.
+    let checked = futures_util::future::join_all(checks.iter().zip(&pinned).map(
+        |(check, call)| async move {
+            match check {
+                Check::None => None,
+                Check::Proof(read, n) => Some(verified::proven(chain, call, read, *n).await),
+                Check::Quorum(need) => Some(verified::agreed(chain, call, *need).await),
+            }
+        },
+    ))
+    .await;
+    let mut levels = vec![Level::None; pinned.len()];
+    for (i, result) in checked.into_iter().enumerate() {
+        outcomes[i] = match result {
+            None => continue,
+            Some(Ok(c)) => {
+                levels[i] = c.level;
+                Some(Outcome::Answered {
+                    upstream: c.upstream,
+                    answer: c.answer,
+                })
+            }
+            Some(Err(u)) => Some(Outcome::Unverified {
+                what: u.what,
+                why: u.why,
+            }),
+        };
+    }
+    let verified = levels.iter().copied().min().unwrap_or(Level::None);
     let mut outcomes = outcomes.into_iter().flatten();
 
     // 9. answer, in request order; notifications get nothing.
@@ -130,6 +181,7 @@ pub async fn handle(gw: &Gateway, chain: &Chain, body: &[u8]) -> Reply {
     for entry in &entries {
         match entry {
             Err(rejected) => {
+                crate::metrics::rejected(&chain.name, &rejected.error);
                 if let Some(id) = rejected.id {
                     reply.error(id, &rejected.error);
                 }
@@ -138,6 +190,7 @@ pub async fn handle(gw: &Gateway, chain: &Chain, body: &[u8]) -> Reply {
                 let Some(outcome) = outcomes.next() else {
                     continue;
                 };
+                crate::metrics::answered(&chain.name, &call.method, &outcome);
                 if let Outcome::Answered { upstream, .. } = &outcome
                     && !upstreams.contains(upstream)
                 {
@@ -160,6 +213,9 @@ pub async fn handle(gw: &Gateway, chain: &Chain, body: &[u8]) -> Reply {
                             tried,
                         },
                     ),
+                    Outcome::Unverified { what, why } => {
+                        reply.error(id, &RpcError::Unverifiable { what, why })
+                    }
                 }
             }
         }
@@ -167,6 +223,31 @@ pub async fn handle(gw: &Gateway, chain: &Chain, body: &[u8]) -> Reply {
     Reply {
         body: reply.finish(),
         upstreams,
+        verified,
+    }
+}
+
+/// How one call is checked (step 8), decided by the chain's `verify` mode.
+enum Check {
+    None,
+    /// A state read at a known block: answered from a verified Merkle proof.
+    Proof(StateRead, u64),
+    /// Answered only when a quorum of independent operators agree.
+    Quorum(Need),
+}
+
+fn check_for(chain: &Chain, call: &Call<'_>, need: Need) -> Check {
+    let read = StateRead::parse(&call.method, call.params);
+    let listed = chain
+        .quorum_methods
+        .iter()
+        .any(|m| m == call.method.as_ref());
+    match (chain.verify, read, need) {
+        (Verify::Off, ..) => Check::None,
+        (Verify::Proofs, Some(read), Need::Block(n)) => Check::Proof(read, n),
+        (_, Some(_), _) => Check::Quorum(need),
+        (_, None, _) if listed => Check::Quorum(need),
+        _ => Check::None,
     }
 }
 

@@ -2,13 +2,14 @@
 //! upstreams, and the request limits. Shared by the server and the background tasks.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{Arc, Mutex, atomic::AtomicUsize},
     time::{Duration, Instant},
 };
 
 use crate::{
-    config::{Config, Limits},
+    config::{Config, Limits, Verify},
+    incidents::Incidents,
     route::{
         budget::RetryBudget,
         heads::{self, ChainHead, HeadView},
@@ -16,6 +17,7 @@ use crate::{
     },
     rpc::{MethodPolicy, ParseLimits},
     upstream::{self, Upstream},
+    verify::header::CheckedHeader,
 };
 
 /// Fastest head poll, however fast the chain's blocks.
@@ -28,6 +30,10 @@ pub struct Gateway {
     pub limits: Limits,
     pub policy: MethodPolicy,
     pub chain_id_check: Duration,
+    /// Incidents, uptime and webhooks (`incidents`), shared with every chain.
+    pub incidents: Arc<Incidents>,
+    /// IPFS and Arweave gateways, for `/ipfs/…` and `/ar/…` (`storage`).
+    pub storage: Arc<crate::storage::Storage>,
 }
 
 pub struct Chain {
@@ -46,7 +52,24 @@ pub struct Chain {
     /// Seconds per block, learned from the consensus head: sets the head poll interval.
     block_time: Mutex<BlockTime>,
     max_poll: Duration,
+    pub verify: Verify,
+    pub quorum_methods: Vec<String>,
+    /// How long a liar stays banned.
+    pub ban_for: Duration,
+    /// Distinct operators among the configured upstreams.
+    operators: usize,
+    /// Headers whose hash a quorum agreed on, by number (see `trusted_header`).
+    trusted: Mutex<BTreeMap<u64, (CheckedHeader, Instant)>>,
+    /// Where to report a liar with its evidence: `incidents.upstream_lied(..)`.
+    pub incidents: Arc<Incidents>,
+    /// WebSocket subscriptions: the fan-out hub, told of every consensus head move.
+    pub subs: crate::subscribe::Hub,
 }
+
+/// Trusted headers kept for verified reads.
+const TRUSTED_HEADERS: usize = 256;
+/// A trusted header above the finalized block is reused only this long: it may reorg.
+const UNFINALIZED_TRUST: Duration = Duration::from_secs(2);
 
 #[derive(Default)]
 struct BlockTime {
@@ -67,6 +90,28 @@ pub struct Readiness {
 }
 
 impl Chain {
+    /// Operators that must agree: the configured quorum, or every configured operator
+    /// when there are fewer (`outlast check` warns about that).
+    pub fn effective_quorum(&self) -> usize {
+        self.quorum.min(self.operators).max(1)
+    }
+
+    /// A header a quorum agreed on, if known and still safe to reuse.
+    pub fn trusted_header(&self, number: u64) -> Option<CheckedHeader> {
+        let finalized = self.head.get().finalized;
+        let trusted = self.trusted.lock().unwrap_or_else(|e| e.into_inner());
+        let (h, at) = trusted.get(&number)?;
+        (finalized.is_some_and(|f| number <= f) || at.elapsed() < UNFINALIZED_TRUST).then_some(*h)
+    }
+
+    pub fn remember_header(&self, h: CheckedHeader) {
+        let mut trusted = self.trusted.lock().unwrap_or_else(|e| e.into_inner());
+        trusted.insert(h.number, (h, Instant::now()));
+        while trusted.len() > TRUSTED_HEADERS {
+            trusted.pop_first();
+        }
+    }
+
     /// Recomputes the consensus head from the ready upstreams' views.
     pub fn refresh_head(&self) {
         let views: Vec<(&str, HeadView)> = self
@@ -80,6 +125,7 @@ impl Chain {
             return;
         };
         tracing::debug!(chain = %self.name, number = moved.number, hash = %moved.hash, confirmed = moved.confirmed, "consensus head");
+        self.subs.head_moved(&moved);
         let now = Instant::now();
         let mut bt = self.block_time.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((n0, t0)) = bt.last
@@ -152,6 +198,7 @@ impl Chain {
 impl Gateway {
     pub fn new(config: &Config) -> reqwest::Result<Self> {
         let http = upstream::http_client(&config.routing)?;
+        let incidents = Arc::new(Incidents::new(&config.status, &config.webhooks));
         let chains: Vec<Arc<Chain>> = config
             .chains
             .iter()
@@ -181,6 +228,18 @@ impl Gateway {
                     rotation: AtomicUsize::new(0),
                     block_time: Mutex::new(BlockTime::default()),
                     max_poll: Duration::from_millis(config.routing.head_poll_ms),
+                    subs: crate::subscribe::Hub::new(config.limits.ws_client_buffer),
+                    verify: c.verify,
+                    quorum_methods: c.quorum_methods.clone(),
+                    ban_for: Duration::from_secs(config.routing.liar_ban_secs),
+                    operators: c
+                        .upstreams
+                        .iter()
+                        .map(|u| u.operator.as_str())
+                        .collect::<HashSet<_>>()
+                        .len(),
+                    trusted: Mutex::new(BTreeMap::new()),
+                    incidents: incidents.clone(),
                 })
             })
             .collect();
@@ -195,6 +254,8 @@ impl Gateway {
             limits: config.limits.clone(),
             policy: MethodPolicy::new(&config.limits.denied_methods),
             chain_id_check: Duration::from_secs(config.routing.chain_id_check_secs),
+            incidents,
+            storage: Arc::new(crate::storage::Storage::new(&config.storage)?),
         })
     }
 

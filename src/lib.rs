@@ -8,18 +8,29 @@
 //! - `route`    — health per upstream, selection order, the failover loop
 //! - `upstream` — sending calls to one provider; its background chain-id probe
 //! - `gateway`  — the long-lived state built from the config
-//! - `status`   — a snapshot of chains and upstreams (`/api/v1/status`)
+//! - `status`   — a snapshot of chains and upstreams (`/api/v1/status`), the status page
+//!   (`/status`) and the Atom feed of incidents (`/feed.atom`)
+//! - `incidents` — incidents opened and resolved from health, their history, webhooks
+//! - `metrics`  — Prometheus `/metrics`: events counted where they happen, state read live
+//! - `subscribe` — `eth_subscribe` over WebSocket: one feed per chain fans out to clients
+//! - `verify`   — header hashes, Merkle proofs, quorum agreement (pure)
+//! - `storage`  — `/ipfs/{cid}` and `/ar/{id}` from many gateways, every byte verified
 //! - `probe`    — `outlast probe`: measures every upstream once from here, one table
 
 pub mod config;
 pub mod dispatch;
 pub mod gateway;
+pub mod incidents;
+pub mod metrics;
 pub mod probe;
 pub mod route;
 pub mod rpc;
 pub mod server;
 pub mod status;
+pub mod storage;
+pub mod subscribe;
 pub mod upstream;
+pub mod verify;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -44,9 +55,12 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
+    metrics::install();
     let gw = Arc::new(Gateway::new(&config).map_err(RunError::HttpClient)?);
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
+    incidents::spawn(gw.clone(), &tasks, stop.clone());
+    tasks.spawn(metrics::upkeep(stop.clone()));
     for chain in &gw.chains {
         for up in &chain.upstreams {
             tasks.spawn(upstream::watch(
@@ -62,6 +76,7 @@ pub async fn run(
         config.routing.connect_timeout_ms + config.routing.request_timeout_ms,
     );
     tasks.spawn(report_first_checks(gw.clone(), first_checks, stop.clone()));
+    subscribe::spawn(&gw, &config, &tasks, &stop);
     if let Ok(addr) = listener.local_addr() {
         let chains: Vec<&str> = gw.chains.iter().map(|c| &*c.name).collect();
         tracing::info!(%addr, ?chains, "Outlast is listening: POST /{{chain}} for JSON-RPC, GET /readyz for readiness");

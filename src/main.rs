@@ -186,6 +186,14 @@ fn check(path: &Path) -> ExitCode {
                         up.name, up.tier, up.operator, up.url
                     );
                 }
+                if chain.verify != config::Verify::Off && operators.len() < chain.quorum {
+                    println!(
+                        "  warning: {} independent operator(s) but quorum = {}: answers are cross-checked by only {}; add upstreams of other operators",
+                        operators.len(),
+                        chain.quorum,
+                        operators.len()
+                    );
+                }
             }
             ExitCode::SUCCESS
         }

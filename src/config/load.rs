@@ -11,7 +11,7 @@ use toml::{
     de::{DeTable, DeValue, ValueDeserializer},
 };
 
-use super::{Chain, Config, Limits, Routing, Server, Upstream};
+use super::{Chain, Config, Limits, Routing, Server, Status, Upstream, Webhook};
 
 /// One thing wrong with a config file, located for a person with an editor.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,6 +112,9 @@ pub fn load_str(text: &str) -> Result<Config, Problems> {
         limits: Limits::default(),
         routing: Routing::default(),
         chains: Vec::new(),
+        status: Status::default(),
+        webhooks: Vec::new(),
+        storage: super::Storage::default(),
     };
     for (key, value) in root.iter() {
         match key.get_ref().as_ref() {
@@ -119,10 +122,13 @@ pub fn load_str(text: &str) -> Result<Config, Problems> {
             "limits" => config.limits = ctx.section(value, "limits").unwrap_or_default(),
             "routing" => config.routing = ctx.section(value, "routing").unwrap_or_default(),
             "chains" => config.chains = ctx.chains(value),
+            "status" => config.status = ctx.section(value, "status").unwrap_or_default(),
+            "webhooks" => config.webhooks = ctx.webhooks(value),
+            "storage" => config.storage = ctx.storage(value),
             other => ctx.push(
                 Some(key.span()),
                 other,
-                "unknown section; expected one of `server`, `limits`, `routing`, `chains`".into(),
+                "unknown section; expected one of `server`, `limits`, `routing`, `chains`, `status`, `webhooks`, `storage`".into(),
             ),
         }
     }
@@ -234,6 +240,25 @@ impl Ctx<'_> {
         chains
     }
 
+    fn webhooks(&mut self, value: &Spanned<DeValue<'_>>) -> Vec<Webhook> {
+        let Some(array) = value.get_ref().as_array() else {
+            self.push(
+                Some(value.span()),
+                "webhooks",
+                "must be an array of tables: write `[[webhooks]]`".into(),
+            );
+            return Vec::new();
+        };
+        let mut hooks = Vec::new();
+        for (i, item) in array.iter().enumerate() {
+            let at = format!("webhooks[{i}]");
+            if let Some(hook) = self.section::<Webhook>(item, &at) {
+                hooks.push(hook);
+            }
+        }
+        hooks
+    }
+
     fn upstreams(&mut self, value: &Spanned<DeValue<'_>>, chain_path: &str) -> Vec<Upstream> {
         let path = format!("{chain_path}.upstreams");
         let Some(array) = value.get_ref().as_array() else {
@@ -332,6 +357,10 @@ fn validate(config: &Config) -> Vec<(Vec<Seg>, String)> {
         ("max_body_bytes", limits.max_body_bytes),
         ("max_batch", limits.max_batch),
         ("max_depth", limits.max_depth),
+        ("max_frame_bytes", limits.max_frame_bytes),
+        ("max_subscriptions", limits.max_subscriptions),
+        ("ws_client_buffer", limits.ws_client_buffer),
+        ("ws_ping_secs", limits.ws_ping_secs as usize),
     ] {
         if value == 0 {
             out.push((vec![Key("limits"), Key(key)], "must be at least 1".into()));
@@ -358,6 +387,52 @@ fn validate(config: &Config) -> Vec<(Vec<Seg>, String)> {
                 vec![Key("routing"), Key(key)],
                 "must be a number of at least 0".into(),
             ));
+        }
+    }
+    let status = &config.status;
+    for (key, value) in [
+        ("refresh_secs", status.refresh_secs),
+        ("evaluate_ms", status.evaluate_ms),
+        ("lag_blocks", status.lag_blocks),
+        (
+            "head_stall_block_times",
+            u64::from(status.head_stall_block_times),
+        ),
+        ("history_days", u64::from(status.history_days)),
+    ] {
+        if value == 0 {
+            out.push((vec![Key("status"), Key(key)], "must be at least 1".into()));
+        }
+    }
+    if let Some(u) = &status.public_url
+        && !url::Url::parse(u).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
+    {
+        out.push((
+            vec![Key("status"), Key("public_url")],
+            format!("`{u}`: must be an http:// or https:// URL"),
+        ));
+    }
+    let mut hook_names = HashSet::new();
+    for (w, hook) in config.webhooks.iter().enumerate() {
+        let at = |key| vec![Key("webhooks"), Index(w), Key(key)];
+        if !matches!(hook.url.scheme(), "http" | "https") {
+            out.push((
+                at("url"),
+                format!("must be http:// or https://, not {}://", hook.url.scheme()),
+            ));
+        }
+        for (key, value) in [
+            ("max_attempts", u64::from(hook.max_attempts)),
+            ("timeout_ms", hook.timeout_ms),
+        ] {
+            if value == 0 {
+                out.push((at(key), "must be at least 1".into()));
+            }
+        }
+        if let Some(name) = &hook.name
+            && !hook_names.insert(name.as_str())
+        {
+            out.push((at("name"), format!("webhook name `{name}` is used twice")));
         }
     }
     let mut names = HashSet::new();
@@ -401,6 +476,7 @@ fn validate(config: &Config) -> Vec<(Vec<Seg>, String)> {
             }
         }
     }
+    out.extend(validate_storage(&config.storage));
     out
 }
 
@@ -488,6 +564,124 @@ fn bad_chain_name(name: &str) -> Option<String> {
     } else {
         None
     }
+}
+
+impl Ctx<'_> {
+    /// `[storage]`: its own keys as one section, then each `[[storage.ipfs]]` and
+    /// `[[storage.arweave]]` gateway on its own, like chains and their upstreams.
+    fn storage(&mut self, value: &Spanned<DeValue<'_>>) -> super::Storage {
+        let Some(table) = value.get_ref().as_table() else {
+            self.push(
+                Some(value.span()),
+                "storage",
+                "must be a table: write `[storage]`".into(),
+            );
+            return super::Storage::default();
+        };
+        let lists = ["ipfs", "arweave"];
+        let rest: DeTable<'_> = table
+            .iter()
+            .filter(|(k, _)| !lists.contains(&k.get_ref().as_ref()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let rest = Spanned::new(value.span(), DeValue::Table(rest));
+        let mut storage: super::Storage = self.section(&rest, "storage").unwrap_or_default();
+        for (key, v) in table.iter() {
+            match key.get_ref().as_ref() {
+                "ipfs" => storage.ipfs = self.storage_gateways(v, "ipfs"),
+                "arweave" => storage.arweave = self.storage_gateways(v, "arweave"),
+                _ => {}
+            }
+        }
+        storage
+    }
+
+    fn storage_gateways(
+        &mut self,
+        value: &Spanned<DeValue<'_>>,
+        kind: &str,
+    ) -> Vec<super::StorageGateway> {
+        let path = format!("storage.{kind}");
+        let Some(array) = value.get_ref().as_array() else {
+            self.push(
+                Some(value.span()),
+                &path,
+                format!("must be an array of tables: write `[[storage.{kind}]]`"),
+            );
+            return Vec::new();
+        };
+        let mut gateways = Vec::new();
+        for (i, item) in array.iter().enumerate() {
+            let at = format!("{path}[{i}]");
+            let Some(g) = self.section::<super::StorageGateway>(item, &at) else {
+                continue;
+            };
+            for (key, message) in validate_storage_gateway(&g) {
+                let span = item
+                    .get_ref()
+                    .as_table()
+                    .and_then(|t| t.iter().find(|(k, _)| k.get_ref().as_ref() == key))
+                    .map(|(_, v)| v.span());
+                self.push(span.or(Some(item.span())), &format!("{at}.{key}"), message);
+            }
+            gateways.push(g);
+        }
+        gateways
+    }
+}
+
+/// `[storage]` checks that span values: timeouts, and gateway names unique across
+/// IPFS and Arweave (they are sent in response headers).
+fn validate_storage(storage: &super::Storage) -> Vec<(Vec<Seg>, String)> {
+    use Seg::{Index, Key};
+    let mut out = Vec::new();
+    for (key, value) in [
+        ("connect_timeout_ms", storage.connect_timeout_ms),
+        ("first_block_timeout_ms", storage.first_block_timeout_ms),
+        ("stall_timeout_ms", storage.stall_timeout_ms),
+        ("race", storage.race as u64),
+    ] {
+        if value == 0 {
+            out.push((vec![Key("storage"), Key(key)], "must be at least 1".into()));
+        }
+    }
+    let mut names = HashSet::new();
+    for (kind, gateways) in [("ipfs", &storage.ipfs), ("arweave", &storage.arweave)] {
+        for (i, g) in gateways.iter().enumerate() {
+            if !names.insert(g.name.as_str()) {
+                out.push((
+                    vec![Key("storage"), Key(kind), Index(i), Key("name")],
+                    format!("gateway name `{}` is used twice", g.name),
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn validate_storage_gateway(g: &super::StorageGateway) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    if g.name.is_empty()
+        || !g
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        out.push((
+            "name",
+            format!(
+                "`{}`: use letters, digits, `-`, `_` and `.` (it is sent in response headers)",
+                g.name
+            ),
+        ));
+    }
+    if !matches!(g.url.scheme(), "http" | "https") {
+        out.push((
+            "url",
+            format!("must be http:// or https://, not {}://", g.url.scheme()),
+        ));
+    }
+    out
 }
 
 #[cfg(test)]

@@ -27,6 +27,9 @@ pub struct Config {
     pub limits: Limits,
     pub routing: Routing,
     pub chains: Vec<Chain>,
+    pub status: Status,
+    pub webhooks: Vec<Webhook>,
+    pub storage: Storage,
 }
 
 impl Config {
@@ -65,6 +68,15 @@ pub struct Limits {
     /// Methods answered with `-32004`; a trailing `*` matches a prefix. Node-control
     /// methods are denied so a public endpoint cannot be steered by its users.
     pub denied_methods: Vec<String>,
+    /// WebSocket: largest message (and frame) a client may send; larger closes with 1009.
+    pub max_frame_bytes: usize,
+    /// WebSocket: `eth_subscribe` calls alive at once on one connection.
+    pub max_subscriptions: usize,
+    /// WebSocket: events waiting for one client; a client that lets more pile up is
+    /// too slow, and is told so and disconnected (close 1008) instead of growing memory.
+    pub ws_client_buffer: usize,
+    /// WebSocket: a ping this often; a client silent for two of them is disconnected.
+    pub ws_ping_secs: u64,
 }
 
 impl Default for Limits {
@@ -89,6 +101,10 @@ impl Default for Limits {
             ]
             .map(String::from)
             .to_vec(),
+            max_frame_bytes: 5 * 1024 * 1024,
+            max_subscriptions: 100,
+            ws_client_buffer: 1024,
+            ws_ping_secs: 30,
         }
     }
 }
@@ -120,6 +136,8 @@ pub struct Routing {
     /// multiply the load on providers that are already failing.
     pub retry_budget_ratio: f64,
     pub retry_budget_per_sec: f64,
+    /// How long an upstream caught lying stays out of rotation.
+    pub liar_ban_secs: u64,
 }
 
 impl Default for Routing {
@@ -137,8 +155,108 @@ impl Default for Routing {
             hedge_min_ms: 100,
             retry_budget_ratio: 0.2,
             retry_budget_per_sec: 10.0,
+            liar_ban_secs: 600,
         }
     }
+}
+
+/// `[status]`: the status page, incident detection and where their history is kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Status {
+    /// The status page's heading.
+    #[serde(deserialize_with = "env::expanded")]
+    pub title: String,
+    /// Where people reach this Outlast (`https://rpc.example.com`): links in the Atom feed
+    /// and webhooks. Unset: the feed uses the request's `Host`, webhooks carry no link.
+    #[serde(deserialize_with = "env::expanded_opt")]
+    pub public_url: Option<String>,
+    /// Incident history and uptime. Unset: `$XDG_STATE_HOME/outlast`, else
+    /// `~/.local/state/outlast`, else `./outlast-state`.
+    #[serde(deserialize_with = "env::expanded_opt")]
+    pub data_dir: Option<String>,
+    /// The page reloads itself this often.
+    pub refresh_secs: u64,
+    /// How often health is looked at for incidents.
+    pub evaluate_ms: u64,
+    /// A problem must last this long before an incident opens…
+    pub open_after_ms: u64,
+    /// …and be gone this long before it is resolved, so flapping does not spam.
+    pub resolve_after_ms: u64,
+    /// The same problem again within this time reopens the incident instead of a new one.
+    pub reopen_within_secs: u64,
+    /// An upstream this many blocks behind the consensus head is lagging.
+    pub lag_blocks: u64,
+    /// No new consensus block for this many block times (and at least
+    /// `head_stall_min_secs`) while upstreams answer: the head is stalled.
+    pub head_stall_block_times: u32,
+    pub head_stall_min_secs: u64,
+    /// Resolved incidents older than this are forgotten.
+    pub history_days: u32,
+}
+
+impl Default for Status {
+    fn default() -> Self {
+        Status {
+            title: "Outlast status".into(),
+            public_url: None,
+            data_dir: None,
+            refresh_secs: 10,
+            evaluate_ms: 500,
+            open_after_ms: 3_000,
+            resolve_after_ms: 10_000,
+            reopen_within_secs: 300,
+            lag_blocks: 5,
+            head_stall_block_times: 5,
+            head_stall_min_secs: 30,
+            history_days: 90,
+        }
+    }
+}
+
+/// `[[webhooks]]`: where incident news is posted when incidents open, change and resolve.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    /// Shown in logs and metrics (the URL never is); default `webhook-N`.
+    #[serde(default, deserialize_with = "env::expanded_opt")]
+    pub name: Option<String>,
+    /// Slack and Discord webhook URLs are secrets: shown redacted, like upstream URLs.
+    pub url: UpstreamUrl,
+    #[serde(default)]
+    pub format: WebhookFormat,
+    /// Incidents below this severity are not sent.
+    #[serde(default)]
+    pub min_severity: crate::incidents::Severity,
+    #[serde(default = "default_webhook_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Tries per message, the first included; waits `backoff_ms`, doubling, in between.
+    #[serde(default = "default_webhook_attempts")]
+    pub max_attempts: u32,
+    #[serde(default = "default_webhook_backoff_ms")]
+    pub backoff_ms: u64,
+}
+
+fn default_webhook_timeout_ms() -> u64 {
+    5_000
+}
+
+fn default_webhook_attempts() -> u32 {
+    6
+}
+
+fn default_webhook_backoff_ms() -> u64 {
+    1_000
+}
+
+/// The body a webhook gets: Outlast's own JSON, or a Slack or Discord message.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    #[default]
+    Json,
+    Slack,
+    Discord,
 }
 
 /// `[[chains]]`: one network and the upstreams that serve it.
@@ -152,6 +270,10 @@ pub struct Chain {
     pub verify: Verify,
     #[serde(default = "default_quorum")]
     pub quorum: usize,
+    /// Further methods answered only when `quorum` operators agree (e.g. `eth_call`,
+    /// `eth_getTransactionReceipt`, `eth_getLogs`), in every verify mode but `off`.
+    #[serde(default)]
+    pub quorum_methods: Vec<String>,
     /// Read from `[[chains.upstreams]]` one by one, so each is diagnosed on its own.
     #[serde(default, skip)]
     pub upstreams: Vec<Upstream>,
@@ -202,4 +324,74 @@ pub struct Upstream {
 
 fn default_tier() -> u8 {
     1
+}
+
+/// `[storage]`: verified retrieval from IPFS and Arweave gateways (`GET /ipfs/{cid}`,
+/// `GET /ar/{id}`). Gateways are listed in `[[storage.ipfs]]` and `[[storage.arweave]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Storage {
+    /// Verified blocks and chunks kept in memory, in bytes; 0 turns the cache off.
+    pub cache_bytes: u64,
+    pub connect_timeout_ms: u64,
+    /// A gateway that has sent no verified block by then is left for the next one.
+    pub first_block_timeout_ms: u64,
+    /// A stream that sends nothing for this long mid-way is resumed at another gateway.
+    pub stall_timeout_ms: u64,
+    /// Gateways asked at once when a fetch starts (of distinct operators when there are
+    /// enough); the first verified block wins.
+    pub race: usize,
+    /// One more gateway is asked when none has answered within the newest one's tail
+    /// latency, and at least this long.
+    pub hedge_min_ms: u64,
+    /// A gateway caught serving content that does not match its address is not asked
+    /// again for this long.
+    pub ban_secs: u64,
+    /// Failures in a row that make a gateway a last resort, for a cool-down doubling
+    /// from `cooldown_ms` up to `max_cooldown_ms`.
+    pub failures_before_cooldown: u32,
+    pub cooldown_ms: u64,
+    pub max_cooldown_ms: u64,
+    /// Read from `[[storage.ipfs]]` one by one, so each is diagnosed on its own.
+    #[serde(default, skip)]
+    pub ipfs: Vec<StorageGateway>,
+    /// Read from `[[storage.arweave]]` one by one.
+    #[serde(default, skip)]
+    pub arweave: Vec<StorageGateway>,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage {
+            cache_bytes: 128 * 1024 * 1024,
+            connect_timeout_ms: 3_000,
+            first_block_timeout_ms: 20_000,
+            stall_timeout_ms: 10_000,
+            race: 2,
+            hedge_min_ms: 500,
+            ban_secs: 3_600,
+            failures_before_cooldown: 3,
+            cooldown_ms: 5_000,
+            max_cooldown_ms: 300_000,
+            ipfs: Vec::new(),
+            arweave: Vec::new(),
+        }
+    }
+}
+
+/// `[[storage.ipfs]]`, `[[storage.arweave]]`: one public gateway and the labels that
+/// say how independent it is. IPFS gateways must speak the trustless gateway formats
+/// (`?format=car`, `?format=raw`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageGateway {
+    #[serde(deserialize_with = "env::expanded")]
+    pub name: String,
+    pub url: UpstreamUrl,
+    #[serde(deserialize_with = "env::expanded")]
+    pub operator: String,
+    #[serde(default, deserialize_with = "env::expanded_opt")]
+    pub cloud: Option<String>,
+    #[serde(default, deserialize_with = "env::expanded_opt")]
+    pub region: Option<String>,
 }

@@ -33,6 +33,11 @@ pub enum Outcome {
     },
     /// Nothing answered; every attempt and skip, with why.
     Unavailable(Vec<Attempt>),
+    /// Answers came, but none could be verified (`route::verified`).
+    Unverified {
+        what: String,
+        why: String,
+    },
 }
 
 /// How many upstreams may be working on the same calls at once (the first + hedges).
@@ -251,6 +256,7 @@ impl<'c, 'a> Run<'c, 'a> {
             }
             Ok(answers) => answers,
         };
+        crate::metrics::upstream_attempt(&self.chain.name, &up.name, "ok", Some(took));
         upstream::log_transition(up, &up.health.record_success(took));
         let mut refusal = None;
         for (&i, answer) in sent.iter().zip(answers) {
@@ -310,7 +316,7 @@ fn is_hedgeable(method: &str) -> bool {
     )
 }
 
-fn note_failure(up: &Upstream, e: &UpstreamError) {
+pub(crate) fn note_failure(up: &Upstream, e: &UpstreamError) {
     let now = Instant::now();
     let transition = match e {
         UpstreamError::RateLimited { retry_after } => {
@@ -319,6 +325,7 @@ fn note_failure(up: &Upstream, e: &UpstreamError) {
         _ => up.health.record_failure(&e.to_string(), now),
     };
     tracing::debug!(chain = %up.chain, upstream = %up.name, error = %e, "attempt failed");
+    crate::metrics::upstream_attempt(&up.chain, &up.name, crate::metrics::upstream_error_label(e), None);
     if transition != Transition::None {
         upstream::log_transition(up, &transition);
     }

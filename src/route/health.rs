@@ -46,6 +46,11 @@ pub enum Transition {
         got: u64,
         expected: u64,
     },
+    /// Caught serving a false answer: out of rotation for `for_`.
+    Banned {
+        why: String,
+        for_: Duration,
+    },
 }
 
 pub struct Health {
@@ -65,6 +70,8 @@ struct State {
     next_cooldown: Duration,
     last_error: Option<String>,
     stats: Stats,
+    /// Times it was caught lying.
+    bans: u32,
 }
 
 impl Health {
@@ -77,6 +84,7 @@ impl Health {
                 next_cooldown: first,
                 last_error: None,
                 stats: Stats::default(),
+                bans: 0,
             }),
             failures_before_cooldown: routing.failures_before_cooldown.max(1),
             first_cooldown: first,
@@ -144,6 +152,28 @@ impl Health {
             return self.cool_down(&mut s, &why, None, now);
         }
         Transition::None
+    }
+
+    /// Caught lying (a false proof or header, or an answer against a quorum): banned for
+    /// `ban`, whatever its state; the probe brings it back after that.
+    pub fn record_lie(&self, why: &str, ban: Duration, now: Instant) -> Transition {
+        let mut s = self.lock();
+        s.bans += 1;
+        s.stats.record_failure();
+        s.last_error = Some(format!("banned: {why}"));
+        s.status = Status::CoolingDown {
+            until: now + ban,
+            why: format!("banned for lying: {why}"),
+        };
+        self.changed.notify_one();
+        Transition::Banned {
+            why: why.to_owned(),
+            for_: ban,
+        }
+    }
+
+    pub fn bans(&self) -> u32 {
+        self.lock().bans
     }
 
     /// Score inputs, read by `select` without waiting on anything but this lock.

@@ -151,7 +151,9 @@ fn merge(results: Vec<Outcome>, size: u64) -> Merged {
                 }
                 return Merged::Done(Outcome::Answered { upstream, answer });
             }
-            unavailable @ Outcome::Unavailable(_) => return Merged::Done(unavailable),
+            failed @ (Outcome::Unavailable(_) | Outcome::Unverified { .. }) => {
+                return Merged::Done(failed);
+            }
         }
     }
     merged.push(b']');

@@ -12,5 +12,6 @@ pub mod logs;
 pub mod resolve;
 pub mod score;
 pub mod select;
+pub mod verified;
 
 pub use forward::{Outcome, forward};

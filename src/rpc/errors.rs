@@ -24,6 +24,10 @@ pub enum RpcError {
     },
     #[error("this gateway serves several chains ({}): POST /{{name}} or /{{chain id}}", list(.available))]
     ChainRequired { available: Vec<(String, u64)> },
+    #[error(
+        "could not verify {what}: {why}; Outlast does not answer with an unverified value, retry shortly"
+    )]
+    Unverifiable { what: String, why: String },
     #[error("no upstream of chain `{chain}` could answer ({} tried); retry shortly, or check `data` for why each failed", .tried.len())]
     Unavailable { chain: String, tried: Vec<Attempt> },
 }
@@ -57,6 +61,7 @@ impl RpcError {
             RpcError::Denied { .. } => -32004,
             RpcError::LimitExceeded(_) => -32005,
             RpcError::Unavailable { .. } => -32002,
+            RpcError::Unverifiable { .. } => -33091,
         }
     }
 

@@ -65,7 +65,9 @@ async fn rpc(gw: &Gateway, path: Option<&str>, headers: &HeaderMap, body: Body) 
             return json(StatusCode::BAD_REQUEST, whole_request_error(&e));
         }
     };
+    let started = std::time::Instant::now();
     let reply = dispatch::handle(gw, chain, &bytes).await;
+    crate::metrics::request_duration(&chain.name, started.elapsed());
     let mut response = match reply.body {
         Some(body) => json(StatusCode::OK, body),
         None => StatusCode::NO_CONTENT.into_response(),
@@ -77,7 +79,10 @@ async fn rpc(gw: &Gateway, path: Option<&str>, headers: &HeaderMap, body: Body) 
             h.insert("x-outlast-upstream", v);
         }
     }
-    h.insert("x-outlast-verified", HeaderValue::from_static("none"));
+    h.insert(
+        "x-outlast-verified",
+        HeaderValue::from_static(reply.verified.header_value()),
+    );
     response
 }
 

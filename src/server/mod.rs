@@ -1,7 +1,10 @@
-//! The one listener: JSON-RPC over HTTP (`http`) and the health endpoints, served until
-//! the shutdown future resolves; in-flight requests then finish before `serve` returns.
+//! The one listener: JSON-RPC over HTTP (`http`) and WebSocket (`ws`, with
+//! subscriptions) and the health endpoints, served until the shutdown future resolves;
+//! in-flight requests then finish before `serve` returns.
 
 mod http;
+mod status;
+mod ws;
 
 use std::{future::Future, sync::Arc};
 
@@ -15,11 +18,17 @@ use crate::gateway::Gateway;
 
 pub fn router(gw: Arc<Gateway>) -> Router {
     Router::new()
-        .route("/", post(http::rpc_root))
-        .route("/{chain}", post(http::rpc_chain))
+        .route("/", post(http::rpc_root).get(ws::upgrade_root))
+        .route("/{chain}", post(http::rpc_chain).get(ws::upgrade_chain))
         .route("/healthz", get(http::healthz))
         .route("/readyz", get(http::readyz))
         .route("/api/v1/status", get(http::status))
+        .route("/api/v1/incidents", get(status::incidents))
+        .route("/status", get(status::page))
+        .route("/feed.atom", get(status::feed))
+        .route("/metrics", get(status::metrics))
+        .route("/ipfs/{*rest}", get(crate::storage::http::ipfs))
+        .route("/ar/{id}", get(crate::storage::http::arweave))
         .with_state(gw)
 }
 

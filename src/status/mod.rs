@@ -1,6 +1,12 @@
 //! What Outlast knows about its chains and upstreams right now, as one serializable
 //! snapshot: served as `GET /api/v1/status`, and the source for any page that shows
 //! health. Reads only; never names a URL.
+//!
+//! `page` renders the status page (`GET /status`) and `feed` the Atom feed of incidents
+//! (`GET /feed.atom`), both from this snapshot and the incident history.
+
+pub mod feed;
+pub mod page;
 
 use std::time::Instant;
 
@@ -8,6 +14,7 @@ use serde::Serialize;
 
 use crate::{
     gateway::{Chain, Gateway},
+    incidents::{Incidents, Kind, Severity, Time},
     route::{health::Status, score},
     upstream::Upstream,
 };
@@ -15,6 +22,17 @@ use crate::{
 #[derive(Debug, Serialize)]
 pub struct Snapshot {
     pub chains: Vec<ChainStatus>,
+    /// Open incidents, newest first (details at `/api/v1/incidents`).
+    pub incidents: Vec<IncidentBrief>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct IncidentBrief {
+    pub id: u64,
+    pub kind: Kind,
+    pub severity: Severity,
+    pub title: String,
+    pub started: Time,
 }
 
 #[derive(Debug, Serialize)]
@@ -29,6 +47,11 @@ pub struct ChainStatus {
     pub finalized: Option<u64>,
     pub quorum: usize,
     pub upstreams: Vec<UpstreamStatus>,
+    /// Share of observed time with at least one upstream serving (`null`: no data).
+    pub uptime_24h: Option<f64>,
+    pub uptime_90d: Option<f64>,
+    /// Ids of the open incidents that concern this chain.
+    pub open_incidents: Vec<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -56,17 +79,51 @@ pub struct UpstreamStatus {
     pub score: f64,
     pub reasons: Vec<String>,
     pub last_error: Option<String>,
+    pub cloud: Option<String>,
+    pub region: Option<String>,
+    /// Share of observed time serving and caught up (`null`: no data).
+    pub uptime_24h: Option<f64>,
+    pub uptime_90d: Option<f64>,
 }
 
 pub fn snapshot(gw: &Gateway) -> Snapshot {
+    let open = gw.incidents.open();
+    let now = Time::now();
     Snapshot {
-        chains: gw.chains.iter().map(|c| chain(c)).collect(),
+        chains: gw
+            .chains
+            .iter()
+            .map(|c| {
+                let mut status = chain(c, &gw.incidents, now);
+                status.open_incidents = open
+                    .iter()
+                    .filter(|i| i.chains.iter().any(|n| *n == *c.name))
+                    .map(|i| i.id)
+                    .collect();
+                status
+            })
+            .collect(),
+        incidents: open
+            .into_iter()
+            .map(|i| IncidentBrief {
+                id: i.id,
+                kind: i.kind,
+                severity: i.severity,
+                title: i.title,
+                started: i.started,
+            })
+            .collect(),
     }
 }
 
-fn chain(c: &Chain) -> ChainStatus {
+fn chain(c: &Chain, incidents: &Incidents, now: Time) -> ChainStatus {
     let heads = c.head.get();
-    let upstreams: Vec<UpstreamStatus> = c.upstreams.iter().map(|u| upstream(c, u)).collect();
+    let upstreams: Vec<UpstreamStatus> = c
+        .upstreams
+        .iter()
+        .map(|u| upstream(c, u, incidents, now))
+        .collect();
+    let uptime = incidents.uptime(&c.name, now);
     let serving: std::collections::HashSet<&str> = upstreams
         .iter()
         .filter(|u| u.state == "ready")
@@ -89,10 +146,14 @@ fn chain(c: &Chain) -> ChainStatus {
         finalized: heads.finalized,
         quorum: c.quorum,
         upstreams,
+        uptime_24h: uptime.ratio_24h,
+        uptime_90d: uptime.ratio_90d,
+        open_incidents: Vec::new(),
     }
 }
 
-fn upstream(c: &Chain, u: &Upstream) -> UpstreamStatus {
+fn upstream(c: &Chain, u: &Upstream, incidents: &Incidents, now: Time) -> UpstreamStatus {
+    let uptime = incidents.uptime(&format!("{}/{}", c.name, u.name), now);
     let stats = u.health.stats();
     let head = u.head.latest();
     let lag = head.map(|_| c.lag(u));
@@ -119,5 +180,9 @@ fn upstream(c: &Chain, u: &Upstream) -> UpstreamStatus {
         score: (s.value * 10.0).round() / 10.0,
         reasons: s.reasons,
         last_error: u.health.last_error(),
+        cloud: u.cloud.clone(),
+        region: u.region.clone(),
+        uptime_24h: uptime.ratio_24h,
+        uptime_90d: uptime.ratio_90d,
     }
 }

@@ -8,6 +8,7 @@ mod client;
 mod limits;
 mod probe;
 mod track;
+mod ws;
 
 use std::{
     sync::{Arc, atomic::AtomicU64},
@@ -19,6 +20,7 @@ pub use client::{Answer, UpstreamError, http_client};
 pub use limits::{InFlight, Limits};
 pub use probe::{log_transition, watch};
 pub use track::{poll_interval, track};
+pub use ws::WsFeed;
 
 use crate::{
     config::{self, UpstreamUrl},
@@ -30,6 +32,9 @@ pub struct Upstream {
     /// The chain this upstream serves, for logs.
     pub chain: Arc<str>,
     pub operator: String,
+    /// Where it runs, when labelled: incidents group failures that share them.
+    pub cloud: Option<String>,
+    pub region: Option<String>,
     pub tier: u8,
     url: UpstreamUrl,
     http: reqwest::Client,
@@ -54,6 +59,8 @@ impl Upstream {
             name: Arc::from(cfg.name.as_str()),
             chain: chain.clone(),
             operator: cfg.operator.clone(),
+            cloud: cfg.cloud.clone(),
+            region: cfg.region.clone(),
             tier: cfg.tier,
             url: cfg.url.clone(),
             http,

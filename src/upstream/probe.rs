@@ -53,6 +53,12 @@ pub fn log_transition(up: &Upstream, transition: &Transition) {
             upstream,
             "upstream serves chain id {got}, not {expected}: disabled; fix its url in the config"
         ),
+        Transition::Banned { why, for_ } => tracing::error!(
+            chain,
+            upstream,
+            "upstream caught lying: {why}; banned for {} s",
+            for_.as_secs()
+        ),
     }
 }
 

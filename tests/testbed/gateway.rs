@@ -16,6 +16,9 @@ pub struct Outlast {
     pub base: String,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), outlast::RunError>>>,
+    /// The incident-history directory made for this run (when the config named none),
+    /// removed when it stops.
+    scratch: Option<std::path::PathBuf>,
 }
 
 /// What one HTTP call to Outlast returned.
@@ -23,6 +26,8 @@ pub struct Outlast {
 pub struct Response {
     pub status: u16,
     pub upstream: Option<String>,
+    /// `x-outlast-verified`.
+    pub verified: Option<String>,
     pub text: String,
 }
 
@@ -45,8 +50,14 @@ impl Outlast {
 
     /// Starts without waiting for readiness (for tests where nothing is reachable).
     pub async fn start_unready(toml: &str) -> Outlast {
-        let config = outlast::config::load_str(toml)
+        let mut config = outlast::config::load_str(toml)
             .unwrap_or_else(|e| panic!("test config invalid:\n{e}\n{toml}"));
+        // Tests never touch the user's state directory: without `[status] data_dir`,
+        // each Outlast keeps its incident history in a fresh temporary directory.
+        let scratch = config.status.data_dir.is_none().then(scratch_dir);
+        if let Some(dir) = &scratch {
+            config.status.data_dir = Some(dir.display().to_string());
+        }
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
         let base = format!("http://{}", listener.local_addr().expect("local addr"));
         let (tx, rx) = oneshot::channel();
@@ -57,6 +68,7 @@ impl Outlast {
             base,
             stop: Some(tx),
             task: Some(task),
+            scratch,
         }
     }
 
@@ -98,10 +110,15 @@ impl Outlast {
             .headers()
             .get("x-outlast-upstream")
             .map(|v| v.to_str().unwrap_or("").to_owned());
+        let verified = r
+            .headers()
+            .get("x-outlast-verified")
+            .map(|v| v.to_str().unwrap_or("").to_owned());
         let text = r.text().await.expect("body");
         Response {
             status,
             upstream,
+            verified,
             text,
         }
     }
@@ -141,6 +158,9 @@ impl Outlast {
                 .expect("Outlast task panicked")
                 .expect("Outlast returned an error");
         }
+        if let Some(dir) = self.scratch.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -149,7 +169,19 @@ impl Drop for Outlast {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
+        if let Some(dir) = self.scratch.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
+}
+
+/// A new, unique directory under the system's temporary directory.
+pub fn scratch_dir() -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("outlast-test-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
 }
 
 fn client() -> reqwest::Client {
@@ -323,4 +355,43 @@ fn logs_span(body: &[u8]) -> Option<u64> {
     let num = |v: &Value| u64::from_str_radix(v.as_str()?.strip_prefix("0x")?, 16).ok();
     let filter = &call["params"][0];
     Some(num(&filter["toBlock"])? - num(&filter["fromBlock"])? + 1)
+}
+
+/// A provider that forges block headers: relays every call to `target` (a real node)
+/// but replaces the `stateRoot` of every block it returns, keeping the claimed `hash` —
+/// so the header no longer hashes to itself.
+pub async fn header_forging_upstream(target: String) -> String {
+    let client = reqwest::Client::new();
+    let app = Router::new().route(
+        "/",
+        post(move |body: Bytes| {
+            let (client, target) = (client.clone(), target.clone());
+            async move {
+                let reply = match client
+                    .post(&target)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                {
+                    Ok(r) => r.bytes().await.unwrap_or_default(),
+                    Err(e) => return format!("relay failed: {e}"),
+                };
+                let Ok(mut v) = serde_json::from_slice::<Value>(&reply) else {
+                    return String::from_utf8_lossy(&reply).into_owned();
+                };
+                let forge = |r: &mut Value| {
+                    if let Some(root) = r.get_mut("result").and_then(|b| b.get_mut("stateRoot")) {
+                        *root = Value::from(format!("0x{}", "11".repeat(32)));
+                    }
+                };
+                match &mut v {
+                    Value::Array(items) => items.iter_mut().for_each(forge),
+                    one => forge(one),
+                }
+                v.to_string()
+            }
+        }),
+    );
+    serve(app).await
 }

@@ -20,6 +20,8 @@
 pub mod chaos;
 pub mod faultproxy;
 pub mod gateway;
+pub mod incidents;
+pub mod receiver;
 
 use std::io::Read;
 use std::net::TcpListener;

@@ -1,0 +1,709 @@
+//! Incidents: periods in which something users feel is wrong — an upstream down, lagging
+//! or caught lying, a chain degraded or down, a stalled head, several upstreams of one
+//! cloud, region or operator failing together. Opened, updated and resolved by
+//! themselves from what the gateway already measures, kept across restarts, and told to
+//! people through the status page, the Atom feed and webhooks.
+//!
+//! - `detect` — pure: a sample of health in, changes out, with hysteresis (tables, no clock)
+//! - `uptime` — pure: up/down time per upstream and chain, in 15-minute and daily buckets
+//! - `store`  — the history on disk: an append-only JSON-lines file and an uptime snapshot
+//! - `notify` — webhooks (JSON, Slack, Discord), each with its own queue and retries
+//!
+//! [`Incidents`] ties them together. `evaluate` is called by the background task
+//! [`watch`], never on the request path; the only call others make is
+//! [`Incidents::upstream_lied`] (from verification). Reads only what health and heads
+//! expose; never sees a provider URL, and never waits on the network while holding its lock.
+
+pub mod detect;
+pub mod notify;
+pub mod store;
+pub mod uptime;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    config,
+    gateway::{Chain, Gateway},
+    route::health::Status,
+};
+use detect::{Change, Detector, Finding};
+use uptime::Uptime;
+
+/// How bad it is for users.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// One upstream out of several: users notice nothing, operators should.
+    #[default]
+    Minor,
+    /// Guarantees weakened: quorum lost, a liar, a correlated failure, a stalled head.
+    Major,
+    /// A chain cannot be served.
+    Critical,
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Severity::Minor => "minor",
+            Severity::Major => "major",
+            Severity::Critical => "critical",
+        })
+    }
+}
+
+/// What kind of problem an incident is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    UpstreamDown,
+    UpstreamLagging,
+    UpstreamLying,
+    ChainDegraded,
+    ChainDown,
+    HeadStalled,
+    CorrelatedFailure,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::UpstreamDown => "upstream_down",
+            Kind::UpstreamLagging => "upstream_lagging",
+            Kind::UpstreamLying => "upstream_lying",
+            Kind::ChainDegraded => "chain_degraded",
+            Kind::ChainDown => "chain_down",
+            Kind::HeadStalled => "head_stalled",
+            Kind::CorrelatedFailure => "correlated_failure",
+        }
+    }
+}
+
+/// Wall-clock time in milliseconds since the Unix epoch; RFC 3339 in JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Time(pub u64);
+
+impl Time {
+    pub fn now() -> Time {
+        Time(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        )
+    }
+
+    pub fn system(self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.0)
+    }
+
+    /// `2026-11-03T14:03:07Z`.
+    pub fn rfc3339(self) -> String {
+        humantime::format_rfc3339_seconds(self.system()).to_string()
+    }
+}
+
+impl Serialize for Time {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_millis(self.system()))
+    }
+}
+
+impl<'de> Deserialize<'de> for Time {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let t = humantime::parse_rfc3339(&text).map_err(serde::de::Error::custom)?;
+        let ms = t
+            .duration_since(UNIX_EPOCH)
+            .map_err(serde::de::Error::custom)?
+            .as_millis();
+        Ok(Time(u64::try_from(ms).unwrap_or(u64::MAX)))
+    }
+}
+
+/// One upstream, by chain and name (names are unique within a chain only).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct UpstreamRef {
+    pub chain: String,
+    pub name: String,
+}
+
+impl fmt::Display for UpstreamRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.chain, self.name)
+    }
+}
+
+/// What an upstream was caught at: enough for a person to check the claim.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// What happened, in words.
+    pub summary: String,
+    /// The check it failed: `proof`, `header hash`, `quorum`…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block: Option<u64>,
+    /// What it answered, and what the verified answer is (each cut to 200 characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answered: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected: Option<String>,
+}
+
+/// One entry of an incident's timeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Update {
+    pub at: Time,
+    pub event: Event,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Event {
+    Opened,
+    Updated,
+    Resolved,
+}
+
+impl Event {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Event::Opened => "opened",
+            Event::Updated => "updated",
+            Event::Resolved => "resolved",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Incident {
+    pub id: u64,
+    /// What the incident is about, stable across restarts (`down:ethereum/infura`,
+    /// `correlated:place:aws/us-east-1`…): the same problem continues the same incident.
+    pub key: String,
+    /// The worst kind and severity it reached.
+    pub kind: Kind,
+    pub severity: Severity,
+    pub title: String,
+    pub chains: Vec<String>,
+    /// Every upstream it affected, while it lasted.
+    pub upstreams: Vec<UpstreamRef>,
+    /// What a correlated failure's upstreams have in common (`aws/us-east-1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub factor: Option<String>,
+    pub started: Time,
+    pub resolved: Option<Time>,
+    pub updates: Vec<Update>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<Evidence>,
+}
+
+impl Incident {
+    pub fn is_open(&self) -> bool {
+        self.resolved.is_none()
+    }
+
+    /// When it last changed.
+    pub fn updated(&self) -> Time {
+        self.updates.last().map_or(self.started, |u| u.at)
+    }
+}
+
+/// An upstream banned for lying, until when, and why.
+#[derive(Debug, Clone)]
+pub struct Ban {
+    pub until: Time,
+    pub evidence: Evidence,
+}
+
+/// The incident engine of one gateway: detector state, the incidents, bans, uptime.
+pub struct Incidents {
+    settings: config::Status,
+    inner: Mutex<Inner>,
+    notifier: notify::Notifier,
+}
+
+struct Inner {
+    detector: Detector,
+    /// By id, oldest first.
+    incidents: BTreeMap<u64, Incident>,
+    /// Key of each open incident → its id.
+    open: HashMap<String, u64>,
+    next_id: u64,
+    bans: HashMap<UpstreamRef, Ban>,
+    uptime: Uptime,
+    last_evaluation: Option<Time>,
+}
+
+/// The most one evaluation may count as observed time: a process that was stopped (or a
+/// machine that slept) must not claim it saw the gap.
+const MAX_OBSERVED_GAP: u64 = 5_000;
+
+impl Incidents {
+    pub fn new(settings: &config::Status, webhooks: &[config::Webhook]) -> Self {
+        Incidents {
+            inner: Mutex::new(Inner {
+                detector: Detector::new(detect::Params::from(settings)),
+                incidents: BTreeMap::new(),
+                open: HashMap::new(),
+                next_id: 1,
+                bans: HashMap::new(),
+                uptime: Uptime::default(),
+                last_evaluation: None,
+            }),
+            notifier: notify::Notifier::new(webhooks, settings.public_url.clone()),
+            settings: settings.clone(),
+        }
+    }
+
+    pub fn settings(&self) -> &config::Status {
+        &self.settings
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // Every change is made in one step under the lock; a panic elsewhere cannot leave
+        // it half-written, so a poisoned lock still holds consistent data.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Called by verification when `upstream` of `chain` gave a provably wrong answer and
+    /// is banned for `banned_for`: opens a major "caught lying" incident at once (no
+    /// waiting, a lie is a fact) that resolves once the ban is over. Cheap and never
+    /// blocks: safe on the request path. Another report while banned extends the ban.
+    pub fn upstream_lied(
+        &self,
+        chain: &str,
+        upstream: &str,
+        mut evidence: Evidence,
+        banned_for: Duration,
+    ) {
+        for text in [&mut evidence.answered, &mut evidence.expected]
+            .into_iter()
+            .flatten()
+        {
+            if text.chars().count() > 200 {
+                *text = text.chars().take(199).chain(['…']).collect();
+            }
+        }
+        crate::metrics::upstream_banned(chain, upstream);
+        let until = Time(Time::now().0 + u64::try_from(banned_for.as_millis()).unwrap_or(0));
+        let who = UpstreamRef {
+            chain: chain.to_owned(),
+            name: upstream.to_owned(),
+        };
+        let mut inner = self.lock();
+        let until = inner
+            .bans
+            .get(&who)
+            .map_or(until, |b| b.until.max(until));
+        inner.bans.insert(who, Ban { until, evidence });
+    }
+
+    /// Whether `upstream` of `chain` is banned for lying now.
+    pub fn is_banned(&self, chain: &str, upstream: &str) -> bool {
+        let now = Time::now();
+        self.lock()
+            .bans
+            .iter()
+            .any(|(who, ban)| who.chain == chain && who.name == upstream && ban.until > now)
+    }
+
+    /// Loads history from the store: past incidents, open ones (which continue if the
+    /// problem is still there, and resolve if not), and uptime.
+    pub fn restore(&self, loaded: store::Loaded, now: Time) {
+        let mut inner = self.lock();
+        inner.uptime = loaded.uptime;
+        for incident in loaded.incidents {
+            inner.next_id = inner.next_id.max(incident.id + 1);
+            if incident.is_open() {
+                inner.open.insert(incident.key.clone(), incident.id);
+                inner.detector.adopt(&incident, now);
+            }
+            inner.incidents.insert(incident.id, incident);
+        }
+    }
+
+    /// Looks at every chain and upstream once: records uptime, opens, updates and
+    /// resolves incidents, queues webhooks. Returns the incidents that changed, for the
+    /// store. Called by `watch` every `evaluate_ms`.
+    pub fn evaluate(&self, gw: &Gateway, now: Time) -> Vec<Incident> {
+        let mut inner = self.lock();
+        inner.bans.retain(|_, b| b.until.0 + 60_000 > now.0);
+        let sample = sample(gw, &inner.bans, now);
+        let observed = inner
+            .last_evaluation
+            .map_or(0, |t| now.0.saturating_sub(t.0).min(MAX_OBSERVED_GAP));
+        inner.last_evaluation = Some(now);
+        for (key, up) in detect::uptime_states(&sample, self.settings.lag_blocks) {
+            inner.uptime.record(&key, up, now, observed);
+        }
+        let changes = inner.detector.evaluate(&sample);
+        let mut changed: Vec<u64> = Vec::new();
+        let mut events = Vec::new();
+        for change in changes {
+            if let Some((id, event)) = inner.apply(change, now, &self.settings) {
+                if !changed.contains(&id) {
+                    changed.push(id);
+                }
+                events.push((id, event));
+            }
+        }
+        let history = u64::from(self.settings.history_days) * 86_400_000;
+        inner
+            .incidents
+            .retain(|_, i| i.resolved.is_none_or(|r| r.0 + history > now.0));
+        for (id, event) in events {
+            if let Some(incident) = inner.incidents.get(&id) {
+                log(incident, event);
+                self.notifier.send(event, incident);
+            }
+        }
+        changed
+            .iter()
+            .filter_map(|id| inner.incidents.get(id).cloned())
+            .collect()
+    }
+
+    /// Every incident kept, newest first.
+    pub fn list(&self) -> Vec<Incident> {
+        self.lock().incidents.values().rev().cloned().collect()
+    }
+
+    pub fn open(&self) -> Vec<Incident> {
+        self.lock()
+            .incidents
+            .values()
+            .rev()
+            .filter(|i| i.is_open())
+            .cloned()
+            .collect()
+    }
+
+    pub fn get(&self, id: u64) -> Option<Incident> {
+        self.lock().incidents.get(&id).cloned()
+    }
+
+    /// Uptime bars and ratios of one series (`chain` or `chain/upstream`).
+    pub fn uptime(&self, key: &str, now: Time) -> uptime::View {
+        self.lock().uptime.view(key, now)
+    }
+
+    fn uptime_snapshot(&self) -> Uptime {
+        self.lock().uptime.clone()
+    }
+}
+
+impl Inner {
+    /// Applies one change of the detector; returns the incident it concerned and what
+    /// happened to it, or `None` when nothing visible changed.
+    fn apply(
+        &mut self,
+        change: Change,
+        now: Time,
+        settings: &config::Status,
+    ) -> Option<(u64, Event)> {
+        match change {
+            Change::Open(f) => {
+                // The same problem again soon after it ended: reopen, don't spam.
+                let reopen = self
+                    .incidents
+                    .values()
+                    .rev()
+                    .find(|i| i.key == f.key)
+                    .filter(|i| {
+                        i.resolved.is_some_and(|r| {
+                            now.0.saturating_sub(r.0) < settings.reopen_within_secs * 1000
+                        })
+                    })
+                    .map(|i| i.id);
+                if let Some(id) = reopen {
+                    let incident = self.incidents.get_mut(&id)?;
+                    incident.resolved = None;
+                    merge(incident, &f);
+                    incident.updates.push(Update {
+                        at: now,
+                        event: Event::Updated,
+                        message: format!("Again: {}", f.message),
+                    });
+                    self.open.insert(f.key.clone(), id);
+                    return Some((id, Event::Updated));
+                }
+                if let Some(&id) = self.open.get(&f.key) {
+                    // Adopted after a restart and still there: it simply continues.
+                    let incident = self.incidents.get_mut(&id)?;
+                    return merge(incident, &f).then_some((id, Event::Updated));
+                }
+                let id = self.next_id;
+                self.next_id += 1;
+                self.incidents.insert(
+                    id,
+                    Incident {
+                        id,
+                        key: f.key.clone(),
+                        kind: f.kind,
+                        severity: f.severity,
+                        title: f.title.clone(),
+                        chains: f.chains.clone(),
+                        upstreams: f.upstreams.clone(),
+                        factor: f.factor.clone(),
+                        started: now,
+                        resolved: None,
+                        updates: vec![Update {
+                            at: now,
+                            event: Event::Opened,
+                            message: f.message.clone(),
+                        }],
+                        evidence: f.evidence.clone(),
+                    },
+                );
+                self.open.insert(f.key, id);
+                crate::metrics::incident_opened(f.kind, f.severity);
+                Some((id, Event::Opened))
+            }
+            Change::Update(f) => {
+                let id = *self.open.get(&f.key)?;
+                let incident = self.incidents.get_mut(&id)?;
+                merge(incident, &f);
+                incident.updates.push(Update {
+                    at: now,
+                    event: Event::Updated,
+                    message: f.message.clone(),
+                });
+                Some((id, Event::Updated))
+            }
+            Change::Resolve { key, message } => {
+                let id = self.open.remove(&key)?;
+                let incident = self.incidents.get_mut(&id)?;
+                incident.resolved = Some(now);
+                incident.updates.push(Update {
+                    at: now,
+                    event: Event::Resolved,
+                    message,
+                });
+                Some((id, Event::Resolved))
+            }
+        }
+    }
+}
+
+/// Folds a newer finding into an incident: affected chains and upstreams accumulate; the
+/// title, kind and severity are those of the worst state reached. True when it changed.
+fn merge(incident: &mut Incident, f: &Finding) -> bool {
+    let before = incident.clone();
+    for chain in &f.chains {
+        if !incident.chains.contains(chain) {
+            incident.chains.push(chain.clone());
+        }
+    }
+    for up in &f.upstreams {
+        if !incident.upstreams.contains(up) {
+            incident.upstreams.push(up.clone());
+        }
+    }
+    // The detector keeps a correlated failure's title at its largest extent, so at equal
+    // severity the newer title is never a smaller story.
+    if f.severity >= incident.severity {
+        incident.severity = f.severity;
+        incident.kind = f.kind;
+        incident.title = f.title.clone();
+    }
+    if f.evidence.is_some() {
+        incident.evidence = f.evidence.clone();
+    }
+    *incident != before
+}
+
+fn log(incident: &Incident, event: Event) {
+    let message = incident.updates.last().map_or("", |u| u.message.as_str());
+    let (id, severity, title) = (incident.id, incident.severity, &incident.title);
+    match event {
+        Event::Opened => {
+            tracing::warn!(id, %severity, kind = incident.kind.as_str(), "incident opened: {title}: {message}")
+        }
+        Event::Updated => tracing::warn!(id, %severity, "incident updated: {title}: {message}"),
+        Event::Resolved => tracing::info!(id, "incident resolved: {title}: {message}"),
+    }
+}
+
+/// What the detector needs to know, read from the gateway without waiting.
+fn sample(gw: &Gateway, bans: &HashMap<UpstreamRef, Ban>, now: Time) -> detect::Sample {
+    detect::Sample {
+        at: now.0,
+        chains: gw
+            .chains
+            .iter()
+            .map(|c| chain_sample(c, bans, now))
+            .collect(),
+    }
+}
+
+/// How `route::health` words a ban for lying (`Health::record_lie`).
+const BANNED_FOR_LYING: &str = "banned for lying";
+
+fn chain_sample(c: &Chain, bans: &HashMap<UpstreamRef, Ban>, now: Time) -> detect::ChainSample {
+    let head = c.head.latest();
+    let instant = std::time::Instant::now();
+    detect::ChainSample {
+        name: c.name.to_string(),
+        quorum: c.quorum,
+        head,
+        upstreams: c
+            .upstreams
+            .iter()
+            .map(|u| {
+                let who = UpstreamRef {
+                    chain: c.name.to_string(),
+                    name: u.name.to_string(),
+                };
+                let status = u.health.status();
+                // A ban reported with its evidence, or one seen in the health state.
+                let ban = bans.get(&who).filter(|b| b.until > now).cloned().or_else(|| {
+                    let Status::CoolingDown { until, why } = &status else {
+                        return None;
+                    };
+                    let summary = why.strip_prefix(BANNED_FOR_LYING)?;
+                    let left = until.saturating_duration_since(instant).as_millis();
+                    Some(Ban {
+                        until: Time(now.0 + u64::try_from(left).unwrap_or(0)),
+                        evidence: Evidence {
+                            summary: summary.trim_start_matches([':', ' ']).to_owned(),
+                            ..Evidence::default()
+                        },
+                    })
+                });
+                detect::UpstreamSample {
+                    health: match status {
+                        Status::Ready => detect::Health::Up,
+                        Status::Unchecked => detect::Health::Unknown,
+                        Status::CoolingDown { why, .. } => detect::Health::Down(why),
+                        Status::WrongChain { got, expected } => detect::Health::Down(format!(
+                            "it serves chain id {got}, not {expected}"
+                        )),
+                    },
+                    lag: u
+                        .head
+                        .latest()
+                        .and(head)
+                        .map(|_| c.lag(u))
+                        .filter(|_| u.health.is_ready()),
+                    ban,
+                    who,
+                    operator: u.operator.clone(),
+                    cloud: u.cloud.clone(),
+                    region: u.region.clone(),
+                }
+            })
+            .collect(),
+    }
+}
+
+/// The data directory: `[status] data_dir`, else `$XDG_STATE_HOME/outlast`, else
+/// `~/.local/state/outlast`, else `./outlast-state`.
+pub fn data_dir(settings: &config::Status) -> std::path::PathBuf {
+    use std::path::PathBuf;
+    if let Some(dir) = &settings.data_dir {
+        return PathBuf::from(dir);
+    }
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    if let Some(state) = env("XDG_STATE_HOME") {
+        return PathBuf::from(state).join("outlast");
+    }
+    if let Some(home) = env("HOME") {
+        return PathBuf::from(home).join(".local/state/outlast");
+    }
+    PathBuf::from("outlast-state")
+}
+
+/// Opens the store and loads history, then spawns the evaluation loop and the webhook
+/// senders on `tasks`. A store that cannot be opened (unwritable, or in use by another
+/// Outlast) is logged and history is kept in memory only: serving matters more.
+pub fn spawn(gw: Arc<Gateway>, tasks: &TaskTracker, stop: CancellationToken) {
+    let dir = data_dir(&gw.incidents.settings);
+    let store = match store::Store::open(&dir, gw.incidents.settings.history_days) {
+        Ok((store, loaded)) => {
+            tracing::info!(
+                dir = %dir.display(),
+                incidents = loaded.incidents.len(),
+                "incident history loaded"
+            );
+            gw.incidents.restore(loaded, Time::now());
+            Some(store)
+        }
+        Err(e) => {
+            tracing::error!("{e}; incident history is kept in memory only until restart");
+            None
+        }
+    };
+    gw.incidents.notifier.spawn(tasks, stop.clone());
+    tasks.spawn(watch(gw, store, stop));
+}
+
+/// How often uptime is written to disk (incidents are written as they change).
+const UPTIME_SAVE_EVERY: Duration = Duration::from_secs(60);
+
+/// Evaluates every `evaluate_ms` until `stop`; writes changes to the store off the
+/// async threads, and uptime once a minute and on the way out.
+async fn watch(gw: Arc<Gateway>, store: Option<store::Store>, stop: CancellationToken) {
+    let store = store.map(|s| Arc::new(Mutex::new(s)));
+    let every = Duration::from_millis(gw.incidents.settings.evaluate_ms.max(1));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_save = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let changed = gw.incidents.evaluate(&gw, Time::now());
+        let Some(store) = &store else { continue };
+        let save_uptime = last_save.elapsed() >= UPTIME_SAVE_EVERY;
+        if changed.is_empty() && !save_uptime {
+            continue;
+        }
+        let uptime = save_uptime.then(|| gw.incidents.uptime_snapshot());
+        if save_uptime {
+            last_save = tokio::time::Instant::now();
+        }
+        persist(store.clone(), changed, uptime).await;
+    }
+    if let Some(store) = store {
+        persist(store, Vec::new(), Some(gw.incidents.uptime_snapshot())).await;
+    }
+}
+
+async fn persist(
+    store: Arc<Mutex<store::Store>>,
+    changed: Vec<Incident>,
+    uptime: Option<Uptime>,
+) {
+    let written = tokio::task::spawn_blocking(move || {
+        // Only this task uses the store; the lock just makes it `Send` to the blocking pool.
+        let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
+        if !changed.is_empty() {
+            store.append(&changed)?;
+        }
+        if let Some(u) = uptime {
+            store.save_uptime(&u)?;
+        }
+        Ok::<(), store::StoreError>(())
+    })
+    .await;
+    match written {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!("{e}"),
+        Err(e) => tracing::error!("writing incident history failed: {e}"),
+    }
+}

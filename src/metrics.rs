@@ -1,0 +1,542 @@
+//! Prometheus metrics for `GET /metrics`, in the text exposition format.
+//!
+//! Two kinds, kept apart on purpose:
+//! - **events** (calls, upstream attempts, latencies, cache lookups, verifications, bans,
+//!   webhook deliveries) are counted where they happen through the `metrics` facade,
+//!   into the one recorder of the process ([`install`], idempotent). Use the functions
+//!   below, not the macros, so names and labels stay as documented here.
+//! - **state** (upstream health, breaker, lag, heads, open incidents) is read from the
+//!   gateway at scrape time by [`render`]: never stale, and only this gateway's.
+//!
+//! Label values are names from the config (chain, upstream, operator, webhook) or fixed
+//! words; a method name comes from clients, so only known methods are used as labels
+//! and every other one is `other` (a client cannot grow the series without bound).
+
+use std::{fmt::Write as _, sync::OnceLock, time::Duration};
+
+use metrics::{counter, describe_counter, describe_histogram, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    gateway::Gateway,
+    incidents::{Kind, Severity, Time},
+    route::health::Status,
+};
+
+// Counters and histograms (events). `_total` and `_seconds` per Prometheus conventions.
+/// Every JSON-RPC call answered: `chain`, `method`, `upstream` (or `consensus`,
+/// `cache`, `none`), `outcome` (`result`, `error`, `unavailable`, `unverified`, `denied`,
+/// `invalid`). A batch counts each of its calls.
+pub const REQUESTS: &str = "outlast_requests_total";
+/// HTTP requests on a chain's JSON-RPC endpoint, start to answer: `chain`.
+pub const REQUEST_DURATION: &str = "outlast_http_request_duration_seconds";
+/// Attempts at an upstream: `chain`, `upstream`, `outcome` (`ok`, `connect`, `timeout`,
+/// `rate_limited`, `http_status`, `malformed`, `transport`, `slow`).
+pub const UPSTREAM_REQUESTS: &str = "outlast_upstream_requests_total";
+/// Time to an upstream's reply: `chain`, `upstream`.
+pub const UPSTREAM_DURATION: &str = "outlast_upstream_request_duration_seconds";
+/// Bans for lying: `chain`, `upstream`.
+pub const UPSTREAM_BANS: &str = "outlast_upstream_bans_total";
+/// Cache lookups: `chain`, `method`, `result` (`hit`, `miss`, `coalesced`, `stale`).
+pub const CACHE_REQUESTS: &str = "outlast_cache_requests_total";
+/// Verification results: `chain`, `method`, `mode` (`proof`, `quorum`), `outcome`
+/// (`verified`, `failed`, `unverifiable`).
+pub const VERIFICATIONS: &str = "outlast_verifications_total";
+/// Incidents opened: `kind`, `severity`.
+pub const INCIDENTS_OPENED: &str = "outlast_incidents_opened_total";
+/// Webhook messages: `webhook`, `outcome` (`delivered`, `retried`, `failed`, `dropped`).
+pub const WEBHOOK_DELIVERIES: &str = "outlast_webhook_deliveries_total";
+
+/// Histogram buckets for every `_duration_seconds`, from 1 ms to 30 s.
+const BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process's recorder once (later calls do nothing). When another recorder
+/// was installed first (Outlast embedded in a program that has one), events go there
+/// and `/metrics` shows the state gauges only.
+pub fn install() {
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_duration_seconds".into()), &BUCKETS);
+        let recorder = match builder {
+            Ok(b) => b.build_recorder(),
+            Err(e) => {
+                tracing::warn!("metrics recorder not built ({e}); /metrics shows state only");
+                return None;
+            }
+        };
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("another metrics recorder is installed; /metrics shows state only");
+            return None;
+        }
+        describe();
+        Some(handle)
+    });
+}
+
+fn describe() {
+    describe_counter!(REQUESTS, "JSON-RPC calls answered, by chain, method, upstream and outcome.");
+    describe_histogram!(
+        REQUEST_DURATION,
+        metrics::Unit::Seconds,
+        "Time from an HTTP JSON-RPC request to its answer."
+    );
+    describe_counter!(UPSTREAM_REQUESTS, "Attempts at an upstream, by outcome.");
+    describe_histogram!(
+        UPSTREAM_DURATION,
+        metrics::Unit::Seconds,
+        "Time an upstream took to reply (every attempt that got a reply)."
+    );
+    describe_counter!(UPSTREAM_BANS, "Times an upstream was banned for lying.");
+    describe_counter!(CACHE_REQUESTS, "Cache lookups, by result.");
+    describe_counter!(VERIFICATIONS, "Answers checked by proof or quorum, by outcome.");
+    describe_counter!(INCIDENTS_OPENED, "Incidents opened, by kind and severity.");
+    describe_counter!(WEBHOOK_DELIVERIES, "Webhook messages, by outcome.");
+}
+
+/// Drains histogram data now and then, so memory stays flat between scrapes.
+pub async fn upkeep(stop: CancellationToken) {
+    let Some(Some(handle)) = HANDLE.get() else {
+        return;
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => handle.run_upkeep(),
+        }
+    }
+}
+
+/// One JSON-RPC call answered.
+pub fn call(chain: &str, method: &str, upstream: &str, outcome: &'static str) {
+    counter!(REQUESTS,
+        "chain" => chain.to_owned(),
+        "method" => method_label(method),
+        "upstream" => upstream.to_owned(),
+        "outcome" => outcome)
+    .increment(1);
+}
+
+/// The final outcome of one call (`dispatch`, step 9).
+pub fn answered(chain: &str, method: &str, outcome: &crate::route::Outcome) {
+    use crate::{route::Outcome, upstream::Answer};
+    let (upstream, label) = match outcome {
+        Outcome::Answered { upstream, answer } => (
+            &**upstream,
+            match answer {
+                Answer::Result(_) => "result",
+                Answer::Error { .. } => "error",
+            },
+        ),
+        Outcome::Unavailable(_) => ("none", "unavailable"),
+        #[allow(unreachable_patterns)] // outcomes added later count as unverified
+        _ => ("none", "unverified"),
+    };
+    call(chain, method, upstream, label);
+}
+
+/// A call refused before it was sent: denied, or not a valid call.
+pub fn rejected(chain: &str, error: &crate::rpc::RpcError) {
+    match error {
+        crate::rpc::RpcError::Denied { method } => call(chain, method, "none", "denied"),
+        _ => call(chain, "", "none", "invalid"),
+    }
+}
+
+/// One HTTP JSON-RPC request served on `chain`.
+pub fn request_duration(chain: &str, took: Duration) {
+    histogram!(REQUEST_DURATION, "chain" => chain.to_owned()).record(took.as_secs_f64());
+}
+
+/// One attempt at an upstream; `took` when it replied.
+pub fn upstream_attempt(chain: &str, upstream: &str, outcome: &'static str, took: Option<Duration>) {
+    counter!(UPSTREAM_REQUESTS,
+        "chain" => chain.to_owned(),
+        "upstream" => upstream.to_owned(),
+        "outcome" => outcome)
+    .increment(1);
+    if let Some(took) = took {
+        histogram!(UPSTREAM_DURATION,
+            "chain" => chain.to_owned(),
+            "upstream" => upstream.to_owned())
+        .record(took.as_secs_f64());
+    }
+}
+
+/// For the cache: one lookup of `method` on `chain`; `result` is `hit`, `miss`,
+/// `coalesced` (joined a call in flight) or `stale` (served stale by configuration).
+pub fn cache_lookup(chain: &str, method: &str, result: &'static str) {
+    counter!(CACHE_REQUESTS,
+        "chain" => chain.to_owned(),
+        "method" => method_label(method),
+        "result" => result)
+    .increment(1);
+}
+
+/// For verification: one answer checked; `mode` is `proof` or `quorum`, `outcome` is
+/// `verified`, `failed` (an upstream lied) or `unverifiable` (could not be checked).
+pub fn verification(chain: &str, method: &str, mode: &'static str, outcome: &'static str) {
+    counter!(VERIFICATIONS,
+        "chain" => chain.to_owned(),
+        "method" => method_label(method),
+        "mode" => mode,
+        "outcome" => outcome)
+    .increment(1);
+}
+
+pub fn upstream_banned(chain: &str, upstream: &str) {
+    counter!(UPSTREAM_BANS, "chain" => chain.to_owned(), "upstream" => upstream.to_owned())
+        .increment(1);
+}
+
+pub fn incident_opened(kind: Kind, severity: Severity) {
+    counter!(INCIDENTS_OPENED, "kind" => kind.as_str(), "severity" => severity.to_string())
+        .increment(1);
+}
+
+pub fn webhook(name: &str, outcome: &'static str) {
+    counter!(WEBHOOK_DELIVERIES, "webhook" => name.to_owned(), "outcome" => outcome).increment(1);
+}
+
+/// Standard methods, sorted: the only method names used as label values.
+const KNOWN_METHODS: [&str; 75] = [
+    "debug_traceBlockByHash",
+    "debug_traceBlockByNumber",
+    "debug_traceCall",
+    "debug_traceTransaction",
+    "eth_accounts",
+    "eth_blobBaseFee",
+    "eth_blockNumber",
+    "eth_call",
+    "eth_callMany",
+    "eth_chainId",
+    "eth_coinbase",
+    "eth_createAccessList",
+    "eth_estimateGas",
+    "eth_feeHistory",
+    "eth_gasPrice",
+    "eth_getAccount",
+    "eth_getBalance",
+    "eth_getBlockByHash",
+    "eth_getBlockByNumber",
+    "eth_getBlockReceipts",
+    "eth_getBlockTransactionCountByHash",
+    "eth_getBlockTransactionCountByNumber",
+    "eth_getCode",
+    "eth_getFilterChanges",
+    "eth_getFilterLogs",
+    "eth_getHeaderByHash",
+    "eth_getHeaderByNumber",
+    "eth_getLogs",
+    "eth_getProof",
+    "eth_getRawTransactionByHash",
+    "eth_getStorageAt",
+    "eth_getTransactionByBlockHashAndIndex",
+    "eth_getTransactionByBlockNumberAndIndex",
+    "eth_getTransactionByHash",
+    "eth_getTransactionCount",
+    "eth_getTransactionReceipt",
+    "eth_getUncleByBlockHashAndIndex",
+    "eth_getUncleByBlockNumberAndIndex",
+    "eth_getUncleCountByBlockHash",
+    "eth_getUncleCountByBlockNumber",
+    "eth_hashrate",
+    "eth_maxPriorityFeePerGas",
+    "eth_mining",
+    "eth_newBlockFilter",
+    "eth_newFilter",
+    "eth_newPendingTransactionFilter",
+    "eth_protocolVersion",
+    "eth_sendRawTransaction",
+    "eth_sendRawTransactionSync",
+    "eth_sendTransaction",
+    "eth_sign",
+    "eth_signTransaction",
+    "eth_signTypedData_v4",
+    "eth_simulateV1",
+    "eth_subscribe",
+    "eth_syncing",
+    "eth_uninstallFilter",
+    "eth_unsubscribe",
+    "net_listening",
+    "net_peerCount",
+    "net_version",
+    "trace_block",
+    "trace_call",
+    "trace_callMany",
+    "trace_filter",
+    "trace_rawTransaction",
+    "trace_replayBlockTransactions",
+    "trace_replayTransaction",
+    "trace_transaction",
+    "txpool_content",
+    "txpool_inspect",
+    "txpool_status",
+    "web3_clientVersion",
+    "web3_sha3",
+    "zks_getProof",
+];
+
+/// `method` itself when it is a known method, else `other`.
+pub fn method_label(method: &str) -> &'static str {
+    KNOWN_METHODS
+        .binary_search(&method)
+        .map_or("other", |i| KNOWN_METHODS[i])
+}
+
+/// Outcome label of a failed upstream attempt, from its error's `Display` prefix-free
+/// kind (see `upstream::UpstreamError`).
+pub fn upstream_error_label(e: &crate::upstream::UpstreamError) -> &'static str {
+    use crate::upstream::UpstreamError as E;
+    match e {
+        E::Connect(_) => "connect",
+        E::Timeout(_) => "timeout",
+        E::RateLimited { .. } => "rate_limited",
+        E::Status(_) => "http_status",
+        E::Malformed(_) => "malformed",
+        E::Transport(_) => "transport",
+        E::Slow(_) => "slow",
+    }
+}
+
+/// The whole `/metrics` text: the recorded events, then this gateway's state.
+pub fn render(gw: &Gateway) -> String {
+    let mut out = match HANDLE.get() {
+        Some(Some(h)) => h.render(),
+        _ => String::new(),
+    };
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    state(gw, &mut out);
+    out
+}
+
+/// One gauge family: HELP and TYPE lines, then its samples.
+struct Family<'a> {
+    out: &'a mut String,
+}
+
+impl<'a> Family<'a> {
+    fn new(out: &'a mut String, name: &str, help: &str) -> Self {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        Family { out }
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                let _ = write!(self.out, "{k}=\"{}\"", escape(v));
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {value}");
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', r"\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+const UPSTREAM_STATES: [&str; 4] = ["ready", "cooling-down", "unchecked", "wrong-chain"];
+const BREAKER_STATES: [&str; 3] = ["closed", "open", "half-open"];
+const KINDS: [Kind; 7] = [
+    Kind::UpstreamDown,
+    Kind::UpstreamLagging,
+    Kind::UpstreamLying,
+    Kind::ChainDegraded,
+    Kind::ChainDown,
+    Kind::HeadStalled,
+    Kind::CorrelatedFailure,
+];
+const SEVERITIES: [Severity; 3] = [Severity::Minor, Severity::Major, Severity::Critical];
+
+fn state(gw: &Gateway, out: &mut String) {
+    let now = std::time::Instant::now();
+    let ups: Vec<_> = gw
+        .chains
+        .iter()
+        .flat_map(|c| c.upstreams.iter().map(move |u| (c, u)))
+        .collect();
+
+    let name = "outlast_upstream_up";
+    let mut f = Family::new(out, name, "1 while the upstream is in rotation (ready), else 0.");
+    for (c, u) in &ups {
+        let labels = [
+            ("chain", &*c.name),
+            ("upstream", &*u.name),
+            ("operator", u.operator.as_str()),
+            ("cloud", u.cloud.as_deref().unwrap_or("")),
+            ("region", u.region.as_deref().unwrap_or("")),
+        ];
+        f.sample(name, &labels, f64::from(u8::from(u.health.is_ready())));
+    }
+
+    let name = "outlast_upstream_state";
+    let mut f = Family::new(out, name, "1 for the upstream's current health state.");
+    for (c, u) in &ups {
+        let current = match u.health.status() {
+            Status::Ready => "ready",
+            Status::CoolingDown { .. } => "cooling-down",
+            Status::Unchecked => "unchecked",
+            Status::WrongChain { .. } => "wrong-chain",
+        };
+        for s in UPSTREAM_STATES {
+            let labels = [("chain", &*c.name), ("upstream", &*u.name), ("state", s)];
+            f.sample(name, &labels, f64::from(u8::from(s == current)));
+        }
+    }
+
+    let name = "outlast_upstream_breaker_state";
+    let mut f = Family::new(out, name, "1 for the circuit breaker's current state.");
+    for (c, u) in &ups {
+        let current = u.health.breaker(now);
+        for s in BREAKER_STATES {
+            let labels = [("chain", &*c.name), ("upstream", &*u.name), ("state", s)];
+            f.sample(name, &labels, f64::from(u8::from(s == current)));
+        }
+    }
+
+    let name = "outlast_upstream_lag_blocks";
+    let mut f = Family::new(out, name, "Blocks the upstream's head is behind the consensus head.");
+    for (c, u) in &ups {
+        if u.head.latest().is_some() {
+            let labels = [("chain", &*c.name), ("upstream", &*u.name)];
+            f.sample(name, &labels, c.lag(u) as f64);
+        }
+    }
+
+    let name = "outlast_upstream_head_block";
+    let mut f = Family::new(out, name, "The newest block the upstream reported.");
+    for (c, u) in &ups {
+        if let Some(h) = u.head.latest() {
+            let labels = [("chain", &*c.name), ("upstream", &*u.name)];
+            f.sample(name, &labels, h as f64);
+        }
+    }
+
+    let name = "outlast_upstream_latency_seconds";
+    let mut f = Family::new(out, name, "The upstream's smoothed latency, as used for ranking.");
+    for (c, u) in &ups {
+        if let Some(l) = u.health.stats().latency() {
+            let labels = [("chain", &*c.name), ("upstream", &*u.name)];
+            f.sample(name, &labels, l.as_secs_f64());
+        }
+    }
+
+    let name = "outlast_upstream_error_ratio";
+    let mut f = Family::new(out, name, "Share of the upstream's recent calls that failed.");
+    for (c, u) in &ups {
+        let labels = [("chain", &*c.name), ("upstream", &*u.name)];
+        f.sample(name, &labels, u.health.stats().error_rate());
+    }
+
+    let name = "outlast_upstream_in_flight";
+    let mut f = Family::new(out, name, "Calls in flight at the upstream.");
+    for (c, u) in &ups {
+        let labels = [("chain", &*c.name), ("upstream", &*u.name)];
+        f.sample(name, &labels, u.limits.in_flight() as f64);
+    }
+
+    let name = "outlast_chain_head_block";
+    let mut f = Family::new(out, name, "The consensus head: newest block a quorum agrees on.");
+    for c in &gw.chains {
+        if let Some(h) = c.head.latest() {
+            f.sample(name, &[("chain", &*c.name)], h as f64);
+        }
+    }
+
+    let name = "outlast_chain_finalized_block";
+    let mut f = Family::new(out, name, "The chain's finalized block, by quorum.");
+    for c in &gw.chains {
+        if let Some(h) = c.head.get().finalized {
+            f.sample(name, &[("chain", &*c.name)], h as f64);
+        }
+    }
+
+    let name = "outlast_chain_serving_operators";
+    let mut f = Family::new(out, name, "Distinct operators with an upstream in rotation.");
+    for c in &gw.chains {
+        let serving: std::collections::HashSet<&str> = c
+            .upstreams
+            .iter()
+            .filter(|u| u.health.is_ready())
+            .map(|u| u.operator.as_str())
+            .collect();
+        f.sample(name, &[("chain", &*c.name)], serving.len() as f64);
+    }
+
+    let name = "outlast_chain_quorum";
+    let mut f = Family::new(out, name, "Distinct operators the chain's quorum needs.");
+    for c in &gw.chains {
+        f.sample(name, &[("chain", &*c.name)], c.quorum as f64);
+    }
+
+    let open = gw.incidents.open();
+    let name = "outlast_incidents_open";
+    let mut f = Family::new(out, name, "Incidents open now, by kind and severity.");
+    for kind in KINDS {
+        for severity in SEVERITIES {
+            let n = open
+                .iter()
+                .filter(|i| i.kind == kind && i.severity == severity)
+                .count();
+            let sev = severity.to_string();
+            f.sample(name, &[("kind", kind.as_str()), ("severity", &sev)], n as f64);
+        }
+    }
+
+    let name = "outlast_uptime_ratio_24h";
+    let mut f = Family::new(out, name, "Share of the last 24 h the upstream or chain was up (observed time only).");
+    let t = Time::now();
+    for c in &gw.chains {
+        if let Some(r) = gw.incidents.uptime(&c.name, t).ratio_24h {
+            f.sample(name, &[("chain", &*c.name), ("upstream", "")], r);
+        }
+        for u in &c.upstreams {
+            let key = format!("{}/{}", c.name, u.name);
+            if let Some(r) = gw.incidents.uptime(&key, t).ratio_24h {
+                f.sample(name, &[("chain", &*c.name), ("upstream", &*u.name)], r);
+            }
+        }
+    }
+
+    let name = "outlast_build_info";
+    let mut f = Family::new(out, name, "Always 1; the version as a label.");
+    f.sample(name, &[("version", env!("CARGO_PKG_VERSION"))], 1.0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_known_methods_become_labels() {
+        let mut sorted = KNOWN_METHODS;
+        sorted.sort_unstable();
+        assert_eq!(sorted, KNOWN_METHODS, "KNOWN_METHODS must stay sorted");
+        assert_eq!(method_label("eth_getBalance"), "eth_getBalance");
+        assert_eq!(method_label("eth_getBalance\n"), "other");
+        assert_eq!(method_label("made_up_by_a_client_123"), "other");
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut out = String::new();
+        Family::new(&mut out, "x", "help").sample("x", &[("a", "q\"\\\n")], 1.0);
+        assert!(out.ends_with("x{a=\"q\\\"\\\\\\n\"} 1\n"), "{out}");
+    }
+}

@@ -1,0 +1,581 @@
+//! JSON-RPC over WebSocket on `GET /{chain}` (and `GET /` with one chain). Every call
+//! goes through `dispatch` exactly as over HTTP (same routing, errors and limits);
+//! `eth_subscribe` / `eth_unsubscribe` are answered here from the chain's subscription
+//! hub (`subscribe`), whose events this session renders for its subscriptions.
+//!
+//! One task per connection reads calls, writes replies and events, and pings. Limits,
+//! each with a clean close code: a message over `max_frame_bytes` closes with 1009;
+//! `max_subscriptions` per connection (the call beyond gets -32005); at most
+//! `MAX_IN_FLIGHT` calls at once (reading pauses meanwhile); a client whose queue of
+//! `ws_client_buffer` events is full is told and closed with 1008; one that answers no
+//! ping for two `ws_ping_secs` is closed with 1011; shutdown closes with 1001.
+//! Never blocks the hub: events reach it through a bounded queue.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{
+    extract::{
+        Path, State,
+        ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code},
+    },
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use futures_util::SinkExt;
+use serde_json::value::RawValue;
+use tokio::task::JoinSet;
+
+use crate::{
+    dispatch,
+    gateway::{Chain, Gateway},
+    rpc::{self, Call, ReplyBody, Request, RpcError, respond::whole_request_error},
+    subscribe::{
+        filter::{self, Kind},
+        hub::{Event, Published},
+    },
+};
+
+/// Calls of one connection being answered at once; beyond, its messages wait unread.
+const MAX_IN_FLIGHT: usize = 64;
+/// How long one write may take before the client counts as gone.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the close frame may take to leave.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Initial read buffer per connection (tungstenite's default is 128 KiB: 1,000
+/// subscribers would hold 128 MB of it). It grows for a large message.
+const READ_BUFFER: usize = 4 * 1024;
+/// Writes are flushed after each burst, so no write buffering is needed.
+const WRITE_BUFFER: usize = 0;
+
+pub async fn upgrade_chain(
+    State(gw): State<Arc<Gateway>>,
+    Path(chain): Path<String>,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    upgrade(gw, Some(&chain), ws)
+}
+
+pub async fn upgrade_root(
+    State(gw): State<Arc<Gateway>>,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    upgrade(gw, None, ws)
+}
+
+fn upgrade(
+    gw: Arc<Gateway>,
+    path: Option<&str>,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let Some(chain) = gw.chain(path).cloned() else {
+        let available = gw
+            .chains
+            .iter()
+            .map(|c| (c.name.to_string(), c.chain_id))
+            .collect();
+        let error = match path {
+            Some(p) => RpcError::UnknownChain {
+                requested: p.to_owned(),
+                available,
+            },
+            None => RpcError::ChainRequired { available },
+        };
+        return json(StatusCode::NOT_FOUND, whole_request_error(&error));
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => {
+            let e = RpcError::InvalidRequest(format!(
+                "{rejection}: POST JSON-RPC to this path, or GET it with a WebSocket upgrade"
+            ));
+            return json(StatusCode::UPGRADE_REQUIRED, whole_request_error(&e));
+        }
+    };
+    // A token keeps the hub's tracker open until the session ends, so shutdown can
+    // wait for close frames; after shutdown began, new connections are turned away.
+    if chain.subs.closing().is_cancelled() {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    let token = chain.subs.sessions.token();
+    let max = gw.limits.max_frame_bytes;
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .on_upgrade(move |socket| async move {
+            let _token = token;
+            Session::new(gw, chain).run(socket).await;
+        })
+}
+
+fn json(status: StatusCode, body: Vec<u8>) -> Response {
+    (
+        status,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
+}
+
+/// One subscription of this connection.
+struct Sub {
+    /// The id as a JSON string, quotes included.
+    id: String,
+    kind: Kind,
+    /// Events with a lower sequence number predate it.
+    since: u64,
+}
+
+struct Session {
+    gw: Arc<Gateway>,
+    chain: Arc<Chain>,
+    subs: Vec<Sub>,
+}
+
+/// Why a session ends, and what the client is told.
+enum End {
+    /// The client closed or the connection dropped: nothing more to send.
+    Gone,
+    Close(u16, String),
+}
+
+impl Session {
+    fn new(gw: Arc<Gateway>, chain: Arc<Chain>) -> Session {
+        Session {
+            gw,
+            chain,
+            subs: Vec::new(),
+        }
+    }
+
+    async fn run(mut self, mut socket: WebSocket) {
+        let chain = self.chain.clone();
+        let hub = &chain.subs;
+        let mut client = hub.join();
+        let buffer = self.gw.limits.ws_client_buffer;
+        let ping_every = Duration::from_secs(self.gw.limits.ws_ping_secs.max(1));
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+        let mut last_pong = Instant::now();
+        let mut calls: JoinSet<Option<Vec<u8>>> = JoinSet::new();
+        let mut out: Vec<Message> = Vec::new();
+        let end = loop {
+            let kicked = client.kicked.clone();
+            tokio::select! {
+                biased;
+                _ = hub.closing().cancelled() => {
+                    break End::Close(close_code::AWAY, "Outlast is shutting down; reconnect".into());
+                }
+                _ = kicked.cancelled() => {
+                    break End::Close(close_code::POLICY, format!(
+                        "too slow: over {buffer} events waited for you; reconnect and resubscribe"
+                    ));
+                }
+                Some(done) = calls.join_next() => {
+                    if let Ok(Some(reply)) = done {
+                        out.push(text(reply));
+                    }
+                }
+                event = client.events.recv() => {
+                    let Some(event) = event else { continue };
+                    self.render(&event, &mut out);
+                    // Whatever else is queued goes out in the same flush.
+                    while out.len() < 256 && let Ok(event) = client.events.try_recv() {
+                        self.render(&event, &mut out);
+                    }
+                }
+                msg = socket.recv(), if calls.len() < MAX_IN_FLIGHT => match msg {
+                    None | Some(Ok(Message::Close(_))) => break End::Gone,
+                    Some(Err(e)) => break read_error(e, self.gw.limits.max_frame_bytes),
+                    Some(Ok(msg)) => {
+                        // Anything from the client shows it is alive, not only a pong.
+                        last_pong = Instant::now();
+                        match msg {
+                            Message::Text(t) => self.call(t.as_bytes(), &client, &mut calls, &mut out),
+                            Message::Binary(b) => self.call(&b, &client, &mut calls, &mut out),
+                            // tungstenite answers pings; pongs only count as life.
+                            Message::Ping(_) | Message::Pong(_) | Message::Close(_) => {}
+                        }
+                    }
+                },
+                _ = ping.tick() => {
+                    if last_pong.elapsed() > ping_every * 2 {
+                        break End::Close(close_code::ERROR, format!(
+                            "no pong for {} s; reconnect", last_pong.elapsed().as_secs()
+                        ));
+                    }
+                    out.push(Message::Ping(bytes::Bytes::new()));
+                }
+            }
+            if !out.is_empty() {
+                match write(&mut socket, &mut out, &client.kicked).await {
+                    Ok(()) => {}
+                    Err(end) => break end,
+                }
+            }
+        };
+        calls.abort_all();
+        drop(client);
+        if let End::Close(code, reason) = end {
+            tracing::debug!(chain = %chain.name, code, %reason, "closing a WebSocket");
+            let frame = CloseFrame {
+                code,
+                reason: Utf8Bytes::from(truncate(reason, 123)),
+            };
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+                let _ = socket.send(Message::Close(Some(frame))).await;
+                // Wait for the client's close (or anything) so the frame is not lost to an RST.
+                let _ = socket.recv().await;
+            })
+            .await;
+        }
+    }
+
+    /// One message from the client: a call or batch. Subscriptions are answered here,
+    /// everything else is dispatched on its own task; replies join `out` or `calls`.
+    fn call(
+        &mut self,
+        body: &[u8],
+        client: &crate::subscribe::hub::Client<'_>,
+        calls: &mut JoinSet<Option<Vec<u8>>>,
+        out: &mut Vec<Message>,
+    ) {
+        if !mentions_subscriptions(body) {
+            let (gw, chain, body) = (self.gw.clone(), self.chain.clone(), body.to_vec());
+            calls.spawn(async move { dispatch::handle(&gw, &chain, &body).await.body });
+            return;
+        }
+        let request = match rpc::parse::parse(body, self.gw.parse_limits()) {
+            Ok(r) => r,
+            Err(e) => {
+                out.push(text(whole_request_error(&e)));
+                return;
+            }
+        };
+        let (batch, entries) = match request {
+            Request::Single(e) => (false, vec![e]),
+            Request::Batch(es) => (true, es),
+        };
+        // Each entry's reply as one JSON object, in order; dispatched ones later.
+        let mut parts: Vec<Part> = Vec::with_capacity(entries.len());
+        for entry in entries {
+            parts.push(match entry {
+                Err(rejected) => match rejected.id {
+                    Some(id) => Part::Ready(single(id, Err(&rejected.error))),
+                    None => Part::Nothing,
+                },
+                Ok(call) if is_subscription(&call.method) => {
+                    let answer = self.subscription(&call, client);
+                    match call.id {
+                        Some(id) => Part::Ready(single(id, answer.as_deref())),
+                        None => Part::Nothing,
+                    }
+                }
+                Ok(call) => Part::Dispatch(encode(&call)),
+            });
+        }
+        // Answered here only: written at once, so the subscription id reaches the client
+        // before its first notification.
+        if !parts.iter().any(|p| matches!(p, Part::Dispatch(_))) {
+            let objects = parts
+                .into_iter()
+                .filter_map(|p| match p {
+                    Part::Ready(o) => Some(o),
+                    _ => None,
+                })
+                .collect();
+            if let Some(reply) = join(batch, objects) {
+                out.push(text(reply));
+            }
+            return;
+        }
+        let (gw, chain) = (self.gw.clone(), self.chain.clone());
+        let reply = async move {
+            let mut objects = Vec::with_capacity(parts.len());
+            for part in parts {
+                match part {
+                    Part::Ready(o) => objects.push(o),
+                    Part::Nothing => {}
+                    Part::Dispatch(body) => {
+                        if let Some(o) = dispatch::handle(&gw, &chain, &body).await.body {
+                            objects.push(o);
+                        }
+                    }
+                }
+            }
+            join(batch, objects)
+        };
+        calls.spawn(reply);
+    }
+
+    /// `eth_subscribe` / `eth_unsubscribe`: the result's raw JSON, or the error.
+    fn subscription(
+        &mut self,
+        call: &Call<'_>,
+        client: &crate::subscribe::hub::Client<'_>,
+    ) -> Result<String, RpcError> {
+        if self.gw.policy.is_denied(&call.method) {
+            return Err(RpcError::Denied {
+                method: call.method.to_string(),
+            });
+        }
+        let hub = &self.chain.subs;
+        if call.method == "eth_unsubscribe" {
+            let id = unsubscribe_id(call.params)?;
+            let before = self.subs.len();
+            self.subs.retain(|s| !s.id.eq_ignore_ascii_case(&id));
+            if self.subs.len() != before {
+                hub.set_kinds(client.id, self.kinds());
+            }
+            return Ok((self.subs.len() != before).to_string());
+        }
+        let kind = filter::kind(call.params).map_err(|e| RpcError::InvalidParams(e.0))?;
+        let max = self.gw.limits.max_subscriptions;
+        if self.subs.len() >= max {
+            return Err(RpcError::LimitExceeded(format!(
+                "this connection has {max} subscriptions ([limits] max_subscriptions); unsubscribe one or open another connection"
+            )));
+        }
+        let id = format!("\"{}\"", new_id());
+        let kinds = self.kinds() | kind.bit();
+        let since = hub.set_kinds(client.id, kinds);
+        self.subs.push(Sub {
+            id: id.clone(),
+            kind,
+            since,
+        });
+        Ok(id)
+    }
+
+    fn kinds(&self) -> u8 {
+        self.subs.iter().fold(0, |acc, s| acc | s.kind.bit())
+    }
+
+    /// The notifications `event` makes for this connection's subscriptions.
+    fn render(&self, published: &Published, out: &mut Vec<Message>) {
+        for sub in self.subs.iter().filter(|s| published.seq >= s.since) {
+            match (&published.event, &sub.kind) {
+                (Event::Block { header, .. }, Kind::NewHeads) => {
+                    out.push(notification(&sub.id, header));
+                }
+                (Event::Block { logs: Some(logs), .. }, Kind::Logs(f)) => {
+                    for log in logs.iter().filter(|l| f.matches(&l.address, &l.topics)) {
+                        out.push(notification(&sub.id, &log.raw));
+                    }
+                }
+                (Event::Removed { of, logs }, Kind::Logs(f)) if *of >= sub.since => {
+                    for log in logs.iter().filter(|l| f.matches(&l.address, &l.topics)) {
+                        out.push(notification(&sub.id, &log.raw));
+                    }
+                }
+                (Event::Pending { hash }, Kind::NewPendingTransactions) => {
+                    out.push(notification(&sub.id, hash));
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// A reply to assemble: ready now, from `dispatch` later, or none (a notification).
+enum Part {
+    Ready(Vec<u8>),
+    Dispatch(Vec<u8>),
+    Nothing,
+}
+
+/// Writes `out` (emptying it), flushed once; gives up when the client is cut off or a
+/// write stalls.
+async fn write(
+    socket: &mut WebSocket,
+    out: &mut Vec<Message>,
+    kicked: &tokio_util::sync::CancellationToken,
+) -> Result<(), End> {
+    let burst = async {
+        for msg in out.drain(..) {
+            socket.feed(msg).await?;
+        }
+        socket.flush().await
+    };
+    tokio::select! {
+        r = tokio::time::timeout(WRITE_TIMEOUT, burst) => match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::Gone),
+            Err(_) => Err(End::Close(close_code::POLICY, format!(
+                "too slow: a write took over {} s", WRITE_TIMEOUT.as_secs()
+            ))),
+        },
+        // The close reason is sent by the caller, which sees the token too.
+        _ = kicked.cancelled() => Ok(()),
+    }
+}
+
+fn read_error(e: axum::Error, max: usize) -> End {
+    let too_big = e
+        .into_inner()
+        .downcast_ref::<tokio_tungstenite::tungstenite::Error>()
+        .is_some_and(|e| matches!(e, tokio_tungstenite::tungstenite::Error::Capacity(_)));
+    if too_big {
+        End::Close(
+            close_code::SIZE,
+            format!("message over {max} bytes ([limits] max_frame_bytes)"),
+        )
+    } else {
+        End::Gone
+    }
+}
+
+fn text(body: Vec<u8>) -> Message {
+    // Replies are built from JSON that was parsed as UTF-8; lossy only as a fallback.
+    match String::from_utf8(body) {
+        Ok(s) => Message::Text(Utf8Bytes::from(s)),
+        Err(e) => Message::Text(Utf8Bytes::from(
+            String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        )),
+    }
+}
+
+fn notification(id: &str, result: &[u8]) -> Message {
+    let result = std::str::from_utf8(result).unwrap_or("null");
+    let mut s = String::with_capacity(90 + id.len() + result.len());
+    s.push_str(r#"{"jsonrpc":"2.0","method":"eth_subscription","params":{"subscription":"#);
+    s.push_str(id);
+    s.push_str(r#","result":"#);
+    s.push_str(result);
+    s.push_str("}}");
+    Message::Text(Utf8Bytes::from(s))
+}
+
+fn is_subscription(method: &str) -> bool {
+    matches!(method, "eth_subscribe" | "eth_unsubscribe")
+}
+
+/// Cheap pre-check: only messages naming these methods are parsed here.
+fn mentions_subscriptions(body: &[u8]) -> bool {
+    body.windows(b"subscribe".len()).any(|w| w == b"subscribe")
+}
+
+/// One reply object for `id`: a raw result, or an error.
+fn single(id: &RawValue, answer: Result<&str, &RpcError>) -> Vec<u8> {
+    let mut body = ReplyBody::new(false, 128);
+    match answer {
+        Ok(result) => body.result(id, result.as_bytes()),
+        Err(e) => body.error(id, e),
+    }
+    // One member was written, so there is a body.
+    body.finish().unwrap_or_default()
+}
+
+/// One call as a body of its own, for `dispatch`; `params` and `id` stay raw.
+fn encode(call: &Call<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    out.extend_from_slice(br#"{"jsonrpc":"2.0""#);
+    if let Some(id) = call.id {
+        out.extend_from_slice(br#","id":"#);
+        out.extend_from_slice(id.get().as_bytes());
+    }
+    out.extend_from_slice(br#","method":"#);
+    // Writing a str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut out, call.method.as_ref());
+    if let Some(params) = call.params {
+        out.extend_from_slice(br#","params":"#);
+        out.extend_from_slice(params.get().as_bytes());
+    }
+    out.push(b'}');
+    out
+}
+
+/// Reply objects as the request was shaped: one object, or an array.
+fn join(batch: bool, objects: Vec<Vec<u8>>) -> Option<Vec<u8>> {
+    if objects.is_empty() {
+        return None;
+    }
+    if !batch {
+        return objects.into_iter().next();
+    }
+    let mut out = Vec::with_capacity(objects.iter().map(|o| o.len() + 1).sum::<usize>() + 2);
+    out.push(b'[');
+    for (i, o) in objects.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(o);
+    }
+    out.push(b']');
+    Some(out)
+}
+
+fn unsubscribe_id(params: Option<&RawValue>) -> Result<String, RpcError> {
+    params
+        .and_then(|p| serde_json::from_str::<(String,)>(p.get()).ok())
+        .map(|(id,)| format!("\"{id}\""))
+        .ok_or_else(|| {
+            RpcError::InvalidParams("eth_unsubscribe takes [subscription id]".into())
+        })
+}
+
+/// A subscription id: 0x and 32 hex digits, unpredictable and unique in this process.
+fn new_id() -> String {
+    use std::hash::BuildHasher;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let state = std::collections::hash_map::RandomState::new();
+    format!("0x{:016x}{:016x}", state.hash_one(n), state.hash_one(!n))
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_is_re_encoded_with_its_raw_id_and_params() {
+        let body = br#"{"jsonrpc":"2.0","id":1.50,"method":"eth_x","params":[ "0xA" ]}"#;
+        let Ok(Request::Single(Ok(call))) = rpc::parse::parse(
+            body,
+            rpc::ParseLimits {
+                max_batch: 10,
+                max_depth: 10,
+            },
+        ) else {
+            panic!("parses")
+        };
+        assert_eq!(
+            String::from_utf8(encode(&call)).expect("utf8"),
+            r#"{"jsonrpc":"2.0","id":1.50,"method":"eth_x","params":[ "0xA" ]}"#
+        );
+    }
+
+    #[test]
+    fn batch_replies_are_joined_in_order() {
+        assert_eq!(
+            join(true, vec![b"{\"a\":1}".to_vec(), b"{\"b\":2}".to_vec()]),
+            Some(b"[{\"a\":1},{\"b\":2}]".to_vec())
+        );
+        assert_eq!(join(true, vec![]), None);
+        assert_eq!(join(false, vec![b"{}".to_vec()]), Some(b"{}".to_vec()));
+    }
+
+    #[test]
+    fn subscription_ids_are_distinct_hex() {
+        let (a, b) = (new_id(), new_id());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 34);
+        assert!(a[2..].bytes().all(|c| c.is_ascii_hexdigit()));
+    }
+}

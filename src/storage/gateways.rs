@@ -1,0 +1,389 @@
+//! The configured gateways of one kind (IPFS or Arweave) and what is known of each:
+//! latency and error rate (the same `route::score::Stats` RPC upstreams keep), a
+//! cool-down after failures in a row, and a ban after a lie. `order` says whom to ask
+//! first; it never waits. The only place that sees a gateway's real URL.
+
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant, SystemTime},
+};
+
+use url::Url;
+
+use crate::{
+    config::{self, UpstreamUrl},
+    route::score::{self, Stats},
+};
+
+/// Lies kept for the incident view.
+const KEEP_LIES: usize = 100;
+
+pub struct Gateway {
+    pub name: Arc<str>,
+    pub kind: &'static str,
+    pub operator: String,
+    pub cloud: Option<String>,
+    pub region: Option<String>,
+    url: UpstreamUrl,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    stats: Stats,
+    consecutive_failures: u32,
+    cooling_until: Option<Instant>,
+    next_cooldown: Duration,
+    banned_until: Option<Instant>,
+    lies: u64,
+    last_error: Option<String>,
+}
+
+/// A gateway caught serving content that does not match its address, reported like
+/// a lying RPC provider.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Lie {
+    pub gateway: Arc<str>,
+    pub operator: String,
+    pub kind: &'static str,
+    /// The CID, or Arweave transaction id, it lied about.
+    pub address: String,
+    pub what: String,
+    #[serde(with = "unix_seconds")]
+    pub at: SystemTime,
+    pub banned_for_secs: u64,
+}
+
+/// One gateway's state for status pages: the labels, the breaker, the ban.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GatewayStatus {
+    pub name: Arc<str>,
+    pub kind: &'static str,
+    pub operator: String,
+    pub cloud: Option<String>,
+    pub region: Option<String>,
+    /// `ready`, `cooling down` or `banned`.
+    pub state: &'static str,
+    /// Seconds left of a cool-down or ban.
+    pub for_secs: Option<u64>,
+    pub lies: u64,
+    pub score: f64,
+    pub reasons: Vec<String>,
+    pub last_error: Option<String>,
+}
+
+impl Gateway {
+    fn new(kind: &'static str, cfg: &config::StorageGateway, first_cooldown: Duration) -> Self {
+        Gateway {
+            name: Arc::from(cfg.name.as_str()),
+            kind,
+            operator: cfg.operator.clone(),
+            cloud: cfg.cloud.clone(),
+            region: cfg.region.clone(),
+            url: cfg.url.clone(),
+            state: Mutex::new(State {
+                stats: Stats::default(),
+                consecutive_failures: 0,
+                cooling_until: None,
+                next_cooldown: first_cooldown,
+                banned_until: None,
+                lies: 0,
+                last_error: None,
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Plain data updated in one step: a panic elsewhere cannot leave it half-written.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The request URL for `path` (starting with `/`) and `query` pairs, under the
+    /// configured base (which may carry its own path prefix and query, e.g. a token).
+    pub fn url(&self, path: &str, query: &[(&str, &str)]) -> Url {
+        let mut url = self.url.expose().clone();
+        let base = url.path().trim_end_matches('/').to_owned();
+        url.set_path(&format!("{base}{path}"));
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        url
+    }
+
+    pub fn banned(&self, now: Instant) -> bool {
+        self.lock().banned_until.is_some_and(|t| t > now)
+    }
+
+    fn cooling(&self, now: Instant) -> bool {
+        self.lock().cooling_until.is_some_and(|t| t > now)
+    }
+
+    pub fn record_success(&self, latency: Duration) {
+        let mut s = self.lock();
+        s.stats.record_success(latency);
+        s.consecutive_failures = 0;
+        s.cooling_until = None;
+    }
+
+    /// A failure of the gateway's own (not a lie): after `failures_before_cooldown` in a
+    /// row it is asked only when nothing else is left, for a doubling cool-down.
+    fn record_failure(&self, why: &str, pool: &PoolSettings, now: Instant) {
+        let mut s = self.lock();
+        s.stats.record_failure();
+        s.consecutive_failures += 1;
+        s.last_error = Some(why.to_owned());
+        if s.consecutive_failures >= pool.failures_before_cooldown
+            && !s.cooling_until.is_some_and(|t| t > now)
+        {
+            let for_ = s.next_cooldown;
+            s.next_cooldown = (for_ * 2).min(pool.max_cooldown);
+            s.cooling_until = Some(now + for_);
+            tracing::warn!(gateway = %self.name, kind = self.kind, "storage gateway cooling down for {for_:?}: {why}");
+        }
+    }
+
+    /// After how long an unanswered request here is worth asking elsewhere too.
+    pub fn hedge_delay(&self, min: Duration, max: Duration) -> Duration {
+        self.lock()
+            .stats
+            .tail()
+            .unwrap_or(min)
+            .clamp(min, max.max(min))
+    }
+
+    fn score(&self) -> score::Score {
+        score::score(&self.lock().stats, 0, 0)
+    }
+
+    pub fn status(&self, now: Instant) -> GatewayStatus {
+        let score = self.score();
+        let s = self.lock();
+        let left = |t: Option<Instant>| {
+            t.filter(|t| *t > now)
+                .map(|t| t.duration_since(now).as_secs())
+        };
+        let (state, for_secs) = if let Some(secs) = left(s.banned_until) {
+            ("banned", Some(secs))
+        } else if let Some(secs) = left(s.cooling_until) {
+            ("cooling down", Some(secs))
+        } else {
+            ("ready", None)
+        };
+        GatewayStatus {
+            name: self.name.clone(),
+            kind: self.kind,
+            operator: self.operator.clone(),
+            cloud: self.cloud.clone(),
+            region: self.region.clone(),
+            state,
+            for_secs,
+            lies: s.lies,
+            score: score.value,
+            reasons: score.reasons,
+            last_error: s.last_error.clone(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone)]
+struct PoolSettings {
+    failures_before_cooldown: u32,
+    max_cooldown: Duration,
+    ban: Duration,
+}
+
+/// The gateways of one kind.
+pub struct Pool {
+    pub kind: &'static str,
+    pub gateways: Vec<Arc<Gateway>>,
+    settings: PoolSettings,
+    lies: Mutex<VecDeque<Lie>>,
+}
+
+impl Pool {
+    pub fn new(
+        kind: &'static str,
+        gateways: &[config::StorageGateway],
+        cfg: &config::Storage,
+    ) -> Pool {
+        let first = Duration::from_millis(cfg.cooldown_ms);
+        Pool {
+            kind,
+            gateways: gateways
+                .iter()
+                .map(|g| Arc::new(Gateway::new(kind, g, first)))
+                .collect(),
+            settings: PoolSettings {
+                failures_before_cooldown: cfg.failures_before_cooldown.max(1),
+                max_cooldown: Duration::from_millis(cfg.max_cooldown_ms).max(first),
+                ban: Duration::from_secs(cfg.ban_secs),
+            },
+            lies: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// Whom to ask, best first: gateways neither banned nor `skip`ped; ready ones by
+    /// score (config order breaks ties), one per operator before a second of the same
+    /// operator, so that a race asks independent gateways; cooling ones last, as a
+    /// last resort.
+    pub fn order(&self, now: Instant, skip: impl Fn(&Gateway) -> bool) -> Vec<Arc<Gateway>> {
+        let mut ready = Vec::new();
+        let mut cooling = Vec::new();
+        for (i, g) in self.gateways.iter().enumerate() {
+            if g.banned(now) || skip(g) {
+                continue;
+            }
+            let entry = (g.score().value, i, g.clone());
+            if g.cooling(now) {
+                cooling.push(entry);
+            } else {
+                ready.push(entry);
+            }
+        }
+        let by_score = |a: &(f64, usize, Arc<Gateway>), b: &(f64, usize, Arc<Gateway>)| {
+            a.0.total_cmp(&b.0).then(a.1.cmp(&b.1))
+        };
+        ready.sort_by(by_score);
+        cooling.sort_by(by_score);
+        let mut firsts = Vec::new();
+        let mut seconds = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (_, _, g) in ready {
+            if seen.insert(g.operator.clone()) {
+                firsts.push(g);
+            } else {
+                seconds.push(g);
+            }
+        }
+        firsts.extend(seconds);
+        firsts.extend(cooling.into_iter().map(|(_, _, g)| g));
+        firsts
+    }
+
+    pub fn record_failure(&self, g: &Gateway, why: &str) {
+        g.record_failure(why, &self.settings, Instant::now());
+    }
+
+    /// `g` served content that does not match `address`: banned for `ban_secs`, and
+    /// the lie is kept for the incident view.
+    pub fn record_lie(&self, g: &Gateway, address: &str, what: &str) {
+        let now = Instant::now();
+        let ban = self.settings.ban;
+        {
+            let mut s = g.lock();
+            s.stats.record_failure();
+            s.lies += 1;
+            s.banned_until = Some(now + ban);
+            s.last_error = Some(format!("lied: {what}"));
+        }
+        tracing::warn!(
+            gateway = %g.name,
+            operator = %g.operator,
+            kind = self.kind,
+            address,
+            "storage gateway served content that does not match its address ({what}); banned for {}s",
+            ban.as_secs()
+        );
+        let mut lies = self.lies.lock().unwrap_or_else(|e| e.into_inner());
+        if lies.len() == KEEP_LIES {
+            lies.pop_front();
+        }
+        lies.push_back(Lie {
+            gateway: g.name.clone(),
+            operator: g.operator.clone(),
+            kind: self.kind,
+            address: address.to_owned(),
+            what: what.to_owned(),
+            at: SystemTime::now(),
+            banned_for_secs: ban.as_secs(),
+        });
+    }
+
+    pub fn lies(&self) -> Vec<Lie> {
+        self.lies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+}
+
+mod unix_seconds {
+    use std::time::SystemTime;
+
+    pub fn serialize<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        let secs = t
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        s.serialize_u64(secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(gateways: &[(&str, &str)]) -> Pool {
+        let cfg = config::Storage {
+            failures_before_cooldown: 2,
+            ..config::Storage::default()
+        };
+        let gws: Vec<config::StorageGateway> = gateways
+            .iter()
+            .map(|(name, op)| config::StorageGateway {
+                name: name.to_string(),
+                url: UpstreamUrl::parse("http://127.0.0.1:1/prefix").expect("test URL"),
+                operator: op.to_string(),
+                cloud: None,
+                region: None,
+            })
+            .collect();
+        Pool::new("ipfs", &gws, &cfg)
+    }
+
+    fn names(gws: &[Arc<Gateway>]) -> Vec<&str> {
+        gws.iter().map(|g| &*g.name).collect()
+    }
+
+    #[test]
+    fn distinct_operators_come_first_and_liars_are_left_out() {
+        let p = pool(&[("a1", "a"), ("a2", "a"), ("b1", "b")]);
+        let now = Instant::now();
+        assert_eq!(names(&p.order(now, |_| false)), ["a1", "b1", "a2"]);
+        p.record_lie(&p.gateways[0], "bafy…", "flipped byte");
+        assert_eq!(names(&p.order(now, |_| false)), ["b1", "a2"]);
+        assert_eq!(p.lies().len(), 1);
+        assert_eq!(p.gateways[0].status(now).state, "banned");
+    }
+
+    #[test]
+    fn failing_gateways_are_asked_last() {
+        let p = pool(&[("a", "a"), ("b", "b")]);
+        p.record_failure(&p.gateways[0], "refused");
+        p.record_failure(&p.gateways[0], "refused");
+        let now = Instant::now();
+        assert_eq!(names(&p.order(now, |_| false)), ["b", "a"]);
+        assert_eq!(names(&p.order(now, |g| &*g.name == "b")), ["a"]);
+    }
+
+    #[test]
+    fn urls_keep_the_configured_prefix_and_query() {
+        let p = pool(&[("a", "a")]);
+        let url = p.gateways[0].url("/ipfs/bafy/a%20b", &[("format", "car")]);
+        assert_eq!(
+            url.as_str(),
+            "http://127.0.0.1:1/prefix/ipfs/bafy/a%20b?format=car"
+        );
+    }
+}

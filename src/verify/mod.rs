@@ -1,0 +1,21 @@
+//! Checks of answers against what can be trusted, as pure functions: a header's hash
+//! recomputed from its fields (`header`), account and storage values proven against a
+//! state root with Merkle proofs (`proof`), and agreement among independent operators
+//! (`quorum`). Does no I/O: `route::verified` fetches, this decides.
+
+pub mod header;
+pub mod proof;
+pub mod quorum;
+
+/// Why an answer could not be trusted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error("malformed {what}: {detail}")]
+    Malformed { what: &'static str, detail: String },
+    #[error("header hash {claimed} does not match its fields (recomputed {computed})")]
+    HeaderHash { claimed: String, computed: String },
+    #[error("{what} proof does not verify against the trusted root: {detail}")]
+    Proof { what: &'static str, detail: String },
+    #[error("code does not hash to the account's proven codeHash")]
+    CodeHash,
+}

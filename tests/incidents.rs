@@ -1,0 +1,345 @@
+//! Incidents on the real test bed: each signal opens an incident by itself and resolves
+//! it when the problem goes away — a killed or hung node, a lagging one, a liar, a chain
+//! below its quorum or with nothing left, a head that stops — and nodes of one
+//! cloud/region failing together make one correlated incident, seen on the status page,
+//! in the Atom feed and at a webhook receiver. History survives a restart.
+
+mod testbed;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use testbed::{
+    ACCOUNT1_ADDRESS, Fleet,
+    gateway::{FAST_ROUTING, Outlast, scratch_dir},
+    incidents::{
+        FAST_STATUS, FIVE_PLACES, get_text, incidents, independent, is_open, labelled_config,
+        of_kind, python, wait_incidents,
+    },
+    receiver::Receiver,
+    rpc_result,
+};
+
+const WITHIN: Duration = Duration::from_secs(20);
+
+fn open_of_kind(list: &[Value], kind: &str) -> usize {
+    of_kind(list, kind).into_iter().filter(|i| is_open(i)).count()
+}
+
+fn resolved_of_kind(list: &[Value], kind: &str) -> usize {
+    of_kind(list, kind).into_iter().filter(|i| !is_open(i)).count()
+}
+
+/// The "done when": the aws/us-east-1 nodes die together; within seconds there
+/// is exactly one incident, naming aws/us-east-1, on the page, in the feed and at the
+/// webhook receiver, and it is resolved when they return.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_aws_us_east_1_nodes_opens_one_correlated_incident_until_they_return() {
+    let mut fleet = Fleet::start(5).await;
+    fleet.mine(2).await;
+    let hooks = Receiver::start(0).await;
+    let webhook = format!(
+        "[[webhooks]]\nname = \"ops\"\nurl = \"{}\"\nbackoff_ms = 100\n",
+        hooks.url("ops")
+    );
+    let outlast = Outlast::start(&labelled_config(
+        &fleet.urls(),
+        &FIVE_PLACES,
+        FAST_STATUS,
+        &webhook,
+    ))
+    .await;
+
+    fleet.kill(0);
+    fleet.kill(1);
+    let title = "2 of 5 upstreams down, all on aws/us-east-1";
+    let list = wait_incidents(&outlast, "a correlated incident", WITHIN, |l| {
+        open_of_kind(l, "correlated_failure") == 1
+    })
+    .await;
+    // Let a few more evaluations pass: nothing else may appear.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let list = incidents(&outlast).await.into_iter().chain(list).collect::<Vec<_>>();
+    let ids: std::collections::HashSet<u64> = list.iter().filter_map(|i| i["id"].as_u64()).collect();
+    assert_eq!(ids.len(), 1, "one incident, not one per upstream: {list:#?}");
+    let incident = &list[0];
+    assert_eq!(incident["title"], title, "{incident:#}");
+    assert_eq!(incident["factor"], "aws/us-east-1");
+    assert_eq!(incident["severity"], "major");
+    let names: Vec<&str> = incident["upstreams"]
+        .as_array()
+        .expect("upstreams")
+        .iter()
+        .filter_map(|u| u["name"].as_str())
+        .collect();
+    assert_eq!(names, ["u0", "u1"]);
+    let id = incident["id"].as_u64().expect("id");
+
+    // On the page…
+    let page = get_text(&outlast, "/status").await;
+    assert_eq!(page.matches(title).count(), 1, "{page}");
+    assert!(page.contains("Partial outage"), "{page}");
+    // …in the feed, as a feed reader sees it…
+    let feed = python("feed_check.py", &[&outlast.url("/feed.atom")]).await;
+    let feed: Value = serde_json::from_str(&feed).expect("feed JSON");
+    let entries = feed["entries"].as_array().expect("entries");
+    assert_eq!(entries.len(), 1, "{feed:#}");
+    assert_eq!(entries[0]["title"], format!("[Open] {title}"));
+    // …and at the webhook.
+    let opened = hooks
+        .wait_for("ops", WITHIN, |m| m["event"] == "opened")
+        .await;
+    assert_eq!(opened["incident"]["id"], id);
+    assert_eq!(opened["incident"]["title"], title);
+
+    fleet.restart(0).await;
+    fleet.restart(1).await;
+    let list = wait_incidents(&outlast, "the correlated incident resolved", WITHIN, |l| {
+        resolved_of_kind(l, "correlated_failure") == 1
+    })
+    .await;
+    assert_eq!(list.len(), 1, "still the one incident: {list:#?}");
+    let updates = list[0]["updates"].as_array().expect("updates");
+    assert_eq!(updates.last().expect("an update")["event"], "resolved");
+    let resolved = hooks
+        .wait_for("ops", WITHIN, |m| m["event"] == "resolved")
+        .await;
+    assert_eq!(resolved["incident"]["id"], id);
+    let feed = python("feed_check.py", &[&outlast.url("/feed.atom")]).await;
+    assert!(feed.contains(&format!("[Resolved] {title}")), "{feed}");
+    let page = get_text(&outlast, "/status").await;
+    assert!(page.contains("All systems operational"), "{page}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_upstream_opens_a_down_incident_that_resolves_when_it_returns() {
+    let mut fleet = Fleet::start(3).await;
+    fleet.mine(2).await;
+    let outlast =
+        Outlast::start(&labelled_config(&fleet.urls(), &independent(3), FAST_STATUS, "")).await;
+    fleet.kill(2);
+    let list = wait_incidents(&outlast, "u2 down", WITHIN, |l| {
+        open_of_kind(l, "upstream_down") == 1
+    })
+    .await;
+    assert_eq!(list[0]["title"], "local: upstream u2 is down");
+    assert_eq!(list[0]["severity"], "minor");
+    assert_eq!(list.len(), 1, "two operators still serve: no chain incident {list:#?}");
+    fleet.restart(2).await;
+    let list = wait_incidents(&outlast, "u2 back", WITHIN, |l| {
+        resolved_of_kind(l, "upstream_down") == 1
+    })
+    .await;
+    let updates = list[0]["updates"].as_array().expect("updates");
+    assert_eq!(updates[0]["event"], "opened");
+    assert!(
+        updates
+            .last()
+            .and_then(|u| u["message"].as_str())
+            .is_some_and(|m| m.contains("u2 is serving again")),
+        "{updates:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_upstream_opens_a_down_incident_that_resolves_when_it_answers() {
+    let mut fleet = Fleet::start(3).await;
+    fleet.mine(2).await;
+    let outlast =
+        Outlast::start(&labelled_config(&fleet.urls(), &independent(3), FAST_STATUS, "")).await;
+    fleet.pause(1);
+    let list = wait_incidents(&outlast, "u1 down", WITHIN, |l| {
+        open_of_kind(l, "upstream_down") == 1
+    })
+    .await;
+    assert_eq!(list[0]["title"], "local: upstream u1 is down");
+    fleet.resume(1);
+    wait_incidents(&outlast, "u1 back", WITHIN, |l| {
+        resolved_of_kind(l, "upstream_down") == 1
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_upstream_opens_a_lag_incident_until_it_catches_up() {
+    let mut fleet = Fleet::start(3).await;
+    fleet.mine(2).await;
+    let outlast =
+        Outlast::start(&labelled_config(&fleet.urls(), &independent(3), FAST_STATUS, "")).await;
+    fleet.lag(2);
+    fleet.mine(5).await;
+    let list = wait_incidents(&outlast, "u2 lagging", WITHIN, |l| {
+        open_of_kind(l, "upstream_lagging") == 1
+    })
+    .await;
+    let lag = &of_kind(&list, "upstream_lagging")[0];
+    assert_eq!(lag["title"], "local: upstream u2 is lagging");
+    assert!(
+        lag["updates"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("5 blocks behind")),
+        "{lag:#}"
+    );
+    fleet.catch_up(2).await;
+    wait_incidents(&outlast, "u2 caught up", WITHIN, |l| {
+        resolved_of_kind(l, "upstream_lagging") == 1
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_quorum_opens_a_chain_degraded_incident() {
+    let mut fleet = Fleet::start(2).await;
+    fleet.mine(2).await;
+    let outlast =
+        Outlast::start(&labelled_config(&fleet.urls(), &independent(2), FAST_STATUS, "")).await;
+    fleet.kill(1);
+    let list = wait_incidents(&outlast, "chain degraded", WITHIN, |l| {
+        open_of_kind(l, "chain_degraded") == 1
+    })
+    .await;
+    let chain = &of_kind(&list, "chain_degraded")[0];
+    assert_eq!(chain["severity"], "major");
+    assert_eq!(
+        chain["title"],
+        "local is degraded: fewer independent operators than its quorum"
+    );
+    fleet.restart(1).await;
+    wait_incidents(&outlast, "chain whole again", WITHIN, |l| {
+        resolved_of_kind(l, "chain_degraded") == 1
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_every_upstream_opens_a_critical_chain_down_incident() {
+    let mut fleet = Fleet::start(2).await;
+    fleet.mine(2).await;
+    let outlast =
+        Outlast::start(&labelled_config(&fleet.urls(), &independent(2), FAST_STATUS, "")).await;
+    fleet.kill(0);
+    fleet.kill(1);
+    let list = wait_incidents(&outlast, "chain down", WITHIN, |l| {
+        l.iter()
+            .any(|i| is_open(i) && i["kind"] == "chain_down" && i["severity"] == "critical")
+    })
+    .await;
+    let down = list.iter().find(|i| i["kind"] == "chain_down").expect("chain incident");
+    assert_eq!(down["title"], "local is down: no upstream is serving");
+    let page = get_text(&outlast, "/status").await;
+    assert!(page.contains("Major outage: local down"), "{page}");
+    fleet.restart(0).await;
+    fleet.restart(1).await;
+    wait_incidents(&outlast, "chain back", WITHIN, |l| {
+        l.iter()
+            .any(|i| !is_open(i) && i["kind"] == "chain_down")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_that_stops_moving_opens_a_stalled_incident() {
+    let mut fleet = Fleet::start(2).await;
+    fleet.mine(1).await;
+    let status = FAST_STATUS.replace("head_stall_min_secs = 3600", "head_stall_min_secs = 1\nhead_stall_block_times = 3");
+    let outlast =
+        Outlast::start(&labelled_config(&fleet.urls(), &independent(2), &status, "")).await;
+    // Blocks every 200 ms teach Outlast the block time…
+    for _ in 0..10 {
+        fleet.mine(1).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // …then none.
+    let list = wait_incidents(&outlast, "head stalled", WITHIN, |l| {
+        open_of_kind(l, "head_stalled") == 1
+    })
+    .await;
+    let height = fleet.height();
+    assert_eq!(list[0]["title"], format!("local: no new block after #{height}"));
+    assert_eq!(list.len(), 1, "{list:#?}");
+    fleet.mine(1).await;
+    wait_incidents(&outlast, "head moving", WITHIN, |l| {
+        resolved_of_kind(l, "head_stalled") == 1
+    })
+    .await;
+}
+
+/// The zero-balance lie: verification catches it and bans the liar (the integrity
+/// work); the ban becomes an incident with what was caught, resolved after the ban.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_liar_caught_by_verification_opens_an_incident_until_its_ban_ends() {
+    let mut fleet = Fleet::start(3).await;
+    fleet.mine(3).await;
+    // The liar (u0) is asked first (tier 1), and banned for 3 s only.
+    let mut config = format!(
+        "{FAST_ROUTING}liar_ban_secs = 3\n\n[status]\n{FAST_STATUS}\n[[chains]]\nname = \"local\"\nchain_id = 31337\nverify = \"proofs\"\nquorum = 2\n"
+    );
+    for (i, url) in fleet.urls().iter().enumerate() {
+        let tier = if i == 0 { 1 } else { 2 };
+        config.push_str(&format!(
+            "\n[[chains.upstreams]]\nname = \"u{i}\"\nurl = \"{url}\"\noperator = \"op{i}\"\ntier = {tier}\n"
+        ));
+    }
+    let outlast = Outlast::start(&config).await;
+    rpc_result(&fleet.url(0), "anvil_setBalance", json!([ACCOUNT1_ADDRESS, "0x0"])).await;
+    for _ in 0..10 {
+        let (reply, _) = outlast
+            .call("/local", "eth_getBalance", json!([ACCOUNT1_ADDRESS, "latest"]))
+            .await;
+        assert_ne!(reply["result"], "0x0", "the lie is never served: {reply}");
+    }
+    let list = wait_incidents(&outlast, "a liar incident", WITHIN, |l| {
+        open_of_kind(l, "upstream_lying") == 1
+    })
+    .await;
+    let lie = &of_kind(&list, "upstream_lying")[0];
+    assert_eq!(lie["title"], "local: upstream u0 was caught lying");
+    assert_eq!(lie["severity"], "major");
+    assert!(!lie["evidence"]["summary"].as_str().unwrap_or("").is_empty(), "{lie:#}");
+    assert!(
+        of_kind(&list, "upstream_down").is_empty(),
+        "a banned upstream is a liar, not down: {list:#?}"
+    );
+    // It tells the truth again; once the ban is over it is back, and the incident ends.
+    rpc_result(
+        &fleet.url(0),
+        "anvil_setBalance",
+        json!([ACCOUNT1_ADDRESS, "0x21e19e0c9bab2400000"]),
+    )
+    .await;
+    wait_incidents(&outlast, "the ban over", WITHIN, |l| {
+        resolved_of_kind(l, "upstream_lying") == 1
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incident_history_survives_a_restart() {
+    let mut fleet = Fleet::start(3).await;
+    fleet.mine(2).await;
+    let dir = scratch_dir();
+    let status = format!("{FAST_STATUS}data_dir = \"{}\"\n", dir.display());
+    let config = labelled_config(&fleet.urls(), &independent(3), &status, "");
+    let outlast = Outlast::start(&config).await;
+    fleet.kill(2);
+    let before = wait_incidents(&outlast, "u2 down", WITHIN, |l| {
+        open_of_kind(l, "upstream_down") == 1
+    })
+    .await;
+    outlast.stop().await;
+    fleet.restart(2).await;
+
+    let outlast = Outlast::start(&config).await;
+    let after = incidents(&outlast).await;
+    assert_eq!(after.first().map(|i| &i["id"]), before.first().map(|i| &i["id"]));
+    assert_eq!(after[0]["title"], "local: upstream u2 is down");
+    // It was open when Outlast stopped; u2 is back, so it resolves by itself.
+    wait_incidents(&outlast, "resolved after the restart", WITHIN, |l| {
+        resolved_of_kind(l, "upstream_down") == 1 && l.len() == 1
+    })
+    .await;
+    let page = get_text(&outlast, "/status").await;
+    assert!(page.contains("local: upstream u2 is down"), "a past incident: {page}");
+    outlast.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
