@@ -13,7 +13,7 @@ use crate::{
     route::{
         self, Outcome, logs,
         resolve::{Need, Resolved, resolve},
-        verified::{self, Level, StateRead},
+        verified::{self, BlockId, Level, StateRead},
     },
     rpc::{self, Call, ReplyBody, Request, RpcError, parse::Rejected},
     upstream::Answer,
@@ -151,6 +151,7 @@ pub async fn handle(gw: &Gateway, chain: &Chain, body: &[u8]) -> Reply {
                 Check::None => None,
                 Check::Proof(read, n) => Some(verified::proven(chain, call, read, *n).await),
                 Check::Quorum(need) => Some(verified::agreed(chain, call, *need).await),
+                Check::Block(id) => Some(verified::block(chain, call, *id).await),
             }
         },
     ))
@@ -234,6 +235,8 @@ enum Check {
     Proof(StateRead, u64),
     /// Answered only when a quorum of independent operators agree.
     Quorum(Need),
+    /// A block whose header must hash to the agreed (or asked-for) hash.
+    Block(BlockId),
 }
 
 fn check_for(chain: &Chain, call: &Call<'_>, need: Need) -> Check {
@@ -242,6 +245,11 @@ fn check_for(chain: &Chain, call: &Call<'_>, need: Need) -> Check {
         .quorum_methods
         .iter()
         .any(|m| m == call.method.as_ref());
+    if chain.verify != Verify::Off
+        && let Some(id) = BlockId::of(&call.method, call.params, need)
+    {
+        return Check::Block(id);
+    }
     match (chain.verify, read, need) {
         (Verify::Off, ..) => Check::None,
         (Verify::Proofs, Some(read), Need::Block(n)) => Check::Proof(read, n),

@@ -80,7 +80,10 @@ pub fn install() {
 }
 
 fn describe() {
-    describe_counter!(REQUESTS, "JSON-RPC calls answered, by chain, method, upstream and outcome.");
+    describe_counter!(
+        REQUESTS,
+        "JSON-RPC calls answered, by chain, method, upstream and outcome."
+    );
     describe_histogram!(
         REQUEST_DURATION,
         metrics::Unit::Seconds,
@@ -94,7 +97,10 @@ fn describe() {
     );
     describe_counter!(UPSTREAM_BANS, "Times an upstream was banned for lying.");
     describe_counter!(CACHE_REQUESTS, "Cache lookups, by result.");
-    describe_counter!(VERIFICATIONS, "Answers checked by proof or quorum, by outcome.");
+    describe_counter!(
+        VERIFICATIONS,
+        "Answers checked by proof or quorum, by outcome."
+    );
     describe_counter!(INCIDENTS_OPENED, "Incidents opened, by kind and severity.");
     describe_counter!(WEBHOOK_DELIVERIES, "Webhook messages, by outcome.");
 }
@@ -155,7 +161,12 @@ pub fn request_duration(chain: &str, took: Duration) {
 }
 
 /// One attempt at an upstream; `took` when it replied.
-pub fn upstream_attempt(chain: &str, upstream: &str, outcome: &'static str, took: Option<Duration>) {
+pub fn upstream_attempt(
+    chain: &str,
+    upstream: &str,
+    outcome: &'static str,
+    took: Option<Duration>,
+) {
     counter!(UPSTREAM_REQUESTS,
         "chain" => chain.to_owned(),
         "upstream" => upstream.to_owned(),
@@ -373,7 +384,11 @@ fn state(gw: &Gateway, out: &mut String) {
         .collect();
 
     let name = "outlast_upstream_up";
-    let mut f = Family::new(out, name, "1 while the upstream is in rotation (ready), else 0.");
+    let mut f = Family::new(
+        out,
+        name,
+        "1 while the upstream is in rotation (ready), else 0.",
+    );
     for (c, u) in &ups {
         let labels = [
             ("chain", &*c.name),
@@ -411,7 +426,11 @@ fn state(gw: &Gateway, out: &mut String) {
     }
 
     let name = "outlast_upstream_lag_blocks";
-    let mut f = Family::new(out, name, "Blocks the upstream's head is behind the consensus head.");
+    let mut f = Family::new(
+        out,
+        name,
+        "Blocks the upstream's head is behind the consensus head.",
+    );
     for (c, u) in &ups {
         if u.head.latest().is_some() {
             let labels = [("chain", &*c.name), ("upstream", &*u.name)];
@@ -429,7 +448,11 @@ fn state(gw: &Gateway, out: &mut String) {
     }
 
     let name = "outlast_upstream_latency_seconds";
-    let mut f = Family::new(out, name, "The upstream's smoothed latency, as used for ranking.");
+    let mut f = Family::new(
+        out,
+        name,
+        "The upstream's smoothed latency, as used for ranking.",
+    );
     for (c, u) in &ups {
         if let Some(l) = u.health.stats().latency() {
             let labels = [("chain", &*c.name), ("upstream", &*u.name)];
@@ -438,7 +461,11 @@ fn state(gw: &Gateway, out: &mut String) {
     }
 
     let name = "outlast_upstream_error_ratio";
-    let mut f = Family::new(out, name, "Share of the upstream's recent calls that failed.");
+    let mut f = Family::new(
+        out,
+        name,
+        "Share of the upstream's recent calls that failed.",
+    );
     for (c, u) in &ups {
         let labels = [("chain", &*c.name), ("upstream", &*u.name)];
         f.sample(name, &labels, u.health.stats().error_rate());
@@ -452,7 +479,11 @@ fn state(gw: &Gateway, out: &mut String) {
     }
 
     let name = "outlast_chain_head_block";
-    let mut f = Family::new(out, name, "The consensus head: newest block a quorum agrees on.");
+    let mut f = Family::new(
+        out,
+        name,
+        "The consensus head: newest block a quorum agrees on.",
+    );
     for c in &gw.chains {
         if let Some(h) = c.head.latest() {
             f.sample(name, &[("chain", &*c.name)], h as f64);
@@ -468,7 +499,11 @@ fn state(gw: &Gateway, out: &mut String) {
     }
 
     let name = "outlast_chain_serving_operators";
-    let mut f = Family::new(out, name, "Distinct operators with an upstream in rotation.");
+    let mut f = Family::new(
+        out,
+        name,
+        "Distinct operators with an upstream in rotation.",
+    );
     for c in &gw.chains {
         let serving: std::collections::HashSet<&str> = c
             .upstreams
@@ -495,12 +530,20 @@ fn state(gw: &Gateway, out: &mut String) {
                 .filter(|i| i.kind == kind && i.severity == severity)
                 .count();
             let sev = severity.to_string();
-            f.sample(name, &[("kind", kind.as_str()), ("severity", &sev)], n as f64);
+            f.sample(
+                name,
+                &[("kind", kind.as_str()), ("severity", &sev)],
+                n as f64,
+            );
         }
     }
 
     let name = "outlast_uptime_ratio_24h";
-    let mut f = Family::new(out, name, "Share of the last 24 h the upstream or chain was up (observed time only).");
+    let mut f = Family::new(
+        out,
+        name,
+        "Share of the last 24 h the upstream or chain was up (observed time only).",
+    );
     let t = Time::now();
     for c in &gw.chains {
         if let Some(r) = gw.incidents.uptime(&c.name, t).ratio_24h {

@@ -165,7 +165,7 @@ async fn sigterm_lets_in_flight_calls_finish() {
     fleet.mine(1).await;
     let port = free_port();
     let file = write_config(&format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\n[routing]\nrequest_timeout_ms = 30000\n[[chains]]\nname = \"local\"\nchain_id = 31337\n[[chains.upstreams]]\nname = \"a\"\nurl = \"{}\"\noperator = \"a\"\n",
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n[routing]\nrequest_timeout_ms = 30000\n[[chains]]\nname = \"local\"\nchain_id = 31337\nverify = \"off\"\n[[chains.upstreams]]\nname = \"a\"\nurl = \"{}\"\noperator = \"a\"\n",
         fleet.url(0)
     ));
     let mut child = Command::new(BIN)

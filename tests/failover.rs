@@ -159,7 +159,7 @@ async fn upstream_faults_move_the_call_to_the_next_upstream() {
     ] {
         let (bad, hits) = misbehaving_upstream(how).await;
         let toml = format!(
-            "{FAST_ROUTING}\n[[chains]]\nname = \"local\"\nchain_id = 31337\n\n[[chains.upstreams]]\nname = \"bad\"\nurl = \"{bad}\"\noperator = \"a\"\n\n[[chains.upstreams]]\nname = \"anvil\"\nurl = \"{}\"\noperator = \"b\"\ntier = 2\n",
+            "{FAST_ROUTING}\n[[chains]]\nname = \"local\"\nchain_id = 31337\nverify = \"off\"\n\n[[chains.upstreams]]\nname = \"bad\"\nurl = \"{bad}\"\noperator = \"a\"\n\n[[chains.upstreams]]\nname = \"anvil\"\nurl = \"{}\"\noperator = \"b\"\ntier = 2\n",
             fleet.url(0)
         );
         let outlast = Outlast::start(&toml).await;
@@ -187,7 +187,7 @@ async fn caller_errors_pass_through_untouched_and_are_not_retried() {
     let fleet = Fleet::start(1).await;
     // Anvil first; the recorder would answer anything, so a retry would show there.
     let toml = format!(
-        "{FAST_ROUTING}\n[[chains]]\nname = \"local\"\nchain_id = 31337\n\n[[chains.upstreams]]\nname = \"anvil\"\nurl = \"{}\"\noperator = \"a\"\n\n[[chains.upstreams]]\nname = \"recorder\"\nurl = \"{recorder}\"\noperator = \"b\"\ntier = 2\n",
+        "{FAST_ROUTING}\n[[chains]]\nname = \"local\"\nchain_id = 31337\nverify = \"off\"\n\n[[chains.upstreams]]\nname = \"anvil\"\nurl = \"{}\"\noperator = \"a\"\n\n[[chains.upstreams]]\nname = \"recorder\"\nurl = \"{recorder}\"\noperator = \"b\"\ntier = 2\n",
         fleet.url(0)
     );
     let outlast = Outlast::start(&toml).await;
@@ -209,7 +209,7 @@ async fn a_hung_upstream_does_not_block_calls_routed_elsewhere() {
     let mut hung = Fleet::start(1).await;
     let healthy = Fleet::start_with(1, 31338).await;
     let toml = format!(
-        "[routing]\nrequest_timeout_ms = 20000\n\n[[chains]]\nname = \"slow\"\nchain_id = 31337\n[[chains.upstreams]]\nname = \"hung\"\nurl = \"{}\"\noperator = \"a\"\n\n[[chains]]\nname = \"fast\"\nchain_id = 31338\n[[chains.upstreams]]\nname = \"ok\"\nurl = \"{}\"\noperator = \"b\"\n",
+        "[routing]\nrequest_timeout_ms = 20000\n\n[[chains]]\nname = \"slow\"\nchain_id = 31337\nverify = \"off\"\n[[chains.upstreams]]\nname = \"hung\"\nurl = \"{}\"\noperator = \"a\"\n\n[[chains]]\nname = \"fast\"\nchain_id = 31338\n[[chains.upstreams]]\nname = \"ok\"\nurl = \"{}\"\noperator = \"b\"\n",
         hung.url(0),
         healthy.url(0)
     );

@@ -23,11 +23,17 @@ use testbed::{
 const WITHIN: Duration = Duration::from_secs(20);
 
 fn open_of_kind(list: &[Value], kind: &str) -> usize {
-    of_kind(list, kind).into_iter().filter(|i| is_open(i)).count()
+    of_kind(list, kind)
+        .into_iter()
+        .filter(|i| is_open(i))
+        .count()
 }
 
 fn resolved_of_kind(list: &[Value], kind: &str) -> usize {
-    of_kind(list, kind).into_iter().filter(|i| !is_open(i)).count()
+    of_kind(list, kind)
+        .into_iter()
+        .filter(|i| !is_open(i))
+        .count()
 }
 
 /// The "done when": the aws/us-east-1 nodes die together; within seconds there
@@ -59,9 +65,18 @@ async fn killing_the_aws_us_east_1_nodes_opens_one_correlated_incident_until_the
     .await;
     // Let a few more evaluations pass: nothing else may appear.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let list = incidents(&outlast).await.into_iter().chain(list).collect::<Vec<_>>();
-    let ids: std::collections::HashSet<u64> = list.iter().filter_map(|i| i["id"].as_u64()).collect();
-    assert_eq!(ids.len(), 1, "one incident, not one per upstream: {list:#?}");
+    let list = incidents(&outlast)
+        .await
+        .into_iter()
+        .chain(list)
+        .collect::<Vec<_>>();
+    let ids: std::collections::HashSet<u64> =
+        list.iter().filter_map(|i| i["id"].as_u64()).collect();
+    assert_eq!(
+        ids.len(),
+        1,
+        "one incident, not one per upstream: {list:#?}"
+    );
     let incident = &list[0];
     assert_eq!(incident["title"], title, "{incident:#}");
     assert_eq!(incident["factor"], "aws/us-east-1");
@@ -115,8 +130,13 @@ async fn killing_the_aws_us_east_1_nodes_opens_one_correlated_incident_until_the
 async fn a_killed_upstream_opens_a_down_incident_that_resolves_when_it_returns() {
     let mut fleet = Fleet::start(3).await;
     fleet.mine(2).await;
-    let outlast =
-        Outlast::start(&labelled_config(&fleet.urls(), &independent(3), FAST_STATUS, "")).await;
+    let outlast = Outlast::start(&labelled_config(
+        &fleet.urls(),
+        &independent(3),
+        FAST_STATUS,
+        "",
+    ))
+    .await;
     fleet.kill(2);
     let list = wait_incidents(&outlast, "u2 down", WITHIN, |l| {
         open_of_kind(l, "upstream_down") == 1
@@ -124,7 +144,11 @@ async fn a_killed_upstream_opens_a_down_incident_that_resolves_when_it_returns()
     .await;
     assert_eq!(list[0]["title"], "local: upstream u2 is down");
     assert_eq!(list[0]["severity"], "minor");
-    assert_eq!(list.len(), 1, "two operators still serve: no chain incident {list:#?}");
+    assert_eq!(
+        list.len(),
+        1,
+        "two operators still serve: no chain incident {list:#?}"
+    );
     fleet.restart(2).await;
     let list = wait_incidents(&outlast, "u2 back", WITHIN, |l| {
         resolved_of_kind(l, "upstream_down") == 1
@@ -145,8 +169,13 @@ async fn a_killed_upstream_opens_a_down_incident_that_resolves_when_it_returns()
 async fn a_hung_upstream_opens_a_down_incident_that_resolves_when_it_answers() {
     let mut fleet = Fleet::start(3).await;
     fleet.mine(2).await;
-    let outlast =
-        Outlast::start(&labelled_config(&fleet.urls(), &independent(3), FAST_STATUS, "")).await;
+    let outlast = Outlast::start(&labelled_config(
+        &fleet.urls(),
+        &independent(3),
+        FAST_STATUS,
+        "",
+    ))
+    .await;
     fleet.pause(1);
     let list = wait_incidents(&outlast, "u1 down", WITHIN, |l| {
         open_of_kind(l, "upstream_down") == 1
@@ -164,8 +193,13 @@ async fn a_hung_upstream_opens_a_down_incident_that_resolves_when_it_answers() {
 async fn a_lagging_upstream_opens_a_lag_incident_until_it_catches_up() {
     let mut fleet = Fleet::start(3).await;
     fleet.mine(2).await;
-    let outlast =
-        Outlast::start(&labelled_config(&fleet.urls(), &independent(3), FAST_STATUS, "")).await;
+    let outlast = Outlast::start(&labelled_config(
+        &fleet.urls(),
+        &independent(3),
+        FAST_STATUS,
+        "",
+    ))
+    .await;
     fleet.lag(2);
     fleet.mine(5).await;
     let list = wait_incidents(&outlast, "u2 lagging", WITHIN, |l| {
@@ -191,8 +225,13 @@ async fn a_lagging_upstream_opens_a_lag_incident_until_it_catches_up() {
 async fn losing_quorum_opens_a_chain_degraded_incident() {
     let mut fleet = Fleet::start(2).await;
     fleet.mine(2).await;
-    let outlast =
-        Outlast::start(&labelled_config(&fleet.urls(), &independent(2), FAST_STATUS, "")).await;
+    let outlast = Outlast::start(&labelled_config(
+        &fleet.urls(),
+        &independent(2),
+        FAST_STATUS,
+        "",
+    ))
+    .await;
     fleet.kill(1);
     let list = wait_incidents(&outlast, "chain degraded", WITHIN, |l| {
         open_of_kind(l, "chain_degraded") == 1
@@ -215,8 +254,13 @@ async fn losing_quorum_opens_a_chain_degraded_incident() {
 async fn losing_every_upstream_opens_a_critical_chain_down_incident() {
     let mut fleet = Fleet::start(2).await;
     fleet.mine(2).await;
-    let outlast =
-        Outlast::start(&labelled_config(&fleet.urls(), &independent(2), FAST_STATUS, "")).await;
+    let outlast = Outlast::start(&labelled_config(
+        &fleet.urls(),
+        &independent(2),
+        FAST_STATUS,
+        "",
+    ))
+    .await;
     fleet.kill(0);
     fleet.kill(1);
     let list = wait_incidents(&outlast, "chain down", WITHIN, |l| {
@@ -224,15 +268,17 @@ async fn losing_every_upstream_opens_a_critical_chain_down_incident() {
             .any(|i| is_open(i) && i["kind"] == "chain_down" && i["severity"] == "critical")
     })
     .await;
-    let down = list.iter().find(|i| i["kind"] == "chain_down").expect("chain incident");
+    let down = list
+        .iter()
+        .find(|i| i["kind"] == "chain_down")
+        .expect("chain incident");
     assert_eq!(down["title"], "local is down: no upstream is serving");
     let page = get_text(&outlast, "/status").await;
     assert!(page.contains("Major outage: local down"), "{page}");
     fleet.restart(0).await;
     fleet.restart(1).await;
     wait_incidents(&outlast, "chain back", WITHIN, |l| {
-        l.iter()
-            .any(|i| !is_open(i) && i["kind"] == "chain_down")
+        l.iter().any(|i| !is_open(i) && i["kind"] == "chain_down")
     })
     .await;
 }
@@ -241,9 +287,17 @@ async fn losing_every_upstream_opens_a_critical_chain_down_incident() {
 async fn a_head_that_stops_moving_opens_a_stalled_incident() {
     let mut fleet = Fleet::start(2).await;
     fleet.mine(1).await;
-    let status = FAST_STATUS.replace("head_stall_min_secs = 3600", "head_stall_min_secs = 1\nhead_stall_block_times = 3");
-    let outlast =
-        Outlast::start(&labelled_config(&fleet.urls(), &independent(2), &status, "")).await;
+    let status = FAST_STATUS.replace(
+        "head_stall_min_secs = 3600",
+        "head_stall_min_secs = 1\nhead_stall_block_times = 3",
+    );
+    let outlast = Outlast::start(&labelled_config(
+        &fleet.urls(),
+        &independent(2),
+        &status,
+        "",
+    ))
+    .await;
     // Blocks every 200 ms teach Outlast the block time…
     for _ in 0..10 {
         fleet.mine(1).await;
@@ -255,7 +309,10 @@ async fn a_head_that_stops_moving_opens_a_stalled_incident() {
     })
     .await;
     let height = fleet.height();
-    assert_eq!(list[0]["title"], format!("local: no new block after #{height}"));
+    assert_eq!(
+        list[0]["title"],
+        format!("local: no new block after #{height}")
+    );
     assert_eq!(list.len(), 1, "{list:#?}");
     fleet.mine(1).await;
     wait_incidents(&outlast, "head moving", WITHIN, |l| {
@@ -281,10 +338,19 @@ async fn a_liar_caught_by_verification_opens_an_incident_until_its_ban_ends() {
         ));
     }
     let outlast = Outlast::start(&config).await;
-    rpc_result(&fleet.url(0), "anvil_setBalance", json!([ACCOUNT1_ADDRESS, "0x0"])).await;
+    rpc_result(
+        &fleet.url(0),
+        "anvil_setBalance",
+        json!([ACCOUNT1_ADDRESS, "0x0"]),
+    )
+    .await;
     for _ in 0..10 {
         let (reply, _) = outlast
-            .call("/local", "eth_getBalance", json!([ACCOUNT1_ADDRESS, "latest"]))
+            .call(
+                "/local",
+                "eth_getBalance",
+                json!([ACCOUNT1_ADDRESS, "latest"]),
+            )
             .await;
         assert_ne!(reply["result"], "0x0", "the lie is never served: {reply}");
     }
@@ -295,7 +361,10 @@ async fn a_liar_caught_by_verification_opens_an_incident_until_its_ban_ends() {
     let lie = &of_kind(&list, "upstream_lying")[0];
     assert_eq!(lie["title"], "local: upstream u0 was caught lying");
     assert_eq!(lie["severity"], "major");
-    assert!(!lie["evidence"]["summary"].as_str().unwrap_or("").is_empty(), "{lie:#}");
+    assert!(
+        !lie["evidence"]["summary"].as_str().unwrap_or("").is_empty(),
+        "{lie:#}"
+    );
     assert!(
         of_kind(&list, "upstream_down").is_empty(),
         "a banned upstream is a liar, not down: {list:#?}"
@@ -331,7 +400,10 @@ async fn incident_history_survives_a_restart() {
 
     let outlast = Outlast::start(&config).await;
     let after = incidents(&outlast).await;
-    assert_eq!(after.first().map(|i| &i["id"]), before.first().map(|i| &i["id"]));
+    assert_eq!(
+        after.first().map(|i| &i["id"]),
+        before.first().map(|i| &i["id"])
+    );
     assert_eq!(after[0]["title"], "local: upstream u2 is down");
     // It was open when Outlast stopped; u2 is back, so it resolves by itself.
     wait_incidents(&outlast, "resolved after the restart", WITHIN, |l| {
@@ -339,7 +411,10 @@ async fn incident_history_survives_a_restart() {
     })
     .await;
     let page = get_text(&outlast, "/status").await;
-    assert!(page.contains("local: upstream u2 is down"), "a past incident: {page}");
+    assert!(
+        page.contains("local: upstream u2 is down"),
+        "a past incident: {page}"
+    );
     outlast.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -146,6 +146,26 @@ async fn a_forged_header_is_detected_and_its_provider_banned() {
             .is_some_and(|e| e.contains("forged header")),
         "{forger}"
     );
+    // Blocks are checked too: the honest header, by number and by hash.
+    let honest = rpc(&fleet.url(1), "eth_getBlockByNumber", json!(["0x2", false])).await;
+    let hash = honest["result"]["hash"].clone();
+    for (method, params) in [
+        ("eth_getBlockByNumber", json!(["0x2", false])),
+        ("eth_getBlockByHash", json!([hash, false])),
+    ] {
+        let r = outlast
+            .post(
+                "/local",
+                json!({"jsonrpc":"2.0","id":1,"method":method,"params":params}).to_string(),
+            )
+            .await;
+        assert_eq!(r.json()["result"], honest["result"], "{method}");
+        assert_ne!(
+            r.upstream.as_deref(),
+            Some("u0"),
+            "{method}: the forger is banned"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -148,7 +148,9 @@ impl Ws {
         }
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            let msg = tokio::time::timeout_at(deadline, self.socket.next()).await.ok()??;
+            let msg = tokio::time::timeout_at(deadline, self.socket.next())
+                .await
+                .ok()??;
             if let Ok(Message::Text(t)) = msg {
                 let v: Value = serde_json::from_str(t.as_str()).expect("JSON");
                 if self.keep_notification(&v) {
@@ -302,7 +304,12 @@ async fn assert_every_block_once(heads: &[(u64, String)], first: u64, last: u64,
     let expected: Vec<u64> = (first..=last).collect();
     assert_eq!(numbers, expected, "every block once, in order");
     for (n, hash) in heads {
-        let block = rpc_result(url, "eth_getBlockByNumber", json!([format!("{n:#x}"), false])).await;
+        let block = rpc_result(
+            url,
+            "eth_getBlockByNumber",
+            json!([format!("{n:#x}"), false]),
+        )
+        .await;
         assert_eq!(block["hash"], *hash, "block {n} is the fleet's");
     }
 }
@@ -319,8 +326,15 @@ async fn json_rpc_calls_work_over_websocket_as_over_http() {
     assert_eq!(number["result"], "0x3", "{number}");
     let chain_id = ws.call("eth_chainId", json!([])).await;
     assert_eq!(chain_id["result"], "0x7a69");
-    let balance = ws.call("eth_getBalance", json!([ACCOUNT0_ADDRESS, "latest"])).await;
-    let direct = rpc(&fleet.url(0), "eth_getBalance", json!([ACCOUNT0_ADDRESS, "0x3"])).await;
+    let balance = ws
+        .call("eth_getBalance", json!([ACCOUNT0_ADDRESS, "latest"]))
+        .await;
+    let direct = rpc(
+        &fleet.url(0),
+        "eth_getBalance",
+        json!([ACCOUNT0_ADDRESS, "0x3"]),
+    )
+    .await;
     assert_eq!(balance["result"], direct["result"]);
 
     // Ids of any type come back byte for byte; batches keep their order.
@@ -342,9 +356,13 @@ async fn json_rpc_calls_work_over_websocket_as_over_http() {
         .await;
     assert!(mixed[0]["result"].is_string(), "{mixed}");
     assert_eq!(mixed[1]["result"], "0x7a69", "{mixed}");
-    let gone = ws.call("eth_unsubscribe", json!([mixed[0]["result"]])).await;
+    let gone = ws
+        .call("eth_unsubscribe", json!([mixed[0]["result"]]))
+        .await;
     assert_eq!(gone["result"], true);
-    let again = ws.call("eth_unsubscribe", json!([mixed[0]["result"]])).await;
+    let again = ws
+        .call("eth_unsubscribe", json!([mixed[0]["result"]]))
+        .await;
     assert_eq!(again["result"], false);
 
     // An unknown chain is refused before the upgrade.
@@ -365,9 +383,7 @@ async fn new_heads_and_logs_arrive_once_in_order_while_nodes_die_hang_and_restar
     outlast.wait_for_head("/local", fleet.height()).await;
     let mut ws = Ws::connect(&ws_url(&outlast, "/local")).await;
     let heads_id = ws.subscribe(json!(["newHeads"])).await;
-    let logs_id = ws
-        .subscribe(json!(["logs", {"address": contract}]))
-        .await;
+    let logs_id = ws.subscribe(json!(["logs", {"address": contract}])).await;
     let subscribed_at = fleet.height();
     let step = Duration::from_millis(150);
     let all = [0, 1, 2];
@@ -420,12 +436,18 @@ async fn new_heads_and_logs_arrive_once_in_order_while_nodes_die_hang_and_restar
     assert_every_block_once(&heads, first, last, &fleet.url(0)).await;
     let log_blocks: Vec<u64> = logs.iter().map(|l| quantity(&l["blockNumber"])).collect();
     let expected: Vec<u64> = (subscribed_at + 1..=last).collect();
-    assert_eq!(log_blocks, expected, "one log per block, once, in order: {logs:?}");
+    assert_eq!(
+        log_blocks, expected,
+        "one log per block, once, in order: {logs:?}"
+    );
     for log in &logs {
         let n = quantity(&log["blockNumber"]);
         assert_eq!(log["topics"][0], format!("0x{n:064x}"), "{log}");
         assert_eq!(log["removed"], false, "{log}");
-        assert_eq!(log["address"].as_str().map(str::to_ascii_lowercase), Some(contract.clone()));
+        assert_eq!(
+            log["address"].as_str().map(str::to_ascii_lowercase),
+            Some(contract.clone())
+        );
     }
     // Nothing more came: no duplicate arrived late.
     assert!(
@@ -443,9 +465,7 @@ async fn a_reorg_sends_the_new_branch_and_removes_the_old_logs() {
     outlast.wait_for_head("/local", fleet.height()).await;
     let mut ws = Ws::connect(&ws_url(&outlast, "/local")).await;
     let heads_id = ws.subscribe(json!(["newHeads"])).await;
-    let logs_id = ws
-        .subscribe(json!(["logs", {"address": contract}]))
-        .await;
+    let logs_id = ws.subscribe(json!(["logs", {"address": contract}])).await;
     for _ in 0..3 {
         emit_block(&mut fleet, &mut ledger, &[0, 1]).await;
     }
@@ -467,18 +487,36 @@ async fn a_reorg_sends_the_new_branch_and_removes_the_old_logs() {
         }
         for i in 0..2 {
             // A different timestamp than before, so even an empty block differs.
-            rpc_result(&fleet.url(i), "evm_mine", json!([block_timestamp(b) + BLOCK_TIME / 2])).await;
+            rpc_result(
+                &fleet.url(i),
+                "evm_mine",
+                json!([block_timestamp(b) + BLOCK_TIME / 2]),
+            )
+            .await;
         }
     }
     let node = fleet.url(0);
     let (new_heads, logs) = collect(&mut ws, &heads_id, Some(&logs_id), top + 1).await;
     let numbers: Vec<u64> = new_heads.iter().map(|(n, _)| *n).collect();
-    assert_eq!(numbers, vec![fork, top, top + 1], "the new branch, in order");
+    assert_eq!(
+        numbers,
+        vec![fork, top, top + 1],
+        "the new branch, in order"
+    );
     for (n, hash) in &new_heads {
-        let block = rpc_result(&node, "eth_getBlockByNumber", json!([format!("{n:#x}"), false])).await;
+        let block = rpc_result(
+            &node,
+            "eth_getBlockByNumber",
+            json!([format!("{n:#x}"), false]),
+        )
+        .await;
         assert_eq!(block["hash"], *hash);
     }
-    assert!(old_heads.iter().all(|(_, h)| !new_heads.iter().any(|(_, n)| n == h)));
+    assert!(
+        old_heads
+            .iter()
+            .all(|(_, h)| !new_heads.iter().any(|(_, n)| n == h))
+    );
     // First the two orphaned logs, removed, oldest first; then the new branch's two.
     let summary: Vec<(u64, bool)> = logs
         .iter()
@@ -518,7 +556,10 @@ async fn limits_close_cleanly_and_subscriptions_are_capped() {
     );
     ws.send_text(big).await;
     let close = loop {
-        match tokio::time::timeout(WAIT, ws.socket.next()).await.expect("an answer") {
+        match tokio::time::timeout(WAIT, ws.socket.next())
+            .await
+            .expect("an answer")
+        {
             Some(Ok(Message::Close(frame))) => break frame,
             Some(Ok(_)) => continue,
             other => panic!("expected a close frame, got {other:?}"),
@@ -546,7 +587,10 @@ async fn the_server_pings_and_closes_going_away_on_shutdown() {
     assert!(ping.is_ok(), "a ping within 3 s");
     outlast.stop().await;
     let close = loop {
-        match tokio::time::timeout(WAIT, ws.socket.next()).await.expect("an answer") {
+        match tokio::time::timeout(WAIT, ws.socket.next())
+            .await
+            .expect("an answer")
+        {
             Some(Ok(Message::Close(frame))) => break frame,
             Some(Ok(_)) => continue,
             other => panic!("expected a close frame, got {other:?}"),
@@ -589,8 +633,12 @@ async fn pending_transactions_arrive_once_from_a_polled_filter_and_a_pushed_feed
 async fn a_slow_consumer_is_cut_off_and_the_others_miss_nothing() {
     let mut fleet = Fleet::start(1).await;
     fleet.mine(1).await;
-    let outlast =
-        Outlast::start(&config(&fleet, &[true], "[limits]\nws_client_buffer = 64\n")).await;
+    let outlast = Outlast::start(&config(
+        &fleet,
+        &[true],
+        "[limits]\nws_client_buffer = 64\n",
+    ))
+    .await;
     let url = ws_url(&outlast, "/local");
     let mut fast = Ws::connect(&url).await;
     let fast_id = fast.subscribe(json!(["newHeads"])).await;
@@ -625,7 +673,10 @@ async fn a_slow_consumer_is_cut_off_and_the_others_miss_nothing() {
     let (last_tx, mut last_rx) = tokio::sync::watch::channel(u64::MAX);
     let reader = tokio::spawn(async move {
         let mut heads: Vec<u64> = Vec::new();
-        while heads.last().is_none_or(|n| n < &*last_rx.borrow_and_update()) {
+        while heads
+            .last()
+            .is_none_or(|n| n < &*last_rx.borrow_and_update())
+        {
             match fast.notification(Duration::from_secs(10)).await {
                 Some((id, head)) => {
                     assert_eq!(id, fast_id);
@@ -677,7 +728,8 @@ async fn ethers_and_viem_receive_every_block_through_outlast() {
     let outlast = Outlast::start(&config(&fleet, &[true, false], "")).await;
     let url = ws_url(&outlast, "/local");
     for lib in ["ethers", "viem"] {
-        let client = node_client("ws_blocks.cjs", &[lib, &url, "6"]);
+        let args = [lib, url.as_str(), "6"];
+        let client = node_client("ws_blocks.cjs", &args);
         let mine = async {
             // Mines until the client has its blocks (it subscribes after starting up).
             for _ in 0..120 {
@@ -728,8 +780,11 @@ impl Served {
         let dir = std::env::temp_dir().join(format!("outlast-ws-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("scratch dir");
         let path = dir.join("outlast.toml");
-        std::fs::write(&path, format!("[server]\nlisten = \"127.0.0.1:{port}\"\n{toml}"))
-            .expect("write config");
+        std::fs::write(
+            &path,
+            format!("[server]\nlisten = \"127.0.0.1:{port}\"\n{toml}"),
+        )
+        .expect("write config");
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_outlast"))
             .args(["serve", "--config"])
             .arg(&path)
@@ -744,7 +799,8 @@ impl Served {
             if let Ok(r) = reqwest::get(format!("{base}/readyz")).await
                 && r.status().is_success()
             {
-                let body: Value = r.json().await.unwrap_or_default();
+                let body: Value = serde_json::from_slice(&r.bytes().await.unwrap_or_default())
+                    .unwrap_or_default();
                 if body["chains"][0]["head"].is_number() {
                     return Served {
                         child,
@@ -839,7 +895,9 @@ async fn fan_out(subscribers: usize, blocks: u64, gap: Duration) -> FanOut {
         .await
         .expect("anvil ws");
     direct
-        .send(Message::text(r#"{"jsonrpc":"2.0","id":1,"method":"eth_subscribe","params":["newHeads"]}"#))
+        .send(Message::text(
+            r#"{"jsonrpc":"2.0","id":1,"method":"eth_subscribe","params":["newHeads"]}"#,
+        ))
         .await
         .expect("subscribe at anvil");
     let _ = direct.next().await;
@@ -886,7 +944,11 @@ async fn fan_out(subscribers: usize, blocks: u64, gap: Duration) -> FanOut {
     while let Some(done) = readers.join_next().await {
         let got = done.expect("a reader");
         let numbers: Vec<u64> = got.iter().map(|(n, _)| *n).collect();
-        assert_eq!(numbers, (start..=last).collect::<Vec<_>>(), "every block once, in order");
+        assert_eq!(
+            numbers,
+            (start..=last).collect::<Vec<_>>(),
+            "every block once, in order"
+        );
         for (n, at) in got {
             latencies.push(at.saturating_duration_since(mined_at[&n]));
         }

@@ -799,6 +799,31 @@ operator = "self"
     }
 
     #[test]
+    fn status_and_webhooks_have_defaults_and_hide_webhook_secrets() {
+        let text = format!(
+            "{GOOD}\n[status]\nlag_blocks = 9\n\n[[webhooks]]\nurl = \"https://hooks.example/x?token=abc\"\nformat = \"slack\"\n"
+        );
+        let c = load_str(&text).expect("loads");
+        assert_eq!(c.status.lag_blocks, 9);
+        assert_eq!(c.status.resolve_after_ms, 10_000);
+        assert_eq!(c.webhooks[0].format, super::super::WebhookFormat::Slack);
+        assert_eq!(c.webhooks[0].max_attempts, 6);
+        assert_eq!(c.webhooks[0].url.to_string(), "https://hooks.example/x?token=***");
+    }
+
+    #[test]
+    fn status_and_webhook_problems_are_reported_with_line_and_key() {
+        let text = format!(
+            "{GOOD}\n[status]\nevaluate_ms = 0\n\n[[webhooks]]\nurl = \"https://a\"\nformat = \"teams\"\n\n[[webhooks]]\nurl = \"https://b\"\nmax_attemps = 3\n"
+        );
+        let got = problems(&text);
+        assert_eq!(got.len(), 3, "{got:#?}");
+        assert!(got[0].starts_with("15:15: status.evaluate_ms: must be at least 1"), "{got:#?}");
+        assert!(got[1].starts_with("19:10: webhooks[0].format: unknown variant `teams`"), "{got:#?}");
+        assert!(got[2].starts_with("23:1: webhooks[1].max_attemps: unknown field"), "{got:#?}");
+    }
+
+    #[test]
     fn duplicate_names_are_reported_at_the_second_one() {
         let text = format!(
             "{GOOD}\n[[chains.upstreams]]\nname = \"a\"\nurl = \"http://127.0.0.1:2\"\noperator = \"x\"\n"

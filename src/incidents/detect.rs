@@ -325,10 +325,7 @@ impl Detector {
             })
             .collect();
         Finding {
-            title: format!(
-                "{peak} of {total} upstreams down, {}",
-                factor.phrase()
-            ),
+            title: format!("{peak} of {total} upstreams down, {}", factor.phrase()),
             message: format!(
                 "{} down together, {}. {}",
                 plural(members.len(), "upstream"),
@@ -353,14 +350,11 @@ impl Detector {
 
     fn stalled(&mut self, chain: &ChainSample, serving: usize, now: u64) -> Option<Finding> {
         let head = chain.head?;
-        let track = self
-            .heads
-            .entry(chain.name.clone())
-            .or_insert(HeadTrack {
-                number: head,
-                moved_at: now,
-                block_ms: None,
-            });
+        let track = self.heads.entry(chain.name.clone()).or_insert(HeadTrack {
+            number: head,
+            moved_at: now,
+            block_ms: None,
+        });
         if head > track.number {
             let sample = now.saturating_sub(track.moved_at) / (head - track.number);
             track.block_ms = Some(track.block_ms.map_or(sample, |b| (b * 3 + sample) / 4));
@@ -561,9 +555,17 @@ fn lagging(u: &UpstreamSample, lag: u64, limit: u64) -> Finding {
 
 fn lying(u: &UpstreamSample, ban: &Ban) -> Finding {
     let e = &ban.evidence;
-    let mut message = format!("{} ({}) was caught lying: {}", u.who.name, labels(u), e.summary);
+    let mut message = format!(
+        "{} ({}) was caught lying: {}",
+        u.who.name,
+        labels(u),
+        e.summary
+    );
     if let (Some(answered), Some(expected)) = (&e.answered, &e.expected) {
-        let at = e.block.map(|b| format!(" at block {b}")).unwrap_or_default();
+        let at = e
+            .block
+            .map(|b| format!(" at block {b}"))
+            .unwrap_or_default();
         let method = e.method.as_deref().unwrap_or("a call");
         message.push_str(&format!(
             ". On {method}{at} it answered {answered}; the verified answer is {expected}"
@@ -707,7 +709,9 @@ fn resolved_message(last: &Finding, s: &Sample) -> String {
             ),
             _ => "No longer lagging (it is out of rotation now).".into(),
         },
-        Kind::UpstreamLying => "The ban is over; it is back in rotation and checked like every upstream.".into(),
+        Kind::UpstreamLying => {
+            "The ban is over; it is back in rotation and checked like every upstream.".into()
+        }
         Kind::CorrelatedFailure => format!(
             "All {} upstreams {} are serving again.",
             last.upstreams.len(),
@@ -717,7 +721,10 @@ fn resolved_message(last: &Finding, s: &Sample) -> String {
                 .unwrap_or_default()
         ),
         Kind::ChainDegraded | Kind::ChainDown => {
-            let chain = last.chains.first().and_then(|n| s.chains.iter().find(|c| &c.name == n));
+            let chain = last
+                .chains
+                .first()
+                .and_then(|n| s.chains.iter().find(|c| &c.name == n));
             match chain {
                 Some(c) => format!(
                     "{} serving again.",
@@ -760,9 +767,7 @@ pub fn uptime_states(s: &Sample, lag_blocks: u64) -> Vec<(String, Option<bool>)>
             let state = match &u.health {
                 Health::Unknown => None,
                 Health::Down(_) => Some(false),
-                Health::Up => {
-                    Some(u.ban.is_none() && u.lag.is_none_or(|l| l < lag_blocks.max(1)))
-                }
+                Health::Up => Some(u.ban.is_none() && u.lag.is_none_or(|l| l < lag_blocks.max(1))),
             };
             any_known |= state.is_some();
             any_up |= u.health == Health::Up && u.ban.is_none();
@@ -946,14 +951,15 @@ mod tests {
 
     #[test]
     fn losing_quorum_degrades_the_chain_and_losing_all_escalates_it() {
-        let two = |at, a: Health, b: Health| {
-            sample(at, 10, &[("a", "x", "", a), ("b", "y", "", b)])
-        };
+        let two =
+            |at, a: Health, b: Health| sample(at, 10, &[("a", "x", "", a), ("b", "y", "", b)]);
         let mut d = Detector::new(P);
         d.evaluate(&two(0, down(), Health::Up));
         let changes = d.evaluate(&two(1_000, down(), Health::Up));
         assert!(
-            changes.iter().any(|c| matches!(c, Change::Open(f) if f.kind == Kind::ChainDegraded)),
+            changes
+                .iter()
+                .any(|c| matches!(c, Change::Open(f) if f.kind == Kind::ChainDegraded)),
             "{changes:?}"
         );
         let changes = d.evaluate(&two(1_500, down(), down()));

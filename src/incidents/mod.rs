@@ -305,10 +305,7 @@ impl Incidents {
             name: upstream.to_owned(),
         };
         let mut inner = self.lock();
-        let until = inner
-            .bans
-            .get(&who)
-            .map_or(until, |b| b.until.max(until));
+        let until = inner.bans.get(&who).map_or(until, |b| b.until.max(until));
         inner.bans.insert(who, Ban { until, evidence });
     }
 
@@ -570,20 +567,24 @@ fn chain_sample(c: &Chain, bans: &HashMap<UpstreamRef, Ban>, now: Time) -> detec
                 };
                 let status = u.health.status();
                 // A ban reported with its evidence, or one seen in the health state.
-                let ban = bans.get(&who).filter(|b| b.until > now).cloned().or_else(|| {
-                    let Status::CoolingDown { until, why } = &status else {
-                        return None;
-                    };
-                    let summary = why.strip_prefix(BANNED_FOR_LYING)?;
-                    let left = until.saturating_duration_since(instant).as_millis();
-                    Some(Ban {
-                        until: Time(now.0 + u64::try_from(left).unwrap_or(0)),
-                        evidence: Evidence {
-                            summary: summary.trim_start_matches([':', ' ']).to_owned(),
-                            ..Evidence::default()
-                        },
-                    })
-                });
+                let ban = bans
+                    .get(&who)
+                    .filter(|b| b.until > now)
+                    .cloned()
+                    .or_else(|| {
+                        let Status::CoolingDown { until, why } = &status else {
+                            return None;
+                        };
+                        let summary = why.strip_prefix(BANNED_FOR_LYING)?;
+                        let left = until.saturating_duration_since(instant).as_millis();
+                        Some(Ban {
+                            until: Time(now.0 + u64::try_from(left).unwrap_or(0)),
+                            evidence: Evidence {
+                                summary: summary.trim_start_matches([':', ' ']).to_owned(),
+                                ..Evidence::default()
+                            },
+                        })
+                    });
                 detect::UpstreamSample {
                     health: match status {
                         Status::Ready => detect::Health::Up,
@@ -684,11 +685,7 @@ async fn watch(gw: Arc<Gateway>, store: Option<store::Store>, stop: Cancellation
     }
 }
 
-async fn persist(
-    store: Arc<Mutex<store::Store>>,
-    changed: Vec<Incident>,
-    uptime: Option<Uptime>,
-) {
+async fn persist(store: Arc<Mutex<store::Store>>, changed: Vec<Incident>, uptime: Option<Uptime>) {
     let written = tokio::task::spawn_blocking(move || {
         // Only this task uses the store; the lock just makes it `Send` to the blocking pool.
         let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
@@ -705,5 +702,75 @@ async fn persist(
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::error!("{e}"),
         Err(e) => tracing::error!("writing incident history failed: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+[status]
+open_after_ms = 1000
+resolve_after_ms = 1000
+
+[[chains]]
+name = "local"
+chain_id = 31337
+
+[[chains.upstreams]]
+name = "a"
+url = "http://127.0.0.1:1"
+operator = "x"
+
+[[chains.upstreams]]
+name = "b"
+url = "http://127.0.0.1:2"
+operator = "y"
+"#;
+
+    #[test]
+    fn a_reported_lie_opens_at_once_with_its_evidence_and_ends_with_the_ban() {
+        let config = config::load_str(CONFIG).expect("valid");
+        let gw = Gateway::new(&config).expect("gateway");
+        let evidence = Evidence {
+            summary: "its eth_getProof does not match the agreed state root".into(),
+            check: Some("proof".into()),
+            method: Some("eth_getBalance".into()),
+            block: Some(7),
+            answered: Some("0x0".into()),
+            expected: Some("0x21e19e0c9bab2400000".into()),
+        };
+        gw.chains[0].incidents.upstream_lied(
+            "local",
+            "b",
+            evidence.clone(),
+            Duration::from_secs(2),
+        );
+        assert!(gw.incidents.is_banned("local", "b"));
+        let now = Time::now();
+        let changed = gw.incidents.evaluate(&gw, now);
+        let [lie] = &changed[..] else {
+            panic!("{changed:#?}")
+        };
+        assert_eq!(lie.kind, Kind::UpstreamLying);
+        assert_eq!(lie.severity, Severity::Major);
+        assert_eq!(lie.title, "local: upstream b was caught lying");
+        assert_eq!(lie.evidence.as_ref(), Some(&evidence));
+        assert!(
+            lie.updates[0].message.contains(
+                "On eth_getBalance at block 7 it answered 0x0; the verified answer is 0x21e19e0c9bab2400000"
+            ),
+            "{}",
+            lie.updates[0].message
+        );
+        // Still banned 1.5 s later; the ban ends at 2 s, and a quiet second later (from
+        // the last time it was seen) the incident is resolved.
+        assert!(gw.incidents.evaluate(&gw, Time(now.0 + 1_500)).is_empty());
+        let changed = gw.incidents.evaluate(&gw, Time(now.0 + 2_600));
+        assert!(
+            changed.first().is_some_and(|i| i.resolved.is_some()),
+            "{changed:#?}"
+        );
     }
 }

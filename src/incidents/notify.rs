@@ -89,7 +89,9 @@ impl Notifier {
         {
             Ok(c) => c,
             Err(e) => {
-                tracing::error!("cannot build the HTTP client for webhooks ({e}); webhooks are off");
+                tracing::error!(
+                    "cannot build the HTTP client for webhooks ({e}); webhooks are off"
+                );
                 return;
             }
         };
@@ -123,7 +125,12 @@ async fn deliver(
             _ = stop.cancelled() => return,
             m = rx.recv() => match m { Some(m) => m, None => return },
         };
-        let body = payload(config.format, message.event, &message.incident, public_url.as_deref());
+        let body = payload(
+            config.format,
+            message.event,
+            &message.incident,
+            public_url.as_deref(),
+        );
         let id = message.incident.id;
         let mut wait = Duration::from_millis(config.backoff_ms);
         for attempt in 1..=config.max_attempts.max(1) {
@@ -206,7 +213,12 @@ fn link(public_url: Option<&str>, id: u64) -> Option<String> {
 }
 
 /// The body for `format`.
-pub fn payload(format: WebhookFormat, event: Event, i: &Incident, public_url: Option<&str>) -> Value {
+pub fn payload(
+    format: WebhookFormat,
+    event: Event,
+    i: &Incident,
+    public_url: Option<&str>,
+) -> Value {
     let message = i.updates.last().map_or("", |u| u.message.as_str());
     let url = link(public_url, i.id);
     let affected = i
@@ -254,9 +266,12 @@ pub fn payload(format: WebhookFormat, event: Event, i: &Incident, public_url: Op
                 _ if i.severity == Severity::Major => 0xe3_6c_09,
                 _ => 0xd4_a7_2c,
             };
-            let mut fields = vec![json!({"name": "Severity", "value": i.severity.to_string(), "inline": true})];
+            let mut fields =
+                vec![json!({"name": "Severity", "value": i.severity.to_string(), "inline": true})];
             if !affected.is_empty() {
-                fields.push(json!({"name": "Affected", "value": cut(&affected, 1000), "inline": false}));
+                fields.push(
+                    json!({"name": "Affected", "value": cut(&affected, 1000), "inline": false}),
+                );
             }
             let mut embed = json!({
                 "title": cut(&headline, 256),
@@ -328,13 +343,22 @@ mod tests {
 
         let slack = payload(WebhookFormat::Slack, Event::Opened, &i, url);
         let text = slack["text"].as_str().expect("slack text");
-        assert!(text.contains("*[Opened] #7 2 of 5 upstreams down, all on aws/us-east-1*"), "{text}");
+        assert!(
+            text.contains("*[Opened] #7 2 of 5 upstreams down, all on aws/us-east-1*"),
+            "{text}"
+        );
         assert!(text.contains("Affected: local/u0, local/u1"), "{text}");
-        assert!(text.contains("<https://rpc.example.com/status#incident-7|Status page>"), "{text}");
+        assert!(
+            text.contains("<https://rpc.example.com/status#incident-7|Status page>"),
+            "{text}"
+        );
 
         let discord = payload(WebhookFormat::Discord, Event::Resolved, &i, None);
         let embed = &discord["embeds"][0];
-        assert_eq!(embed["title"], "[Resolved] #7 2 of 5 upstreams down, all on aws/us-east-1");
+        assert_eq!(
+            embed["title"],
+            "[Resolved] #7 2 of 5 upstreams down, all on aws/us-east-1"
+        );
         assert_eq!(embed["color"], 0x2ea043);
         assert_eq!(embed["timestamp"], "2023-11-14T22:13:20Z");
         assert!(embed.get("url").is_none());

@@ -218,8 +218,12 @@ mod tests {
         {
             let (mut store, loaded) = Store::open(&dir, 90).expect("open");
             assert!(loaded.incidents.is_empty());
-            store.append(&[incident(1, None), incident(2, None)]).expect("append");
-            store.append(&[incident(1, Some(Time::now()))]).expect("append");
+            store
+                .append(&[incident(1, None), incident(2, None)])
+                .expect("append");
+            store
+                .append(&[incident(1, Some(Time::now()))])
+                .expect("append");
         }
         // A torn last line from a crash is skipped.
         let mut f = OpenOptions::new()

@@ -325,7 +325,12 @@ pub(crate) fn note_failure(up: &Upstream, e: &UpstreamError) {
         _ => up.health.record_failure(&e.to_string(), now),
     };
     tracing::debug!(chain = %up.chain, upstream = %up.name, error = %e, "attempt failed");
-    crate::metrics::upstream_attempt(&up.chain, &up.name, crate::metrics::upstream_error_label(e), None);
+    crate::metrics::upstream_attempt(
+        &up.chain,
+        &up.name,
+        crate::metrics::upstream_error_label(e),
+        None,
+    );
     if transition != Transition::None {
         upstream::log_transition(up, &transition);
     }

@@ -109,6 +109,109 @@ impl StateRead {
     }
 }
 
+/// A block asked for by number (its hash must be the one a quorum agrees on) or by
+/// hash (its header must hash to it: self-certifying).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockId {
+    Number(u64),
+    Hash(B256),
+}
+
+impl BlockId {
+    pub fn of(method: &str, params: Option<&RawValue>, need: Need) -> Option<BlockId> {
+        match (method, need) {
+            ("eth_getBlockByNumber", Need::Block(n)) => Some(BlockId::Number(n)),
+            ("eth_getBlockByHash", _) => {
+                let items: Vec<&RawValue> = serde_json::from_str(params?.get()).ok()?;
+                serde_json::from_str(items.first()?.get())
+                    .ok()
+                    .map(BlockId::Hash)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Answers a block request with a block whose header is trusted: for a number, the
+/// hash a quorum of operators agree on; for a hash, that hash. A provider serving a
+/// header that does not hash to itself is banned. (Transaction bodies are passed as
+/// served: their root is not yet recomputed.)
+pub async fn block(chain: &Chain, call: &Call<'_>, id: BlockId) -> Result<Checked, Unverified> {
+    let (expected, level, need) = match id {
+        BlockId::Number(n) => {
+            let (h, confirmed) = trusted_header(chain, n).await.map_err(|why| Unverified {
+                what: format!("block {n}"),
+                why: format!("no trusted header: {why}"),
+            })?;
+            let level = if confirmed {
+                Level::Quorum
+            } else {
+                Level::None
+            };
+            (h.hash, level, Need::Block(n))
+        }
+        BlockId::Hash(h) => (h, Level::Proof, Need::Fresh),
+    };
+    let mut problems = Vec::new();
+    let mut nulls = Vec::new();
+    for up in select::plan(chain, need, Instant::now())
+        .order
+        .into_iter()
+        .take(PROOF_ATTEMPTS)
+    {
+        let Ok(_guard) = up.admit() else { continue };
+        match up.send(&[call]).await.map(|mut a| a.pop().flatten()) {
+            Ok(Some(Answer::Result(raw))) if &raw[..] == b"null" => nulls.push(up.name.clone()),
+            Ok(Some(Answer::Result(raw))) => match verify::header::check(&raw) {
+                Ok(h) if h.hash == expected => {
+                    return Ok(Checked {
+                        upstream: up.name.clone(),
+                        answer: Answer::Result(raw),
+                        level,
+                    });
+                }
+                Ok(h) => problems.push(format!(
+                    "{}: served block {} (hash {})",
+                    up.name, h.number, h.hash
+                )),
+                Err(e @ verify::VerifyError::HeaderHash { .. }) => {
+                    ban(chain, &up, &format!("served a forged header: {e}"));
+                    problems.push(format!("{}: forged header", up.name));
+                }
+                Err(e) => problems.push(format!("{}: {e}", up.name)),
+            },
+            Ok(Some(error @ Answer::Error { .. })) => {
+                problems.push(format!("{}: {}", up.name, describe(Some(&error))))
+            }
+            Ok(None) => problems.push(format!("{}: no answer", up.name)),
+            Err(e) => {
+                forward::note_failure(&up, &e);
+                problems.push(format!("{}: {e}", up.name));
+            }
+        }
+    }
+    // Nobody has a block with that hash: that is the answer, unverified by nature.
+    if let (BlockId::Hash(_), Some(who)) = (id, nulls.first())
+        && problems.is_empty()
+    {
+        return Ok(Checked {
+            upstream: who.clone(),
+            answer: Answer::Result(Bytes::from_static(b"null")),
+            level: Level::None,
+        });
+    }
+    Err(Unverified {
+        what: match id {
+            BlockId::Number(n) => format!("block {n}"),
+            BlockId::Hash(h) => format!("block {h}"),
+        },
+        why: format!(
+            "no upstream served a block with the trusted hash {expected} ({})",
+            problems.join("; ")
+        ),
+    })
+}
+
 /// Upstreams asked for a proof before giving up on proofs for one read.
 const PROOF_ATTEMPTS: usize = 4;
 
@@ -124,7 +227,7 @@ pub async fn proven(
         what: read.what(),
         why,
     };
-    let header = trusted_header(chain, number)
+    let (header, confirmed) = trusted_header(chain, number)
         .await
         .map_err(|why| unverified(format!("no trusted header for block {number}: {why}")))?;
     let slots: Vec<B256> = match read {
@@ -168,7 +271,7 @@ pub async fn proven(
                 return Ok(Checked {
                     upstream: up.name.clone(),
                     answer: Answer::Result(result),
-                    level: Level::Proof,
+                    level: if confirmed { Level::Proof } else { Level::None },
                 });
             }
             Err(ProofProblem::Lie(why)) => {
@@ -242,11 +345,15 @@ fn check_proof(
 /// The header of block `number`, trusted: its hash agreed by a quorum of distinct
 /// operators (the consensus head, their reported heads, or asked now) and recomputed
 /// from its fields.
-async fn trusted_header(chain: &Chain, number: u64) -> Result<CheckedHeader, String> {
+///
+/// While fewer independent operators can be reached than the quorum needs (the others
+/// are down, not disagreeing), the ones reachable must all agree, and the header comes
+/// back *unconfirmed* (`false`): answers built on it are marked `none`, not `proof`, and
+/// it is not remembered. That keeps answering through an outage, and says so.
+async fn trusted_header(chain: &Chain, number: u64) -> Result<(CheckedHeader, bool), String> {
     if let Some(h) = chain.trusted_header(number) {
-        return Ok(h);
+        return Ok((h, true));
     }
-    let quorum = chain.effective_quorum();
     let params = raw(&serde_json::json!([format!("{number:#x}"), false]));
     let call = Call {
         id: None,
@@ -260,12 +367,11 @@ async fn trusted_header(chain: &Chain, number: u64) -> Result<CheckedHeader, Str
         .into_iter()
         .filter(|u| seen.insert(u.operator.clone()))
         .collect();
-    if candidates.len() < quorum {
-        return Err(format!(
-            "{} independent operators can be asked, {quorum} must agree",
-            candidates.len()
-        ));
+    if candidates.is_empty() {
+        return Err("no upstream can be asked".into());
     }
+    let full = chain.effective_quorum();
+    let quorum = full.min(candidates.len());
     let mut votes: Vec<(String, CheckedHeader)> = Vec::new();
     let mut problems = Vec::new();
     let mut next = candidates.iter();
@@ -302,8 +408,11 @@ async fn trusted_header(chain: &Chain, number: u64) -> Result<CheckedHeader, Str
             }
         }
         if let Some(h) = decide(&votes, quorum) {
-            chain.remember_header(h);
-            return Ok(h);
+            let confirmed = quorum >= full;
+            if confirmed {
+                chain.remember_header(h);
+            }
+            return Ok((h, confirmed));
         }
         batch = next.by_ref().take(1).collect();
     }

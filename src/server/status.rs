@@ -36,10 +36,7 @@ pub struct IncidentQuery {
     state: Option<String>,
 }
 
-pub async fn incidents(
-    State(gw): State<Arc<Gateway>>,
-    Query(q): Query<IncidentQuery>,
-) -> Response {
+pub async fn incidents(State(gw): State<Arc<Gateway>>, Query(q): Query<IncidentQuery>) -> Response {
     let all = gw.incidents.list();
     let incidents: Vec<_> = match q.state.as_deref() {
         None | Some("all") => all,

@@ -160,7 +160,8 @@ impl Session {
         let mut client = hub.join();
         let buffer = self.gw.limits.ws_client_buffer;
         let ping_every = Duration::from_secs(self.gw.limits.ws_ping_secs.max(1));
-        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+        let mut ping =
+            tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
         let mut last_pong = Instant::now();
         let mut calls: JoinSet<Option<Vec<u8>>> = JoinSet::new();
         let mut out: Vec<Message> = Vec::new();
@@ -363,7 +364,12 @@ impl Session {
                 (Event::Block { header, .. }, Kind::NewHeads) => {
                     out.push(notification(&sub.id, header));
                 }
-                (Event::Block { logs: Some(logs), .. }, Kind::Logs(f)) => {
+                (
+                    Event::Block {
+                        logs: Some(logs), ..
+                    },
+                    Kind::Logs(f),
+                ) => {
                     for log in logs.iter().filter(|l| f.matches(&l.address, &l.topics)) {
                         out.push(notification(&sub.id, &log.raw));
                     }
@@ -514,9 +520,7 @@ fn unsubscribe_id(params: Option<&RawValue>) -> Result<String, RpcError> {
     params
         .and_then(|p| serde_json::from_str::<(String,)>(p.get()).ok())
         .map(|(id,)| format!("\"{id}\""))
-        .ok_or_else(|| {
-            RpcError::InvalidParams("eth_unsubscribe takes [subscription id]".into())
-        })
+        .ok_or_else(|| RpcError::InvalidParams("eth_unsubscribe takes [subscription id]".into()))
 }
 
 /// A subscription id: 0x and 32 hex digits, unpredictable and unique in this process.

@@ -45,7 +45,12 @@ pub fn render(title: &str, base: &str, incidents: &[Incident], now: Time) -> Str
 
 fn entry(x: &mut String, i: &Incident, base: &str, host: &str) {
     let state = if i.is_open() { "Open" } else { "Resolved" };
-    let day = i.started.rfc3339().get(..10).unwrap_or("2024-01-01").to_owned();
+    let day = i
+        .started
+        .rfc3339()
+        .get(..10)
+        .unwrap_or("2024-01-01")
+        .to_owned();
     let link = format!("{base}/status#incident-{}", i.id);
     let summary = i.updates.last().map_or("", |u| u.message.as_str());
     let mut html = String::new();
@@ -138,7 +143,10 @@ mod tests {
     #[test]
     fn an_empty_history_is_still_a_feed() {
         let feed = render("T", "http://127.0.0.1:1", &[], Time(1_700_000_000_000));
-        assert!(feed.contains("<updated>2023-11-14T22:13:20Z</updated>"), "{feed}");
+        assert!(
+            feed.contains("<updated>2023-11-14T22:13:20Z</updated>"),
+            "{feed}"
+        );
         assert!(feed.ends_with("</feed>\n"));
     }
 }

@@ -217,7 +217,14 @@ fn chain_section(
         total = c.upstreams.len(),
     );
     let view = incidents.uptime(&c.name, now);
-    uptime_rows(h, "Chain", &view.last_24h, view.ratio_24h, &view.last_90d, view.ratio_90d);
+    uptime_rows(
+        h,
+        "Chain",
+        &view.last_24h,
+        view.ratio_24h,
+        &view.last_90d,
+        view.ratio_90d,
+    );
     h.push_str("<ul class=\"upstreams\">\n");
     for u in &c.upstreams {
         upstream_row(h, c, u, incidents, open, now);
@@ -236,8 +243,7 @@ fn upstream_row(
     let concerns = |kind: Kind| {
         open.iter().any(|i| {
             i.kind == kind
-                && i
-                    .upstreams
+                && i.upstreams
                     .iter()
                     .any(|r| r.chain == c.name && r.name == u.name)
         })
@@ -285,7 +291,14 @@ fn upstream_row(
         stats = esc(&stats.join(" · ")),
     );
     let view = incidents.uptime(&format!("{}/{}", c.name, u.name), now);
-    uptime_rows(h, "", &view.last_24h, view.ratio_24h, &view.last_90d, view.ratio_90d);
+    uptime_rows(
+        h,
+        "",
+        &view.last_24h,
+        view.ratio_24h,
+        &view.last_90d,
+        view.ratio_90d,
+    );
     h.push_str("</li>\n");
 }
 
@@ -312,14 +325,19 @@ fn uptime_rows(
             } else {
                 day_of(b.start)
             };
-            let what = b.up.map_or("no data".to_owned(), |r| format!("{} up", percent(Some(r))));
+            let what =
+                b.up.map_or("no data".to_owned(), |r| format!("{} up", percent(Some(r))));
             let _ = write!(
                 h,
                 "<i class=\"{}\" title=\"{when}: {what}\"></i>",
                 bar_class(b.up)
             );
         }
-        let _ = writeln!(h, "</span><span class=\"pct\">{}</span></div>", percent(ratio));
+        let _ = writeln!(
+            h,
+            "</span><span class=\"pct\">{}</span></div>",
+            percent(ratio)
+        );
     }
 }
 

@@ -159,7 +159,7 @@ mod tests {
         check("bafkqaaa", Ok("bafkqaaa"));
         // dag-cbor: parsed, but not something Outlast can serve.
         check(
-            "bafyreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy",
+            "bafyreigtbfsabdvubh7ttftaubfrtb2c6hedsdskbwqexbwh4vqujhnav4",
             Err("dag-cbor"),
         );
     }

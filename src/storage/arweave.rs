@@ -57,7 +57,8 @@ const MAX_WHOLE: u64 = 16 << 20;
 /// Chunks fetched ahead of the one being sent.
 const AHEAD: usize = 4;
 
-const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD_INDIFFERENT;
+const B64: base64::engine::GeneralPurpose =
+    base64::engine::general_purpose::URL_SAFE_NO_PAD_INDIFFERENT;
 
 fn b64(field: &str, value: &str) -> Result<Vec<u8>, String> {
     B64.decode(value)
@@ -446,7 +447,11 @@ pub async fn get(
         Ok(first) => {
             let sources = chunks.sources.clone();
             let rest = (chunks.pos < chunks.end).then_some(chunks);
-            Ok(Answer::Content(content(first.unwrap_or_default(), rest, sources)))
+            Ok(Answer::Content(content(
+                first.unwrap_or_default(),
+                rest,
+                sources,
+            )))
         }
         Err(e) if size <= MAX_WHOLE && !matches!(e, StorageError::NoGateways { .. }) => {
             let mut failures = chunks.failures;
@@ -480,20 +485,26 @@ async fn header(
     let pool = &storage.arweave;
     let candidates = pool.order(std::time::Instant::now(), |_| false);
     let shared = &**storage;
-    let result = race::race(pool, &storage.settings, candidates, address, |g| async move {
-        let url = g.url(&format!("/tx/{id}"), &[]);
-        let response = fetch::get(shared, &url, "application/json", None).await?;
-        if response.status() == reqwest::StatusCode::ACCEPTED {
-            // Known but not yet mined: nothing to serve.
-            return Err(GatewayError::NotFound(202));
-        }
-        let json = fetch::read_limited(response, MAX_HEADER, shared.settings.stall).await?;
-        let tx = verify_header(id, &json).map_err(|e| match e {
-            HeaderError::Lie(what) => GatewayError::Lie(what),
-            HeaderError::Malformed(what) => GatewayError::Malformed(what),
-        })?;
-        Ok((tx, json))
-    })
+    let result = race::race(
+        pool,
+        &storage.settings,
+        candidates,
+        address,
+        |g| async move {
+            let url = g.url(&format!("/tx/{id}"), &[]);
+            let response = fetch::get(shared, &url, "application/json", None).await?;
+            if response.status() == reqwest::StatusCode::ACCEPTED {
+                // Known but not yet mined: nothing to serve.
+                return Err(GatewayError::NotFound(202));
+            }
+            let json = fetch::read_limited(response, MAX_HEADER, shared.settings.stall).await?;
+            let tx = verify_header(id, &json).map_err(|e| match e {
+                HeaderError::Lie(what) => GatewayError::Lie(what),
+                HeaderError::Malformed(what) => GatewayError::Malformed(what),
+            })?;
+            Ok((tx, json))
+        },
+    )
     .await;
     match result {
         Ok((g, (tx, json))) => {
@@ -513,24 +524,32 @@ async fn whole(
     let pool = &storage.arweave;
     let candidates = pool.order(std::time::Instant::now(), |_| false);
     let shared = &**storage;
-    let result = race::race(pool, &storage.settings, candidates, address, |g| async move {
-        let url = g.url(&format!("/raw/{}", tx.id), &[]);
-        let response = fetch::get(shared, &url, "*/*", None).await?;
-        let size = usize::try_from(tx.data_size).unwrap_or(usize::MAX);
-        let data = fetch::read_limited(response, size, shared.settings.stall).await?;
-        if data.len() != size || data_root(&data) != tx.data_root {
-            return Err(GatewayError::Lie(
-                "data that does not match the transaction's data_root".into(),
-            ));
-        }
-        Ok(data)
-    })
+    let result = race::race(
+        pool,
+        &storage.settings,
+        candidates,
+        address,
+        |g| async move {
+            let url = g.url(&format!("/raw/{}", tx.id), &[]);
+            let response = fetch::get(shared, &url, "*/*", None).await?;
+            let size = usize::try_from(tx.data_size).unwrap_or(usize::MAX);
+            let data = fetch::read_limited(response, size, shared.settings.stall).await?;
+            if data.len() != size || data_root(&data) != tx.data_root {
+                return Err(GatewayError::Lie(
+                    "data that does not match the transaction's data_root".into(),
+                ));
+            }
+            Ok(data)
+        },
+    )
     .await;
     let (g, data) = result?;
     for (s, e) in chunk_bounds(tx.data_size) {
         if e > s {
             let chunk = data.slice(s as usize..e as usize);
-            storage.cache.insert(Key::ArweaveChunk(tx.data_root, s), chunk);
+            storage
+                .cache
+                .insert(Key::ArweaveChunk(tx.data_root, s), chunk);
         }
     }
     Ok((data, g.name.clone()))
@@ -658,44 +677,61 @@ async fn fetch_chunk(storage: Arc<Storage>, tx: Arc<TxRef>, rel: u64) -> ChunkRe
     let pool = &storage.arweave;
     let candidates = pool.order(std::time::Instant::now(), |_| false);
     let (shared, txr) = (&*storage, &*tx);
-    let result = race::race(pool, &storage.settings, candidates, &tx.address, |g| async move {
-        let base = match txr.offsets.get(&g.name) {
-            Some(cell) => *cell.get_or_try_init(|| weave_start(shared, &g, txr)).await?,
-            None => weave_start(shared, &g, txr).await?,
-        };
-        let url = g.url(&format!("/chunk/{}", base + rel), &[]);
-        let response = fetch::get(shared, &url, "application/json", None).await?;
-        let json = fetch::read_limited(response, 2 * MAX_CHUNK as usize + 64 * 1024, shared.settings.stall)
+    let result = race::race(
+        pool,
+        &storage.settings,
+        candidates,
+        &tx.address,
+        |g| async move {
+            let base = match txr.offsets.get(&g.name) {
+                Some(cell) => {
+                    *cell
+                        .get_or_try_init(|| weave_start(shared, &g, txr))
+                        .await?
+                }
+                None => weave_start(shared, &g, txr).await?,
+            };
+            let url = g.url(&format!("/chunk/{}", base + rel), &[]);
+            let response = fetch::get(shared, &url, "application/json", None).await?;
+            let json = fetch::read_limited(
+                response,
+                2 * MAX_CHUNK as usize + 64 * 1024,
+                shared.settings.stall,
+            )
             .await?;
-        #[derive(Deserialize)]
-        struct RawChunk {
-            chunk: String,
-            data_path: String,
-            #[serde(default)]
-            packing: Option<String>,
-        }
-        let raw: RawChunk = serde_json::from_slice(&json)
-            .map_err(|e| GatewayError::Malformed(format!("not a chunk: {e}")))?;
-        if raw.packing.as_deref().is_some_and(|p| p != "unpacked") {
-            return Err(GatewayError::Malformed(format!(
-                "chunk packed as `{}`",
-                raw.packing.unwrap_or_default()
-            )));
-        }
-        let chunk = b64("chunk", &raw.chunk).map_err(GatewayError::Malformed)?;
-        let path = b64("data_path", &raw.data_path).map_err(GatewayError::Malformed)?;
-        let proven = validate_path(&txr.data_root, rel, txr.data_size, &path).ok_or_else(|| {
-            GatewayError::Lie(format!(
-                "a chunk at byte {rel} whose proof does not lead to the signed data_root"
-            ))
-        })?;
-        if sha256(&[&chunk]) != proven.data_hash || chunk.len() as u64 != proven.end - proven.start {
-            return Err(GatewayError::Lie(format!(
-                "a chunk at byte {rel} that does not match its proof"
-            )));
-        }
-        Ok((proven.start, Bytes::from(chunk)))
-    })
+            #[derive(Deserialize)]
+            struct RawChunk {
+                chunk: String,
+                data_path: String,
+                #[serde(default)]
+                packing: Option<String>,
+            }
+            let raw: RawChunk = serde_json::from_slice(&json)
+                .map_err(|e| GatewayError::Malformed(format!("not a chunk: {e}")))?;
+            if raw.packing.as_deref().is_some_and(|p| p != "unpacked") {
+                return Err(GatewayError::Malformed(format!(
+                    "chunk packed as `{}`",
+                    raw.packing.unwrap_or_default()
+                )));
+            }
+            let chunk = b64("chunk", &raw.chunk).map_err(GatewayError::Malformed)?;
+            let path = b64("data_path", &raw.data_path).map_err(GatewayError::Malformed)?;
+            let proven =
+                validate_path(&txr.data_root, rel, txr.data_size, &path).ok_or_else(|| {
+                    GatewayError::Lie(format!(
+                        "a chunk at byte {rel} whose proof does not lead to the signed data_root"
+                    ))
+                })?;
+            if sha256(&[&chunk]) != proven.data_hash
+                || chunk.len() as u64 != proven.end - proven.start
+            {
+                return Err(GatewayError::Lie(format!(
+                    "a chunk at byte {rel} that does not match its proof"
+                )));
+            }
+            Ok((proven.start, Bytes::from(chunk)))
+        },
+    )
     .await;
     let (g, (start, chunk)) = result?;
     storage
@@ -738,7 +774,10 @@ mod tests {
     use super::*;
 
     fn fixture() -> serde_json::Value {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/storage/arweave.json");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/storage/arweave.json"
+        );
         serde_json::from_slice(&std::fs::read(path).expect("fixture")).expect("JSON")
     }
 
@@ -793,7 +832,10 @@ mod tests {
         assert!(matches!(verify_header(id, &json), Err(HeaderError::Lie(_))));
         let other = f["txs"]["540k"]["id"].as_str().expect("id");
         let json = serde_json::to_vec(&tx["header"]).expect("JSON");
-        assert!(matches!(verify_header(other, &json), Err(HeaderError::Lie(_))));
+        assert!(matches!(
+            verify_header(other, &json),
+            Err(HeaderError::Lie(_))
+        ));
         assert!(matches!(
             verify_header(id, b"<html>"),
             Err(HeaderError::Malformed(_))
@@ -802,7 +844,12 @@ mod tests {
 
     #[test]
     fn chunking_follows_arweave_js() {
-        let bounds = |n| chunk_bounds(n).into_iter().map(|(s, e)| e - s).collect::<Vec<_>>();
+        let bounds = |n| {
+            chunk_bounds(n)
+                .into_iter()
+                .map(|(s, e)| e - s)
+                .collect::<Vec<_>>()
+        };
         assert_eq!(bounds(614400), [262144, 262144, 90112]);
         assert_eq!(bounds(552960), [262144, 145408, 145408]);
         // A multiple of 256 KiB ends with an empty leaf.
@@ -849,7 +896,9 @@ mod tests {
         assert!(parse_id("ZBZGgUChxp9JGDEwkC04ovxyFVnwCx9uLykmR6sBFeM").is_ok());
         let e = parse_id("abc").unwrap_err().to_string();
         assert!(e.contains("43 base64url characters"), "{e}");
-        let e = parse_id("ZBZGgUChxp9JGDEwkC04ovxyFVnwCx9uLykmR6sBF+M").unwrap_err().to_string();
+        let e = parse_id("ZBZGgUChxp9JGDEwkC04ovxyFVnwCx9uLykmR6sBF+M")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not base64url"), "{e}");
     }
 }

@@ -203,17 +203,27 @@ impl Blocks {
             return false;
         }
         let (shared, request) = (&*storage, &self.request);
-        let result = race::race(pool, &storage.settings, candidates, &self.address, |g| async move {
-            let mut stream = CarStream::open(shared, g, request).await?;
-            // The first block decides the race, so it must be checked here.
-            match stream.next().await? {
-                None => Err(GatewayError::Missing(format!("any block of {}", request.root))),
-                Some((cid, data)) => {
-                    address::verify(&cid, &data).map_err(|e| GatewayError::Lie(e.to_string()))?;
-                    Ok((stream, (cid, data)))
+        let result = race::race(
+            pool,
+            &storage.settings,
+            candidates,
+            &self.address,
+            |g| async move {
+                let mut stream = CarStream::open(shared, g, request).await?;
+                // The first block decides the race, so it must be checked here.
+                match stream.next().await? {
+                    None => Err(GatewayError::Missing(format!(
+                        "any block of {}",
+                        request.root
+                    ))),
+                    Some((cid, data)) => {
+                        address::verify(&cid, &data)
+                            .map_err(|e| GatewayError::Lie(e.to_string()))?;
+                        Ok((stream, (cid, data)))
+                    }
                 }
-            }
-        })
+            },
+        )
         .await;
         match result {
             Ok((_, (stream, first))) => {
@@ -221,7 +231,9 @@ impl Blocks {
                 self.stream = Some(stream);
                 self.skipped = 0;
                 // Checked in the race; kept like any block that arrives early.
-                self.storage.cache.insert(Key::block(&first.0), first.1.clone());
+                self.storage
+                    .cache
+                    .insert(Key::block(&first.0), first.1.clone());
                 self.note(&gateway.name);
                 self.keep(first.0, first.1);
                 true
@@ -231,7 +243,10 @@ impl Blocks {
                     // A gateway that does not have the content, or lied, or cannot be
                     // reached will not do better block by block; one that answered
                     // with something other than a CAR (or an HTTP error) may.
-                    if !matches!(f.error, GatewayError::Malformed(_) | GatewayError::Status(_)) {
+                    if !matches!(
+                        f.error,
+                        GatewayError::Malformed(_) | GatewayError::Status(_)
+                    ) {
                         self.no_block.insert(f.gateway.clone());
                     }
                     self.no_stream.insert(f.gateway.clone());
@@ -251,11 +266,17 @@ impl Blocks {
             self.no_block.contains(&g.name)
         });
         let shared = &*storage;
-        let result = race::race(pool, &storage.settings, candidates, &self.address, |g| async move {
-            let data = super::car::raw_block(shared, &g, cid).await?;
-            address::verify(cid, &data).map_err(|e| GatewayError::Lie(e.to_string()))?;
-            Ok(data)
-        })
+        let result = race::race(
+            pool,
+            &storage.settings,
+            candidates,
+            &self.address,
+            |g| async move {
+                let data = super::car::raw_block(shared, &g, cid).await?;
+                address::verify(cid, &data).map_err(|e| GatewayError::Lie(e.to_string()))?;
+                Ok(data)
+            },
+        )
         .await;
         match result {
             Ok((g, data)) => {

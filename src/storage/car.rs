@@ -97,11 +97,9 @@ impl CarStream {
             Some(CAR),
         )
         .await?;
-        let body: Body = Box::pin(
-            response
-                .bytes_stream()
-                .map(|r| r.map_err(|e| io::Error::other(GatewayError::from_reqwest(&e, Duration::ZERO)))),
-        );
+        let body: Body = Box::pin(response.bytes_stream().map(|r| {
+            r.map_err(|e| io::Error::other(GatewayError::from_reqwest(&e, Duration::ZERO)))
+        }));
         let reader = CarReader::new(StreamReader::new(body))
             .await
             .map_err(|e| GatewayError::Malformed(format!("not a CAR stream: {e}")))?;
@@ -139,4 +137,3 @@ pub async fn raw_block(
     let response = fetch::get(storage, &url, RAW, Some(RAW)).await?;
     fetch::read_limited(response, MAX_BLOCK, storage.settings.stall).await
 }
-

@@ -362,7 +362,7 @@ mod tests {
         let now = Instant::now();
         assert_eq!(names(&p.order(now, |_| false)), ["a1", "b1", "a2"]);
         p.record_lie(&p.gateways[0], "bafy…", "flipped byte");
-        assert_eq!(names(&p.order(now, |_| false)), ["b1", "a2"]);
+        assert_eq!(names(&p.order(now, |_| false)), ["a2", "b1"]);
         assert_eq!(p.lies().len(), 1);
         assert_eq!(p.gateways[0].status(now).state, "banned");
     }

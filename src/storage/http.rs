@@ -90,7 +90,9 @@ pub async fn ipfs(State(gw): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap) 
             let head = if guessed.is_some() || f.span.0 == 0 {
                 f.first.clone()
             } else {
-                ipfs::prefix(&storage, f.target, SNIFF).await.unwrap_or_default()
+                ipfs::prefix(&storage, f.target, SNIFF)
+                    .await
+                    .unwrap_or_default()
             };
             let content_type = guessed.unwrap_or_else(|| sniff(&head));
             let etag = format!("\"{}\"", f.target);
@@ -190,7 +192,11 @@ fn set(h: &mut HeaderMap, name: header::HeaderName, value: &str) {
 fn upstreams(h: &mut HeaderMap, sources: &[Arc<str>]) {
     if !sources.is_empty() {
         let names: Vec<&str> = sources.iter().map(|s| &**s).collect();
-        set(h, header::HeaderName::from_static("x-outlast-upstream"), &names.join(","));
+        set(
+            h,
+            header::HeaderName::from_static("x-outlast-upstream"),
+            &names.join(","),
+        );
     }
     h.insert("x-outlast-verified", HeaderValue::from_static("proof"));
 }
@@ -222,12 +228,20 @@ fn content(p: Piece, body: Body) -> Response {
     let mut r = (status, body).into_response();
     let h = r.headers_mut();
     set(h, header::CONTENT_TYPE, &p.content_type);
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(p.span.1 - p.span.0));
+    h.insert(
+        header::CONTENT_LENGTH,
+        HeaderValue::from(p.span.1 - p.span.0),
+    );
     if p.ranged {
         set(
             h,
             header::CONTENT_RANGE,
-            &format!("bytes {}-{}/{}", p.span.0, p.span.1.saturating_sub(1), p.size),
+            &format!(
+                "bytes {}-{}/{}",
+                p.span.0,
+                p.span.1.saturating_sub(1),
+                p.size
+            ),
         );
     }
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
@@ -310,6 +324,14 @@ fn sniff(head: &[u8]) -> String {
     if head.is_empty() {
         return "application/octet-stream".into();
     }
+    let svg = |t: &str| {
+        let t = t.trim_start_matches('\u{feff}').trim_start();
+        let lower = t.get(..t.len().min(256)).unwrap_or(t).to_ascii_lowercase();
+        lower.starts_with("<svg") || (lower.starts_with("<?xml") && lower.contains("<svg"))
+    };
+    if std::str::from_utf8(&head[..head.len().min(256)]).is_ok_and(svg) {
+        return "image/svg+xml".into();
+    }
     if let Some(kind) = infer::get(head) {
         return kind.mime_type().into();
     }
@@ -324,9 +346,7 @@ fn sniff(head: &[u8]) -> String {
     };
     let t = text.trim_start_matches('\u{feff}').trim_start();
     let lower = t.get(..t.len().min(256)).unwrap_or(t).to_ascii_lowercase();
-    if lower.starts_with("<svg") || (lower.starts_with("<?xml") && lower.contains("<svg")) {
-        "image/svg+xml".into()
-    } else if lower.starts_with("<!doctype html") || lower.starts_with("<html") {
+    if lower.starts_with("<!doctype html") || lower.starts_with("<html") {
         "text/html; charset=utf-8".into()
     } else if lower.starts_with('{') || lower.starts_with('[') {
         "application/json".into()

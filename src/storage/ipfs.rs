@@ -128,7 +128,7 @@ pub async fn get(storage: &Arc<Storage>, req: Request) -> Result<Answer, Storage
                     blocks.switch_to(CarRequest {
                         root: index,
                         path: Vec::new(),
-                                    bytes,
+                        bytes,
                     });
                     let block = blocks.get(&index, &nothing_later).await?;
                     match describe(&index, &block, &address)? {
@@ -136,7 +136,9 @@ pub async fn get(storage: &Arc<Storage>, req: Request) -> Result<Answer, Storage
                             let name = Some("index.html".to_owned());
                             file(blocks, index, block, name, req.range, &address).await
                         }
-                        Node::Directory { .. } => listing(blocks, target, block, hamt, &address).await,
+                        Node::Directory { .. } => {
+                            listing(blocks, target, block, hamt, &address).await
+                        }
                     }
                 }
                 None => listing(blocks, target, block, hamt, &address).await,
@@ -351,9 +353,9 @@ impl Walk {
                 let later = |c: &Cid| pending.pending_links().1.any(|p| p == c);
                 self.blocks.get(&next, &later).await?
             };
-            let (content, visit) = visit.continue_walk(&block, &mut self.cache).map_err(|e| {
-                malformed(&format!("/ipfs/{}", self.target), "UnixFS file", e)
-            })?;
+            let (content, visit) = visit
+                .continue_walk(&block, &mut self.cache)
+                .map_err(|e| malformed(&format!("/ipfs/{}", self.target), "UnixFS file", e))?;
             self.visit = visit;
             let left = (self.end - self.offset) as usize;
             let content = &content[..content.len().min(left)];
@@ -383,7 +385,16 @@ pub async fn prefix(storage: &Arc<Storage>, target: Cid, n: u64) -> Result<Bytes
         address.clone(),
     );
     let block = blocks.get(&target, &nothing_later).await?;
-    match file(blocks, target, block, None, Some(ByteRange::From(0, Some(n.saturating_sub(1)))), &address).await {
+    match file(
+        blocks,
+        target,
+        block,
+        None,
+        Some(ByteRange::From(0, Some(n.saturating_sub(1)))),
+        &address,
+    )
+    .await
+    {
         Ok(Answer::File(f)) => Ok(f.first),
         Ok(_) => Ok(Bytes::new()),
         Err(StorageError::RangeNotSatisfiable { .. }) => Ok(Bytes::new()),

@@ -23,8 +23,8 @@ mod address;
 mod arweave;
 mod blocks;
 mod cache;
-mod fetch;
 mod car;
+mod fetch;
 mod gateways;
 pub mod http;
 mod ipfs;
@@ -138,7 +138,9 @@ pub enum StorageError {
         tried: Vec<Attempt>,
         timed_out: bool,
     },
-    #[error("no {kind} gateways are configured: add `[[storage.{kind}]]` sections (see `outlast default-config`)")]
+    #[error(
+        "no {kind} gateways are configured: add `[[storage.{kind}]]` sections (see `outlast default-config`)"
+    )]
     NoGateways { kind: &'static str },
     #[error("{address}: verified, but not valid {what}: {why}")]
     Malformed {

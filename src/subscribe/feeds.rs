@@ -82,8 +82,7 @@ pub async fn push_heads(
             };
             match note.map(|raw| header(&raw)) {
                 Ok(Some((number, hash))) => {
-                    up.head
-                        .record((number, hash), None, None, Instant::now());
+                    up.head.record((number, hash), None, None, Instant::now());
                     chain.refresh_head();
                 }
                 Ok(None) => {
@@ -202,7 +201,10 @@ fn pick(
     ws_urls: &[(Arc<Upstream>, UpstreamUrl)],
     turn: usize,
 ) -> Option<(Arc<Upstream>, Option<UpstreamUrl>)> {
-    let ready_ws: Vec<_> = ws_urls.iter().filter(|(u, _)| u.health.is_ready()).collect();
+    let ready_ws: Vec<_> = ws_urls
+        .iter()
+        .filter(|(u, _)| u.health.is_ready())
+        .collect();
     if !ready_ws.is_empty() {
         let (up, url) = ready_ws[turn % ready_ws.len()];
         return Some((up.clone(), Some(url.clone())));
@@ -256,8 +258,9 @@ async fn from_filter(
 ) -> Result<(), UpstreamError> {
     let hub = &chain.subs;
     let created = ask(up, "eth_newPendingTransactionFilter", None).await?;
-    let id: Box<RawValue> = RawValue::from_string(format!("[{}]", String::from_utf8_lossy(&created)))
-        .map_err(|e| UpstreamError::Malformed(format!("filter id: {e}")))?;
+    let id: Box<RawValue> =
+        RawValue::from_string(format!("[{}]", String::from_utf8_lossy(&created)))
+            .map_err(|e| UpstreamError::Malformed(format!("filter id: {e}")))?;
     tracing::debug!(chain = %chain.name, upstream = %up.name, "pending transactions: polling a filter");
     while hub.wants(PENDING) {
         let changes = ask(up, "eth_getFilterChanges", Some(&id)).await?;
@@ -273,7 +276,11 @@ async fn from_filter(
 }
 
 /// One call to `up` itself (filters live on one node), its raw result.
-async fn ask(up: &Upstream, method: &str, params: Option<&RawValue>) -> Result<Bytes, UpstreamError> {
+async fn ask(
+    up: &Upstream,
+    method: &str,
+    params: Option<&RawValue>,
+) -> Result<Bytes, UpstreamError> {
     let call = Call {
         id: None,
         method: Cow::Borrowed(method),

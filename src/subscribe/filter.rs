@@ -197,10 +197,7 @@ mod tests {
             parse(r#"["newPendingTransactions"]"#),
             Ok(Kind::NewPendingTransactions)
         );
-        assert_eq!(
-            parse(r#"["logs"]"#),
-            Ok(Kind::Logs(LogFilter::default()))
-        );
+        assert_eq!(parse(r#"["logs"]"#), Ok(Kind::Logs(LogFilter::default())));
         for wrong in [
             r#"["syncing"]"#,
             r#"[]"#,
@@ -223,15 +220,25 @@ mod tests {
         ));
         let t = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
         let check = |address: &str, topics: &[&str], expected: bool| {
-            assert_eq!(f.matches(address, &t(topics)), expected, "{address} {topics:?}");
+            assert_eq!(
+                f.matches(address, &t(topics)),
+                expected,
+                "{address} {topics:?}"
+            );
         };
         check(A, &[T1, T2], true);
         check(A, &[T2, T1], true);
         check(A, &[T1], false); // position 1 must be T1 or T2; it is missing
-        check("0x0000000000000000000000000000000000000000", &[T1, T1], false);
+        check(
+            "0x0000000000000000000000000000000000000000",
+            &[T1, T1],
+            false,
+        );
         let any = filter(r#"["logs", {}]"#);
         assert!(any.matches(A, &[]));
-        let many = filter(&format!(r#"["logs", {{"address": ["{A}"], "topics": ["{T1}"]}}]"#));
+        let many = filter(&format!(
+            r#"["logs", {{"address": ["{A}"], "topics": ["{T1}"]}}]"#
+        ));
         assert!(many.matches(A, &t(&[T1, T2])));
         assert!(!many.matches(A, &t(&[T2])));
     }

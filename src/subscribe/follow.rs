@@ -17,13 +17,7 @@
 //! Fetches only while some client subscribes to `newHeads` or `logs`; otherwise it only
 //! remembers the head, so a first subscriber starts right after it.
 
-use std::{
-    borrow::Cow,
-    collections::VecDeque,
-    fmt,
-    sync::Arc,
-    time::Duration,
-};
+use std::{borrow::Cow, collections::VecDeque, fmt, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use serde::{Deserialize, Deserializer, de};
@@ -126,7 +120,8 @@ impl Follower {
 
     fn at(&self, number: u64) -> Option<&Seen> {
         let first = self.seen.front()?.number;
-        self.seen.get(usize::try_from(number.checked_sub(first)?).ok()?)
+        self.seen
+            .get(usize::try_from(number.checked_sub(first)?).ok()?)
     }
 
     /// Forgets everything but `head`, which becomes the (unsent) tip.
@@ -156,8 +151,7 @@ impl Follower {
             self.reset(target);
             return Ok(false);
         }
-        if target.number < tip.number || (target.number == tip.number && target.hash == tip.hash)
-        {
+        if target.number < tip.number || (target.number == tip.number && target.hash == tip.hash) {
             return Ok(false);
         }
         if target.number - tip.number > MAX_GAP {
@@ -236,7 +230,10 @@ impl Follower {
                 && !logs.is_empty()
             {
                 let removed: Arc<[Log]> = logs.iter().map(removed_log).collect();
-                hub.publish(Event::Removed { of: seq, logs: removed });
+                hub.publish(Event::Removed {
+                    of: seq,
+                    logs: removed,
+                });
             }
         }
         for (block, logs) in blocks.into_iter().zip(logs) {
@@ -333,7 +330,10 @@ async fn fetch_range(
         let mut calls = Vec::new();
         for n in start..=end {
             calls.push(if n == target.number {
-                ("eth_getBlockByHash", raw(format!("[\"{}\",false]", target.hash))?)
+                (
+                    "eth_getBlockByHash",
+                    raw(format!("[\"{}\",false]", target.hash))?,
+                )
             } else {
                 ("eth_getBlockByNumber", raw(format!("[\"{n:#x}\",false]"))?)
             });
@@ -371,7 +371,12 @@ async fn fetch_logs(
     for group in blocks.chunks(BATCH as usize) {
         let calls = group
             .iter()
-            .map(|b| Ok(("eth_getLogs", raw(format!("[{{\"blockHash\":\"{}\"}}]", b.hash))?)))
+            .map(|b| {
+                Ok((
+                    "eth_getLogs",
+                    raw(format!("[{{\"blockHash\":\"{}\"}}]", b.hash))?,
+                ))
+            })
             .collect::<Result<Vec<_>, FollowError>>()?;
         let need = Need::Block(group.last().map_or(0, |b| b.number));
         for (b, answer) in group.iter().zip(ask(chain, &calls, need).await) {
@@ -380,7 +385,8 @@ async fn fetch_logs(
                 why,
             };
             let (upstream, answer) = answer.map_err(fail)?;
-            let logs = parse_logs(&answer, &b.hash).map_err(|e| fail(format!("{upstream}: {e}")))?;
+            let logs =
+                parse_logs(&answer, &b.hash).map_err(|e| fail(format!("{upstream}: {e}")))?;
             out.push(Some(logs));
         }
     }
@@ -517,8 +523,11 @@ fn removed_log(log: &Log) -> Log {
     let yes = serde_json::from_str::<&RawValue>("true");
     let raw = match (parsed, yes) {
         (Ok(fields), Ok(yes)) => {
-            let mut members: Vec<(String, &RawValue)> =
-                fields.0.into_iter().filter(|(k, _)| k != "removed").collect();
+            let mut members: Vec<(String, &RawValue)> = fields
+                .0
+                .into_iter()
+                .filter(|(k, _)| k != "removed")
+                .collect();
             members.push(("removed".to_owned(), yes));
             object(members.iter())
         }

@@ -54,7 +54,12 @@ impl Event {
     fn bits(&self) -> u8 {
         match self {
             Event::Block { logs, .. } => {
-                HEADS | if logs.as_ref().is_some_and(|l| !l.is_empty()) { LOGS } else { 0 }
+                HEADS
+                    | if logs.as_ref().is_some_and(|l| !l.is_empty()) {
+                        LOGS
+                    } else {
+                        0
+                    }
             }
             Event::Removed { .. } => LOGS,
             Event::Pending { .. } => PENDING,

@@ -111,7 +111,11 @@ impl Upstream {
 impl WsFeed {
     /// The next notification's `result`, raw. An error when the connection ends, the
     /// upstream says nothing for `idle`, or sends something unreadable.
-    pub async fn next(&mut self, idle: Duration, ws_url: &UpstreamUrl) -> Result<Bytes, UpstreamError> {
+    pub async fn next(
+        &mut self,
+        idle: Duration,
+        ws_url: &UpstreamUrl,
+    ) -> Result<Bytes, UpstreamError> {
         loop {
             let text = tokio::time::timeout(idle, next_text(&mut self.stream, ws_url))
                 .await

@@ -27,7 +27,12 @@ pub const FAST_STATUS: &str = "evaluate_ms = 100\nopen_after_ms = 500\nresolve_a
 
 /// Chain `local` (31337, quorum 2, verify off) with upstreams `u0`, `u1`… over `urls`,
 /// labelled by `labels`; `[status]` is `status` and `extra` follows it (webhooks…).
-pub fn labelled_config(urls: &[String], labels: &[Labels<'_>], status: &str, extra: &str) -> String {
+pub fn labelled_config(
+    urls: &[String],
+    labels: &[Labels<'_>],
+    status: &str,
+    extra: &str,
+) -> String {
     assert_eq!(urls.len(), labels.len(), "one label set per upstream");
     let mut s = format!(
         "{FAST_ROUTING}\n[status]\ntitle = \"Outlast test bed\"\n{status}\n{extra}\n[[chains]]\nname = \"local\"\nchain_id = 31337\nverify = \"off\"\nquorum = 2\n"

@@ -69,7 +69,12 @@ impl Receiver {
     }
 
     /// Waits (up to `within`) until `path` has a delivered body that `f` accepts.
-    pub async fn wait_for(&self, path: &str, within: Duration, f: impl Fn(&Value) -> bool) -> Value {
+    pub async fn wait_for(
+        &self,
+        path: &str,
+        within: Duration,
+        f: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             if let Some(v) = self.delivered(path).into_iter().find(|v| f(v)) {

@@ -1,0 +1,146 @@
+//! `/metrics` scraped and parsed by the Prometheus project's own Python parser, after
+//! real traffic and a real fault: requests by chain, method, upstream and outcome,
+//! latency histograms, upstream health, breaker and lag, and incidents open.
+//! One test in this binary: events are counted in the process's one recorder.
+
+mod testbed;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use testbed::{
+    Fleet,
+    gateway::Outlast,
+    incidents::{FAST_STATUS, independent, is_open, labelled_config, python, wait_incidents},
+};
+
+/// The samples of family `name` whose labels include every pair of `labels`.
+fn samples<'a>(m: &'a Value, name: &str, labels: &[(&str, &str)]) -> Vec<&'a Value> {
+    m["families"][name]["samples"]
+        .as_array()
+        .map(|s| {
+            s.iter()
+                .filter(|s| labels.iter().all(|(k, v)| s[1][*k] == *v))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn value(sample: &Value) -> f64 {
+    sample[2].as_f64().unwrap_or(f64::NAN)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_scraped_and_parsed_by_the_prometheus_parser() {
+    let mut fleet = Fleet::start(3).await;
+    fleet.mine(2).await;
+    let outlast = Outlast::start(&labelled_config(
+        &fleet.urls(),
+        &independent(3),
+        FAST_STATUS,
+        "",
+    ))
+    .await;
+    for _ in 0..5 {
+        outlast
+            .call(
+                "/local",
+                "eth_getBalance",
+                json!([testbed::ACCOUNT0_ADDRESS, "0x1"]),
+            )
+            .await;
+    }
+    outlast.call("/local", "eth_chainId", json!([])).await;
+    outlast
+        .call("/local", "made_up_method_xyz", json!([]))
+        .await;
+    outlast.call("/local", "admin_peers", json!([])).await;
+    fleet.kill(2);
+    wait_incidents(&outlast, "u2 down", Duration::from_secs(20), |l| {
+        l.iter().any(is_open)
+    })
+    .await;
+
+    let out = python("metrics_check.py", &[&outlast.url("/metrics")]).await;
+    let m: Value = serde_json::from_str(&out).expect("JSON from metrics_check.py");
+    assert!(
+        m["content_type"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("text/plain; version=0.0.4")),
+        "{}",
+        m["content_type"]
+    );
+
+    let balance = samples(
+        &m,
+        "outlast_requests",
+        &[
+            ("chain", "local"),
+            ("method", "eth_getBalance"),
+            ("outcome", "result"),
+        ],
+    );
+    let n: f64 = balance.iter().map(|s| value(s)).sum();
+    assert_eq!(n, 5.0, "{balance:?}");
+    assert_eq!(m["families"]["outlast_requests"]["type"], "counter");
+    assert!(
+        !samples(
+            &m,
+            "outlast_requests",
+            &[("method", "other"), ("chain", "local")]
+        )
+        .is_empty(),
+        "an unknown method is counted as `other`"
+    );
+    assert!(
+        !samples(
+            &m,
+            "outlast_requests",
+            &[("chain", "local"), ("outcome", "denied")]
+        )
+        .is_empty(),
+        "a denied method is counted as denied"
+    );
+
+    let histogram = &m["families"]["outlast_http_request_duration_seconds"];
+    assert_eq!(histogram["type"], "histogram", "{histogram}");
+    let buckets = samples(
+        &m,
+        "outlast_http_request_duration_seconds",
+        &[("chain", "local"), ("le", "+Inf")],
+    );
+    assert!(buckets.iter().any(|b| value(b) >= 8.0), "{buckets:?}");
+    assert_eq!(
+        m["families"]["outlast_upstream_request_duration_seconds"]["type"],
+        "histogram"
+    );
+
+    let up = |name: &str| {
+        samples(&m, "outlast_upstream_up", &[("upstream", name)])
+            .first()
+            .map(|s| value(s))
+    };
+    assert_eq!(up("u0"), Some(1.0));
+    assert_eq!(up("u2"), Some(0.0));
+    let open_breaker = samples(
+        &m,
+        "outlast_upstream_breaker_state",
+        &[("upstream", "u2"), ("state", "closed")],
+    );
+    assert_eq!(open_breaker.first().map(|s| value(s)), Some(0.0));
+    assert!(!samples(&m, "outlast_upstream_lag_blocks", &[("upstream", "u0")]).is_empty());
+    assert_eq!(
+        samples(&m, "outlast_chain_serving_operators", &[("chain", "local")])
+            .first()
+            .map(|s| value(s)),
+        Some(2.0)
+    );
+    let open = samples(
+        &m,
+        "outlast_incidents_open",
+        &[("kind", "upstream_down"), ("severity", "minor")],
+    );
+    assert_eq!(open.first().map(|s| value(s)), Some(1.0));
+    assert!(!samples(&m, "outlast_incidents_opened", &[("kind", "upstream_down")]).is_empty());
+    assert!(!samples(&m, "outlast_build_info", &[]).is_empty());
+}
