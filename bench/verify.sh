@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# What a verified read costs: eth_getBalance through Outlast with verify = "off" and
+# with verify = "proofs", in the same run, against the same three Anvil nodes, plus the
+# nodes directly. Prints rps, p50/p99 latency, and Outlast's CPU time per request
+# (user+system from /proc, so it includes parsing the ~2-9 KB eth_getProof reply and
+# checking the proof).
+#
+# Environment: DURATION (s per run, 10), CONNECTIONS (4).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+DURATION="${DURATION:-10}"
+CONNECTIONS="${CONNECTIONS:-4}"
+say() { echo "bench: $*" >&2; }
+
+command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+"$root/scripts/setup-testbed.sh" >/dev/null
+anvil="$root/testbed/node_modules/.bin/anvil"
+cargo_() { if command -v flock >/dev/null; then flock /tmp/outlast-cargo.lock cargo "$@"; else cargo "$@"; fi; }
+(cd "$root" && cargo_ build --release --quiet)
+outlast="$root/target/release/outlast"
+
+work="$(mktemp -d /tmp/outlast-verify-bench.XXXXXX)"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+post() { curl -s -H 'content-type: application/json' -d "$2" "$1"; }
+
+nodes=()
+for i in 0 1 2; do
+    p="$(port)"
+    "$anvil" --port "$p" --chain-id 31337 --timestamp 1700000000 --no-mining --silent &
+    pids+=($!)
+    nodes+=("http://127.0.0.1:$p")
+done
+for n in "${nodes[@]}"; do
+    for _ in $(seq 50); do post "$n" '{"jsonrpc":"2.0","id":1,"method":"eth_chainId"}' >/dev/null && break; sleep 0.1; done
+    for b in 1 2; do post "$n" "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"evm_mine\",\"params\":[$((1700000000 + 12 * b))]}" >/dev/null; done
+done
+
+start_outlast() { # NAME MODE
+    local p cfg="$work/$1.toml"
+    p="$(port)"
+    {
+        echo "[server]"; echo "listen = \"127.0.0.1:$p\""
+        echo "[[chains]]"; echo 'name = "local"'; echo 'chain_id = 31337'; echo "verify = \"$2\""; echo 'quorum = 2'
+        for i in 0 1 2; do
+            echo "[[chains.upstreams]]"; echo "name = \"node$i\""; echo "url = \"${nodes[$i]}\""; echo "operator = \"op$i\""
+        done
+    } >"$cfg"
+    "$outlast" serve --config "$cfg" >"$work/$1.log" 2>&1 &
+    pids+=($!)
+    eval "${1}_pid=$!"
+    eval "${1}_url=http://127.0.0.1:$p/local"
+    for _ in $(seq 100); do [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$p/readyz") == 200 ]] && break; sleep 0.1; done
+}
+start_outlast plain off
+start_outlast proofs proofs
+sleep 1
+
+cat >"$work/balance.lua" <<'EOF'
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"jsonrpc":"2.0","id":1,"method":"eth_getBalance","params":["0x70997970C51812dc3A010C7d01b50e0d17dc79C8","latest"]}'
+EOF
+
+check=$(curl -s -D - -H 'content-type: application/json' -d '{"jsonrpc":"2.0","id":1,"method":"eth_getBalance","params":["0x70997970C51812dc3A010C7d01b50e0d17dc79C8","latest"]}' "$proofs_url")
+grep -qi 'x-outlast-verified: proof' <<<"$check" || { say "the proofs instance did not verify: $check"; exit 1; }
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+tck=$(getconf CLK_TCK)
+printf '%-16s %8s %9s %9s %14s\n' target rps p50_ms p99_ms cpu_us_per_req
+run() { # NAME URL PID
+    local out="$work/wrk-$1.txt" before after reqs
+    wrk -t1 -c"$CONNECTIONS" -d1s -s "$work/balance.lua" "$2" >/dev/null
+    before=$([[ -n $3 ]] && cpu_ticks "$3" || echo 0)
+    wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "$work/balance.lua" "$2" >"$out"
+    after=$([[ -n $3 ]] && cpu_ticks "$3" || echo 0)
+    reqs=$(awk '/requests in/ {print $1}' "$out")
+    local rps p50 p99 cpu
+    rps=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' "$out")
+    p50=$(awk '$1 == "50%" {print $2}' "$out")
+    p99=$(awk '$1 == "99%" {print $2}' "$out")
+    cpu=$([[ -n $3 ]] && awk -v a="$after" -v b="$before" -v n="$reqs" -v t="$tck" 'BEGIN {printf "%.1f", (a - b) / t * 1e6 / n}' || echo -)
+    printf '%-16s %8s %9s %9s %14s\n' "$1" "$rps" "$p50" "$p99" "$cpu"
+}
+run anvil-direct "${nodes[0]}" ""
+run outlast-off "$plain_url" "$plain_pid"
+run outlast-proofs "$proofs_url" "$proofs_pid"
+echo "(wrk -t1 -c$CONNECTIONS -d${DURATION}s; eth_getBalance at latest; $(nproc) cores shared by wrk, Anvil and Outlast)"
