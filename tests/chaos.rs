@@ -130,3 +130,12 @@ async fn every_upstream_returns_to_rotation_when_faults_lift() {
     report.assert_no_failed_or_wrong();
     report.assert_every_upstream_back();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_lying_upstream_is_never_believed_in_proofs_mode() {
+    run_and_publish(
+        Scenario::new("one liar (zero balance), proofs", Chaos::Lie(0)).verified("proofs"),
+    )
+    .await
+    .assert_no_failed_or_wrong();
+}

@@ -250,8 +250,15 @@ pub async fn proven(
         });
     }
     let refs: Vec<&Call<'_>> = calls.iter().collect();
+    if header.state_root == alloy_trie::EMPTY_ROOT_HASH {
+        // An empty state root proves only absence; dev chains' genesis headers carry it
+        // over real state (Anvil's block 0). Nothing to prove against: ask a quorum.
+        return agreed(chain, call, Need::Block(number)).await;
+    }
     let mut problems = Vec::new();
-    let mut lies = 0;
+    // Upstreams whose proof failed: liars once another upstream's proof verifies. Until
+    // then the fault may be ours (a header field we do not know yet), so nobody is banned.
+    let mut suspects: Vec<(Arc<Upstream>, String)> = Vec::new();
     for up in select::plan(chain, Need::Block(number), Instant::now())
         .order
         .into_iter()
@@ -268,6 +275,13 @@ pub async fn proven(
         };
         match check_proof(&header, read, &answers) {
             Ok(result) => {
+                for (liar, why) in &suspects {
+                    ban(
+                        chain,
+                        liar,
+                        &format!("served a false proof of {}: {why}", read.what()),
+                    );
+                }
                 return Ok(Checked {
                     upstream: up.name.clone(),
                     answer: Answer::Result(result),
@@ -275,20 +289,15 @@ pub async fn proven(
                 });
             }
             Err(ProofProblem::Lie(why)) => {
-                lies += 1;
-                ban(
-                    chain,
-                    &up,
-                    &format!("served a false proof of {}: {why}", read.what()),
-                );
-                problems.push(format!("{}: lied ({why})", up.name));
+                problems.push(format!("{}: false proof ({why})", up.name));
+                suspects.push((up, why));
             }
             Err(ProofProblem::NoProof(why)) => {
                 problems.push(format!("{}: no proof ({why})", up.name))
             }
         }
     }
-    if lies == 0 {
+    if suspects.is_empty() {
         // Nobody could prove it (e.g. state older than full nodes keep): a quorum then.
         return agreed(chain, call, Need::Block(number)).await;
     }

@@ -79,6 +79,9 @@ pub enum Chaos {
     /// Toggle the node's proxy between `Refuse` and `None` every `period`, starting
     /// with `Refuse`; `None` at the lift.
     Flap { node: usize, period: Duration },
+    /// The zero-balance lie: `anvil_setBalance(account 0, 0)` on the node, whose next
+    /// blocks then fork from the others'; restarted (honest again) at the lift.
+    Lie(usize),
 }
 
 impl Chaos {
@@ -98,12 +101,13 @@ impl Chaos {
             Chaos::Flap { node, period } => {
                 format!("u{node} Refuse/None every {} ms", period.as_millis())
             }
+            Chaos::Lie(node) => format!("u{node} says account 0 has balance 0"),
         }
     }
 
     fn touches_process(&self, node: usize) -> bool {
         match self {
-            Chaos::Kill(i) | Chaos::Lag { node: i, .. } => *i == node,
+            Chaos::Kill(i) | Chaos::Lag { node: i, .. } | Chaos::Lie(i) => *i == node,
             _ => false,
         }
     }
@@ -127,6 +131,8 @@ pub struct Scenario {
     /// The tail after the lift lasts at least this long (for scenarios that check
     /// that upstreams come back).
     pub min_tail: Duration,
+    /// The chain's `verify` mode ("off" unless a scenario is about lies).
+    pub verify: &'static str,
 }
 
 impl Scenario {
@@ -135,7 +141,13 @@ impl Scenario {
             name,
             chaos,
             min_tail: Duration::ZERO,
+            verify: "off",
         }
+    }
+
+    pub fn verified(mut self, mode: &'static str) -> Scenario {
+        self.verify = mode;
+        self
     }
 
     pub fn with_min_tail(mut self, tail: Duration) -> Scenario {
@@ -702,7 +714,11 @@ pub async fn run(scenario: Scenario) -> Report {
         set_faults(&proxies, faults);
     }
     let urls: Vec<String> = proxies.iter().map(FaultProxy::url).collect();
-    let outlast = Outlast::start(&config(&urls, FAST_ROUTING)).await;
+    let toml = config(&urls, FAST_ROUTING).replace(
+        "verify = \"off\"",
+        &format!("verify = \"{}\"", scenario.verify),
+    );
+    let outlast = Outlast::start(&toml).await;
     outlast.wait_for_head("/local", fleet.height()).await;
 
     let height = fleet.height();
@@ -753,6 +769,10 @@ pub async fn run(scenario: Scenario) -> Report {
             bed.fleet.lock().await.lag(*node);
             bed.mine(*blocks).await;
         }
+        Chaos::Lie(node) => {
+            let url = bed.fleet.lock().await.url(*node);
+            super::rpc(&url, "anvil_setBalance", json!([ACCOUNT0_ADDRESS, "0x0"])).await;
+        }
         Chaos::Flap { node, period } => {
             let mut down = true;
             let mut at = fault_at;
@@ -767,7 +787,7 @@ pub async fn run(scenario: Scenario) -> Report {
     sleep_until(lift_at).await;
     match &scenario.chaos {
         Chaos::Proxies(faults) | Chaos::ProxiesFromStart(faults) => lift_faults(&proxies, faults),
-        Chaos::Kill(i) => bed.fleet.lock().await.restart(*i).await,
+        Chaos::Kill(i) | Chaos::Lie(i) => bed.fleet.lock().await.restart(*i).await,
         Chaos::Lag { node, .. } => bed.fleet.lock().await.catch_up(*node).await,
         Chaos::Flap { node, .. } => proxies[*node].set(Fault::None),
     }
