@@ -1,13 +1,18 @@
 //! One JSON-RPC request's way through Outlast, the design's steps in order:
 //! parse → classify → resolve (pin tags to the consensus head) → answer locally what
-//! the head tracker knows (cache: later) → select + send (`route::forward`), or for
-//! calls to check, prove or agree (`route::verified`) → answer (`rpc::respond`, which
-//! restores each client id).
+//! the head tracker knows → cache (answer from it, or join an identical call in flight;
+//! raw transactions are broadcast by `tx`) → select + send (`route::forward`), or for
+//! calls to check, prove or agree (`route::verified`) → keep in cache, read-your-writes
+//! → answer (`rpc::respond`, which restores each client id).
 //! Limits on the body and the chain lookup happen before, in `server::http`.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use crate::{
+    cache::{
+        coalesce::{Follower, Joined, Leader},
+        policy,
+    },
     config::Verify,
     gateway::{Chain, Gateway},
     route::{
@@ -27,6 +32,9 @@ pub struct Reply {
     pub upstreams: Vec<Arc<str>>,
     /// The weakest check among the answers, for `x-outlast-verified`.
     pub verified: Level,
+    /// Set when a cached answer was served stale (`[cache] serve_stale`): the oldest
+    /// one's age, for `x-outlast-stale-seconds`.
+    pub stale_seconds: Option<u64>,
 }
 
 pub async fn handle(gw: &Gateway, chain: &Chain, body: &[u8]) -> Reply {
@@ -38,6 +46,7 @@ pub async fn handle(gw: &Gateway, chain: &Chain, body: &[u8]) -> Reply {
                 body: Some(rpc::respond::whole_request_error(&e)),
                 upstreams: Vec::new(),
                 verified: Level::None,
+                stale_seconds: None,
             };
         }
     };
@@ -81,6 +90,36 @@ pub async fn handle(gw: &Gateway, chain: &Chain, body: &[u8]) -> Reply {
     //    big for the upstreams are split instead of sent whole.
     let mut outcomes: Vec<Option<Outcome>> =
         pinned.iter().map(|c| local_answer(chain, c)).collect();
+
+    // 5b. cache: what is cached for good, or for this very head, is answered here; raw
+    //     transactions are broadcast to distinct operators instead of forwarded.
+    let head_hash = heads.consensus.as_ref().map(|c| c.hash.as_str());
+    let live = chain.upstreams.iter().any(|u| u.health.is_ready());
+    let keys: Vec<Option<String>> = pinned
+        .iter()
+        .map(|c| {
+            gw.cache
+                .enabled()
+                .then(|| policy::key(chain.chain_id, &c.method, c.params))
+                .flatten()
+        })
+        .collect();
+    for (i, call) in pinned.iter().enumerate() {
+        if outcomes[i].is_some() {
+            continue;
+        }
+        if call.method == "eth_sendRawTransaction" {
+            outcomes[i] =
+                Some(crate::tx::broadcast(chain, &gw.ledger, gw.broadcast_to, call).await);
+        } else if let Some(key) = &keys[i]
+            && let Some(body) = gw.cache.fresh(key, head_hash, live).await
+        {
+            outcomes[i] = Some(Outcome::Answered {
+                upstream: cache_label(),
+                answer: Answer::Result(body),
+            });
+        }
+    }
     let checks: Vec<Check> = pinned
         .iter()
         .zip(&resolved)
@@ -103,6 +142,30 @@ pub async fn handle(gw: &Gateway, chain: &Chain, body: &[u8]) -> Reply {
                 .map(|((f, t), l)| (f, t, l))
         })
         .collect();
+
+    // 5c. coalesce: a call identical to one in flight waits for that one's answer
+    //     (held by a placeholder meanwhile, so the steps below pass it by).
+    let mut leaders: Vec<(usize, Leader)> = Vec::new();
+    let mut followers: Vec<(usize, Follower)> = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        if let Some(key) = key
+            && outcomes[i].is_none()
+            && split[i].is_none()
+            && matches!(checks[i], Check::None)
+        {
+            match gw
+                .cache
+                .flights
+                .join(policy::at_head(key, head_hash.unwrap_or("")))
+            {
+                Joined::Leader(l) => leaders.push((i, l)),
+                Joined::Follower(f) => {
+                    followers.push((i, f));
+                    outcomes[i] = Some(Outcome::Unavailable(Vec::new()));
+                }
+            }
+        }
+    }
 
     // 6-7. select and send the rest, with failover.
     let (to_send, need): (Vec<&Call<'_>>, Need) = pinned
@@ -174,6 +237,63 @@ pub async fn handle(gw: &Gateway, chain: &Chain, body: &[u8]) -> Reply {
         };
     }
     let verified = levels.iter().copied().min().unwrap_or(Level::None);
+
+    // 8b. cache what may be kept (answers, never errors; checked ones only if they
+    //     passed), hand the answers to the calls that joined ours, then take theirs.
+    for (i, key) in keys.iter().enumerate() {
+        if let (
+            Some(key),
+            Some(Outcome::Answered {
+                upstream,
+                answer: Answer::Result(body),
+            }),
+        ) = (key, &outcomes[i])
+            && *upstream != cache_label()
+            && (matches!(checks[i], Check::None) || levels[i] != Level::None)
+            && let Some(lifetime) =
+                policy::lifetime(&pinned[i].method, resolved[i].need, &heads, body)
+        {
+            gw.cache.store(key, head_hash, lifetime, body.clone());
+        }
+    }
+    for (i, leader) in leaders {
+        leader.land(match &outcomes[i] {
+            Some(Outcome::Answered { upstream, answer }) => {
+                Some((upstream.clone(), answer.clone()))
+            }
+            _ => None,
+        });
+    }
+    for (i, follower) in followers {
+        outcomes[i] = Some(match follower.wait(FOLLOW_AT_MOST).await {
+            Some((upstream, answer)) => Outcome::Answered { upstream, answer },
+            None => route::forward(chain, &[&pinned[i]], resolved[i].need)
+                .await
+                .into_iter()
+                .next()
+                .unwrap_or(Outcome::Unavailable(Vec::new())),
+        });
+    }
+    //     No upstream could answer: a head-tied answer may be served stale, if configured.
+    let mut stale_seconds: Option<u64> = None;
+    for (i, key) in keys.iter().enumerate() {
+        if let (Some(key), Some(Outcome::Unavailable(_))) = (key, &outcomes[i])
+            && let Some((body, age)) = gw.cache.stale(key, head_hash).await
+        {
+            stale_seconds = stale_seconds.max(Some(age.as_secs()));
+            outcomes[i] = Some(Outcome::Answered {
+                upstream: cache_label(),
+                answer: Answer::Result(body),
+            });
+        }
+    }
+
+    // 8c. read-your-writes: the pending nonce and transactions Outlast broadcast itself.
+    for (call, outcome) in pinned.iter().zip(outcomes.iter_mut()) {
+        if let Some(outcome) = outcome {
+            gw.ledger.read_your_writes(chain.chain_id, call, outcome);
+        }
+    }
     let mut outcomes = outcomes.into_iter().flatten();
 
     // 9. answer, in request order; notifications get nothing.
@@ -225,6 +345,7 @@ pub async fn handle(gw: &Gateway, chain: &Chain, body: &[u8]) -> Reply {
         body: reply.finish(),
         upstreams,
         verified,
+        stale_seconds,
     }
 }
 
@@ -240,6 +361,9 @@ enum Check {
 }
 
 fn check_for(chain: &Chain, call: &Call<'_>, need: Need) -> Check {
+    if chain.verify == Verify::Off && chain.quorum_methods.is_empty() {
+        return Check::None;
+    }
     let read = StateRead::parse(&call.method, call.params);
     let listed = chain
         .quorum_methods
@@ -279,6 +403,15 @@ fn local_answer(chain: &Chain, call: &Call<'_>) -> Option<Outcome> {
         answer: Answer::Result(format!("\"{number:#x}\"").into()),
     })
 }
+
+/// The `x-outlast-upstream` of answers taken from the cache.
+fn cache_label() -> Arc<str> {
+    static LABEL: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("cache"));
+    LABEL.clone()
+}
+
+/// A call joined to an identical one in flight waits this long at most, then asks itself.
+const FOLLOW_AT_MOST: Duration = Duration::from_secs(30);
 
 /// The `x-outlast-upstream` of answers taken from the consensus head.
 fn consensus_label() -> Arc<str> {

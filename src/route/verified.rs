@@ -370,12 +370,7 @@ async fn trusted_header(chain: &Chain, number: u64) -> Result<(CheckedHeader, bo
         params: params.as_deref(),
     };
     // One upstream per operator, the best first; ask a quorum of them at once.
-    let mut seen = HashSet::new();
-    let candidates: Vec<Arc<Upstream>> = select::plan(chain, Need::Block(number), Instant::now())
-        .order
-        .into_iter()
-        .filter(|u| seen.insert(u.operator.clone()))
-        .collect();
+    let candidates = independent(chain, Need::Block(number));
     if candidates.is_empty() {
         return Err("no upstream can be asked".into());
     }
@@ -386,12 +381,7 @@ async fn trusted_header(chain: &Chain, number: u64) -> Result<(CheckedHeader, bo
     let mut next = candidates.iter();
     let mut batch: Vec<&Arc<Upstream>> = next.by_ref().take(quorum).collect();
     while !batch.is_empty() {
-        let replies = join_all(
-            batch
-                .iter()
-                .map(|up| async { (*up, up.send(&[&call]).await) }),
-        )
-        .await;
+        let replies = ask(&batch, &call).await;
         for (up, reply) in replies {
             match reply.map(|mut a| a.pop().flatten()) {
                 Ok(Some(Answer::Result(raw))) => match verify::header::check(&raw) {
@@ -446,23 +436,13 @@ fn decide(votes: &[(String, CheckedHeader)], quorum: usize) -> Option<CheckedHea
 pub async fn agreed(chain: &Chain, call: &Call<'_>, need: Need) -> Result<Checked, Unverified> {
     let quorum = chain.effective_quorum();
     let what = format!("the answer to {}", call.method);
-    let mut seen = HashSet::new();
-    let candidates: Vec<Arc<Upstream>> = select::plan(chain, need, Instant::now())
-        .order
-        .into_iter()
-        .filter(|u| seen.insert(u.operator.clone()))
-        .collect();
+    let candidates = independent(chain, need);
     let mut answers: Vec<(Arc<Upstream>, Value, Answer)> = Vec::new();
     let mut problems = Vec::new();
     let mut next = candidates.iter();
     let mut batch: Vec<&Arc<Upstream>> = next.by_ref().take(quorum).collect();
     while !batch.is_empty() {
-        let replies = join_all(
-            batch
-                .iter()
-                .map(|up| async { (*up, up.send(&[call]).await) }),
-        )
-        .await;
+        let replies = ask(&batch, call).await;
         for (up, reply) in replies {
             match reply.map(|mut a| a.pop().flatten()) {
                 Ok(Some(answer)) if answer.blame() != Some(crate::rpc::Blame::Upstream) => {
@@ -545,6 +525,32 @@ fn describe(answer: Option<&Answer>) -> String {
         Some(Answer::Result(_)) => "result".into(),
         None => "no answer".into(),
     }
+}
+
+/// One upstream per operator, best first: the voters for a quorum.
+fn independent(chain: &Chain, need: Need) -> Vec<Arc<Upstream>> {
+    let mut seen = HashSet::new();
+    select::plan(chain, need, Instant::now())
+        .order
+        .into_iter()
+        .filter(|u| seen.insert(u.operator.clone()))
+        .collect()
+}
+
+/// Sends `call` to each of `batch` at once; each reply with its upstream.
+async fn ask<'u>(
+    batch: &[&'u Arc<Upstream>],
+    call: &Call<'_>,
+) -> Vec<(
+    &'u Arc<Upstream>,
+    Result<Vec<Option<Answer>>, upstream::UpstreamError>,
+)> {
+    join_all(
+        batch
+            .iter()
+            .map(|up| async move { (*up, up.send(&[call]).await) }),
+    )
+    .await
 }
 
 /// Takes a liar out of rotation for the chain's ban period, and says so loudly.
