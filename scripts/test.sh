@@ -6,9 +6,12 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
-# System tools the end-to-end tests call: curl and ip (inside `unshare --net`), node/npm.
+# System tools the end-to-end tests call: curl and ip (inside `unshare --net`), node/npm,
+# headless Chromium (the status page), Python 3 with pip (feed and metrics parsers) and
+# redis-server (tests/redis.rs starts its own on a free port, without persistence, and
+# stops it; apt starts no service here).
 missing=()
-for tool in curl ip unshare node npm; do
+for tool in curl ip unshare node npm chromium python3 redis-server; do
     command -v "$tool" >/dev/null || missing+=("$tool")
 done
 if ((${#missing[@]})); then
@@ -20,12 +23,25 @@ if ((${#missing[@]})); then
             ip) pkgs+=(iproute2) ;;
             unshare) pkgs+=(util-linux) ;;
             node | npm) pkgs+=(nodejs npm) ;;
+            chromium) pkgs+=(chromium) ;;
+            python3) pkgs+=(python3 python3-pip) ;;
+            redis-server) pkgs+=(redis-server) ;;
         esac
     done
     apt-get update -qq && apt-get install -y -qq "${pkgs[@]}"
 fi
 
 scripts/setup-testbed.sh
+
+# Python parsers the tests check Outlast's output with: feedparser (the Atom feed) and
+# the Prometheus client's text parser (/metrics). Pinned; skipped when importable.
+if ! python3 -c 'import feedparser, prometheus_client' 2>/dev/null; then
+    echo "test: installing feedparser and prometheus_client for python3"
+    python3 -m pip --version >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq python3-pip; }
+    py_pkgs=(feedparser==6.0.14 prometheus_client==0.26.0)
+    python3 -m pip install --quiet --disable-pip-version-check "${py_pkgs[@]}" ||
+        python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "${py_pkgs[@]}"
+fi
 
 echo "test: cargo fmt --check"
 cargo fmt --all -- --check

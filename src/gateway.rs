@@ -34,6 +34,12 @@ pub struct Gateway {
     pub incidents: Arc<Incidents>,
     /// IPFS and Arweave gateways, for `/ipfs/…` and `/ar/…` (`storage`).
     pub storage: Arc<crate::storage::Storage>,
+    /// Answers of every chain, keyed by chain id (`cache`).
+    pub cache: crate::cache::Cache,
+    /// Raw transactions Outlast broadcast, for read-your-writes (`tx`).
+    pub ledger: crate::tx::Ledger,
+    /// `[tx] broadcast_to`: distinct operators each raw transaction is sent to.
+    pub broadcast_to: usize,
 }
 
 pub struct Chain {
@@ -256,6 +262,9 @@ impl Gateway {
             chain_id_check: Duration::from_secs(config.routing.chain_id_check_secs),
             incidents,
             storage: Arc::new(crate::storage::Storage::new(&config.storage)?),
+            cache: crate::cache::Cache::new(&config.cache, &config.redis),
+            ledger: crate::tx::Ledger::new(Duration::from_secs(config.tx.remember_secs)),
+            broadcast_to: config.tx.broadcast_to,
         })
     }
 

@@ -16,7 +16,10 @@
 //! - `verify`   — header hashes, Merkle proofs, quorum agreement (pure)
 //! - `storage`  — `/ipfs/{cid}` and `/ar/{id}` from many gateways, every byte verified
 //! - `probe`    — `outlast probe`: measures every upstream once from here, one table
+//! - `cache`    — finality-aware answers in memory and Redis; identical calls joined
+//! - `tx`       — raw transactions broadcast to distinct operators; read-your-writes ledger
 
+pub mod cache;
 pub mod config;
 pub mod dispatch;
 pub mod gateway;
@@ -29,6 +32,7 @@ pub mod server;
 pub mod status;
 pub mod storage;
 pub mod subscribe;
+pub mod tx;
 pub mod upstream;
 pub mod verify;
 

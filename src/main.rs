@@ -195,6 +195,10 @@ fn check(path: &Path) -> ExitCode {
                     );
                 }
             }
+            for (i, hook) in config.webhooks.iter().enumerate() {
+                let name = hook.name.clone().unwrap_or_else(|| format!("webhook-{i}"));
+                println!("{name} ({:?}): {}", hook.format, hook.url);
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -1,7 +1,8 @@
 //! `/metrics` scraped and parsed by the Prometheus project's own Python parser, after
 //! real traffic and a real fault: requests by chain, method, upstream and outcome,
 //! latency histograms, upstream health, breaker and lag, and incidents open.
-//! One test in this binary: events are counted in the process's one recorder.
+//! Events are counted in the process's one recorder, so each test filters by labels
+//! that only its own traffic has.
 
 mod testbed;
 
@@ -143,4 +144,60 @@ async fn metrics_are_scraped_and_parsed_by_the_prometheus_parser() {
     assert_eq!(open.first().map(|s| value(s)), Some(1.0));
     assert!(!samples(&m, "outlast_incidents_opened", &[("kind", "upstream_down")]).is_empty());
     assert!(!samples(&m, "outlast_build_info", &[]).is_empty());
+}
+
+/// Every metric the Grafana dashboard queries is one Outlast exposes: either in this
+/// scrape, or one of the counters others increment (cache, verification, bans,
+/// webhooks) that appear once something happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grafana_dashboard_queries_only_metrics_outlast_exposes() {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("deploy/grafana-dashboard.json"))
+        .expect("deploy/grafana-dashboard.json");
+    let dashboard: Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let mut used = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap_or("");
+            for (i, _) in expr.match_indices("outlast_") {
+                let name: String = expr[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                used.insert(name);
+            }
+        }
+    }
+    assert!(used.len() > 10, "{used:?}");
+
+    let mut fleet = Fleet::start(2).await;
+    fleet.mine(1).await;
+    let outlast = Outlast::start(&labelled_config(
+        &fleet.urls(),
+        &independent(2),
+        FAST_STATUS,
+        "",
+    ))
+    .await;
+    outlast.call("/local", "eth_chainId", json!([])).await;
+    let out = python("metrics_check.py", &[&outlast.url("/metrics")]).await;
+    let m: Value = serde_json::from_str(&out).expect("JSON");
+    let mut exposed: std::collections::BTreeSet<String> = [
+        "outlast_cache_requests_total",
+        "outlast_verifications_total",
+        "outlast_upstream_bans_total",
+        "outlast_webhook_deliveries_total",
+    ]
+    .map(String::from)
+    .into();
+    for family in m["families"].as_object().expect("families").values() {
+        for s in family["samples"].as_array().into_iter().flatten() {
+            exposed.insert(s[0].as_str().unwrap_or("").to_owned());
+        }
+    }
+    let unknown: Vec<&String> = used.iter().filter(|n| !exposed.contains(*n)).collect();
+    assert!(
+        unknown.is_empty(),
+        "the dashboard queries unknown metrics: {unknown:?}"
+    );
 }

@@ -4,11 +4,11 @@
 //! must verify (id and RSA-PSS signature), chunks must prove their place under the
 //! signed `data_root`; liars are banned and the client gets exactly the original bytes.
 
-mod testbed;
 #[path = "testbed/arweave_gateway.rs"]
 mod arweave_gateway;
 #[path = "testbed/storage_gateway.rs"]
 mod storage_gateway;
+mod testbed;
 
 use std::sync::Arc;
 
@@ -68,7 +68,10 @@ async fn get(o: &Outlast, path: &str, headers: &[(&str, &str)]) -> Got {
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let r = req.send().await.unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    let r = req
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
     let status = r.status().as_u16();
     let headers = r.headers().clone();
     let body = r
@@ -115,7 +118,12 @@ async fn every_fixture_transaction_is_served_byte_exact_with_its_signed_type() {
     let ty = |name: &str| {
         let o = &o;
         let id = w.id(name);
-        async move { get(o, &format!("/ar/{id}"), &[]).await.header("content-type").to_owned() }
+        async move {
+            get(o, &format!("/ar/{id}"), &[])
+                .await
+                .header("content-type")
+                .to_owned()
+        }
     };
     assert_eq!(ty("meta").await, "application/json", "from the signed tag");
     assert_eq!(ty("v1").await, "text/plain", "from the signed tag");
@@ -135,7 +143,11 @@ async fn a_gateway_serving_flipped_chunks_is_banned_and_the_data_comes_exact() {
         let got = get(&o, &format!("/ar/{}", w.id(name)), &[]).await;
         assert_exact(&got, &w.data(name), name);
     }
-    assert_eq!(liar.requests(), asked, "a banned gateway is not asked again");
+    assert_eq!(
+        liar.requests(),
+        asked,
+        "a banned gateway is not asked again"
+    );
 }
 
 #[tokio::test]
@@ -147,11 +159,19 @@ async fn forged_and_foreign_headers_are_refused_and_their_gateways_banned() {
     let w = weave();
     let got = get(&o, &format!("/ar/{}", w.id("meta")), &[]).await;
     assert_exact(&got, &w.data("meta"), "meta past two liars");
-    assert_eq!(got.header("content-type"), "application/json", "the signed type, not the forged one");
+    assert_eq!(
+        got.header("content-type"),
+        "application/json",
+        "the signed type, not the forged one"
+    );
     let (f, s) = (forger.requests(), swapper.requests());
     let got = get(&o, &format!("/ar/{}", w.id("600k")), &[]).await;
     assert_exact(&got, &w.data("600k"), "600k");
-    assert_eq!((forger.requests(), swapper.requests()), (f, s), "both banned");
+    assert_eq!(
+        (forger.requests(), swapper.requests()),
+        (f, s),
+        "both banned"
+    );
 }
 
 #[tokio::test]
@@ -197,7 +217,12 @@ async fn ranges_across_chunk_bounds_are_206_with_exact_bytes() {
         );
         assert!(got.body[..] == data[from..=to], "{name} {range}");
     }
-    let got = get(&o, &format!("/ar/{}", w.id("meta")), &[("range", "bytes=99-")]).await;
+    let got = get(
+        &o,
+        &format!("/ar/{}", w.id("meta")),
+        &[("range", "bytes=99-")],
+    )
+    .await;
     assert_eq!(got.status, 416);
 }
 
@@ -218,7 +243,10 @@ async fn a_hung_gateway_is_hedged_and_cached_data_outlives_every_gateway() {
     let honest = gateway(Mode::Honest).await;
     let o = outlast(
         &[&hung, &honest],
-        &FAST.replace("first_block_timeout_ms = 2000", "first_block_timeout_ms = 20000"),
+        &FAST.replace(
+            "first_block_timeout_ms = 2000",
+            "first_block_timeout_ms = 20000",
+        ),
     )
     .await;
     let w = weave();
@@ -238,7 +266,10 @@ async fn bad_ids_are_400_and_unknown_ones_404_listing_the_gateways_tried() {
     let o = outlast(&[&a, &b], FAST).await;
     for (id, says) in [
         ("short", "43 base64url characters"),
-        ("ZBZGgUChxp9JGDEwkC04ovxyFVnwCx9uLykmR6sBF$M", "not base64url"),
+        (
+            "ZBZGgUChxp9JGDEwkC04ovxyFVnwCx9uLykmR6sBF$M",
+            "not base64url",
+        ),
     ] {
         let got = get(&o, &format!("/ar/{id}"), &[]).await;
         assert_eq!(got.status, 400, "{id}");

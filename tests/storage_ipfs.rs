@@ -4,9 +4,9 @@
 //! dying mid-stream. Every answer must be exactly the original bytes, or an honest
 //! error; never a byte that was not verified.
 
-mod testbed;
 #[path = "testbed/storage_gateway.rs"]
 mod storage_gateway;
+mod testbed;
 
 use std::{sync::Arc, time::Instant};
 
@@ -90,7 +90,10 @@ async fn get(o: &Outlast, path: &str, headers: &[(&str, &str)]) -> Got {
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let r = req.send().await.unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    let r = req
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
     let status = r.status().as_u16();
     let headers = r.headers().clone();
     let mut body = Vec::new();
@@ -158,6 +161,11 @@ async fn every_fixture_file_is_served_byte_exact_with_immutable_headers() {
     for (path, name, file) in every_file() {
         let got = get(&o, &format!("/ipfs/{path}"), &[]).await;
         assert_exact(&got, &original(name, file), &path);
+        assert!(
+            ["g0", "cache", "g0,cache", "cache,g0"].contains(&got.header("x-outlast-upstream")),
+            "{path}: {}",
+            got.header("x-outlast-upstream")
+        );
         let target = path.split('/').next().unwrap_or_default();
         if !path.contains('/') {
             assert_eq!(got.header("etag"), format!("\"{target}\""), "{path}");
@@ -183,7 +191,6 @@ async fn every_fixture_file_is_served_byte_exact_with_immutable_headers() {
     // No extension: sniffed from the verified bytes.
     let got = get(&o, &format!("/ipfs/{}", root("small")), &[]).await;
     assert_eq!(got.header("content-type"), "text/plain; charset=utf-8");
-    assert_eq!(got.header("x-outlast-upstream"), "g0");
 }
 
 #[tokio::test]
@@ -192,7 +199,11 @@ async fn a_gateway_serving_a_flipped_byte_is_banned_and_the_file_comes_exact_fro
     let honest = gateway(Mode::Honest).await;
     let o = outlast(&[&liar, &honest], FAST).await;
     let got = get(&o, &format!("/ipfs/{}", root("big")), &[]).await;
-    assert_exact(&got, &original("big", "big.bin"), "big from a liar and an honest gateway");
+    assert_exact(
+        &got,
+        &original("big", "big.bin"),
+        "big from a liar and an honest gateway",
+    );
     assert_eq!(got.header("x-outlast-upstream"), "g1");
     assert_eq!(liar.requests(), 1, "the liar was asked first, once");
     // Banned: the next files never touch it.
@@ -211,7 +222,13 @@ async fn a_lie_in_the_middle_of_a_stream_is_never_sent() {
     let want = original("big", "big.bin");
     let got = get(&o, &format!("/ipfs/{}", root("big")), &[]).await;
     assert_eq!(got.status, 200, "the first verified bytes went out");
-    assert!(!got.complete, "the response must be cut, not completed");
+    assert!(
+        !got.complete,
+        "the response must be cut, not completed: {} of {} bytes, {:?}",
+        got.body.len(),
+        want.len(),
+        got.headers
+    );
     assert!(got.body.len() < want.len());
     assert!(
         got.body[..] == want[..got.body.len()],
@@ -224,8 +241,15 @@ async fn a_lie_in_the_middle_of_a_stream_is_never_sent() {
     let o = outlast(&[&liar, &honest], FAST).await;
     let got = get(&o, &format!("/ipfs/{}", root("big")), &[]).await;
     assert_exact(&got, &want, "big, resumed after a lie mid-stream");
-    assert_eq!(got.header("x-outlast-upstream"), "g0", "headers name who served first");
-    assert!(honest.car_requests() >= 1, "the rest came from the honest gateway");
+    assert_eq!(
+        got.header("x-outlast-upstream"),
+        "g0",
+        "headers name who served first"
+    );
+    assert!(
+        honest.car_requests() >= 1,
+        "the rest came from the honest gateway"
+    );
 }
 
 #[tokio::test]
@@ -235,8 +259,12 @@ async fn a_stream_that_stalls_mid_way_is_resumed_at_another_gateway() {
     let honest = gateway(Mode::Honest).await;
     let o = outlast(&[&staller, &honest], FAST).await;
     let got = get(&o, &format!("/ipfs/{}", root("big")), &[]).await;
-    assert_exact(&got, &original("big", "big.bin"), "big, resumed after a stall");
-    assert_eq!(staller.requests(), 1);
+    assert_exact(
+        &got,
+        &original("big", "big.bin"),
+        "big, resumed after a stall",
+    );
+    assert_eq!(staller.requests(), 1, "asked once, then left");
     assert!(honest.car_requests() >= 1);
 }
 
@@ -257,12 +285,19 @@ async fn a_gateway_dying_mid_stream_is_resumed_elsewhere_from_the_byte_reached()
 
 #[tokio::test]
 async fn gateways_that_all_die_mid_stream_still_give_the_whole_file_block_by_block() {
-    let a = gateway(Mode::DieAfter(100_000)).await;
-    let b = gateway(Mode::DieAfter(100_000)).await;
+    let a = gateway(Mode::DieAfter(40_000)).await;
+    let b = gateway(Mode::DieAfter(40_000)).await;
     let o = outlast(&[&a, &b], FAST).await;
     let got = get(&o, &format!("/ipfs/{}", root("deep")), &[]).await;
-    assert_exact(&got, &original("deep", "deep.bin"), "deep, from dying gateways");
-    assert!(a.raw_requests() + b.raw_requests() > 0, "single blocks were the last resort");
+    assert_exact(
+        &got,
+        &original("deep", "deep.bin"),
+        "deep, from dying gateways",
+    );
+    assert!(
+        a.raw_requests() + b.raw_requests() > 0,
+        "single blocks were the last resort"
+    );
 }
 
 #[tokio::test]
@@ -279,7 +314,11 @@ async fn honest_lying_stalling_and_dying_gateways_together_give_exact_bytes_ever
     for round in 0..2 {
         for (path, name, file) in every_file() {
             let got = get(&o, &format!("/ipfs/{path}"), &[]).await;
-            assert_exact(&got, &original(name, file), &format!("round {round}: {path}"));
+            assert_exact(
+                &got,
+                &original(name, file),
+                &format!("round {round}: {path}"),
+            );
         }
     }
 }
@@ -290,12 +329,19 @@ async fn a_hung_gateway_costs_a_hedge_delay_not_a_timeout() {
     let honest = gateway(Mode::Honest).await;
     let o = outlast(
         &[&hung, &honest],
-        &FAST.replace("first_block_timeout_ms = 2000", "first_block_timeout_ms = 20000"),
+        &FAST.replace(
+            "first_block_timeout_ms = 2000",
+            "first_block_timeout_ms = 20000",
+        ),
     )
     .await;
     let started = Instant::now();
     let got = get(&o, &format!("/ipfs/{}", root("small")), &[]).await;
-    assert_exact(&got, &original("small", "small.txt"), "small past a hung gateway");
+    assert_exact(
+        &got,
+        &original("small", "small.txt"),
+        "small past a hung gateway",
+    );
     // Printed, not asserted: the hedge (200 ms) rather than the 20 s timeout.
     println!("past a hung gateway in {:?}", started.elapsed());
 }
@@ -328,7 +374,10 @@ async fn content_every_gateway_hangs_on_is_a_504_saying_so() {
     let b = gateway(Mode::Hang).await;
     let o = outlast(
         &[&a, &b],
-        &FAST.replace("first_block_timeout_ms = 2000", "first_block_timeout_ms = 500"),
+        &FAST.replace(
+            "first_block_timeout_ms = 2000",
+            "first_block_timeout_ms = 500",
+        ),
     )
     .await;
     let got = get(&o, &format!("/ipfs/{}", root("small")), &[]).await;
@@ -338,7 +387,10 @@ async fn content_every_gateway_hangs_on_is_a_504_saying_so() {
     assert_eq!(tried.len(), 2, "{body}");
     for t in tried {
         assert!(
-            t["error"].as_str().unwrap_or_default().contains("no answer within"),
+            t["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("no answer within"),
             "{body}"
         );
     }
@@ -363,7 +415,12 @@ async fn malformed_cids_are_400_naming_the_problem_and_unsupported_ones_501() {
         ),
     ] {
         let got = get(&o, path, &[]).await;
-        assert_eq!(got.status, status, "{path}: {}", String::from_utf8_lossy(&got.body));
+        assert_eq!(
+            got.status,
+            status,
+            "{path}: {}",
+            String::from_utf8_lossy(&got.body)
+        );
         let error = got.json()["error"].as_str().unwrap_or_default().to_owned();
         assert!(error.contains(says), "{path}: {error}");
     }
@@ -394,9 +451,17 @@ async fn ranges_are_206_with_exact_bytes_and_fetch_only_what_they_need() {
             format!("bytes {from}-{to}/{}", data.len()),
             "{fixture} {range}"
         );
-        assert!(got.body[..] == data[from..=to], "{fixture} {range}: bytes differ");
+        assert!(
+            got.body[..] == data[from..=to],
+            "{fixture} {range}: bytes differ"
+        );
     }
-    let got = get(&o, &format!("/ipfs/{}", root("deep")), &[("range", "bytes=100000-")]).await;
+    let got = get(
+        &o,
+        &format!("/ipfs/{}", root("deep")),
+        &[("range", "bytes=100000-")],
+    )
+    .await;
     assert_eq!(got.status, 416);
     assert_eq!(got.header("content-range"), "bytes */100000");
 }
@@ -419,23 +484,36 @@ async fn directories_redirect_list_serve_index_html_and_name_missing_paths() {
     assert_eq!(got.header("content-type"), "text/html; charset=utf-8");
     let html = String::from_utf8_lossy(&got.body);
     for name in ["a.txt", "sub", "site", "pixel"] {
-        assert!(html.contains(&format!("href=\"{name}\"")), "{name} in {html}");
+        assert!(
+            html.contains(&format!("href=\"{name}\"")),
+            "{name} in {html}"
+        );
     }
 
     let got = get(&o, &format!("/ipfs/{dir}/site/"), &[]).await;
-    assert_exact(&got, &original("dir", "site/index.html"), "site/ is its index.html");
+    assert_exact(
+        &got,
+        &original("dir", "site/index.html"),
+        "site/ is its index.html",
+    );
     assert_eq!(got.header("content-type"), "text/html; charset=utf-8");
 
     let got = get(&o, &format!("/ipfs/{}/", root("hamt")), &[]).await;
     assert_eq!(got.status, 200);
     let html = String::from_utf8_lossy(&got.body);
     for i in 0..40 {
-        assert!(html.contains(&format!(">f{i:02}.txt<")), "f{i:02}.txt in the HAMT listing");
+        assert!(
+            html.contains(&format!(">f{i:02}.txt<")),
+            "f{i:02}.txt in the HAMT listing"
+        );
     }
 
     for (path, says) in [
         (format!("{dir}/nope"), "no `nope` in the directory"),
-        (format!("{dir}/sub/nope.txt"), "no `nope.txt` in the directory"),
+        (
+            format!("{dir}/sub/nope.txt"),
+            "no `nope.txt` in the directory",
+        ),
         (format!("{dir}/a.txt/x"), "no `x` in a file"),
         (format!("{}/f99.txt", root("hamt")), "no `f99.txt`"),
     ] {
@@ -462,7 +540,11 @@ async fn content_once_fetched_is_served_while_every_gateway_is_down() {
     let before = g.requests();
     for (path, name, file) in &files {
         let got = get(&o, &format!("/ipfs/{path}"), &[]).await;
-        assert_exact(&got, &original(name, file), &format!("{path} from the cache"));
+        assert_exact(
+            &got,
+            &original(name, file),
+            &format!("{path} from the cache"),
+        );
         assert_eq!(got.header("x-outlast-upstream"), "cache");
     }
     assert_eq!(g.requests(), before, "no gateway was needed");
@@ -473,7 +555,12 @@ async fn if_none_match_gets_304_and_identity_cids_need_no_gateway() {
     let g = gateway(Mode::Honest).await;
     let o = outlast(&[&g], FAST).await;
     let small = root("small");
-    let got = get(&o, &format!("/ipfs/{small}"), &[("if-none-match", &format!("\"{small}\""))]).await;
+    let got = get(
+        &o,
+        &format!("/ipfs/{small}"),
+        &[("if-none-match", &format!("\"{small}\""))],
+    )
+    .await;
     assert_eq!(got.status, 304);
     assert_eq!(got.header("etag"), format!("\"{small}\""));
     assert!(got.body.is_empty());

@@ -21,6 +21,7 @@ use tokio_tungstenite::{
 
 use testbed::{
     ACCOUNT0_ADDRESS, BLOCK_TIME, Fleet, block_timestamp,
+    faultproxy::{Fault, FaultProxy},
     gateway::{FAST_ROUTING, Outlast},
     node_client, quantity, rpc, rpc_result,
 };
@@ -31,10 +32,11 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 const WAIT: Duration = Duration::from_secs(10);
 
 /// A config for chain `local` with one upstream per node; those with `ws[i]` also get
-/// the node's `ws_url` (their heads are pushed, the others' polled).
+/// the node's `ws_url` (their heads are pushed, the others' polled). `verify` is left
+/// at its default (`proofs`), so the feed checks every header's hash too.
 fn config(fleet: &Fleet, ws: &[bool], extra: &str) -> String {
     let mut s = format!(
-        "{FAST_ROUTING}{extra}\n[[chains]]\nname = \"local\"\nchain_id = 31337\nverify = \"off\"\n"
+        "{FAST_ROUTING}{extra}\n[[chains]]\nname = \"local\"\nchain_id = 31337\n"
     );
     for i in 0..fleet.len() {
         s.push_str(&format!(
@@ -242,7 +244,22 @@ async fn emit_block(fleet: &mut Fleet, ledger: &mut Ledger, nodes: &[usize]) {
 async fn resync(fleet: &Fleet, ledger: &Ledger, i: usize, from: u64) {
     let url = fleet.url(i);
     let height = fleet.height();
+    let other = fleet.url((i + 1) % fleet.len());
     rpc_result(&url, "anvil_rollback", json!([height - from + 1])).await;
+    // After a rollback Anvil computes the next base fee from the block it left, not from
+    // the parent: set it to the fleet's, or the first block differs.
+    let next = rpc_result(
+        &other,
+        "eth_getBlockByNumber",
+        json!([format!("{from:#x}"), false]),
+    )
+    .await;
+    rpc_result(
+        &url,
+        "anvil_setNextBlockBaseFeePerGas",
+        json!([next["baseFeePerGas"]]),
+    )
+    .await;
     for b in from..=height {
         for tx in ledger.txs.get(&b).into_iter().flatten() {
             rpc_result(&url, "eth_sendTransaction", json!([tx])).await;
@@ -251,7 +268,7 @@ async fn resync(fleet: &Fleet, ledger: &Ledger, i: usize, from: u64) {
     }
     let ours = rpc_result(&url, "eth_getBlockByNumber", json!(["latest", false])).await;
     let fleets = rpc_result(
-        &fleet.url((i + 1) % fleet.len()),
+        &other,
         "eth_getBlockByNumber",
         json!([format!("{height:#x}"), false]),
     )
@@ -454,6 +471,55 @@ async fn new_heads_and_logs_arrive_once_in_order_while_nodes_die_hang_and_restar
         ws.notification(Duration::from_millis(500)).await.is_none(),
         "a late duplicate"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocks_mined_while_no_upstream_was_reachable_are_backfilled_in_order() {
+    let mut fleet = Fleet::start(2).await;
+    let mut ledger = Ledger::default();
+    deploy(&mut fleet, &mut ledger).await;
+    let proxies = [
+        FaultProxy::start(fleet.url(0)).await,
+        FaultProxy::start(fleet.url(1)).await,
+    ];
+    // Upstream 0 pushes its heads (through its proxy too); upstream 1 is polled.
+    let toml = format!(
+        "{FAST_ROUTING}\n[[chains]]\nname = \"local\"\nchain_id = 31337\nverify = \"off\"\n\
+         [[chains.upstreams]]\nname = \"u0\"\nurl = \"{}\"\nws_url = \"{}\"\noperator = \"op0\"\n\
+         [[chains.upstreams]]\nname = \"u1\"\nurl = \"{}\"\noperator = \"op1\"\n",
+        proxies[0].url(),
+        proxies[0].ws_url(),
+        proxies[1].url(),
+    );
+    let outlast = Outlast::start(&toml).await;
+    outlast.wait_for_head("/local", fleet.height()).await;
+    let mut ws = Ws::connect(&ws_url(&outlast, "/local")).await;
+    let heads_id = ws.subscribe(json!(["newHeads"])).await;
+    // No address: every log of every block is fetched.
+    let logs_id = ws.subscribe(json!(["logs", {"topics": [null]}])).await;
+    let from = fleet.height() + 1;
+    for _ in 0..2 {
+        emit_block(&mut fleet, &mut ledger, &[0, 1]).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    // Every upstream gone (the feed's WebSocket too) while six blocks are mined.
+    for p in &proxies {
+        p.set(Fault::Refuse);
+    }
+    for _ in 0..6 {
+        emit_block(&mut fleet, &mut ledger, &[0, 1]).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for p in &proxies {
+        p.set(Fault::None);
+    }
+    emit_block(&mut fleet, &mut ledger, &[0, 1]).await;
+    let last = fleet.height();
+    let (heads, logs) = collect(&mut ws, &heads_id, Some(&logs_id), last).await;
+    assert_every_block_once(&heads, from, last, &fleet.url(0)).await;
+    let log_blocks: Vec<u64> = logs.iter().map(|l| quantity(&l["blockNumber"])).collect();
+    assert_eq!(log_blocks, (from..=last).collect::<Vec<_>>(), "{logs:?}");
+    assert!(ws.notification(Duration::from_millis(500)).await.is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

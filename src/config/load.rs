@@ -11,7 +11,7 @@ use toml::{
     de::{DeTable, DeValue, ValueDeserializer},
 };
 
-use super::{Chain, Config, Limits, Routing, Server, Status, Upstream, Webhook};
+use super::{Cache, Chain, Config, Limits, Redis, Routing, Server, Status, Tx, Upstream, Webhook};
 
 /// One thing wrong with a config file, located for a person with an editor.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,6 +115,9 @@ pub fn load_str(text: &str) -> Result<Config, Problems> {
         status: Status::default(),
         webhooks: Vec::new(),
         storage: super::Storage::default(),
+        cache: Cache::default(),
+        redis: Redis::default(),
+        tx: Tx::default(),
     };
     for (key, value) in root.iter() {
         match key.get_ref().as_ref() {
@@ -125,10 +128,13 @@ pub fn load_str(text: &str) -> Result<Config, Problems> {
             "status" => config.status = ctx.section(value, "status").unwrap_or_default(),
             "webhooks" => config.webhooks = ctx.webhooks(value),
             "storage" => config.storage = ctx.storage(value),
+            "cache" => config.cache = ctx.section(value, "cache").unwrap_or_default(),
+            "redis" => config.redis = ctx.section(value, "redis").unwrap_or_default(),
+            "tx" => config.tx = ctx.section(value, "tx").unwrap_or_default(),
             other => ctx.push(
                 Some(key.span()),
                 other,
-                "unknown section; expected one of `server`, `limits`, `routing`, `chains`, `status`, `webhooks`, `storage`".into(),
+                "unknown section; expected one of `server`, `limits`, `routing`, `chains`, `status`, `webhooks`, `storage`, `cache`, `redis`, `tx`".into(),
             ),
         }
     }
@@ -477,6 +483,26 @@ fn validate(config: &Config) -> Vec<(Vec<Seg>, String)> {
         }
     }
     out.extend(validate_storage(&config.storage));
+    for (path, value) in [
+        ([Key("cache"), Key("ttl_secs")], config.cache.ttl_secs),
+        ([Key("redis"), Key("timeout_ms")], config.redis.timeout_ms),
+        (
+            [Key("tx"), Key("broadcast_to")],
+            config.tx.broadcast_to as u64,
+        ),
+    ] {
+        if value == 0 {
+            out.push((path.to_vec(), "must be at least 1".into()));
+        }
+    }
+    if let Some(url) = &config.redis.url
+        && !matches!(url.scheme(), "redis" | "rediss")
+    {
+        out.push((
+            vec![Key("redis"), Key("url")],
+            format!("`{url}`: must be a redis:// or rediss:// URL"),
+        ));
+    }
     out
 }
 
@@ -727,6 +753,42 @@ operator = "self"
         }
     }
 
+    #[test]
+    fn embedded_default_has_storage_gateways_of_distinct_operators() {
+        let c = Config::embedded_default().expect("embedded default is valid");
+        for (kind, gateways) in [("ipfs", &c.storage.ipfs), ("arweave", &c.storage.arweave)] {
+            let operators: HashSet<_> = gateways.iter().map(|g| &g.operator).collect();
+            assert!(
+                operators.len() >= 3,
+                "{kind} has {} operators",
+                operators.len()
+            );
+        }
+    }
+
+    #[test]
+    fn storage_problems_are_reported_with_line_and_key() {
+        let text = format!(
+            "{GOOD}\n[storage]\ncache_byts = 1\n\n[[storage.ipfs]]\nname = \"a\"\nurl = \"ftp://x\"\noperator = \"o\"\n\n[[storage.arweave]]\nname = \"a\"\nurl = \"https://arweave.net\"\noperator = \"o\"\n"
+        );
+        let got = problems(&text);
+        assert_eq!(got.len(), 3, "{got:#?}");
+        assert!(
+            got[0].starts_with("15:1: storage.cache_byts: unknown field"),
+            "{got:#?}"
+        );
+        assert!(
+            got[1].starts_with("19:7: storage.ipfs[0].url: must be http"),
+            "{got:#?}"
+        );
+        assert!(
+            got[2].starts_with("23:8: storage.arweave[0].name: gateway name `a` is used twice"),
+            "{got:#?}"
+        );
+        let got = problems(&format!("{GOOD}\n[storage]\nrace = 0\n"));
+        assert_eq!(got, ["15:8: storage.race: must be at least 1"]);
+    }
+
     fn problems(text: &str) -> Vec<String> {
         load_str(text)
             .expect_err("should fail")
@@ -808,7 +870,10 @@ operator = "self"
         assert_eq!(c.status.resolve_after_ms, 10_000);
         assert_eq!(c.webhooks[0].format, super::super::WebhookFormat::Slack);
         assert_eq!(c.webhooks[0].max_attempts, 6);
-        assert_eq!(c.webhooks[0].url.to_string(), "https://hooks.example/x?token=***");
+        assert_eq!(
+            c.webhooks[0].url.to_string(),
+            "https://hooks.example/x?token=***"
+        );
     }
 
     #[test]
@@ -818,9 +883,18 @@ operator = "self"
         );
         let got = problems(&text);
         assert_eq!(got.len(), 3, "{got:#?}");
-        assert!(got[0].starts_with("15:15: status.evaluate_ms: must be at least 1"), "{got:#?}");
-        assert!(got[1].starts_with("19:10: webhooks[0].format: unknown variant `teams`"), "{got:#?}");
-        assert!(got[2].starts_with("23:1: webhooks[1].max_attemps: unknown field"), "{got:#?}");
+        assert!(
+            got[0].starts_with("15:15: status.evaluate_ms: must be at least 1"),
+            "{got:#?}"
+        );
+        assert!(
+            got[1].starts_with("19:10: webhooks[0].format: unknown variant `teams`"),
+            "{got:#?}"
+        );
+        assert!(
+            got[2].starts_with("23:1: webhooks[1].max_attemps: unknown field"),
+            "{got:#?}"
+        );
     }
 
     #[test]

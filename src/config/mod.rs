@@ -30,6 +30,9 @@ pub struct Config {
     pub status: Status,
     pub webhooks: Vec<Webhook>,
     pub storage: Storage,
+    pub cache: Cache,
+    pub redis: Redis,
+    pub tx: Tx,
 }
 
 impl Config {
@@ -394,4 +397,77 @@ pub struct StorageGateway {
     pub cloud: Option<String>,
     #[serde(default, deserialize_with = "env::expanded_opt")]
     pub region: Option<String>,
+}
+
+/// `[cache]`: answers kept in memory (and in Redis when `[redis] url` is set). Immutable
+/// answers (at or below the finalized block) live until evicted; answers tied to the
+/// consensus head live until the head moves or `ttl_secs` passes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cache {
+    /// Memory for cached answers, in bytes (keys and values); 0 turns caching off.
+    pub size_bytes: u64,
+    /// Longest life of an answer tied to the consensus head (a `latest` read), even while
+    /// the head stands still.
+    pub ttl_secs: u64,
+    /// With every upstream of a chain down, answer head-tied reads from the cache anyway,
+    /// marked `x-outlast-stale-seconds`. Off: such reads get `-32002`.
+    pub serve_stale: bool,
+    /// How old a head-tied answer may be and still be served stale.
+    pub max_stale_secs: u64,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Cache {
+            size_bytes: 64 * 1024 * 1024,
+            ttl_secs: 60,
+            serve_stale: false,
+            max_stale_secs: 600,
+        }
+    }
+}
+
+/// `[redis]`: a cache tier shared by every Outlast instance. Unset `url`: memory only.
+/// Redis down never takes Outlast down: it answers from memory and upstreams meanwhile.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Redis {
+    /// `redis://host:port/db`; may hold a password, so shown redacted.
+    pub url: Option<UpstreamUrl>,
+    /// Prefix of every key Outlast writes, so deployments can share one Redis.
+    #[serde(deserialize_with = "env::expanded")]
+    pub key_prefix: String,
+    /// A Redis call slower than this is given up (the cache then misses).
+    pub timeout_ms: u64,
+}
+
+impl Default for Redis {
+    fn default() -> Self {
+        Redis {
+            url: None,
+            key_prefix: "outlast:".into(),
+            timeout_ms: 250,
+        }
+    }
+}
+
+/// `[tx]`: how `eth_sendRawTransaction` is broadcast.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tx {
+    /// Upstreams of distinct operators a raw transaction is sent to at once.
+    pub broadcast_to: usize,
+    /// Transactions remembered for read-your-writes (pending nonce, tx by hash) until
+    /// seen mined, at most this long.
+    pub remember_secs: u64,
+}
+
+impl Default for Tx {
+    fn default() -> Self {
+        Tx {
+            broadcast_to: 3,
+            remember_secs: 3_600,
+        }
+    }
 }

@@ -555,11 +555,13 @@ fn lagging(u: &UpstreamSample, lag: u64, limit: u64) -> Finding {
 
 fn lying(u: &UpstreamSample, ban: &Ban) -> Finding {
     let e = &ban.evidence;
+    // The summary may quote whole proof nodes: the timeline gets its start, the
+    // evidence keeps all of it.
     let mut message = format!(
         "{} ({}) was caught lying: {}",
         u.who.name,
         labels(u),
-        e.summary
+        cut(&e.summary, 240)
     );
     if let (Some(answered), Some(expected)) = (&e.answered, &e.expected) {
         let at = e
@@ -744,6 +746,14 @@ fn resolved_message(last: &Finding, s: &Sample) -> String {
                 None => "New blocks again.".into(),
             }
         }
+    }
+}
+
+fn cut(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        text.to_owned()
+    } else {
+        text.chars().take(max - 1).chain(['…']).collect()
     }
 }
 

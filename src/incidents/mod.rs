@@ -298,6 +298,9 @@ impl Incidents {
                 *text = text.chars().take(199).chain(['…']).collect();
             }
         }
+        if evidence.summary.chars().count() > 2000 {
+            evidence.summary = evidence.summary.chars().take(1999).chain(['…']).collect();
+        }
         crate::metrics::upstream_banned(chain, upstream);
         let until = Time(Time::now().0 + u64::try_from(banned_for.as_millis()).unwrap_or(0));
         let who = UpstreamRef {
@@ -580,7 +583,11 @@ fn chain_sample(c: &Chain, bans: &HashMap<UpstreamRef, Ban>, now: Time) -> detec
                         Some(Ban {
                             until: Time(now.0 + u64::try_from(left).unwrap_or(0)),
                             evidence: Evidence {
-                                summary: summary.trim_start_matches([':', ' ']).to_owned(),
+                                summary: summary
+                                    .trim_start_matches([':', ' '])
+                                    .chars()
+                                    .take(2000)
+                                    .collect(),
                                 ..Evidence::default()
                             },
                         })

@@ -83,6 +83,9 @@ async fn rpc(gw: &Gateway, path: Option<&str>, headers: &HeaderMap, body: Body) 
         "x-outlast-verified",
         HeaderValue::from_static(reply.verified.header_value()),
     );
+    if let Some(age) = reply.stale_seconds {
+        h.insert("x-outlast-stale-seconds", HeaderValue::from(age));
+    }
     response
 }
 
@@ -126,6 +129,14 @@ pub async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = serde_json::json!({ "ready": ready, "chains": chains });
+    // Redis down never makes Outlast unready: it degrades to the memory cache, said here.
+    let redis = gw.cache.redis_up().map(|up| {
+        if up {
+            "up"
+        } else {
+            "down: caching in memory only"
+        }
+    });
+    let body = serde_json::json!({ "ready": ready, "chains": chains, "redis": redis });
     json(status, body.to_string().into_bytes())
 }

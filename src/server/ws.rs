@@ -130,6 +130,8 @@ struct Sub {
     kind: Kind,
     /// Events with a lower sequence number predate it.
     since: u64,
+    /// Its subscription epoch: block logs fetched for an older one may lack its logs.
+    epoch: u64,
 }
 
 struct Session {
@@ -162,8 +164,9 @@ impl Session {
         let ping_every = Duration::from_secs(self.gw.limits.ws_ping_secs.max(1));
         let mut ping =
             tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_pong = Instant::now();
-        let mut calls: JoinSet<Option<Vec<u8>>> = JoinSet::new();
+        let mut calls: JoinSet<Answered> = JoinSet::new();
         let mut out: Vec<Message> = Vec::new();
         let end = loop {
             let kicked = client.kicked.clone();
@@ -178,12 +181,21 @@ impl Session {
                     ));
                 }
                 Some(done) = calls.join_next() => {
-                    if let Ok(Some(reply)) = done {
-                        out.push(text(reply));
+                    if let Ok((reply, created)) = done {
+                        if let Some(reply) = reply {
+                            out.push(text(reply));
+                        }
+                        // Written before any event rendered from now on.
+                        self.activate(&created, &client);
                     }
                 }
                 event = client.events.recv() => {
-                    let Some(event) = event else { continue };
+                    // The hub drops a client's queue only when it cuts the client off.
+                    let Some(event) = event else {
+                        break End::Close(close_code::POLICY, format!(
+                            "too slow: over {buffer} events waited for you; reconnect and resubscribe"
+                        ));
+                    };
                     self.render(&event, &mut out);
                     // Whatever else is queued goes out in the same flush.
                     while out.len() < 256 && let Ok(event) = client.events.try_recv() {
@@ -243,12 +255,14 @@ impl Session {
         &mut self,
         body: &[u8],
         client: &crate::subscribe::hub::Client<'_>,
-        calls: &mut JoinSet<Option<Vec<u8>>>,
+        calls: &mut JoinSet<Answered>,
         out: &mut Vec<Message>,
     ) {
         if !mentions_subscriptions(body) {
             let (gw, chain, body) = (self.gw.clone(), self.chain.clone(), body.to_vec());
-            calls.spawn(async move { dispatch::handle(&gw, &chain, &body).await.body });
+            calls.spawn(
+                async move { (dispatch::handle(&gw, &chain, &body).await.body, Vec::new()) },
+            );
             return;
         }
         let request = match rpc::parse::parse(body, self.gw.parse_limits()) {
@@ -262,6 +276,13 @@ impl Session {
             Request::Single(e) => (false, vec![e]),
             Request::Batch(es) => (true, es),
         };
+        // Answered here only: the reply is written at once, so a subscription starts now.
+        // With calls to dispatch, its reply comes later, and so does the start of the
+        // subscriptions it makes: the id always reaches the client before the events.
+        let now = !entries
+            .iter()
+            .any(|e| matches!(e, Ok(c) if !is_subscription(&c.method)));
+        let mut created = Vec::new();
         // Each entry's reply as one JSON object, in order; dispatched ones later.
         let mut parts: Vec<Part> = Vec::with_capacity(entries.len());
         for entry in entries {
@@ -272,6 +293,9 @@ impl Session {
                 },
                 Ok(call) if is_subscription(&call.method) => {
                     let answer = self.subscription(&call, client);
+                    if let (Ok(id), "eth_subscribe") = (&answer, call.method.as_ref()) {
+                        created.push(id.clone());
+                    }
                     match call.id {
                         Some(id) => Part::Ready(single(id, answer.as_deref())),
                         None => Part::Nothing,
@@ -280,9 +304,7 @@ impl Session {
                 Ok(call) => Part::Dispatch(encode(&call)),
             });
         }
-        // Answered here only: written at once, so the subscription id reaches the client
-        // before its first notification.
-        if !parts.iter().any(|p| matches!(p, Part::Dispatch(_))) {
+        if now {
             let objects = parts
                 .into_iter()
                 .filter_map(|p| match p {
@@ -293,6 +315,7 @@ impl Session {
             if let Some(reply) = join(batch, objects) {
                 out.push(text(reply));
             }
+            self.activate(&created, client);
             return;
         }
         let (gw, chain) = (self.gw.clone(), self.chain.clone());
@@ -309,12 +332,13 @@ impl Session {
                     }
                 }
             }
-            join(batch, objects)
+            (join(batch, objects), created)
         };
         calls.spawn(reply);
     }
 
-    /// `eth_subscribe` / `eth_unsubscribe`: the result's raw JSON, or the error.
+    /// `eth_subscribe` / `eth_unsubscribe`: the result's raw JSON, or the error. A new
+    /// subscription hears nothing until `activate`d.
     fn subscription(
         &mut self,
         call: &Call<'_>,
@@ -331,7 +355,7 @@ impl Session {
             let before = self.subs.len();
             self.subs.retain(|s| !s.id.eq_ignore_ascii_case(&id));
             if self.subs.len() != before {
-                hub.set_kinds(client.id, self.kinds());
+                hub.set_subscriptions(client.id, self.kinds(), self.log_addresses());
             }
             return Ok((self.subs.len() != before).to_string());
         }
@@ -343,18 +367,43 @@ impl Session {
             )));
         }
         let id = format!("\"{}\"", new_id());
-        let kinds = self.kinds() | kind.bit();
-        let since = hub.set_kinds(client.id, kinds);
         self.subs.push(Sub {
             id: id.clone(),
             kind,
-            since,
+            since: u64::MAX,
+            epoch: u64::MAX,
         });
         Ok(id)
     }
 
+    /// Starts the subscriptions `ids` (those still there): events from now on.
+    fn activate(&mut self, ids: &[String], client: &crate::subscribe::hub::Client<'_>) {
+        if ids.is_empty() {
+            return;
+        }
+        let hub = &self.chain.subs;
+        let (since, epoch) = hub.set_subscriptions(client.id, self.kinds(), self.log_addresses());
+        for sub in self.subs.iter_mut().filter(|s| ids.contains(&s.id)) {
+            (sub.since, sub.epoch) = (since, epoch);
+        }
+    }
+
     fn kinds(&self) -> u8 {
         self.subs.iter().fold(0, |acc, s| acc | s.kind.bit())
+    }
+
+    /// The addresses the logs subscriptions name; `None` when one names none.
+    fn log_addresses(&self) -> Option<Vec<String>> {
+        let mut all = Vec::new();
+        for sub in &self.subs {
+            if let Kind::Logs(f) = &sub.kind {
+                if f.addresses.is_empty() {
+                    return None;
+                }
+                all.extend(f.addresses.iter().cloned());
+            }
+        }
+        Some(all)
     }
 
     /// The notifications `event` makes for this connection's subscriptions.
@@ -366,15 +415,17 @@ impl Session {
                 }
                 (
                     Event::Block {
-                        logs: Some(logs), ..
+                        logs: Some(logs),
+                        logs_as_of,
+                        ..
                     },
                     Kind::Logs(f),
-                ) => {
+                ) if sub.epoch <= *logs_as_of => {
                     for log in logs.iter().filter(|l| f.matches(&l.address, &l.topics)) {
                         out.push(notification(&sub.id, &log.raw));
                     }
                 }
-                (Event::Removed { of, logs }, Kind::Logs(f)) if *of >= sub.since => {
+                (Event::Removed { of, logs }, Kind::Logs(f)) if sub.epoch <= *of => {
                     for log in logs.iter().filter(|l| f.matches(&l.address, &l.topics)) {
                         out.push(notification(&sub.id, &log.raw));
                     }
@@ -387,6 +438,10 @@ impl Session {
         }
     }
 }
+
+/// A finished message: its reply (none for notifications only), and the subscriptions
+/// it created, which start once the reply is written.
+type Answered = (Option<Vec<u8>>, Vec<String>);
 
 /// A reply to assemble: ready now, from `dispatch` later, or none (a notification).
 enum Part {

@@ -133,8 +133,12 @@ fn incident(h: &mut String, i: &Incident, now: Time, open: bool) {
             .join(", ")
     };
     let head = format!(
-        "<span class=\"pill {sev}\">{sev}</span> <span class=\"state-word\">{state}</span> {title}",
-        state = if open { "Open" } else { "Resolved" },
+        "<span class=\"pill {sev}\">{sev}</span> {state}{title}",
+        state = if open {
+            ""
+        } else {
+            "<span class=\"state-word\">Resolved:</span> "
+        },
         title = esc(&i.title),
     );
     let meta = format!(
@@ -157,7 +161,7 @@ fn incident(h: &mut String, i: &Incident, now: Time, open: bool) {
             id = i.id
         );
     }
-    h.push_str("<ol class=\"timeline\">\n");
+    h.push_str("<ul class=\"timeline\">\n");
     for u in i.updates.iter().rev() {
         let _ = writeln!(
             h,
@@ -173,7 +177,7 @@ fn incident(h: &mut String, i: &Incident, now: Time, open: bool) {
             msg = esc(&u.message),
         );
     }
-    h.push_str("</ol>\n");
+    h.push_str("</ul>\n");
     h.push_str(if open { "</article>\n" } else { "</details>\n" });
 }
 
@@ -271,7 +275,7 @@ fn upstream_row(
     if let Some(ms) = u.latency_ms {
         stats.push(format!("latency {ms:.1} ms"));
     }
-    if let Some(lag) = u.lag {
+    if let Some(lag) = u.lag.filter(|_| u.state == "ready") {
         stats.push(format!("lag {lag}"));
     }
     if let Some(head) = u.head {
@@ -437,7 +441,7 @@ body{margin:0;background:var(--bg);color:var(--fg);font:15px/1.45 system-ui,-app
 main{max-width:960px;margin:0 auto;padding:16px}
 h1{font-size:1.6em;margin:.2em 0}
 h2{font-size:1.2em;margin:0 0 .4em}
-h3{font-size:1.05em;margin:0 0 .3em}
+h3{font-size:1.05em;margin:0 0 .3em;overflow-wrap:anywhere}
 a{color:inherit}
 section{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:14px 16px;margin:14px 0}
 .muted,.meta{color:var(--muted)}
@@ -450,8 +454,9 @@ section{background:var(--card);border:1px solid var(--line);border-radius:10px;p
 .incident.minor{border-color:var(--minor)}.incident.major{border-color:var(--major)}.incident.critical{border-color:var(--critical)}
 .incident.past summary{cursor:pointer}
 .state-word{font-weight:600}
-.timeline{margin:.4em 0 0;padding-left:1.2em}
-.timeline li{margin:.25em 0}
+.timeline{margin:.4em 0 0;padding:0;list-style:none}
+.timeline li{margin:.3em 0;padding-left:.8em;border-left:2px solid var(--line);overflow-wrap:anywhere}
+.timeline li.resolved{border-color:var(--ok)}
 .timeline time{color:var(--muted);font-variant-numeric:tabular-nums;font-size:.9em}
 .upstreams{list-style:none;margin:10px 0 0;padding:0}
 .upstream{border-top:1px solid var(--line);padding:8px 0}

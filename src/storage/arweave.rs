@@ -393,7 +393,7 @@ pub fn validate_path(root: &[u8; 32], dest: u64, size: u64, path: &[u8]) -> Opti
 /// Verified data of one transaction, ready to stream.
 pub enum Answer {
     NotModified,
-    Content(Content),
+    Content(Box<Content>),
 }
 
 pub struct Content {
@@ -427,14 +427,16 @@ pub async fn get(
         Some(r) => r.resolve(size)?,
         None => (0, size),
     };
-    let content = |first: Bytes, rest, sources| Content {
-        content_type: tx.content_type.clone(),
-        size,
-        span: (start, end),
-        ranged: range.is_some(),
-        first,
-        rest,
-        sources,
+    let content = |first: Bytes, rest, sources| {
+        Box::new(Content {
+            content_type: tx.content_type.clone(),
+            size,
+            span: (start, end),
+            ranged: range.is_some(),
+            first,
+            rest,
+            sources,
+        })
     };
     if tx.format == 1 || size == 0 {
         // `resolve` keeps start < end <= size, and size is the data's length here.

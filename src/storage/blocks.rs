@@ -78,6 +78,11 @@ impl Blocks {
         &self.sources
     }
 
+    /// The request goes through a path (gateways resolve it).
+    pub fn following_path(&self) -> bool {
+        !self.request.path.is_empty()
+    }
+
     /// What a *new* stream should ask for from now on; the current one is kept.
     pub fn resume_with(&mut self, request: CarRequest) {
         self.request = request;
@@ -108,11 +113,7 @@ impl Blocks {
         if let Some(b) = address::inlined(cid) {
             return Ok(b);
         }
-        if let Some(b) = self.lookahead.remove(cid) {
-            self.lookahead_bytes -= b.len();
-            if later(cid) {
-                self.keep(*cid, b.clone());
-            }
+        if let Some(b) = self.early(cid, later) {
             return Ok(b);
         }
         if let Some(b) = self.storage.cache.get(&Key::block(cid)) {
@@ -120,8 +121,14 @@ impl Blocks {
             return Ok(b);
         }
         loop {
-            if self.stream.is_none() && !self.open().await {
-                break;
+            if self.stream.is_none() {
+                if !self.open().await {
+                    break;
+                }
+                // The new stream's first block may be the one asked for.
+                if let Some(b) = self.early(cid, later) {
+                    return Ok(b);
+                }
             }
             let Some(stream) = self.stream.as_mut() else {
                 break;
@@ -164,6 +171,16 @@ impl Blocks {
             self.keep(c, data);
         }
         self.single(cid).await
+    }
+
+    /// `cid`, if it arrived before its turn.
+    fn early(&mut self, cid: &Cid, later: Later<'_>) -> Option<Bytes> {
+        let b = self.lookahead.remove(cid)?;
+        self.lookahead_bytes -= b.len();
+        if later(cid) {
+            self.keep(*cid, b.clone());
+        }
+        Some(b)
     }
 
     fn keep(&mut self, cid: Cid, data: Bytes) {

@@ -134,7 +134,7 @@ impl Gateway {
         s.consecutive_failures += 1;
         s.last_error = Some(why.to_owned());
         if s.consecutive_failures >= pool.failures_before_cooldown
-            && !s.cooling_until.is_some_and(|t| t > now)
+            && s.cooling_until.is_none_or(|t| t <= now)
         {
             let for_ = s.next_cooldown;
             s.next_cooldown = (for_ * 2).min(pool.max_cooldown);

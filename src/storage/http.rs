@@ -332,15 +332,20 @@ fn sniff(head: &[u8]) -> String {
     if std::str::from_utf8(&head[..head.len().min(256)]).is_ok_and(svg) {
         return "image/svg+xml".into();
     }
-    if let Some(kind) = infer::get(head) {
-        return kind.mime_type().into();
-    }
     let utf8 = match std::str::from_utf8(head) {
         Ok(s) => Some(s),
         // A character cut by the end of the sample is still text.
         Err(e) if e.error_len().is_none() => std::str::from_utf8(&head[..e.valid_up_to()]).ok(),
         Err(_) => None,
     };
+    if let Some(kind) = infer::get(head) {
+        let mime = kind.mime_type();
+        return if mime.starts_with("text/") && utf8.is_some() {
+            format!("{mime}; charset=utf-8")
+        } else {
+            mime.into()
+        };
+    }
     let Some(text) = utf8 else {
         return "application/octet-stream".into();
     };

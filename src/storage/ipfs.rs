@@ -21,6 +21,23 @@ use super::{
     range::ByteRange,
 };
 
+/// Characters escaped in a listing's relative links (a path segment, safe in HTML).
+const HREF: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'&')
+    .add(b'\'')
+    .add(b'/')
+    .add(b':')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}');
+
 /// Entries listed for one directory at most.
 const MAX_LISTING: usize = 10_000;
 
@@ -51,7 +68,7 @@ impl Request {
 }
 
 pub enum Answer {
-    File(File),
+    File(Box<File>),
     Listing {
         target: Cid,
         html: String,
@@ -165,7 +182,20 @@ async fn resolve(blocks: &mut Blocks, root: Cid, path: &[String]) -> Result<Cid,
         if cur.codec() == address::RAW {
             return Err(no_such(&within, seg, "a file"));
         }
-        let block = blocks.get(&cur, &nothing_later).await?;
+        let block = match blocks.get(&cur, &nothing_later).await {
+            Ok(b) => b,
+            // No gateway could follow the path (a gateway's "not found" proves nothing):
+            // fetch this directory alone and look for the name here.
+            Err(StorageError::NotFound { .. }) if blocks.following_path() => {
+                blocks.switch_to(CarRequest {
+                    root: cur,
+                    path: Vec::new(),
+                    bytes: None,
+                });
+                blocks.get(&cur, &nothing_later).await?
+            }
+            Err(e) => return Err(e),
+        };
         match step(blocks, &block, seg, &within).await? {
             Some(next) => cur = next,
             None => return Err(no_such(&within, seg, "the directory")),
@@ -303,7 +333,7 @@ async fn file(
     };
     let sources = walk.blocks.sources().to_vec();
     let rest = (walk.visit.is_some() || walk.offset < walk.end).then_some(walk);
-    Ok(Answer::File(File {
+    Ok(Answer::File(Box::new(File {
         target,
         name,
         size,
@@ -312,7 +342,7 @@ async fn file(
         first,
         rest,
         sources,
-    }))
+    })))
 }
 
 impl Walk {
@@ -451,9 +481,7 @@ async fn listing(
         escape(address)
     );
     for (name, cid, size) in &entries {
-        let href: String =
-            percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC)
-                .collect();
+        let href: String = percent_encoding::utf8_percent_encode(name, HREF).collect();
         html.push_str(&format!(
             "<li><a href=\"{href}\">{}</a> <small>{} bytes · {cid}</small></li>\n",
             escape(name),

@@ -163,7 +163,6 @@ pub async fn pending(
                 changed = wanted.changed() => if changed.is_err() { return },
             }
         }
-        turn = turn.wrapping_add(1);
         let source = pick(&chain, &ws_urls, turn);
         let Some((up, ws_url)) = source else {
             if sleep(&stop, FIRST_BACKOFF).await {
@@ -183,6 +182,7 @@ pub async fn pending(
             e = run => e,
         };
         if let Err(e) = ended {
+            turn = turn.wrapping_add(1);
             tracing::debug!(chain = %chain.name, upstream = %up.name, error = %e, "pending transactions: source failed; trying another");
             if started.elapsed() > MAX_BACKOFF {
                 backoff = FIRST_BACKOFF;
@@ -195,29 +195,30 @@ pub async fn pending(
     }
 }
 
-/// The next source in turn: upstreams in rotation with a WebSocket first.
+/// The next source in turn, among upstreams in rotation: their WebSocket
+/// subscriptions first, then their filters (many providers offer neither, or one).
 fn pick(
     chain: &Chain,
     ws_urls: &[(Arc<Upstream>, UpstreamUrl)],
     turn: usize,
 ) -> Option<(Arc<Upstream>, Option<UpstreamUrl>)> {
-    let ready_ws: Vec<_> = ws_urls
+    let sources: Vec<(Arc<Upstream>, Option<UpstreamUrl>)> = ws_urls
         .iter()
         .filter(|(u, _)| u.health.is_ready())
+        .map(|(u, url)| (u.clone(), Some(url.clone())))
+        .chain(
+            chain
+                .upstreams
+                .iter()
+                .filter(|u| u.health.is_ready())
+                .map(|u| (u.clone(), None)),
+        )
         .collect();
-    if !ready_ws.is_empty() {
-        let (up, url) = ready_ws[turn % ready_ws.len()];
-        return Some((up.clone(), Some(url.clone())));
-    }
-    let ready: Vec<_> = chain
-        .upstreams
-        .iter()
-        .filter(|u| u.health.is_ready())
-        .collect();
-    if ready.is_empty() {
+    if sources.is_empty() {
         return None;
     }
-    Some((ready[turn % ready.len()].clone(), None))
+    // Starts at the first WebSocket, and moves on one source per failure.
+    sources.get(turn % sources.len()).cloned()
 }
 
 /// Reads an upstream's `newPendingTransactions` until it fails or nobody listens.

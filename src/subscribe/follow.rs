@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     filter::{HEADS, LOGS},
-    hub::{Event, Log},
+    hub::{Event, Log, LogScope},
 };
 use crate::{
     config::Verify,
@@ -38,6 +38,9 @@ use crate::{
 
 /// Blocks remembered after they were sent: the deepest reorg that can be undone.
 const HISTORY: usize = 128;
+/// Of those, the newest whose logs are kept, to be sent again as removed on a reorg
+/// (a reorg deeper than this sends the new branch but no removals).
+const LOG_HISTORY: usize = 64;
 /// Blocks fetched per `forward` call (public providers cap batches near 10).
 const BATCH: u64 = 10;
 /// Blocks fetched per round before the head is looked at again.
@@ -64,6 +67,8 @@ struct Seen {
     /// Sequence number of its `Block` event; `None` when it was never sent.
     seq: Option<u64>,
     logs: Option<Arc<[Log]>>,
+    /// The subscription epoch its logs were fetched for.
+    logs_as_of: u64,
 }
 
 /// One block as fetched: what chaining needs, and the header as `newHeads` sends it.
@@ -132,6 +137,7 @@ impl Follower {
             hash: head.hash.clone(),
             seq: None,
             logs: None,
+            logs_as_of: 0,
         });
     }
 
@@ -161,23 +167,31 @@ impl Follower {
         }
         let (tip_number, tip_hash) = (tip.number, tip.hash.clone());
         let to = target.number.min(tip_number + ROUND);
-        let with_logs = hub.wants(LOGS);
+        let scope = hub.wants(LOGS).then(|| hub.log_scope());
         let mut fetched = fetch_range(chain, tip_number + 1, to, target).await?;
         let linked = links(&tip_hash, &fetched)
             && (to < target.number || fetched.last().is_some_and(|b| b.hash == target.hash));
         let ancestor = if linked && !fetched.is_empty() {
             tip_number
         } else {
-            let (ancestor, branch) = self.walk_back(chain, target).await?;
-            fetched = branch;
-            ancestor
+            match self.walk_back(chain, target).await {
+                Ok((ancestor, branch)) => {
+                    fetched = branch;
+                    ancestor
+                }
+                Err(FollowError::TooDeep) => {
+                    tracing::warn!(chain = %chain.name, head = target.number, "newHeads feed: reorg deeper than {HISTORY} blocks; continuing from the head without removals");
+                    self.reset(target);
+                    return Ok(false);
+                }
+                Err(e) => return Err(e),
+            }
         };
-        let logs = if with_logs {
-            fetch_logs(chain, &fetched).await?
-        } else {
-            vec![None; fetched.len()]
+        let (logs, logs_as_of) = match &scope {
+            Some((scope, epoch)) => (fetch_logs(chain, &fetched, scope).await?, *epoch),
+            None => (vec![None; fetched.len()], 0),
         };
-        self.emit(chain, ancestor, fetched, logs);
+        self.emit(chain, ancestor, fetched, logs, logs_as_of);
         Ok(to < target.number)
     }
 
@@ -217,6 +231,7 @@ impl Follower {
         ancestor: u64,
         blocks: Vec<Fetched>,
         logs: Vec<Option<Arc<[Log]>>>,
+        logs_as_of: u64,
     ) {
         let hub = &chain.subs;
         let first = self.seen.front().map_or(0, |s| s.number);
@@ -226,12 +241,12 @@ impl Follower {
             tracing::info!(chain = %chain.name, ancestor, depth = orphaned.len(), "newHeads feed: reorg; sending the new branch and removing the old branch's logs");
         }
         for old in orphaned {
-            if let (Some(seq), Some(logs)) = (old.seq, old.logs)
+            if let (Some(_), Some(logs)) = (old.seq, old.logs)
                 && !logs.is_empty()
             {
                 let removed: Arc<[Log]> = logs.iter().map(removed_log).collect();
                 hub.publish(Event::Removed {
-                    of: seq,
+                    of: old.logs_as_of,
                     logs: removed,
                 });
             }
@@ -241,6 +256,7 @@ impl Follower {
                 number: block.number,
                 header: block.header,
                 logs: logs.clone(),
+                logs_as_of,
             });
             tracing::trace!(chain = %chain.name, number = block.number, "newHeads feed: sent");
             self.seen.push_back(Seen {
@@ -248,10 +264,15 @@ impl Follower {
                 hash: block.hash,
                 seq: Some(seq),
                 logs,
+                logs_as_of,
             });
         }
         while self.seen.len() > HISTORY {
             self.seen.pop_front();
+        }
+        let old = self.seen.len().saturating_sub(LOG_HISTORY);
+        for s in self.seen.iter_mut().take(old) {
+            s.logs = None;
         }
     }
 }
@@ -362,11 +383,24 @@ async fn fetch_by_hash(chain: &Chain, number: u64, hash: &str) -> Result<Fetched
     Ok(b)
 }
 
-/// The logs of each block, by `blockHash` so they belong to exactly that block.
+/// The logs of each block within `scope`, by `blockHash` so they belong to exactly
+/// that block.
 async fn fetch_logs(
     chain: &Chain,
     blocks: &[Fetched],
+    scope: &LogScope,
 ) -> Result<Vec<Option<Arc<[Log]>>>, FollowError> {
+    let addresses = match scope {
+        LogScope::All => String::new(),
+        LogScope::Addresses(list) if list.is_empty() => {
+            return Ok(blocks.iter().map(|_| Some(Arc::from([]))).collect());
+        }
+        // A list of strings always serializes; an empty one would only fetch nothing.
+        LogScope::Addresses(list) => format!(
+            ",\"address\":{}",
+            serde_json::to_string(list).unwrap_or_else(|_| "[]".into())
+        ),
+    };
     let mut out = Vec::with_capacity(blocks.len());
     for group in blocks.chunks(BATCH as usize) {
         let calls = group
@@ -374,7 +408,7 @@ async fn fetch_logs(
             .map(|b| {
                 Ok((
                     "eth_getLogs",
-                    raw(format!("[{{\"blockHash\":\"{}\"}}]", b.hash))?,
+                    raw(format!("[{{\"blockHash\":\"{}\"{addresses}}}]", b.hash))?,
                 ))
             })
             .collect::<Result<Vec<_>, FollowError>>()?;

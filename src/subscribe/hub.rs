@@ -36,15 +36,18 @@ pub struct Log {
 pub enum Event {
     /// A block joined the consensus chain: events come in chain order, each block once;
     /// after a reorg the blocks of the new branch follow the `Removed` events. `logs` is
-    /// `None` when nobody listened to logs when it was fetched.
+    /// `None` when nobody listened to logs when it was fetched; else the block's logs
+    /// within the `LogScope` of subscription epoch `logs_as_of`, so only logs
+    /// subscriptions of that epoch or before may read them.
     Block {
         number: u64,
         header: Bytes,
         logs: Option<Arc<[Log]>>,
+        logs_as_of: u64,
     },
-    /// The logs of one block that left the consensus chain, marked `removed: true`.
-    /// `of` is the sequence number of the `Block` event that sent them, so a client
-    /// that subscribed later is not told to remove what it never saw.
+    /// The logs of one block that left the consensus chain, marked `removed: true`;
+    /// `of` is that block's `logs_as_of`, so a subscription that never saw them is not
+    /// told to remove them.
     Removed { of: u64, logs: Arc<[Log]> },
     /// A transaction hash, as a raw JSON string, seen for the first time.
     Pending { hash: Bytes },
@@ -85,8 +88,20 @@ pub struct Published {
 struct Entry {
     tx: mpsc::Sender<Arc<Published>>,
     kinds: u8,
+    /// Addresses its logs subscriptions name; `None` when one names none (all logs).
+    log_addresses: Option<Vec<String>>,
     kicked: CancellationToken,
 }
+
+/// Which logs of a block the clients need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogScope {
+    All,
+    Addresses(Vec<String>),
+}
+
+/// More addresses than this in all subscriptions together: every log is fetched.
+const MAX_SCOPE_ADDRESSES: usize = 1_000;
 
 pub struct Hub {
     /// The consensus head, published by `Chain::refresh_head`; followed by `follow`.
@@ -97,6 +112,9 @@ pub struct Hub {
     next_client: AtomicU64,
     /// Sequence number of the next event published.
     seq: AtomicU64,
+    /// Counts changes of subscriptions (under the `clients` lock), to tell which
+    /// subscriptions a `LogScope` took into account.
+    epoch: AtomicU64,
     /// Events queued per client before it is cut off (`[limits] ws_client_buffer`).
     buffer: usize,
     /// Fires when the gateway stops: sessions close with 1001 "going away".
@@ -129,6 +147,7 @@ impl Hub {
             clients: Mutex::new(HashMap::new()),
             next_client: AtomicU64::new(0),
             seq: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
             buffer: buffer.max(1),
             closing: CancellationToken::new(),
             sessions: TaskTracker::new(),
@@ -181,6 +200,7 @@ impl Hub {
             Entry {
                 tx,
                 kinds: 0,
+                log_addresses: Some(Vec::new()),
                 kicked: kicked.clone(),
             },
         );
@@ -199,18 +219,46 @@ impl Hub {
         }
     }
 
-    /// The kinds client `id` now subscribes to (bits of `filter::Kind::bit`). Returns
-    /// the sequence number of the next event: every event from it on is queued for the
-    /// client if its kind is in `kinds`, none before it belongs to a new subscription.
-    pub fn set_kinds(&self, id: u64, kinds: u8) -> u64 {
+    /// What client `id` now subscribes to: the kinds (bits of `filter::Kind::bit`) and
+    /// the addresses its logs filters name (`None`: some filter names none). Returns
+    /// the sequence number of the next event — every event from it on is queued for the
+    /// client if its kind is in `kinds`, none before it belongs to a new subscription —
+    /// and the epoch of this change (see `Event::Block`).
+    pub fn set_subscriptions(
+        &self,
+        id: u64,
+        kinds: u8,
+        log_addresses: Option<Vec<String>>,
+    ) -> (u64, u64) {
         let mut clients = self.lock();
-        if let Some(e) = clients.get_mut(&id)
-            && e.kinds != kinds
-        {
-            e.kinds = kinds;
-            self.recompute_wanted(&clients);
+        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        if let Some(e) = clients.get_mut(&id) {
+            e.log_addresses = log_addresses;
+            if e.kinds != kinds {
+                e.kinds = kinds;
+                self.recompute_wanted(&clients);
+            }
         }
-        self.seq.load(Ordering::Acquire)
+        (self.seq.load(Ordering::Acquire), epoch)
+    }
+
+    /// The logs some client needs, and the subscription epoch this answer is of.
+    pub fn log_scope(&self) -> (LogScope, u64) {
+        let clients = self.lock();
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let mut union: Vec<String> = Vec::new();
+        for e in clients.values().filter(|e| e.kinds & LOGS != 0) {
+            match &e.log_addresses {
+                None => return (LogScope::All, epoch),
+                Some(list) => union.extend(list.iter().cloned()),
+            }
+        }
+        union.sort_unstable();
+        union.dedup();
+        if union.len() > MAX_SCOPE_ADDRESSES {
+            return (LogScope::All, epoch);
+        }
+        (LogScope::Addresses(union), epoch)
     }
 
     fn recompute_wanted(&self, clients: &HashMap<u64, Entry>) {
@@ -272,14 +320,15 @@ mod tests {
         let hub = Hub::new(4);
         let mut heads = hub.join();
         let mut txs = hub.join();
-        hub.set_kinds(heads.id, HEADS);
-        hub.set_kinds(txs.id, PENDING);
+        hub.set_subscriptions(heads.id, HEADS, None);
+        hub.set_subscriptions(txs.id, PENDING, None);
         assert!(hub.wants(HEADS) && hub.wants(PENDING) && !hub.wants(LOGS));
         hub.publish(pending(1));
         hub.publish(Event::Block {
             number: 1,
             header: Bytes::from_static(b"{}"),
             logs: None,
+            logs_as_of: 0,
         });
         let next = |c: &mut Client<'_>| c.events.try_recv().map(|p| (p.seq, p.event.bits()));
         assert_eq!(next(&mut txs), Ok((0, PENDING)));
@@ -290,12 +339,33 @@ mod tests {
     }
 
     #[test]
+    fn logs_are_fetched_for_the_addresses_subscribed_or_all() {
+        let hub = Hub::new(4);
+        let a = hub.join();
+        let b = hub.join();
+        assert_eq!(hub.log_scope().0, LogScope::Addresses(vec![]));
+        hub.set_subscriptions(a.id, LOGS, Some(vec!["0xb".into(), "0xa".into()]));
+        hub.set_subscriptions(b.id, LOGS | HEADS, Some(vec!["0xa".into()]));
+        assert_eq!(
+            hub.log_scope().0,
+            LogScope::Addresses(vec!["0xa".into(), "0xb".into()])
+        );
+        hub.set_subscriptions(b.id, LOGS, None);
+        assert_eq!(hub.log_scope().0, LogScope::All);
+        drop(b);
+        assert_eq!(
+            hub.log_scope().0,
+            LogScope::Addresses(vec!["0xa".into(), "0xb".into()])
+        );
+    }
+
+    #[test]
     fn a_client_with_a_full_queue_is_cut_off_and_others_keep_theirs() {
         let hub = Hub::new(2);
         let slow = hub.join();
         let mut fast = hub.join();
-        hub.set_kinds(slow.id, PENDING);
-        hub.set_kinds(fast.id, PENDING);
+        hub.set_subscriptions(slow.id, PENDING, None);
+        hub.set_subscriptions(fast.id, PENDING, None);
         for n in 0..3 {
             hub.publish(pending(n));
             while fast.events.try_recv().is_ok() {}

@@ -127,7 +127,9 @@ pub struct ArweaveGateway {
 
 impl ArweaveGateway {
     pub async fn start(weave: Arc<Weave>, mode: Mode) -> ArweaveGateway {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
         let url = format!("http://{}", listener.local_addr().expect("local addr"));
         let shared = Arc::new(Shared {
             weave,

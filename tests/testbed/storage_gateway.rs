@@ -144,7 +144,9 @@ pub struct IpfsGateway {
 
 impl IpfsGateway {
     pub async fn start(store: Arc<BlockStore>, mode: Mode) -> IpfsGateway {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
         IpfsGateway::serve(listener, store, mode)
     }
 
@@ -247,12 +249,17 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
                 return (StatusCode::BAD_REQUEST, "raw takes no path\n").into_response();
             }
             let block = store.get(&root).cloned().unwrap_or_default();
-            ("application/vnd.ipld.raw", vec![maybe_flip(block, flip_from == Some(0))])
+            (
+                "application/vnd.ipld.raw",
+                vec![maybe_flip(block, flip_from == Some(0))],
+            )
         }
         "car" => {
             shared.car_requests.fetch_add(1, Ordering::SeqCst);
             let scope = query.get("dag-scope").map_or("all", String::as_str);
-            let range = query.get("entity-bytes").and_then(|r| parse_entity_bytes(r));
+            let range = query
+                .get("entity-bytes")
+                .and_then(|r| parse_entity_bytes(r));
             let mut order = Vec::new();
             let Some(target) = walk_path(store, root, &path, &mut order) else {
                 return (StatusCode::NOT_FOUND, "no such path\n").into_response();
@@ -269,7 +276,10 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
                 let flip = flip_from.is_some_and(|n| i >= n);
                 parts.push(section(&cid, &maybe_flip(block.clone(), flip)));
             }
-            ("application/vnd.ipld.car; version=1; order=dfs; dups=y", parts)
+            (
+                "application/vnd.ipld.car; version=1; order=dfs; dups=y",
+                parts,
+            )
         }
         _ => {
             return (
@@ -291,7 +301,10 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         [
             (header::CONTENT_TYPE, content_type.to_owned()),
             (header::ETAG, etag),
-            (header::CACHE_CONTROL, "public, max-age=29030400, immutable".into()),
+            (
+                header::CACHE_CONTROL,
+                "public, max-age=29030400, immutable".into(),
+            ),
         ],
         body,
     )
@@ -308,8 +321,13 @@ fn maybe_flip(block: Bytes, flip: bool) -> Bytes {
 }
 
 /// `parts` up to `n` bytes, then nothing forever (`die` = false) or a broken
-/// connection (`die` = true).
+/// connection (`die` = true); a shorter answer is sent whole.
 fn cut(parts: Vec<Bytes>, n: usize, die: bool) -> Body {
+    if parts.iter().map(Bytes::len).sum::<usize>() <= n {
+        return Body::from_stream(futures_util::stream::iter(
+            parts.into_iter().map(Ok::<_, Infallible>),
+        ));
+    }
     let mut left = n;
     let mut kept = Vec::new();
     for p in parts {
@@ -363,7 +381,11 @@ fn section(cid: &Cid, data: &[u8]) -> Bytes {
 fn parse_entity_bytes(r: &str) -> Option<(i64, Option<i64>)> {
     let (a, b) = r.split_once(':')?;
     let from = a.parse().ok()?;
-    let to = if b == "*" { None } else { Some(b.parse().ok()?) };
+    let to = if b == "*" {
+        None
+    } else {
+        Some(b.parse().ok()?)
+    };
     Some((from, to))
 }
 
@@ -389,15 +411,21 @@ fn fields(b: &[u8]) -> Vec<(u64, Result<u64, &[u8]>)> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < b.len() {
-        let Some(key) = read_varint(b, &mut i) else { break };
+        let Some(key) = read_varint(b, &mut i) else {
+            break;
+        };
         let value = match key & 7 {
             0 => match read_varint(b, &mut i) {
                 Some(v) => Ok(v),
                 None => break,
             },
             2 => {
-                let Some(len) = read_varint(b, &mut i) else { break };
-                let Some(bytes) = b.get(i..i + len as usize) else { break };
+                let Some(len) = read_varint(b, &mut i) else {
+                    break;
+                };
+                let Some(bytes) = b.get(i..i + len as usize) else {
+                    break;
+                };
                 i += len as usize;
                 Err(bytes)
             }
@@ -546,7 +574,9 @@ fn entity(store: &BlockStore, target: Cid, range: Option<(i64, Option<i64>)>, ou
 
 fn shards(store: &BlockStore, shard: Cid, out: &mut Vec<Cid>) {
     out.push(shard);
-    let Some(block) = store.get(&shard) else { return };
+    let Some(block) = store.get(&shard) else {
+        return;
+    };
     for (cid, name) in node(block).links {
         if name.len() == 2 {
             shards(store, cid, out);

@@ -1,0 +1,146 @@
+//! Step 5 of a request: answers from cache, and identical calls in flight joined.
+//! Finality-aware (`policy`): answers about finalized data are immutable and kept until
+//! evicted; answers tied to the consensus head are keyed by its hash, so a new head or
+//! a reorg misses them, and they also age out after `[cache] ttl_secs`. Two tiers: memory
+//! (`memory`, moka, bounded in bytes) and, with `[redis] url`, Redis (`redis`), shared
+//! between instances. In-flight joining is `coalesce`.
+//! Holds only successful, non-null, non-pending answers that passed the request's
+//! checks; never errors. Calls no upstream.
+
+pub mod coalesce;
+pub mod memory;
+pub mod policy;
+pub mod redis;
+
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use bytes::Bytes;
+
+use crate::config;
+use policy::Lifetime;
+
+/// One cached answer.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub lifetime: Lifetime,
+    /// Wall-clock time, so instances sharing Redis agree on an entry's age.
+    pub stored: SystemTime,
+    /// The raw JSON `result`.
+    pub body: Bytes,
+}
+
+impl Entry {
+    pub fn new(lifetime: Lifetime, body: Bytes) -> Entry {
+        Entry {
+            lifetime,
+            stored: SystemTime::now(),
+            body,
+        }
+    }
+
+    pub fn age(&self) -> Duration {
+        SystemTime::now()
+            .duration_since(self.stored)
+            .unwrap_or_default()
+    }
+}
+
+pub struct Cache {
+    memory: memory::Memory,
+    redis: Option<Arc<redis::RedisTier>>,
+    pub flights: coalesce::Flights,
+    ttl: Duration,
+    pub serve_stale: bool,
+    max_stale: Duration,
+}
+
+impl Cache {
+    pub fn new(cache: &config::Cache, redis: &config::Redis) -> Cache {
+        let ttl = Duration::from_secs(cache.ttl_secs);
+        let max_stale = Duration::from_secs(cache.max_stale_secs);
+        let keep = if cache.serve_stale {
+            ttl.max(max_stale)
+        } else {
+            ttl
+        };
+        Cache {
+            memory: memory::Memory::new(cache.size_bytes, keep),
+            redis: redis::RedisTier::new(redis).map(Arc::new),
+            flights: coalesce::Flights::default(),
+            ttl,
+            serve_stale: cache.serve_stale,
+            max_stale: keep,
+        }
+    }
+
+    /// Off when there is neither memory for it nor Redis.
+    pub fn enabled(&self) -> bool {
+        self.memory.enabled() || self.redis.is_some()
+    }
+
+    /// `None` without Redis; else whether Redis answered last time (`/readyz` detail).
+    pub fn redis_up(&self) -> Option<bool> {
+        self.redis.as_ref().map(|r| r.is_up())
+    }
+
+    /// Entries and bytes in memory.
+    pub fn usage(&self) -> (u64, u64) {
+        self.memory.usage()
+    }
+
+    async fn get(&self, key: &str) -> Option<Entry> {
+        if let Some(e) = self.memory.get(key) {
+            return Some(e);
+        }
+        let e = self.redis.as_ref()?.get(key).await?;
+        self.memory.insert(Arc::from(key), e.clone());
+        Some(e)
+    }
+
+    /// A fresh answer: immutable under `key`, or tied to the head `head` (its hash)
+    /// while `live` (an upstream serves the chain, so the head is current) and younger
+    /// than `ttl_secs`.
+    pub async fn fresh(&self, key: &str, head: Option<&str>, live: bool) -> Option<Bytes> {
+        if let Some(e) = self.get(key).await
+            && e.lifetime == Lifetime::Immutable
+        {
+            return Some(e.body);
+        }
+        let head = head.filter(|_| live)?;
+        let e = self.get(&policy::at_head(key, head)).await?;
+        (e.age() < self.ttl).then_some(e.body)
+    }
+
+    /// With `serve_stale`: the answer tied to head `head`, however old (up to
+    /// `max_stale_secs`), and its age.
+    pub async fn stale(&self, key: &str, head: Option<&str>) -> Option<(Bytes, Duration)> {
+        if !self.serve_stale {
+            return None;
+        }
+        let e = self.get(&policy::at_head(key, head?)).await?;
+        let age = e.age();
+        (age < self.max_stale).then_some((e.body, age))
+    }
+
+    /// Keeps `body` as the answer under `key`; a head-tied one only with the head's hash.
+    /// Redis is written in the background, so the client does not wait for it.
+    pub fn store(&self, key: &str, head: Option<&str>, lifetime: Lifetime, body: Bytes) {
+        let full: Arc<str> = match (lifetime, head) {
+            (Lifetime::Immutable, _) => Arc::from(key),
+            (Lifetime::Head, Some(h)) => Arc::from(policy::at_head(key, h)),
+            (Lifetime::Head, None) => return,
+        };
+        let entry = Entry::new(lifetime, body);
+        self.memory.insert(full.clone(), entry.clone());
+        if let Some(r) = &self.redis {
+            let (r, keep) = (
+                r.clone(),
+                (lifetime == Lifetime::Head).then_some(self.max_stale),
+            );
+            tokio::spawn(async move { r.set(&full, &entry, keep).await });
+        }
+    }
+}

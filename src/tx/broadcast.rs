@@ -1,0 +1,226 @@
+//! `eth_sendRawTransaction` to several upstreams of distinct operators at once
+//! (`[tx] broadcast_to`). The first acceptance answers the client, with the hash
+//! Outlast computed from the raw bytes (an upstream answering another hash is not
+//! believed); the other sends go on in the background so the transaction reaches every
+//! operator's mempool. A duplicate is an acceptance in every wording providers use, and
+//! so is "nonce too low" when that upstream has the very transaction. When nobody
+//! accepts, the client gets the upstreams' own reason — never silence; `-32002` only
+//! when no upstream answered at all.
+
+use std::{borrow::Cow, collections::HashSet, sync::Arc, time::Instant};
+
+use alloy_consensus::{TxEnvelope, transaction::SignerRecoverable};
+use alloy_eips::eip2718::Decodable2718;
+use alloy_primitives::{B256, keccak256};
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+
+use super::Ledger;
+use crate::{
+    gateway::Chain,
+    route::{Outcome, forward::note_failure, resolve::Need, select},
+    rpc::{Attempt, Blame, Call},
+    upstream::{Answer, Upstream},
+};
+
+/// How an upstream took the transaction.
+enum Verdict {
+    Accepted,
+    /// Its own reason, as it gave it: the caller's to read.
+    Rejected(Answer),
+    /// No usable answer (down, rate limited, internal error, a wrong hash).
+    Failed(String),
+}
+
+/// Wordings of "I already have this transaction".
+const DUPLICATE: [&str; 4] = [
+    "already known",
+    "already imported",
+    "alreadyknown",
+    "known transaction",
+];
+
+pub async fn broadcast(chain: &Chain, ledger: &Ledger, to: usize, call: &Call<'_>) -> Outcome {
+    let raw_hex = call
+        .params
+        .and_then(|p| serde_json::from_str::<Vec<String>>(p.get()).ok())
+        .and_then(|v| v.into_iter().next());
+    let bytes = raw_hex
+        .as_deref()
+        .and_then(|h| alloy_primitives::hex::decode(h).ok());
+    let hash = bytes.as_deref().map(keccak256);
+    let params: Arc<RawValue> = match call.params {
+        Some(p) => Arc::from(p.to_owned()),
+        None => Arc::from(RawValue::from_string("[]".into()).unwrap_or_else(|_| {
+            unreachable!("[] is JSON") // an empty array is valid JSON
+        })),
+    };
+
+    let plan = select::plan(chain, Need::Any, Instant::now());
+    let mut tried = plan.skipped;
+    let (first, rest): (Vec<_>, Vec<_>) = {
+        let mut operators = HashSet::new();
+        let mut first = Vec::new();
+        let mut rest = Vec::new();
+        for up in plan.order {
+            if first.len() < to.max(1) && operators.insert(up.operator.clone()) {
+                first.push(up);
+            } else {
+                rest.push(up);
+            }
+        }
+        (first, rest)
+    };
+    let mut rest = rest.into_iter();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut running = 0usize;
+    for up in first {
+        spawn_send(up, params.clone(), hash, tx.clone());
+        running += 1;
+    }
+    let mut rejection: Option<(Arc<str>, Answer)> = None;
+    while running > 0 {
+        let Some((up, verdict)) = rx.recv().await else {
+            break;
+        };
+        running -= 1;
+        match verdict {
+            Verdict::Accepted => {
+                if let Some(tx) = bytes.as_deref().and_then(recovered) {
+                    ledger.record(chain.chain_id, &tx);
+                }
+                tracing::info!(chain = %chain.name, upstream = %up.name, hash = ?hash, "transaction accepted");
+                let answer = match hash {
+                    Some(h) => Answer::Result(format!("\"{h:#x}\"").into()),
+                    None => Answer::Result("null".into()),
+                };
+                return Outcome::Answered {
+                    upstream: up.name.clone(),
+                    answer,
+                };
+            }
+            Verdict::Rejected(answer) => {
+                if let Answer::Error { message, .. } = &answer {
+                    tried.push(Attempt {
+                        upstream: up.name.to_string(),
+                        error: format!("rejected: {message}"),
+                    });
+                }
+                rejection.get_or_insert((up.name.clone(), answer));
+            }
+            Verdict::Failed(why) => {
+                tried.push(Attempt {
+                    upstream: up.name.to_string(),
+                    error: why,
+                });
+                // Nobody has said yes or no yet: the next upstream gets its turn.
+                if running == 0
+                    && rejection.is_none()
+                    && let Some(next) = rest.next()
+                {
+                    spawn_send(next, params.clone(), hash, tx.clone());
+                    running += 1;
+                }
+            }
+        }
+    }
+    match rejection {
+        Some((upstream, answer)) => Outcome::Answered { upstream, answer },
+        None => Outcome::Unavailable(tried),
+    }
+}
+
+fn recovered(raw: &[u8]) -> Option<alloy_consensus::transaction::Recovered<TxEnvelope>> {
+    let envelope = TxEnvelope::decode_2718(&mut &raw[..]).ok()?;
+    envelope.try_into_recovered().ok()
+}
+
+/// Sends on its own task: the send goes on after the client has its answer.
+fn spawn_send(
+    up: Arc<Upstream>,
+    params: Arc<RawValue>,
+    hash: Option<B256>,
+    report: mpsc::UnboundedSender<(Arc<Upstream>, Verdict)>,
+) {
+    tokio::spawn(async move {
+        let verdict = send_one(&up, &params, hash).await;
+        match &verdict {
+            Verdict::Accepted => {}
+            Verdict::Rejected(Answer::Error { message, .. }) => {
+                tracing::debug!(upstream = %up.name, %message, "transaction rejected")
+            }
+            Verdict::Rejected(_) => {}
+            Verdict::Failed(why) => {
+                tracing::debug!(upstream = %up.name, %why, "transaction not sent")
+            }
+        }
+        let _ = report.send((up, verdict));
+    });
+}
+
+async fn send_one(up: &Arc<Upstream>, params: &RawValue, hash: Option<B256>) -> Verdict {
+    let _guard = match up.admit() {
+        Ok(g) => g,
+        Err(limit) => return Verdict::Failed(format!("not tried: {limit}")),
+    };
+    let call = Call {
+        id: None,
+        method: Cow::Borrowed("eth_sendRawTransaction"),
+        params: Some(params),
+    };
+    let started = Instant::now();
+    let answer = match up.send(&[&call]).await {
+        Ok(mut answers) => answers.pop().flatten(),
+        Err(e) => {
+            note_failure(up, &e);
+            return Verdict::Failed(e.to_string());
+        }
+    };
+    let _ = up.health.record_success(started.elapsed());
+    let Some(answer) = answer else {
+        return Verdict::Failed("left the call out of its reply".into());
+    };
+    match &answer {
+        Answer::Result(raw) => {
+            let said = serde_json::from_slice::<B256>(raw).ok();
+            match (hash, said) {
+                (Some(h), Some(s)) if h != s => Verdict::Failed(format!(
+                    "answered hash {s:#x}, but the transaction's hash is {h:#x}"
+                )),
+                _ => Verdict::Accepted,
+            }
+        }
+        Answer::Error { message, .. } => {
+            let lower = message.to_ascii_lowercase();
+            if DUPLICATE.iter().any(|d| lower.contains(d)) {
+                return Verdict::Accepted;
+            }
+            if lower.contains("nonce too low")
+                && let Some(h) = hash
+                && has_transaction(up, h).await
+            {
+                return Verdict::Accepted;
+            }
+            match answer.blame() {
+                Some(Blame::Upstream) => Verdict::Failed(format!("error: {message}")),
+                _ => Verdict::Rejected(answer),
+            }
+        }
+    }
+}
+
+/// Whether `up` knows transaction `hash` (mined or pending).
+async fn has_transaction(up: &Upstream, hash: B256) -> bool {
+    let Ok(params) = RawValue::from_string(format!("[\"{hash:#x}\"]")) else {
+        return false;
+    };
+    let call = Call {
+        id: None,
+        method: Cow::Borrowed("eth_getTransactionByHash"),
+        params: Some(&params),
+    };
+    matches!(
+        up.send(&[&call]).await.ok().and_then(|mut a| a.pop().flatten()),
+        Some(Answer::Result(raw)) if &raw[..] != b"null"
+    )
+}

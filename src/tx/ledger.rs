@@ -1,0 +1,169 @@
+//! What Outlast broadcast, per chain: each transaction by hash, and each sender's
+//! nonces. Read after an upstream answered, to lift `eth_getTransactionCount(a,
+//! "pending")` to the next nonce after ours and to answer `eth_getTransactionByHash`
+//! for a transaction an upstream does not know yet. Entries go when an upstream's
+//! pending nonce passes them (mined or replaced) or after `[tx] remember_secs`.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use alloy_consensus::{TxEnvelope, transaction::Recovered};
+use alloy_primitives::{Address, B256};
+use bytes::Bytes;
+
+use crate::{route::Outcome, rpc::Call, upstream::Answer};
+
+pub struct Ledger {
+    inner: Mutex<Inner>,
+    keep: Duration,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// The transaction as `eth_getTransactionByHash` shows a pending one.
+    by_hash: HashMap<(u64, B256), (Bytes, Instant)>,
+    nonces: HashMap<(u64, Address), BTreeMap<u64, (B256, Instant)>>,
+}
+
+impl Ledger {
+    pub fn new(keep: Duration) -> Ledger {
+        Ledger {
+            inner: Mutex::new(Inner::default()),
+            keep,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // Whole entries are inserted and removed: a poisoned ledger is still whole.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Remembers a transaction an upstream accepted.
+    pub fn record(&self, chain_id: u64, tx: &Recovered<TxEnvelope>) {
+        use alloy_consensus::Transaction as _;
+        let hash = *tx.inner().tx_hash();
+        let shown = alloy_rpc_types_eth::Transaction {
+            inner: tx.clone(),
+            block_hash: None,
+            block_number: None,
+            transaction_index: None,
+            effective_gas_price: None,
+            block_timestamp: None,
+        };
+        let Ok(json) = serde_json::to_vec(&shown) else {
+            return;
+        };
+        let now = Instant::now();
+        let mut inner = self.lock();
+        inner.prune(self.keep, now);
+        inner.by_hash.insert((chain_id, hash), (json.into(), now));
+        inner
+            .nonces
+            .entry((chain_id, tx.signer()))
+            .or_default()
+            .insert(tx.inner().nonce(), (hash, now));
+    }
+
+    /// The pending nonce to report for `address` when an upstream says `upstream`:
+    /// one past the highest nonce Outlast broadcast for it, if that is more.
+    pub fn pending_nonce(&self, chain_id: u64, address: Address, upstream: u64) -> u64 {
+        let mut inner = self.lock();
+        inner.prune(self.keep, Instant::now());
+        let Inner { by_hash, nonces } = &mut *inner;
+        let Some(sent) = nonces.get_mut(&(chain_id, address)) else {
+            return upstream;
+        };
+        // Below the upstream's pending nonce: mined or replaced, the upstream knows.
+        let stale: Vec<u64> = sent.range(..upstream).map(|(n, _)| *n).collect();
+        for n in stale {
+            if let Some((hash, _)) = sent.remove(&n) {
+                by_hash.remove(&(chain_id, hash));
+            }
+        }
+        sent.keys()
+            .next_back()
+            .map_or(upstream, |n| upstream.max(n + 1))
+    }
+
+    /// The pending transaction `hash`, as a JSON object, if Outlast broadcast it.
+    pub fn transaction(&self, chain_id: u64, hash: B256) -> Option<Bytes> {
+        let mut inner = self.lock();
+        inner.prune(self.keep, Instant::now());
+        inner.by_hash.get(&(chain_id, hash)).map(|(b, _)| b.clone())
+    }
+}
+
+impl Ledger {
+    /// After an upstream answered `call` (or none could): lifts a pending nonce to the
+    /// next after what Outlast broadcast, and answers a transaction by hash the
+    /// upstream does not know yet. Other calls and outcomes are left alone.
+    pub fn read_your_writes(&self, chain_id: u64, call: &Call<'_>, outcome: &mut Outcome) {
+        let params: Vec<String> = match call.params.and_then(|p| serde_json::from_str(p.get()).ok())
+        {
+            Some(p) => p,
+            None => return,
+        };
+        match (call.method.as_ref(), params.as_slice()) {
+            ("eth_getTransactionCount", [address, tag]) if tag == "pending" => {
+                let (
+                    Ok(address),
+                    Outcome::Answered {
+                        answer: Answer::Result(raw),
+                        ..
+                    },
+                ) = (address.parse::<Address>(), outcome)
+                else {
+                    return;
+                };
+                let Some(told) = serde_json::from_slice::<String>(raw)
+                    .ok()
+                    .and_then(|q| u64::from_str_radix(q.strip_prefix("0x")?, 16).ok())
+                else {
+                    return;
+                };
+                let next = self.pending_nonce(chain_id, address, told);
+                if next != told {
+                    *raw = format!("\"{next:#x}\"").into();
+                }
+            }
+            ("eth_getTransactionByHash", [hash]) => {
+                let unknown = match outcome {
+                    Outcome::Answered {
+                        answer: Answer::Result(raw),
+                        ..
+                    } => &raw[..] == b"null",
+                    Outcome::Unavailable(_) => true,
+                    _ => false,
+                };
+                let Ok(hash) = hash.parse::<B256>() else {
+                    return;
+                };
+                if unknown && let Some(tx) = self.transaction(chain_id, hash) {
+                    let upstream = match outcome {
+                        Outcome::Answered { upstream, .. } => upstream.clone(),
+                        _ => Arc::from("outlast"),
+                    };
+                    *outcome = Outcome::Answered {
+                        upstream,
+                        answer: Answer::Result(tx),
+                    };
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Inner {
+    fn prune(&mut self, keep: Duration, now: Instant) {
+        let old = |at: &Instant| now.duration_since(*at) > keep;
+        self.by_hash.retain(|_, (_, at)| !old(at));
+        self.nonces.retain(|_, sent| {
+            sent.retain(|_, (_, at)| !old(at));
+            !sent.is_empty()
+        });
+    }
+}

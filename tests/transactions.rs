@@ -1,0 +1,180 @@
+//! `eth_sendRawTransaction` through Outlast on real Anvil nodes: broadcast to every
+//! operator, the right hash, duplicates as success, the upstreams' own reason for a bad
+//! transaction, and read-your-writes from a node that never saw the transaction.
+
+mod testbed;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use testbed::{
+    ACCOUNT0_ADDRESS, ACCOUNT0_KEY, ACCOUNT1_ADDRESS, Fleet, cast_bin,
+    gateway::{FAST_ROUTING, Outlast, config},
+    rpc,
+};
+
+/// A signed transfer from account 0, made offline by `cast mktx`.
+async fn signed_transfer(nonce: u64, chain_id: u64) -> String {
+    let (nonce, chain) = (nonce.to_string(), chain_id.to_string());
+    let args = [
+        "mktx",
+        "--private-key",
+        ACCOUNT0_KEY,
+        "--chain",
+        &chain,
+        "--nonce",
+        &nonce,
+        "--gas-limit",
+        "21000",
+        "--gas-price",
+        "2000000000",
+        "--priority-gas-price",
+        "1000000000",
+        "--value",
+        "1ether",
+        ACCOUNT1_ADDRESS,
+    ];
+    let out = tokio::process::Command::new(cast_bin())
+        .args(args)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run cast");
+    assert!(
+        out.status.success(),
+        "cast mktx: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn keccak_hex(raw: &str) -> String {
+    let bytes = alloy_primitives::hex::decode(raw).expect("hex");
+    format!("{:#x}", alloy_primitives::keccak256(bytes))
+}
+
+/// Waits until node `url` has transaction `hash` (pending or mined).
+async fn wait_known(url: &str, hash: &str) {
+    for _ in 0..200 {
+        if !rpc(url, "eth_getTransactionByHash", json!([hash])).await["result"].is_null() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{url} never received {hash}");
+}
+
+async fn send(outlast: &Outlast, raw: &str) -> (Value, Option<String>) {
+    outlast
+        .call("/local", "eth_sendRawTransaction", json!([raw]))
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_transaction_reaches_every_node_and_is_mined_identically() {
+    let mut fleet = Fleet::start(3).await;
+    fleet.mine(1).await;
+    let outlast = Outlast::start(&config(&fleet.urls(), FAST_ROUTING)).await;
+    let raw = signed_transfer(0, fleet.chain_id()).await;
+    let (r, _) = send(&outlast, &raw).await;
+    let hash = keccak_hex(&raw);
+    assert_eq!(r["result"], hash, "{r}");
+    for i in 0..3 {
+        wait_known(&fleet.url(i), &hash).await;
+    }
+    fleet.mine(1).await;
+    let mut blocks = Vec::new();
+    for i in 0..3 {
+        blocks.push(rpc(&fleet.url(i), "eth_getBlockByNumber", json!(["0x2", false])).await);
+    }
+    for b in &blocks {
+        assert_eq!(b["result"]["hash"], blocks[0]["result"]["hash"]);
+        assert_eq!(b["result"]["transactions"], json!([hash]));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sending_the_same_transaction_twice_is_success() {
+    let mut fleet = Fleet::start(2).await;
+    fleet.mine(1).await;
+    let outlast = Outlast::start(&config(&fleet.urls(), FAST_ROUTING)).await;
+    let raw = signed_transfer(0, fleet.chain_id()).await;
+    let hash = keccak_hex(&raw);
+    let (first, _) = send(&outlast, &raw).await;
+    assert_eq!(first["result"], hash, "{first}");
+    for i in 0..2 {
+        wait_known(&fleet.url(i), &hash).await;
+    }
+    let (again, _) = send(&outlast, &raw).await;
+    assert_eq!(
+        again["result"], hash,
+        "a duplicate is an acceptance: {again}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_transaction_gets_the_upstreams_reason() {
+    let mut fleet = Fleet::start(2).await;
+    fleet.mine(1).await;
+    let outlast = Outlast::start(&config(&fleet.urls(), FAST_ROUTING)).await;
+    // Signed for chain 1: every node refuses it.
+    let raw = signed_transfer(0, 1).await;
+    let (r, _) = send(&outlast, &raw).await;
+    let message = r["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(message.contains("chain id"), "{r}");
+    assert_ne!(
+        r["error"]["code"], -32002,
+        "a reason, not 'unavailable': {r}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_transaction_is_visible_through_a_node_that_never_saw_it() {
+    let mut fleet = Fleet::start(2).await;
+    fleet.mine(1).await;
+    let outlast = Outlast::start(&config(
+        &fleet.urls(),
+        &format!("{FAST_ROUTING}\n[tx]\nbroadcast_to = 1\n"),
+    ))
+    .await;
+    let raw = signed_transfer(0, fleet.chain_id()).await;
+    let hash = keccak_hex(&raw);
+    let (r, _) = send(&outlast, &raw).await;
+    assert_eq!(r["result"], hash, "{r}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut lacking = None;
+    for i in 0..2 {
+        if rpc(&fleet.url(i), "eth_getTransactionByHash", json!([hash])).await["result"].is_null() {
+            lacking = Some(format!("u{i}"));
+        }
+    }
+    let lacking = lacking.expect("broadcast_to = 1 leaves one node without the transaction");
+
+    let (mut nonce_from_lacking, mut tx_from_lacking) = (false, false);
+    for _ in 0..60 {
+        let (n, up) = outlast
+            .call(
+                "/local",
+                "eth_getTransactionCount",
+                json!([ACCOUNT0_ADDRESS, "pending"]),
+            )
+            .await;
+        assert_eq!(n["result"], "0x1", "pending nonce from {up:?}: {n}");
+        nonce_from_lacking |= up.as_deref() == Some(lacking.as_str());
+        let (t, up) = outlast
+            .call("/local", "eth_getTransactionByHash", json!([hash]))
+            .await;
+        assert_eq!(t["result"]["hash"], hash, "tx by hash from {up:?}: {t}");
+        assert_eq!(t["result"]["nonce"], "0x0");
+        tx_from_lacking |= up.as_deref() == Some(lacking.as_str());
+        if nonce_from_lacking && tx_from_lacking {
+            return;
+        }
+    }
+    panic!(
+        "{lacking} (without the transaction) never answered: nonce {nonce_from_lacking}, tx {tx_from_lacking}"
+    );
+}
