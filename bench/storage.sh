@@ -4,23 +4,25 @@
 # Makes a SIZE-byte file (100 MB) into a UnixFS DAG with the real importer
 # (tests/fixtures/storage/tools/make-bench-car.mjs: CIDv1, raw 256 KiB leaves), serves
 # it from one local trustless gateway (examples/storage_gateway.rs), and in the same
-# run downloads, ROUNDS times each:
+# run downloads it ROUNDS times each way, the ways interleaved round by round:
 #   direct   GET {gateway}/ipfs/{cid}?format=car   the CAR as the gateway streams it,
 #                                                 nothing checked
 #   outlast  GET {outlast}/ipfs/{cid}              every block hashed against its CID,
 #                                                 the file reassembled and streamed
-# Every Outlast download is compared byte for byte with the original. Outlast's memory
-# (VmRSS) is sampled every 50 ms while it streams, with the cache off (cache_bytes = 0:
-# only what streaming holds) and then with a 64 MiB cache (the bound holds), and its
-# peak (VmHWM) is read at the end. Prints one table.
+# Every Outlast download is compared byte for byte with the original. Two Outlasts
+# run: one with the cache off (cache_bytes = 0: its memory is only what streaming
+# holds) and one with a 64 MiB cache (memory must stay near the bound; its rounds after
+# the first are partly served from the cache). Memory is read from /proc: VmRSS before
+# the first download and after the last, and VmHWM (the largest resident set since
+# start). Prints one table.
 # Everything listens on 127.0.0.1; every process started here is stopped on exit.
 #
-# Environment: SIZE (bytes, 100000000), ROUNDS (3), KEEP=1 (keep the scratch folder).
+# Environment: SIZE (bytes, 100000000), ROUNDS (5), KEEP=1 (keep the scratch folder).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SIZE="${SIZE:-100000000}"
-ROUNDS="${ROUNDS:-3}"
+ROUNDS="${ROUNDS:-5}"
 KEEP="${KEEP:-0}"
 tools="$root/tests/fixtures/storage/tools"
 
@@ -45,7 +47,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-for tool in curl node npm cmp awk; do
+for tool in curl node npm cmp awk python3 sha256sum; do
     command -v "$tool" >/dev/null || die "'$tool' is needed"
 done
 
@@ -71,23 +73,20 @@ cid="$(node "$tools/make-bench-car.mjs" "$SIZE" "$work/file.car" "$work/file.bin
 say "root $cid ($(stat -c %s "$work/file.car") bytes of CAR)"
 
 # ---------------------------------------------------------------- processes
-wait_line() { # file: waits for a first line, prints it
-    for _ in $(seq 600); do
-        if [[ -s $1 ]]; then head -n1 "$1"; return; fi
-        sleep 0.05
-    done
-    die "no output in $1"
-}
-
 "$gateway_bin" "$work/file.car" >"$work/gateway.out" 2>"$work/gateway.err" &
 pids+=($!)
-gateway="$(wait_line "$work/gateway.out")"
+for _ in $(seq 600); do
+    [[ -s $work/gateway.out ]] && break
+    sleep 0.05
+done
+gateway="$(head -n1 "$work/gateway.out")"
+[[ -n $gateway ]] || die "the gateway did not start; see $work/gateway.err"
 say "gateway at $gateway"
 
 port_of() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-start_outlast() { # name cache_bytes -> sets outlast_pid, outlast_url
-    local name="$1" cache="$2" port
+start_outlast() { # name cache_bytes -> prints "pid url"
+    local name="$1" cache="$2" port pid
     port="$(port_of)"
     cat >"$work/$name.toml" <<EOF
 [server]
@@ -116,91 +115,73 @@ url = "$gateway"
 operator = "self"
 EOF
     RUST_LOG=error "$outlast_bin" serve --config "$work/$name.toml" >"$work/$name.log" 2>&1 &
-    outlast_pid=$!
-    pids+=("$outlast_pid")
-    outlast_url="http://127.0.0.1:$port"
+    pid=$!
     for _ in $(seq 200); do
-        curl -s -o /dev/null "$outlast_url/healthz" && return
+        if curl -s -o /dev/null "http://127.0.0.1:$port/healthz"; then
+            echo "$pid http://127.0.0.1:$port"
+            return
+        fi
         sleep 0.05
     done
     die "Outlast ($name) did not start; see $work/$name.log"
 }
 
 kib() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
-
-# Downloads $1 to $2; prints "seconds bytes".
-fetch() { curl -sS --fail -o "$2" -w '%{time_total} %{size_download}\n' "$1"; }
-
-# Samples the peak VmRSS of pid $1 while pid $2 runs, into file $3.
-sample_rss() {
-    local peak=0 now
-    while kill -0 "$2" 2>/dev/null; do
-        now="$(kib "$1" VmRSS || echo 0)"
-        ((now > peak)) && peak=$now
-        sleep 0.05
-    done
-    echo "$peak" >"$3"
-}
-
+# Downloads $1 to $2; prints the seconds it took.
+fetch() { curl -sS --fail -o "$2" -w '%{time_total}\n' "$1"; }
 mbps() { awk -v s="$1" -v b="$2" 'BEGIN { printf "%.0f", b / s / 1e6 }'; }
 best() { sort -g | head -n1; }
-
-run_outlast() { # name cache_bytes: ROUNDS verified downloads; sets globals
-    local name="$1" cache="$2" i t b sampler
-    start_outlast "$name" "$cache"
-    idle_kib="$(kib "$outlast_pid" VmRSS)"
-    peak_kib=0
-    : >"$work/$name.times"
-    for i in $(seq "$ROUNDS"); do
-        rm -f "$work/out.bin"
-        fetch "$outlast_url/ipfs/$cid" "$work/out.bin" >"$work/t" &
-        local fetch_pid=$!
-        sample_rss "$outlast_pid" "$fetch_pid" "$work/rss" &
-        sampler=$!
-        wait "$fetch_pid" || die "download through Outlast failed (round $i); see $work/$name.log"
-        wait "$sampler"
-        read -r t b <"$work/t"
-        cmp -s "$work/out.bin" "$work/file.bin" || die "Outlast served different bytes (round $i)"
-        echo "$t" >>"$work/$name.times"
-        local p
-        p="$(cat "$work/rss")"
-        ((p > peak_kib)) && peak_kib=$p
-    done
-    hwm_kib="$(kib "$outlast_pid" VmHWM)"
-    best_s="$(best <"$work/$name.times")"
-    kill -TERM "$outlast_pid"
-    wait "$outlast_pid" 2>/dev/null || true
-}
-
-# ---------------------------------------------------------------- measure
-say "direct: $ROUNDS downloads of the CAR from the gateway"
-: >"$work/direct.times"
-for i in $(seq "$ROUNDS"); do
-    read -r t b < <(fetch "$gateway/ipfs/$cid?format=car" "$work/direct.car")
-    echo "$t" >>"$work/direct.times"
-    car_bytes=$b
-done
-direct_s="$(best <"$work/direct.times")"
-
-say "outlast, cache off: $ROUNDS verified downloads"
-run_outlast nocache 0
-nocache_s=$best_s nocache_idle=$idle_kib nocache_peak=$peak_kib nocache_hwm=$hwm_kib
-
-say "outlast, 64 MiB cache: $ROUNDS verified downloads"
-run_outlast cache $((64 * 1024 * 1024))
-cache_s=$best_s cache_idle=$idle_kib cache_peak=$peak_kib cache_hwm=$hwm_kib
-
-direct_mbps="$(mbps "$direct_s" "$car_bytes")"
-nocache_mbps="$(mbps "$nocache_s" "$SIZE")"
-cache_mbps="$(mbps "$cache_s" "$SIZE")"
+median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 
+read -r nocache_pid nocache_url < <(start_outlast nocache 0)
+pids+=("$nocache_pid")
+read -r cache_pid cache_url < <(start_outlast cache $((64 * 1024 * 1024)))
+pids+=("$cache_pid")
+nocache_idle="$(kib "$nocache_pid" VmRSS)"
+cache_idle="$(kib "$cache_pid" VmRSS)"
+
+# ---------------------------------------------------------------- measure
+car_bytes=0
+: >"$work/direct.times"
+: >"$work/nocache.times"
+: >"$work/cache.times"
+for i in $(seq "$ROUNDS"); do
+    say "round $i of $ROUNDS: direct, Outlast without cache, Outlast with cache"
+    fetch "$gateway/ipfs/$cid?format=car" "$work/direct.car" >>"$work/direct.times"
+    car_bytes="$(stat -c %s "$work/direct.car")"
+    for name in nocache cache; do
+        url_var="${name}_url"
+        rm -f "$work/out.bin"
+        fetch "${!url_var}/ipfs/$cid" "$work/out.bin" >>"$work/$name.times" ||
+            die "download through Outlast ($name) failed in round $i; see $work/$name.log"
+        cmp -s "$work/out.bin" "$work/file.bin" || die "Outlast ($name) served different bytes in round $i"
+    done
+done
+nocache_hwm="$(kib "$nocache_pid" VmHWM)"
+cache_hwm="$(kib "$cache_pid" VmHWM)"
+nocache_after="$(kib "$nocache_pid" VmRSS)"
+cache_after="$(kib "$cache_pid" VmRSS)"
+
+direct_median="$(mbps "$(median <"$work/direct.times")" "$car_bytes")"
+row() { # label bytes times-file [rss-idle peak rss-after, KiB]
+    local b m
+    b="$(mbps "$(best <"$3")" "$2")"
+    m="$(mbps "$(median <"$3")" "$2")"
+    if [[ $# -gt 3 ]]; then
+        printf '%-34s %7s %7s %7s %8sM %8sM %8sM\n' "$1" "$b" "$m" "$(ratio "$m" "$direct_median")" \
+            $(($4 / 1024)) $(($5 / 1024)) $(($6 / 1024))
+    else
+        printf '%-34s %7s %7s %7s %9s %9s %9s\n' "$1" "$b" "$m" "1.00" "-" "-" "-"
+    fi
+}
+
 echo
-echo "storage benchmark: $SIZE-byte file ($cid), best of $ROUNDS, $(nproc) cores"
-printf '%-28s %10s %8s %10s %10s %10s\n' "path" "MB/s" "ratio" "RSS idle" "RSS peak" "VmHWM"
-printf '%-28s %10s %8s %10s %10s %10s\n' "direct (CAR, unchecked)" "$direct_mbps" "1.00" "-" "-" "-"
-printf '%-28s %10s %8s %9sM %9sM %9sM\n' "outlast (verified, no cache)" "$nocache_mbps" "$(ratio "$nocache_mbps" "$direct_mbps")" \
-    $((nocache_idle / 1024)) $((nocache_peak / 1024)) $((nocache_hwm / 1024))
-printf '%-28s %10s %8s %9sM %9sM %9sM\n' "outlast (verified, 64M cache)" "$cache_mbps" "$(ratio "$cache_mbps" "$direct_mbps")" \
-    $((cache_idle / 1024)) $((cache_peak / 1024)) $((cache_hwm / 1024))
-echo "every Outlast download was compared with the original: identical"
+echo "storage benchmark: a $SIZE-byte file ($cid), $ROUNDS rounds, $(nproc) cores"
+printf '%-34s %7s %7s %7s %9s %9s %9s\n' "MB/s of file (direct: of CAR)" "best" "median" "ratio" "RSS idle" "peak" "RSS after"
+row "direct from the gateway, unchecked" "$car_bytes" "$work/direct.times"
+row "Outlast, verified, no cache" "$SIZE" "$work/nocache.times" "$nocache_idle" "$nocache_hwm" "$nocache_after"
+row "Outlast, verified, 64 MiB cache" "$SIZE" "$work/cache.times" "$cache_idle" "$cache_hwm" "$cache_after"
+echo "Every Outlast download was compared with the original: identical."
+echo "ratio = median / direct median; peak = VmHWM. The cached Outlast serves rounds after"
+echo "the first partly from its cache."

@@ -7,9 +7,9 @@
 # process) subscribed to newHeads, and BLOCKS blocks mined GAP_MS apart. It asserts that
 # every client got every block once and in order, and prints one line: latency from
 # "the block is mined on every node" to "a client read its notification" (p50, p99, max
-# over every client and block), the same for one client subscribed to an Anvil node
-# directly, and Outlast's resident memory idle, with every client subscribed, and per
-# subscriber. Everything listens on 127.0.0.1 and stops when the run ends.
+# over every client and block); for scale, one client subscribed to an Anvil node
+# directly, measured from the start of the mining call; and Outlast's resident memory
+# idle, with every client subscribed, and per subscriber. Everything listens on 127.0.0.1 and stops when the run ends.
 #
 # Environment: SUBSCRIBERS (1000), BLOCKS (100), GAP_MS (200).
 set -euo pipefail
@@ -28,7 +28,7 @@ scripts/setup-testbed.sh >/dev/null
 echo "bench/ws: building (release)" >&2
 # Built under the lock; run without it, so other builds may go on meanwhile.
 exe="$(cargo_ test --release --test websocket --no-run --message-format=json 2>/dev/null |
-    sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n1)"
+    grep '"name":"websocket"' | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n1)"
 [[ -x "$exe" ]] || { echo "bench/ws: the test binary did not build" >&2; exit 1; }
 echo "bench/ws: $SUBSCRIBERS subscribers, $BLOCKS blocks, one every $GAP_MS ms" >&2
 OUTLAST_WS_SUBSCRIBERS="$SUBSCRIBERS" OUTLAST_WS_BLOCKS="$BLOCKS" OUTLAST_WS_GAP_MS="$GAP_MS" \

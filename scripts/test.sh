@@ -48,4 +48,7 @@ cargo fmt --all -- --check
 echo "test: cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
 echo "test: cargo test"
+# `outlast serve` run by the tests keeps incident history under XDG_STATE_HOME: not
+# the user's own (in-process gateways get a temporary directory each).
+export XDG_STATE_HOME="$root/target/test-state"
 cargo test --all-targets "$@"

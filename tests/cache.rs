@@ -19,11 +19,18 @@ use testbed::{
     gateway::{FAST_ROUTING, Outlast, config},
 };
 
+/// The cache on, with its defaults (the test bed turns it off for routing tests).
+const CACHE: &str = "\n[cache]\nttl_secs = 60\n";
+
 /// Anvil finalizes 64 blocks behind its head: mine past that so block 3 is final.
 const HEIGHT: u64 = 70;
 
 async fn started(fleet: &Fleet, extra: &str) -> Outlast {
-    let outlast = Outlast::start(&config(&fleet.urls(), &format!("{FAST_ROUTING}{extra}"))).await;
+    let outlast = Outlast::start(&config(
+        &fleet.urls(),
+        &format!("{FAST_ROUTING}{CACHE}{extra}"),
+    ))
+    .await;
     outlast.wait_for_head("/local", fleet.height()).await;
     // The finalized block is learned from head polls; wait until Outlast pins to it.
     for _ in 0..200 {
@@ -78,7 +85,7 @@ async fn finalized_block_is_served_from_cache_with_every_upstream_killed() {
 async fn latest_answer_is_not_served_after_the_head_moves() {
     let mut fleet = Fleet::start(2).await;
     fleet.mine(3).await;
-    let outlast = Outlast::start(&config(&fleet.urls(), FAST_ROUTING)).await;
+    let outlast = Outlast::start(&config(&fleet.urls(), &format!("{FAST_ROUTING}{CACHE}"))).await;
     outlast.wait_for_head("/local", 3).await;
     let balance = json!([ACCOUNT0_ADDRESS, "latest"]);
     let (_, up) = outlast
@@ -100,7 +107,7 @@ async fn latest_answer_is_not_served_after_the_head_moves() {
 async fn latest_answer_is_not_served_stale_by_default() {
     let mut fleet = Fleet::start(2).await;
     fleet.mine(3).await;
-    let outlast = Outlast::start(&config(&fleet.urls(), FAST_ROUTING)).await;
+    let outlast = Outlast::start(&config(&fleet.urls(), &format!("{FAST_ROUTING}{CACHE}"))).await;
     outlast.wait_for_head("/local", 3).await;
     let balance = json!([ACCOUNT0_ADDRESS, "latest"]);
     let (r, _) = outlast
@@ -199,7 +206,7 @@ async fn identical_concurrent_calls_go_upstream_once() {
     let mut fleet = Fleet::start(1).await;
     fleet.mine(3).await;
     let (relay, count) = counting_relay(fleet.url(0)).await;
-    let outlast = Outlast::start(&config(&[relay], FAST_ROUTING)).await;
+    let outlast = Outlast::start(&config(&[relay], &format!("{FAST_ROUTING}{CACHE}"))).await;
     outlast.wait_for_head("/local", 3).await;
     let calls =
         (0..10).map(|_| outlast.call("/local", "eth_getBalance", json!([ACCOUNT0_ADDRESS, "0x2"])));

@@ -52,7 +52,10 @@ impl Redis {
 const HEIGHT: u64 = 70;
 
 async fn outlast(fleet: &Fleet, redis: &Redis) -> Outlast {
-    let extra = format!("{FAST_ROUTING}\n[redis]\nurl = \"{}\"\n", redis.url);
+    let extra = format!(
+        "{FAST_ROUTING}\n[cache]\nttl_secs = 60\n[redis]\nurl = \"{}\"\n",
+        redis.url
+    );
     let o = Outlast::start(&config(&fleet.urls(), &extra)).await;
     o.wait_for_head("/local", fleet.height()).await;
     o

@@ -62,17 +62,11 @@ fn head_tied(method: &str) -> bool {
     )
 }
 
-/// Never change for a chain.
-fn constant(method: &str) -> bool {
-    matches!(method, "eth_chainId" | "net_version")
-}
-
 /// The key a call may be cached (and coalesced) under, or `None` when the method is
 /// never cached. `params` are the pinned ones; hex strings are lower-cased and
 /// whitespace dropped, so equal questions share one key.
 pub fn key(chain_id: u64, method: &str, params: Option<&RawValue>) -> Option<String> {
-    if !(block_addressed(method) || hash_addressed(method) || head_tied(method) || constant(method))
-    {
+    if !(block_addressed(method) || hash_addressed(method) || head_tied(method)) {
         return None;
     }
     let params = match params {
@@ -116,9 +110,6 @@ pub fn lifetime(
             Lifetime::Head
         }
     };
-    if constant(method) {
-        return Some(Lifetime::Immutable);
-    }
     if head_tied(method) {
         return Some(Lifetime::Head);
     }
@@ -204,7 +195,8 @@ mod tests {
         );
         check("eth_getTransactionByHash", Need::Fresh, "null", None);
         check("eth_gasPrice", Need::Fresh, r#""0x1""#, Some(Head));
-        check("eth_chainId", Need::Any, r#""0x1""#, Some(Immutable));
+        // Not cached: an upstream's chain id is its own to answer (and is checked).
+        check("eth_chainId", Need::Any, r#""0x1""#, None);
         check("eth_sendRawTransaction", Need::Any, r#""0x1""#, None);
         check("eth_getTransactionCount", Need::Fresh, r#""0x1""#, None);
     }

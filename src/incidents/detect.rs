@@ -106,7 +106,13 @@ struct Cond {
     since: u64,
     last_seen: u64,
     open: bool,
+    /// The finding as last seen (what a resolution message describes)…
     last: Finding,
+    /// …and as last told (opened or updated), and when: changes are told at most once
+    /// per `resolve_after`, so a flapping member does not flood the timeline; an
+    /// escalation is told at once.
+    told: Finding,
+    told_at: u64,
     /// Most upstreams it held at once (a correlated failure's title keeps its extent).
     peak: usize,
 }
@@ -223,6 +229,8 @@ impl Detector {
                 last_seen: now.0,
                 open: true,
                 peak: incident.upstreams.len(),
+                told: last.clone(),
+                told_at: now.0,
                 last,
             },
         );
@@ -405,6 +413,8 @@ impl Detector {
                 last_seen: now,
                 open: false,
                 last: f.clone(),
+                told: f.clone(),
+                told_at: now,
                 peak: 0,
             });
             cond.last_seen = now;
@@ -413,6 +423,8 @@ impl Detector {
                 cond.last = f.clone();
                 if f.immediate || now.saturating_sub(cond.since) >= p.open_after {
                     cond.open = true;
+                    cond.told = f.clone();
+                    cond.told_at = now;
                     let members = f.upstreams.clone();
                     let grouped = f.kind == Kind::CorrelatedFailure;
                     let title = f.title.clone();
@@ -429,17 +441,21 @@ impl Detector {
                         }
                     }
                 }
-            } else if f.signature != cond.last.signature
-                || f.severity != cond.last.severity
-                || f.kind != cond.last.kind
-            {
-                let mut update = f.clone();
-                if f.kind == Kind::CorrelatedFailure {
-                    update.message = membership_change(&cond.last, &f);
-                }
-                cond.last = f;
-                changes.push(Change::Update(update));
             } else {
+                let told = &cond.told;
+                let changed = f.signature != told.signature
+                    || f.severity != told.severity
+                    || f.kind != told.kind;
+                let escalated = f.severity > told.severity;
+                if changed && (escalated || now.saturating_sub(cond.told_at) >= p.resolve_after) {
+                    let mut update = f.clone();
+                    if f.kind == Kind::CorrelatedFailure {
+                        update.message = membership_change(told, &f);
+                    }
+                    cond.told = f.clone();
+                    cond.told_at = now;
+                    changes.push(Change::Update(update));
+                }
                 cond.last = f;
             }
         }
@@ -914,14 +930,17 @@ mod tests {
         assert_eq!(f.key, "correlated:place:aws/us-east-1");
         assert_eq!(f.title, "2 of 5 upstreams down, all on aws/us-east-1");
         assert_eq!(f.upstreams.len(), 2);
-        // One comes back: an update, still open; both back: resolved after resolve_after.
-        let changes = d.evaluate(&five(1_500, &["b"]));
+        // One comes back: told once the update interval (resolve_after) has passed,
+        // with flaps in between folded into it; both back: resolved after resolve_after.
+        assert!(d.evaluate(&five(1_500, &["b"])).is_empty());
+        assert!(d.evaluate(&five(2_000, &["a", "b"])).is_empty());
+        let changes = d.evaluate(&five(3_000, &["b"]));
         assert!(
-            matches!(&changes[..], [Change::Update(f)] if f.message.contains("c/a serving again")),
+            matches!(&changes[..], [Change::Update(f)] if f.message == "c/a serving again; 1 still down."),
             "{changes:?}"
         );
-        assert!(d.evaluate(&five(2_000, &[])).is_empty());
-        let changes = d.evaluate(&five(4_000, &[]));
+        assert!(d.evaluate(&five(3_500, &[])).is_empty());
+        let changes = d.evaluate(&five(5_500, &[]));
         assert!(
             matches!(&changes[..], [Change::Resolve { key, .. }] if key == "correlated:place:aws/us-east-1"),
             "{changes:?}"

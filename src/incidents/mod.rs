@@ -248,6 +248,9 @@ struct Inner {
     last_evaluation: Option<Time>,
 }
 
+/// Timeline entries kept per incident: the first, and the latest after it.
+const MAX_UPDATES: usize = 200;
+
 /// The most one evaluation may count as observed time: a process that was stopped (or a
 /// machine that slept) must not claim it saw the gap.
 const MAX_OBSERVED_GAP: u64 = 5_000;
@@ -482,6 +485,9 @@ impl Inner {
                     event: Event::Updated,
                     message: f.message.clone(),
                 });
+                if incident.updates.len() > MAX_UPDATES {
+                    incident.updates.remove(1);
+                }
                 Some((id, Event::Updated))
             }
             Change::Resolve { key, message } => {
@@ -685,19 +691,28 @@ async fn watch(gw: Arc<Gateway>, store: Option<store::Store>, stop: Cancellation
         if save_uptime {
             last_save = tokio::time::Instant::now();
         }
-        persist(store.clone(), changed, uptime).await;
+        persist(gw.clone(), store.clone(), changed, uptime).await;
     }
     if let Some(store) = store {
-        persist(store, Vec::new(), Some(gw.incidents.uptime_snapshot())).await;
+        let uptime = Some(gw.incidents.uptime_snapshot());
+        persist(gw, store, Vec::new(), uptime).await;
     }
 }
 
-async fn persist(store: Arc<Mutex<store::Store>>, changed: Vec<Incident>, uptime: Option<Uptime>) {
+async fn persist(
+    gw: Arc<Gateway>,
+    store: Arc<Mutex<store::Store>>,
+    changed: Vec<Incident>,
+    uptime: Option<Uptime>,
+) {
     let written = tokio::task::spawn_blocking(move || {
         // Only this task uses the store; the lock just makes it `Send` to the blocking pool.
         let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
         if !changed.is_empty() {
             store.append(&changed)?;
+        }
+        if store.needs_compaction() {
+            store.compact(&gw.incidents.list())?;
         }
         if let Some(u) = uptime {
             store.save_uptime(&u)?;

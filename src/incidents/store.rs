@@ -55,6 +55,10 @@ pub struct Loaded {
 pub struct Store {
     dir: PathBuf,
     log: File,
+    /// Lines in the log, and the incidents they are about: when most lines are
+    /// superseded, the log is rewritten (`compact`).
+    lines: usize,
+    ids: std::collections::HashSet<u64>,
     /// Holds the lock until dropped.
     _lock: File,
 }
@@ -90,10 +94,12 @@ impl Store {
             .into_values()
             .filter(|i| i.resolved.is_none_or(|r| r.0 >= oldest))
             .collect();
+        let mut lines = lines;
         if lines > incidents.len() * 2 + 16 {
             let tmp = dir.join(format!("{INCIDENTS}.tmp"));
             write_lines(&tmp, &incidents)?;
             fs::rename(&tmp, &path).map_err(io_error(&path))?;
+            lines = incidents.len();
         }
         let log = OpenOptions::new()
             .create(true)
@@ -113,6 +119,8 @@ impl Store {
         let store = Store {
             dir: dir.to_owned(),
             log,
+            lines,
+            ids: incidents.iter().map(|i| i.id).collect(),
             _lock: lock,
         };
         Ok((store, Loaded { incidents, uptime }))
@@ -128,7 +136,30 @@ impl Store {
             }
         }
         let path = self.dir.join(INCIDENTS);
-        self.log.write_all(&buf).map_err(io_error(&path))
+        self.log.write_all(&buf).map_err(io_error(&path))?;
+        self.lines += incidents.len();
+        self.ids.extend(incidents.iter().map(|i| i.id));
+        Ok(())
+    }
+
+    /// Most lines are superseded: time to `compact`.
+    pub fn needs_compaction(&self) -> bool {
+        self.lines > self.ids.len() * 4 + 1024
+    }
+
+    /// Rewrites the log as one line per incident of `all` (write, then rename).
+    pub fn compact(&mut self, all: &[Incident]) -> Result<(), StoreError> {
+        let path = self.dir.join(INCIDENTS);
+        let tmp = self.dir.join(format!("{INCIDENTS}.tmp"));
+        write_lines(&tmp, all)?;
+        fs::rename(&tmp, &path).map_err(io_error(&path))?;
+        self.log = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(io_error(&path))?;
+        self.lines = all.len();
+        self.ids = all.iter().map(|i| i.id).collect();
+        Ok(())
     }
 
     /// Replaces the uptime snapshot.
@@ -238,6 +269,26 @@ mod tests {
             .map(|i| (i.id, i.is_open()))
             .collect();
         assert_eq!(ids, [(1, false), (2, true)]);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_log_of_mostly_superseded_lines_is_compacted() {
+        let dir = temp_dir("compact");
+        let (mut store, _) = Store::open(&dir, 90).expect("open");
+        let one = incident(1, None);
+        for _ in 0..1100 {
+            store.append(std::slice::from_ref(&one)).expect("append");
+        }
+        assert!(store.needs_compaction());
+        store.compact(&[one.clone()]).expect("compact");
+        assert!(!store.needs_compaction());
+        store
+            .append(&[incident(2, None)])
+            .expect("append after compaction");
+        drop(store);
+        let text = fs::read_to_string(dir.join(INCIDENTS)).expect("log");
+        assert_eq!(text.lines().count(), 2);
         let _ = fs::remove_dir_all(&dir);
     }
 

@@ -679,61 +679,54 @@ async fn fetch_chunk(storage: Arc<Storage>, tx: Arc<TxRef>, rel: u64) -> ChunkRe
     let pool = &storage.arweave;
     let candidates = pool.order(std::time::Instant::now(), |_| false);
     let (shared, txr) = (&*storage, &*tx);
-    let result = race::race(
-        pool,
-        &storage.settings,
-        candidates,
-        &tx.address,
-        |g| async move {
-            let base = match txr.offsets.get(&g.name) {
-                Some(cell) => {
-                    *cell
-                        .get_or_try_init(|| weave_start(shared, &g, txr))
-                        .await?
-                }
-                None => weave_start(shared, &g, txr).await?,
-            };
-            let url = g.url(&format!("/chunk/{}", base + rel), &[]);
-            let response = fetch::get(shared, &url, "application/json", None).await?;
-            let json = fetch::read_limited(
-                response,
-                2 * MAX_CHUNK as usize + 64 * 1024,
-                shared.settings.stall,
-            )
-            .await?;
-            #[derive(Deserialize)]
-            struct RawChunk {
-                chunk: String,
-                data_path: String,
-                #[serde(default)]
-                packing: Option<String>,
+    let settings = storage.settings.one_at_a_time();
+    let result = race::race(pool, &settings, candidates, &tx.address, |g| async move {
+        let base = match txr.offsets.get(&g.name) {
+            Some(cell) => {
+                *cell
+                    .get_or_try_init(|| weave_start(shared, &g, txr))
+                    .await?
             }
-            let raw: RawChunk = serde_json::from_slice(&json)
-                .map_err(|e| GatewayError::Malformed(format!("not a chunk: {e}")))?;
-            if raw.packing.as_deref().is_some_and(|p| p != "unpacked") {
-                return Err(GatewayError::Malformed(format!(
-                    "chunk packed as `{}`",
-                    raw.packing.unwrap_or_default()
-                )));
-            }
-            let chunk = b64("chunk", &raw.chunk).map_err(GatewayError::Malformed)?;
-            let path = b64("data_path", &raw.data_path).map_err(GatewayError::Malformed)?;
-            let proven =
-                validate_path(&txr.data_root, rel, txr.data_size, &path).ok_or_else(|| {
-                    GatewayError::Lie(format!(
-                        "a chunk at byte {rel} whose proof does not lead to the signed data_root"
-                    ))
-                })?;
-            if sha256(&[&chunk]) != proven.data_hash
-                || chunk.len() as u64 != proven.end - proven.start
-            {
-                return Err(GatewayError::Lie(format!(
-                    "a chunk at byte {rel} that does not match its proof"
-                )));
-            }
-            Ok((proven.start, Bytes::from(chunk)))
-        },
-    )
+            None => weave_start(shared, &g, txr).await?,
+        };
+        let url = g.url(&format!("/chunk/{}", base + rel), &[]);
+        let response = fetch::get(shared, &url, "application/json", None).await?;
+        let json = fetch::read_limited(
+            response,
+            2 * MAX_CHUNK as usize + 64 * 1024,
+            shared.settings.stall,
+        )
+        .await?;
+        #[derive(Deserialize)]
+        struct RawChunk {
+            chunk: String,
+            data_path: String,
+            #[serde(default)]
+            packing: Option<String>,
+        }
+        let raw: RawChunk = serde_json::from_slice(&json)
+            .map_err(|e| GatewayError::Malformed(format!("not a chunk: {e}")))?;
+        if raw.packing.as_deref().is_some_and(|p| p != "unpacked") {
+            return Err(GatewayError::Malformed(format!(
+                "chunk packed as `{}`",
+                raw.packing.unwrap_or_default()
+            )));
+        }
+        let chunk = b64("chunk", &raw.chunk).map_err(GatewayError::Malformed)?;
+        let path = b64("data_path", &raw.data_path).map_err(GatewayError::Malformed)?;
+        let proven = validate_path(&txr.data_root, rel, txr.data_size, &path).ok_or_else(|| {
+            GatewayError::Lie(format!(
+                "a chunk at byte {rel} whose proof does not lead to the signed data_root"
+            ))
+        })?;
+        if sha256(&[&chunk]) != proven.data_hash || chunk.len() as u64 != proven.end - proven.start
+        {
+            return Err(GatewayError::Lie(format!(
+                "a chunk at byte {rel} that does not match its proof"
+            )));
+        }
+        Ok((proven.start, Bytes::from(chunk)))
+    })
     .await;
     let (g, (start, chunk)) = result?;
     storage

@@ -104,7 +104,12 @@ pub async fn follow(chain: Arc<Chain>, stop: CancellationToken) {
                 Ok(false) => retry = None,
                 Err(e) => {
                     let wait = retry.map_or(FIRST_RETRY, |r| (r * 2).min(MAX_RETRY));
-                    tracing::debug!(chain = %chain.name, error = %e, retry_ms = wait.as_millis() as u64, "newHeads feed: round failed");
+                    if wait == MAX_RETRY && retry != Some(MAX_RETRY) {
+                        // Failing for a few seconds: subscribers are waiting; say why once.
+                        tracing::warn!(chain = %chain.name, error = %e, "newHeads feed: cannot fetch the next blocks; retrying every {} s", MAX_RETRY.as_secs());
+                    } else {
+                        tracing::debug!(chain = %chain.name, error = %e, retry_ms = wait.as_millis() as u64, "newHeads feed: round failed");
+                    }
                     retry = Some(wait);
                 }
             }

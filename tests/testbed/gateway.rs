@@ -198,9 +198,17 @@ fn client() -> reqwest::Client {
 
 /// A config for chain `local` (31337) with one upstream per URL, named `u0`, `u1`, …,
 /// each its own operator. `extra` is appended verbatim (e.g. `[routing]` settings).
+/// The answer cache is off unless `extra` has a `[cache]` section: routing tests repeat
+/// identical calls and must see each one reach an upstream.
 pub fn config(urls: &[String], extra: &str) -> String {
-    let mut s =
-        format!("{extra}\n[[chains]]\nname = \"local\"\nchain_id = 31337\nverify = \"off\"\n");
+    let cache = if extra.contains("[cache]") {
+        ""
+    } else {
+        "\n[cache]\nsize_bytes = 0\n"
+    };
+    let mut s = format!(
+        "{extra}{cache}\n[[chains]]\nname = \"local\"\nchain_id = 31337\nverify = \"off\"\n"
+    );
     for (i, url) in urls.iter().enumerate() {
         s.push_str(&format!(
             "\n[[chains.upstreams]]\nname = \"u{i}\"\nurl = \"{url}\"\noperator = \"op{i}\"\n"
