@@ -220,7 +220,7 @@ async fn main() {
                 }
             }
         }
-        if t % 5 == 0 {
+        if t.is_multiple_of(5) {
             say(
                 t,
                 &format!(

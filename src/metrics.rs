@@ -37,6 +37,8 @@ pub const UPSTREAM_REQUESTS: &str = "outlast_upstream_requests_total";
 /// Time to an upstream's reply: `chain`, `upstream`.
 pub const UPSTREAM_DURATION: &str = "outlast_upstream_request_duration_seconds";
 /// Bans for lying: `chain`, `upstream`.
+/// Read at scrape time from each upstream's health (`Health::bans`), so every ban counts
+/// once, however it was recorded.
 pub const UPSTREAM_BANS: &str = "outlast_upstream_bans_total";
 /// Cache lookups: `chain`, `method`, `result` (`hit`, `miss`, `coalesced`, `stale`).
 pub const CACHE_REQUESTS: &str = "outlast_cache_requests_total";
@@ -95,7 +97,6 @@ fn describe() {
         metrics::Unit::Seconds,
         "Time an upstream took to reply (every attempt that got a reply)."
     );
-    describe_counter!(UPSTREAM_BANS, "Times an upstream was banned for lying.");
     describe_counter!(CACHE_REQUESTS, "Cache lookups, by result.");
     describe_counter!(
         VERIFICATIONS,
@@ -199,11 +200,6 @@ pub fn verification(chain: &str, method: &str, mode: &'static str, outcome: &'st
         "mode" => mode,
         "outcome" => outcome)
     .increment(1);
-}
-
-pub fn upstream_banned(chain: &str, upstream: &str) {
-    counter!(UPSTREAM_BANS, "chain" => chain.to_owned(), "upstream" => upstream.to_owned())
-        .increment(1);
 }
 
 pub fn incident_opened(kind: Kind, severity: Severity) {
@@ -336,7 +332,11 @@ struct Family<'a> {
 
 impl<'a> Family<'a> {
     fn new(out: &'a mut String, name: &str, help: &str) -> Self {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        Family::typed(out, name, help, "gauge")
+    }
+
+    fn typed(out: &'a mut String, name: &str, help: &str, kind: &str) -> Self {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         Family { out }
     }
 
@@ -469,6 +469,18 @@ fn state(gw: &Gateway, out: &mut String) {
     for (c, u) in &ups {
         let labels = [("chain", &*c.name), ("upstream", &*u.name)];
         f.sample(name, &labels, u.health.stats().error_rate());
+    }
+
+    let name = UPSTREAM_BANS;
+    let mut f = Family::typed(
+        out,
+        name,
+        "Times the upstream was banned for lying.",
+        "counter",
+    );
+    for (c, u) in &ups {
+        let labels = [("chain", &*c.name), ("upstream", &*u.name)];
+        f.sample(name, &labels, f64::from(u.health.bans()));
     }
 
     let name = "outlast_upstream_in_flight";

@@ -131,6 +131,13 @@ async fn metrics_are_scraped_and_parsed_by_the_prometheus_parser() {
     assert_eq!(open_breaker.first().map(|s| value(s)), Some(0.0));
     assert!(!samples(&m, "outlast_upstream_lag_blocks", &[("upstream", "u0")]).is_empty());
     assert_eq!(
+        samples(&m, "outlast_upstream_bans", &[("upstream", "u0")])
+            .first()
+            .map(|s| value(s)),
+        Some(0.0),
+        "no lies, no bans"
+    );
+    assert_eq!(
         samples(&m, "outlast_chain_serving_operators", &[("chain", "local")])
             .first()
             .map(|s| value(s)),
@@ -185,7 +192,6 @@ async fn the_grafana_dashboard_queries_only_metrics_outlast_exposes() {
     let mut exposed: std::collections::BTreeSet<String> = [
         "outlast_cache_requests_total",
         "outlast_verifications_total",
-        "outlast_upstream_bans_total",
         "outlast_webhook_deliveries_total",
     ]
     .map(String::from)

@@ -182,7 +182,7 @@ async fn tier_two_answers_in_the_same_request_when_tier_one_is_dead() {
     let mut fleet = Fleet::start(2).await;
     fleet.mine(1).await;
     let toml = format!(
-        "[routing]\nhead_poll_ms = 100\n[[chains]]\nname = \"local\"\nchain_id = 31337\nverify = \"off\"\n\
+        "[routing]\nhead_poll_ms = 100\n[cache]\nsize_bytes = 0\n[[chains]]\nname = \"local\"\nchain_id = 31337\nverify = \"off\"\n\
          [[chains.upstreams]]\nname = \"own-node\"\nurl = \"{}\"\noperator = \"self\"\ntier = 1\n\
          [[chains.upstreams]]\nname = \"paid\"\nurl = \"{}\"\noperator = \"paid\"\ntier = 2\n",
         fleet.url(0),
@@ -215,7 +215,7 @@ async fn tier_two_answers_in_the_same_request_when_tier_one_is_dead() {
 async fn max_rps_sends_the_excess_elsewhere() {
     let (_fleet, proxies) = proxied(2).await;
     let toml = format!(
-        "[routing]\nhead_poll_ms = 100\n[[chains]]\nname = \"local\"\nchain_id = 31337\nverify = \"off\"\n\
+        "[routing]\nhead_poll_ms = 100\n[cache]\nsize_bytes = 0\n[[chains]]\nname = \"local\"\nchain_id = 31337\nverify = \"off\"\n\
          [[chains.upstreams]]\nname = \"capped\"\nurl = \"{}\"\noperator = \"a\"\ntier = 1\nmax_rps = 2\n\
          [[chains.upstreams]]\nname = \"spare\"\nurl = \"{}\"\noperator = \"b\"\ntier = 2\n",
         proxies[0].url(),

@@ -568,4 +568,16 @@ async fn if_none_match_gets_304_and_identity_cids_need_no_gateway() {
     let got = get(&o, "/ipfs/bafkqaaa", &[]).await;
     assert_exact(&got, b"", "the empty identity CID");
     assert_eq!(g.requests(), 0);
+
+    let head = reqwest::Client::new()
+        .head(o.url(&format!("/ipfs/{small}")))
+        .send()
+        .await
+        .expect("HEAD");
+    assert_eq!(head.status(), 200);
+    assert_eq!(
+        head.headers()["content-length"],
+        original("small", "small.txt").len().to_string().as_str()
+    );
+    assert_eq!(head.headers()["etag"], format!("\"{small}\"").as_str());
 }

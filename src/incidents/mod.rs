@@ -304,7 +304,6 @@ impl Incidents {
         if evidence.summary.chars().count() > 2000 {
             evidence.summary = evidence.summary.chars().take(1999).chain(['…']).collect();
         }
-        crate::metrics::upstream_banned(chain, upstream);
         let until = Time(Time::now().0 + u64::try_from(banned_for.as_millis()).unwrap_or(0));
         let who = UpstreamRef {
             chain: chain.to_owned(),

@@ -281,7 +281,7 @@ mod tests {
             store.append(std::slice::from_ref(&one)).expect("append");
         }
         assert!(store.needs_compaction());
-        store.compact(&[one.clone()]).expect("compact");
+        store.compact(std::slice::from_ref(&one)).expect("compact");
         assert!(!store.needs_compaction());
         store
             .append(&[incident(2, None)])
