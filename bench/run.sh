@@ -165,11 +165,16 @@ declare -A url=(
     [nginx]="http://127.0.0.1:$nginx_port/"
 )
 if [[ $SKIP_OUTLAST != 1 ]]; then
-    outlast_port="$(free_port)"
-    cat >"$work/outlast.toml" <<EOF
+    # Two instances: `outlast` with its cache off (every call passes through) and
+    # `cached` with the default cache (block-1 reads and finalized blocks are immutable).
+    declare -A pid_of
+    start_outlast() { # NAME CACHE_SECTION
+        local port cfg="$work/$1.toml"
+        port="$(free_port)"
+        cat >"$cfg" <<EOF
 [server]
-listen = "127.0.0.1:$outlast_port"
-
+listen = "127.0.0.1:$port"
+$2
 [[chains]]
 name = "bench"
 chain_id = 31337
@@ -180,18 +185,24 @@ name = "fixed"
 url = "http://127.0.0.1:$up_port"
 operator = "bench"
 EOF
-    "$outlast_bin" serve --config "$work/outlast.toml" >"$work/outlast.log" 2>&1 &
-    outlast_pid=$!
-    pids+=("$outlast_pid")
-    ready() { [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$1") == 200 ]]; }
-    if ! wait_for outlast "$outlast_pid" ready "http://127.0.0.1:$outlast_port/readyz"; then
-        tail -n 30 "$work/outlast.log" >&2
-        die "Outlast did not become ready (GET /readyz)"
-    fi
+        "$outlast_bin" serve --config "$cfg" >"$work/$1.log" 2>&1 &
+        local pid=$!
+        pids+=("$pid")
+        ready() { [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$1") == 200 ]]; }
+        if ! wait_for "$1" "$pid" ready "http://127.0.0.1:$port/readyz"; then
+            tail -n 30 "$work/$1.log" >&2
+            die "$1 did not become ready (GET /readyz)"
+        fi
+        targets+=("$1")
+        url[$1]="http://127.0.0.1:$port/bench"
+        pid_of[$1]=$pid
+    }
+    start_outlast outlast $'[cache]\nsize_bytes = 0\n'
+    start_outlast cached ""
+    outlast_pid=${pid_of[outlast]}
     sleep 1
     rss_idle="$(rss_kib "$outlast_pid" VmRSS)"
-    targets+=(outlast)
-    url[outlast]="http://127.0.0.1:$outlast_port/bench"
+    rss_idle_cached="$(rss_kib "${pid_of[cached]}" VmRSS)"
 fi
 
 for t in "${targets[@]}"; do check "$t" "${url[$t]}"; done
@@ -249,18 +260,19 @@ for w in "${workloads[@]}"; do
     done
 done
 echo
-printf '%-8s %12s %12s %12s\n' workload nginx/direct outlast/direct outlast/nginx
+printf '%-8s %12s %12s %12s %12s\n' workload nginx/direct outlast/direct outlast/nginx cached/nginx
 for w in "${workloads[@]}"; do
-    c_a="-" c_b="-"
+    c_a="-" c_b="-" c_c="-"
     if [[ $SKIP_OUTLAST != 1 ]]; then
         c_a="$(ratio "${rps[$w,outlast]}" "${rps[$w,direct]}")"
         c_b="$(ratio "${rps[$w,outlast]}" "${rps[$w,nginx]}")"
+        c_c="$(ratio "${rps[$w,cached]}" "${rps[$w,nginx]}")"
     fi
-    printf '%-8s %12s %12s %12s\n' "$w" "$(ratio "${rps[$w,nginx]}" "${rps[$w,direct]}")" "$c_a" "$c_b"
+    printf '%-8s %12s %12s %12s %12s\n' "$w" "$(ratio "${rps[$w,nginx]}" "${rps[$w,direct]}")" "$c_a" "$c_b" "$c_c"
 done
 echo
 if [[ $SKIP_OUTLAST != 1 ]]; then
-    echo "Outlast RSS: idle $(mib "$rss_idle"), after load $(mib "$rss_after") (peak $(mib "$rss_peak"))"
+    echo "Outlast RSS: idle $(mib "$rss_idle"), after load $(mib "$rss_after") (peak $(mib "$rss_peak")); cached instance idle $(mib "$rss_idle_cached")"
 else
     echo "Outlast: skipped (SKIP_OUTLAST=1)"
 fi

@@ -154,8 +154,8 @@ async fn metrics_are_scraped_and_parsed_by_the_prometheus_parser() {
 }
 
 /// Every metric the Grafana dashboard queries is one Outlast exposes: either in this
-/// scrape, or one of the counters others increment (cache, verification, bans,
-/// webhooks) that appear once something happened.
+/// scrape, or a counter that appears once something happened (cache and
+/// verification outcomes, webhook deliveries).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_grafana_dashboard_queries_only_metrics_outlast_exposes() {
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
