@@ -222,6 +222,18 @@ pub async fn handle(gw: &Gateway, chain: &Chain, body: &[u8]) -> Reply {
     .await;
     let mut levels = vec![Level::None; pinned.len()];
     for (i, result) in checked.into_iter().enumerate() {
+        let mode = match checks[i] {
+            Check::Proof(..) | Check::Block(BlockId::Hash(_)) => "proof",
+            _ => "quorum",
+        };
+        if let Some(r) = &result {
+            let outcome = match r {
+                Ok(c) if c.level == Level::None => "unconfirmed",
+                Ok(_) => "verified",
+                Err(_) => "unverifiable",
+            };
+            crate::metrics::verification(&chain.name, &pinned[i].method, mode, outcome);
+        }
         outcomes[i] = match result {
             None => continue,
             Some(Ok(c)) => {

@@ -192,7 +192,7 @@ pub fn cache_lookup(chain: &str, method: &str, result: &'static str) {
 }
 
 /// For verification: one answer checked; `mode` is `proof` or `quorum`, `outcome` is
-/// `verified`, `failed` (an upstream lied) or `unverifiable` (could not be checked).
+/// `verified`, `unconfirmed` (fewer operators reachable than the quorum), `failed` (an upstream lied) or `unverifiable`.
 pub fn verification(chain: &str, method: &str, mode: &'static str, outcome: &'static str) {
     counter!(VERIFICATIONS,
         "chain" => chain.to_owned(),

@@ -175,7 +175,12 @@ pub async fn block(chain: &Chain, call: &Call<'_>, id: BlockId) -> Result<Checke
                     up.name, h.number, h.hash
                 )),
                 Err(e @ verify::VerifyError::HeaderHash { .. }) => {
-                    ban(chain, &up, &format!("served a forged header: {e}"));
+                    ban(
+                        chain,
+                        &up,
+                        "header hash",
+                        &format!("served a forged header: {e}"),
+                    );
                     problems.push(format!("{}: forged header", up.name));
                 }
                 Err(e) => problems.push(format!("{}: {e}", up.name)),
@@ -279,6 +284,7 @@ pub async fn proven(
                     ban(
                         chain,
                         liar,
+                        "proof",
                         &format!("served a false proof of {}: {why}", read.what()),
                     );
                 }
@@ -393,6 +399,7 @@ async fn trusted_header(chain: &Chain, number: u64) -> Result<(CheckedHeader, bo
                         ban(
                             chain,
                             up,
+                            "header hash",
                             &format!("served a forged header for block {number}: {e}"),
                         );
                         problems.push(format!("{}: forged header", up.name));
@@ -471,6 +478,7 @@ pub async fn agreed(chain: &Chain, call: &Call<'_>, need: Need) -> Result<Checke
                     ban(
                         chain,
                         up,
+                        "quorum",
                         &format!(
                             "disagreed with {quorum} independent operators on {}",
                             call.method
@@ -553,13 +561,22 @@ async fn ask<'u>(
     .await
 }
 
-/// Takes a liar out of rotation for the chain's ban period, and says so loudly.
-fn ban(chain: &Chain, up: &Upstream, why: &str) {
+/// Takes a liar out of rotation for the chain's ban period, says so loudly, and hands
+/// the evidence to the incident engine.
+fn ban(chain: &Chain, up: &Upstream, check: &str, why: &str) {
     let transition = up.health.record_lie(why, chain.ban_for, Instant::now());
     if transition == Transition::None {
         return;
     }
     upstream::log_transition(up, &transition);
+    let evidence = crate::incidents::Evidence {
+        summary: why.to_owned(),
+        check: Some(check.to_owned()),
+        ..Default::default()
+    };
+    chain
+        .incidents
+        .upstream_lied(&chain.name, &up.name, evidence, chain.ban_for);
 }
 
 fn raw(value: &Value) -> Option<Box<RawValue>> {
