@@ -1,8 +1,8 @@
 //! What Outlast broadcast, per chain: each transaction by hash, and each sender's
 //! nonces. Read after an upstream answered, to lift `eth_getTransactionCount(a,
 //! "pending")` to the next nonce after ours and to answer `eth_getTransactionByHash`
-//! for a transaction an upstream does not know yet. Entries go when an upstream's
-//! pending nonce passes them (mined or replaced) or after `[tx] remember_secs`.
+//! for a transaction an upstream does not know yet. Entries go after
+//! `[tx] remember_secs` (an upstream's pending count covers only its own pool).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -72,17 +72,12 @@ impl Ledger {
     pub fn pending_nonce(&self, chain_id: u64, address: Address, upstream: u64) -> u64 {
         let mut inner = self.lock();
         inner.prune(self.keep, Instant::now());
-        let Inner { by_hash, nonces } = &mut *inner;
-        let Some(sent) = nonces.get_mut(&(chain_id, address)) else {
+        let Some(sent) = inner.nonces.get(&(chain_id, address)) else {
             return upstream;
         };
-        // Below the upstream's pending nonce: mined or replaced, the upstream knows.
-        let stale: Vec<u64> = sent.range(..upstream).map(|(n, _)| *n).collect();
-        for n in stale {
-            if let Some((hash, _)) = sent.remove(&n) {
-                by_hash.remove(&(chain_id, hash));
-            }
-        }
+        // Not pruned by upstream answers: a node's pending count includes its own pool,
+        // so one node's answer says nothing of another's. Entries expire after
+        // `remember_secs` (pruned above).
         sent.keys()
             .next_back()
             .map_or(upstream, |n| upstream.max(n + 1))
