@@ -506,29 +506,33 @@ fn validate(config: &Config) -> Vec<(Vec<Seg>, String)> {
     out
 }
 
-/// Checks of one upstream on its own, so they run even when its chain has other errors.
-fn validate_upstream(up: &Upstream) -> Vec<(&'static str, String)> {
-    let mut out = Vec::new();
-    if up.name.is_empty()
-        || !up
-            .name
+/// The name goes into response headers and the URL must be plain HTTP(S): the same
+/// rules for RPC upstreams and storage gateways.
+fn check_name_and_url(name: &str, url: &super::UpstreamUrl, out: &mut Vec<(&'static str, String)>) {
+    if name.is_empty()
+        || !name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
     {
         out.push((
             "name",
             format!(
-                "`{}`: use letters, digits, `-`, `_` and `.` (it is sent in response headers)",
-                up.name
+                "`{name}`: use letters, digits, `-`, `_` and `.` (it is sent in response headers)"
             ),
         ));
     }
-    if !matches!(up.url.scheme(), "http" | "https") {
+    if !matches!(url.scheme(), "http" | "https") {
         out.push((
             "url",
-            format!("must be http:// or https://, not {}://", up.url.scheme()),
+            format!("must be http:// or https://, not {}://", url.scheme()),
         ));
     }
+}
+
+/// Checks of one upstream on its own, so they run even when its chain has other errors.
+fn validate_upstream(up: &Upstream) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    check_name_and_url(&up.name, &up.url, &mut out);
     if let Some(ws) = &up.ws_url
         && !matches!(ws.scheme(), "ws" | "wss")
     {
@@ -687,26 +691,7 @@ fn validate_storage(storage: &super::Storage) -> Vec<(Vec<Seg>, String)> {
 
 fn validate_storage_gateway(g: &super::StorageGateway) -> Vec<(&'static str, String)> {
     let mut out = Vec::new();
-    if g.name.is_empty()
-        || !g
-            .name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    {
-        out.push((
-            "name",
-            format!(
-                "`{}`: use letters, digits, `-`, `_` and `.` (it is sent in response headers)",
-                g.name
-            ),
-        ));
-    }
-    if !matches!(g.url.scheme(), "http" | "https") {
-        out.push((
-            "url",
-            format!("must be http:// or https://, not {}://", g.url.scheme()),
-        ));
-    }
+    check_name_and_url(&g.name, &g.url, &mut out);
     out
 }
 
