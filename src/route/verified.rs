@@ -13,11 +13,7 @@
 //! an agreed quorum) is banned. When nothing can be verified the call gets `-33091`,
 //! never the unverified value. The checks themselves are in `crate::verify`.
 
-use std::{
-    collections::HashSet,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{collections::HashSet, sync::Arc, time::Instant};
 
 use alloy_primitives::{Address, B256, Bytes as AlloyBytes, U256};
 use bytes::Bytes;
@@ -582,6 +578,3 @@ fn ban(chain: &Chain, up: &Upstream, check: &str, why: &str) {
 fn raw(value: &Value) -> Option<Box<RawValue>> {
     serde_json::value::to_raw_value(value).ok()
 }
-
-/// The default ban for a liar, when the config does not say.
-pub const DEFAULT_BAN: Duration = Duration::from_secs(600);
