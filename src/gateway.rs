@@ -40,6 +40,8 @@ pub struct Gateway {
     pub ledger: crate::tx::Ledger,
     /// `[tx] broadcast_to`: distinct operators each raw transaction is sent to.
     pub broadcast_to: usize,
+    /// `[tx] rebroadcast`: accepted transactions kept and re-sent until mined (`tx`).
+    pub rebroadcast: Option<Arc<crate::tx::Pending>>,
 }
 
 pub struct Chain {
@@ -70,6 +72,9 @@ pub struct Chain {
     pub incidents: Arc<Incidents>,
     /// WebSocket subscriptions: the fan-out hub, told of every consensus head move.
     pub subs: crate::subscribe::Hub,
+    /// `[tx] rebroadcast`: where `tx::broadcast` keeps what an upstream accepted (the
+    /// gateway's one store, shared by every chain); `None` when off.
+    pub rebroadcast: Option<Arc<crate::tx::Pending>>,
 }
 
 /// Trusted headers kept for verified reads.
@@ -202,7 +207,16 @@ impl Chain {
 }
 
 impl Gateway {
+    /// Without `[tx] rebroadcast` (e.g. `outlast probe`, which must not take the store).
     pub fn new(config: &Config) -> reqwest::Result<Self> {
+        Gateway::with_rebroadcast(config, None)
+    }
+
+    /// With the pending transactions `tx::Pending::open` loaded (when rebroadcast is on).
+    pub fn with_rebroadcast(
+        config: &Config,
+        rebroadcast: Option<Arc<crate::tx::Pending>>,
+    ) -> reqwest::Result<Self> {
         let http = upstream::http_client(&config.routing)?;
         let incidents = Arc::new(Incidents::new(&config.status, &config.webhooks));
         let chains: Vec<Arc<Chain>> = config
@@ -246,6 +260,7 @@ impl Gateway {
                         .len(),
                     trusted: Mutex::new(BTreeMap::new()),
                     incidents: incidents.clone(),
+                    rebroadcast: rebroadcast.clone(),
                 })
             })
             .collect();
@@ -265,6 +280,7 @@ impl Gateway {
             cache: crate::cache::Cache::new(&config.cache, &config.redis),
             ledger: crate::tx::Ledger::new(Duration::from_secs(config.tx.remember_secs)),
             broadcast_to: config.tx.broadcast_to,
+            rebroadcast,
         })
     }
 

@@ -17,7 +17,8 @@
 //! - `storage`  — `/ipfs/{cid}` and `/ar/{id}` from many gateways, every byte verified
 //! - `probe`    — `outlast probe`: measures every upstream once from here, one table
 //! - `cache`    — finality-aware answers in memory and Redis; identical calls joined
-//! - `tx`       — raw transactions broadcast to distinct operators; read-your-writes ledger
+//! - `tx`       — raw transactions broadcast to distinct operators; read-your-writes ledger;
+//!   with `[tx] rebroadcast`, re-sent until mined, kept in a file across restarts
 
 pub mod cache;
 pub mod config;
@@ -50,6 +51,10 @@ pub enum RunError {
     HttpClient(#[source] reqwest::Error),
     #[error("serving failed: {0}")]
     Serve(#[source] std::io::Error),
+    /// `[tx] rebroadcast` asked for durability that cannot be had: starting without it
+    /// would lose transactions silently, so Outlast does not start.
+    #[error("{0}")]
+    TxStore(#[source] tx::store::StoreError),
 }
 
 /// Serves `config` on `listener` until `shutdown` resolves, then lets in-flight calls
@@ -60,7 +65,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     metrics::install();
-    let gw = Arc::new(Gateway::new(&config).map_err(RunError::HttpClient)?);
+    let pending = tx::Pending::open(&config.tx).map_err(RunError::TxStore)?;
+    let gw = Arc::new(Gateway::with_rebroadcast(&config, pending).map_err(RunError::HttpClient)?);
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
     incidents::spawn(gw.clone(), &tasks, stop.clone());
@@ -81,6 +87,7 @@ pub async fn run(
     );
     tasks.spawn(report_first_checks(gw.clone(), first_checks, stop.clone()));
     subscribe::spawn(&gw, &config, &tasks, &stop);
+    tx::rebroadcast::spawn(&gw, &tasks, &stop);
     if let Ok(addr) = listener.local_addr() {
         let chains: Vec<&str> = gw.chains.iter().map(|c| &*c.name).collect();
         tracing::info!(%addr, ?chains, "Outlast is listening: POST /{{chain}} for JSON-RPC, GET /readyz for readiness");

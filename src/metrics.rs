@@ -49,6 +49,10 @@ pub const VERIFICATIONS: &str = "outlast_verifications_total";
 pub const INCIDENTS_OPENED: &str = "outlast_incidents_opened_total";
 /// Webhook messages: `webhook`, `outcome` (`delivered`, `retried`, `failed`, `dropped`).
 pub const WEBHOOK_DELIVERIES: &str = "outlast_webhook_deliveries_total";
+/// Pending transactions looked at by `[tx] rebroadcast`, one per transaction per round:
+/// `chain`, `outcome` (`mined`, `replaced`, `expired`: forgotten; `resent`, `refused`,
+/// `unavailable`, `undecided`: still pending).
+pub const TX_REBROADCASTS: &str = "outlast_tx_rebroadcasts_total";
 
 /// Histogram buckets for every `_duration_seconds`, from 1 ms to 30 s.
 const BUCKETS: [f64; 14] = [
@@ -104,6 +108,10 @@ fn describe() {
     );
     describe_counter!(INCIDENTS_OPENED, "Incidents opened, by kind and severity.");
     describe_counter!(WEBHOOK_DELIVERIES, "Webhook messages, by outcome.");
+    describe_counter!(
+        TX_REBROADCASTS,
+        "Pending transactions checked for re-sending, by outcome."
+    );
 }
 
 /// Drains histogram data now and then, so memory stays flat between scrapes.
@@ -209,6 +217,11 @@ pub fn incident_opened(kind: Kind, severity: Severity) {
 
 pub fn webhook(name: &str, outcome: &'static str) {
     counter!(WEBHOOK_DELIVERIES, "webhook" => name.to_owned(), "outcome" => outcome).increment(1);
+}
+
+/// One pending transaction looked at by `tx::rebroadcast`.
+pub fn tx_rebroadcast(chain: &str, outcome: &'static str) {
+    counter!(TX_REBROADCASTS, "chain" => chain.to_owned(), "outcome" => outcome).increment(1);
 }
 
 /// Standard methods, sorted: the only method names used as label values.

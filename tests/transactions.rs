@@ -208,3 +208,109 @@ async fn a_transaction_reaches_the_chain_when_the_first_upstream_chosen_is_down(
     let receipt = rpc(&fleet.url(1), "eth_getTransactionReceipt", json!([hash])).await;
     assert_eq!(receipt["result"]["status"], "0x1", "mined: {receipt}");
 }
+
+/// `[tx]` settings that keep every accepted transaction in `store` and check it every
+/// second; `broadcast_to = 1` so only re-sending can bring it to another node.
+fn rebroadcast_config(url: &str, store: &std::path::Path) -> String {
+    config(
+        &[url.to_owned()],
+        &format!(
+            "{FAST_ROUTING}\n[tx]\nrebroadcast = true\nbroadcast_to = 1\nrebroadcast_secs = 1\nstore = \"{}\"\n",
+            store.display()
+        ),
+    )
+}
+
+/// Whether the store file at `path` lists transaction `hash`.
+fn stored(path: &std::path::Path, hash: &str) -> bool {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("store {} unreadable: {e}", path.display()));
+    let store: Value = serde_json::from_str(&text).expect("the store is JSON");
+    store["transactions"]
+        .as_array()
+        .expect("a list of transactions")
+        .iter()
+        .any(|t| t["hash"] == hash)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_whose_only_node_died_is_resent_after_a_restart_and_mined() {
+    let mut fleet = Fleet::start(2).await;
+    fleet.mine(1).await;
+    let dir = testbed::gateway::scratch_dir();
+    let store = dir.join("transactions.json");
+
+    // Outlast knows only node 0: the transaction reaches it and nobody else.
+    let outlast = Outlast::start(&rebroadcast_config(&fleet.url(0), &store)).await;
+    let raw = signed_transfer(0, fleet.chain_id()).await;
+    let hash = keccak_hex(&raw);
+    let (r, _) = send(&outlast, &raw).await;
+    assert_eq!(r["result"], hash, "{r}");
+    assert!(
+        stored(&store, &hash),
+        "kept in the store before the client was answered"
+    );
+    outlast.stop().await;
+    // Node 0 dies, its mempool with it; node 1 never heard of the transaction.
+    fleet.kill(0);
+    let on_1 = rpc(&fleet.url(1), "eth_getTransactionByHash", json!([hash])).await;
+    assert!(on_1["result"].is_null(), "node 1 has it already: {on_1}");
+
+    // A new Outlast with the same store, and only node 1.
+    let outlast = Outlast::start(&rebroadcast_config(&fleet.url(1), &store)).await;
+    let mut known = false;
+    for _ in 0..100 {
+        if !rpc(&fleet.url(1), "eth_getTransactionByHash", json!([hash])).await["result"].is_null()
+        {
+            known = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(known, "the stored transaction was never re-sent to node 1");
+    fleet.mine(1).await;
+    let mut receipt = Value::Null;
+    for _ in 0..100 {
+        receipt = rpc(&fleet.url(1), "eth_getTransactionReceipt", json!([hash])).await;
+        if !receipt["result"].is_null() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        receipt["result"]["status"], "0x1",
+        "mined on node 1: {receipt}"
+    );
+    let mut forgotten = false;
+    for _ in 0..100 {
+        if !stored(&store, &hash) {
+            forgotten = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(forgotten, "a mined transaction leaves the store");
+    outlast.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_rebroadcast_no_store_is_written() {
+    let mut fleet = Fleet::start(1).await;
+    fleet.mine(1).await;
+    let dir = testbed::gateway::scratch_dir();
+    let store = dir.join("transactions.json");
+    let outlast = Outlast::start(&config(
+        &fleet.urls(),
+        &format!("{FAST_ROUTING}\n[tx]\nstore = \"{}\"\n", store.display()),
+    ))
+    .await;
+    let raw = signed_transfer(0, fleet.chain_id()).await;
+    let (r, _) = send(&outlast, &raw).await;
+    assert_eq!(r["result"], keccak_hex(&raw), "{r}");
+    outlast.stop().await;
+    assert!(
+        !dir.exists(),
+        "rebroadcast is off by default: nothing on disk"
+    );
+}

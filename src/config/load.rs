@@ -490,10 +490,20 @@ fn validate(config: &Config) -> Vec<(Vec<Seg>, String)> {
             [Key("tx"), Key("broadcast_to")],
             config.tx.broadcast_to as u64,
         ),
+        (
+            [Key("tx"), Key("rebroadcast_secs")],
+            config.tx.rebroadcast_secs,
+        ),
     ] {
         if value == 0 {
             out.push((path.to_vec(), "must be at least 1".into()));
         }
+    }
+    if config.tx.store.trim().is_empty() {
+        out.push((
+            vec![Key("tx"), Key("store")],
+            "must name a file, e.g. \"outlast-transactions.json\"".into(),
+        ));
     }
     if let Some(url) = &config.redis.url
         && !matches!(url.scheme(), "redis" | "rediss")
@@ -866,6 +876,28 @@ operator = "self"
                 "15:15: status.evaluate_ms: must be at least 1",
                 "19:10: webhooks[0].format: unknown variant `teams`",
                 "23:1: webhooks[1].max_attemps: unknown field",
+            ],
+        );
+    }
+
+    #[test]
+    fn tx_rebroadcast_is_off_by_default_and_its_keys_are_checked() {
+        let c = load_str(GOOD).expect("loads");
+        assert!(!c.tx.rebroadcast);
+        assert_eq!(c.tx.rebroadcast_secs, 12);
+        assert_eq!(c.tx.store, "outlast-transactions.json");
+        let c = load_str(&format!(
+            "{GOOD}\n[tx]\nrebroadcast = true\nrebroadcast_secs = 2\nstore = \"/var/lib/outlast/tx.json\"\n"
+        ))
+        .expect("loads");
+        assert!(c.tx.rebroadcast);
+        assert_eq!(c.tx.rebroadcast_secs, 2);
+        assert_eq!(c.tx.store, "/var/lib/outlast/tx.json");
+        check_prefixes(
+            &format!("{GOOD}\n[tx]\nrebroadcast_secs = 0\nstore = \"\"\n"),
+            &[
+                "15:20: tx.rebroadcast_secs: must be at least 1",
+                "16:9: tx.store: must name a file",
             ],
         );
     }

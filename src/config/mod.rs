@@ -452,15 +452,24 @@ impl Default for Redis {
     }
 }
 
-/// `[tx]`: how `eth_sendRawTransaction` is broadcast.
+/// `[tx]`: how `eth_sendRawTransaction` is broadcast, and re-sent until mined.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Tx {
     /// Upstreams of distinct operators a raw transaction is sent to at once.
     pub broadcast_to: usize,
     /// Transactions remembered for read-your-writes (pending nonce, tx by hash) until
-    /// seen mined, at most this long.
+    /// seen mined, at most this long. With `rebroadcast`, also how long one is re-sent.
     pub remember_secs: u64,
+    /// Re-send each accepted transaction until it is in a block or replaced: a node's
+    /// mempool forgets (restarts, eviction), and the sender should not have to notice.
+    pub rebroadcast: bool,
+    /// How often pending transactions are checked and re-sent.
+    pub rebroadcast_secs: u64,
+    /// The file that keeps pending transactions across restarts (`rebroadcast` only);
+    /// relative paths are from the working directory.
+    #[serde(deserialize_with = "env::expanded")]
+    pub store: String,
 }
 
 impl Default for Tx {
@@ -468,6 +477,9 @@ impl Default for Tx {
         Tx {
             broadcast_to: 3,
             remember_secs: 3_600,
+            rebroadcast: false,
+            rebroadcast_secs: 12,
+            store: "outlast-transactions.json".into(),
         }
     }
 }

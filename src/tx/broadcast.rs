@@ -5,7 +5,8 @@
 //! operator's mempool. A duplicate is an acceptance in every wording providers use, and
 //! so is "nonce too low" when that upstream has the very transaction. When nobody
 //! accepts, the client gets the upstreams' own reason — never silence; `-32002` only
-//! when no upstream answered at all.
+//! when no upstream answered at all. With `[tx] rebroadcast`, an accepted transaction is
+//! kept (`tx::rebroadcast`) before the client is answered; its re-sends use `send`.
 
 use std::{borrow::Cow, collections::HashSet, sync::Arc, time::Instant};
 
@@ -55,7 +56,47 @@ pub async fn broadcast(chain: &Chain, ledger: &Ledger, to: usize, call: &Call<'_
             unreachable!("[] is JSON") // an empty array is valid JSON
         })),
     };
+    match send(chain, to, params, hash).await {
+        Sent::Accepted(upstream) => {
+            let tx = bytes.as_deref().and_then(recovered);
+            if let Some(tx) = &tx {
+                ledger.record(chain.chain_id, tx);
+            }
+            // Kept for re-sending before the client hears of it: a crash right after
+            // the answer must not lose the transaction.
+            if let Some(pending) = &chain.rebroadcast {
+                pending
+                    .accepted(chain, bytes.as_deref(), hash, tx.as_ref())
+                    .await;
+            }
+            tracing::info!(chain = %chain.name, %upstream, hash = ?hash, "transaction accepted");
+            let answer = match hash {
+                Some(h) => Answer::Result(format!("\"{h:#x}\"").into()),
+                None => Answer::Result("null".into()),
+            };
+            Outcome::Answered { upstream, answer }
+        }
+        Sent::Rejected(upstream, answer) => Outcome::Answered { upstream, answer },
+        Sent::Unavailable(tried) => Outcome::Unavailable(tried),
+    }
+}
 
+/// What sending one raw transaction to upstreams of distinct operators came to.
+pub enum Sent {
+    /// This upstream took it first; the other sends go on in the background.
+    Accepted(Arc<str>),
+    /// Nobody took it; the first refusal, with that upstream's own reason.
+    Rejected(Arc<str>, Answer),
+    /// Nobody answered at all: every attempt and skip, with why.
+    Unavailable(Vec<Attempt>),
+}
+
+/// Sends `eth_sendRawTransaction(params)` to `to` upstreams of distinct operators at
+/// once, and to the next upstream in `route::select`'s order while nobody has said yes
+/// or no. Returns at the first acceptance. `hash`, when known, is the only hash an
+/// upstream may answer. Shared by the client's send (`broadcast`) and the re-sends of
+/// `[tx] rebroadcast`, so both reach the same operators the same way.
+pub async fn send(chain: &Chain, to: usize, params: Arc<RawValue>, hash: Option<B256>) -> Sent {
     let plan = select::plan(chain, Need::Any, Instant::now());
     let mut tried = plan.skipped;
     let (first, rest): (Vec<_>, Vec<_>) = {
@@ -85,20 +126,7 @@ pub async fn broadcast(chain: &Chain, ledger: &Ledger, to: usize, call: &Call<'_
         };
         running -= 1;
         match verdict {
-            Verdict::Accepted => {
-                if let Some(tx) = bytes.as_deref().and_then(recovered) {
-                    ledger.record(chain.chain_id, &tx);
-                }
-                tracing::info!(chain = %chain.name, upstream = %up.name, hash = ?hash, "transaction accepted");
-                let answer = match hash {
-                    Some(h) => Answer::Result(format!("\"{h:#x}\"").into()),
-                    None => Answer::Result("null".into()),
-                };
-                return Outcome::Answered {
-                    upstream: up.name.clone(),
-                    answer,
-                };
-            }
+            Verdict::Accepted => return Sent::Accepted(up.name.clone()),
             Verdict::Rejected(answer) => {
                 if let Answer::Error { message, .. } = &answer {
                     tried.push(Attempt {
@@ -125,12 +153,13 @@ pub async fn broadcast(chain: &Chain, ledger: &Ledger, to: usize, call: &Call<'_
         }
     }
     match rejection {
-        Some((upstream, answer)) => Outcome::Answered { upstream, answer },
-        None => Outcome::Unavailable(tried),
+        Some((upstream, answer)) => Sent::Rejected(upstream, answer),
+        None => Sent::Unavailable(tried),
     }
 }
 
-fn recovered(raw: &[u8]) -> Option<alloy_consensus::transaction::Recovered<TxEnvelope>> {
+/// The transaction in `raw` with its signer, when alloy can decode and recover it.
+pub fn recovered(raw: &[u8]) -> Option<alloy_consensus::transaction::Recovered<TxEnvelope>> {
     let envelope = TxEnvelope::decode_2718(&mut &raw[..]).ok()?;
     envelope.try_into_recovered().ok()
 }

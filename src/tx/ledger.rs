@@ -43,6 +43,13 @@ impl Ledger {
 
     /// Remembers a transaction an upstream accepted.
     pub fn record(&self, chain_id: u64, tx: &Recovered<TxEnvelope>) {
+        self.record_since(chain_id, tx, Instant::now());
+    }
+
+    /// Remembers a transaction first accepted at `at`: one loaded from the rebroadcast
+    /// store at start, so its pending nonce survives a restart and it still expires
+    /// `remember_secs` after it was first sent, not after the restart.
+    pub fn record_since(&self, chain_id: u64, tx: &Recovered<TxEnvelope>, at: Instant) {
         use alloy_consensus::Transaction as _;
         let hash = *tx.inner().tx_hash();
         let shown = alloy_rpc_types_eth::Transaction {
@@ -56,15 +63,14 @@ impl Ledger {
         let Ok(json) = serde_json::to_vec(&shown) else {
             return;
         };
-        let now = Instant::now();
         let mut inner = self.lock();
-        inner.prune(self.keep, now);
-        inner.by_hash.insert((chain_id, hash), (json.into(), now));
+        inner.prune(self.keep, Instant::now());
+        inner.by_hash.insert((chain_id, hash), (json.into(), at));
         inner
             .nonces
             .entry((chain_id, tx.signer()))
             .or_default()
-            .insert(tx.inner().nonce(), (hash, now));
+            .insert(tx.inner().nonce(), (hash, at));
     }
 
     /// The pending nonce to report for `address` when an upstream says `upstream`:

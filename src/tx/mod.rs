@@ -1,11 +1,17 @@
 //! Transactions: `eth_sendRawTransaction` broadcast to upstreams of distinct operators
 //! (`broadcast`), and the ledger of what Outlast itself broadcast (`ledger`), which lets
 //! a client read its own writes — its pending nonce and its transaction by hash — from
-//! an upstream that has not seen the transaction yet.
-//! May call upstreams (broadcast); the ledger is memory only and does no I/O.
+//! an upstream that has not seen the transaction yet. With `[tx] rebroadcast`, what an
+//! upstream accepted is kept in a file (`store`) and re-sent until it is in a block or
+//! replaced (`rebroadcast`), across restarts.
+//! May call upstreams (broadcast, rebroadcast); the ledger is memory only and does no
+//! I/O; only `store` touches the disk.
 
 pub mod broadcast;
 pub mod ledger;
+pub mod rebroadcast;
+pub mod store;
 
 pub use broadcast::broadcast;
 pub use ledger::Ledger;
+pub use rebroadcast::Pending;
