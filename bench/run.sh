@@ -6,11 +6,13 @@
 # off), then loads each with wrk (-t1 -c16) for three workloads: one eth_getBalance at
 # block 1 (bench/single.lua, passed through), a batch of ten of them (bench/batch10.lua),
 # and eth_blockNumber (bench/head.lua: Outlast answers it from its consensus head, the
-# others forward it). Prints one table.
+# others forward it). Prints one table. Then weighs a cache entry: the cached instance
+# is filled with distinct answers (bench/fill.lua) for FILL seconds, and its RSS growth
+# and the cache's own accounting (/metrics) are divided by the entries it holds.
 # Everything listens on 127.0.0.1; every process started here is stopped on exit.
 #
 # Environment: DURATION (s per run, 10), WARMUP (s before each run, 1),
-# CONNECTIONS (16), THREADS (1), NGINX_WORKERS (1),
+# CONNECTIONS (16), THREADS (1), NGINX_WORKERS (1), FILL (s of distinct reads, 3),
 # SKIP_OUTLAST=1 (only direct and nginx), KEEP=1 (keep the scratch folder).
 set -euo pipefail
 
@@ -22,6 +24,7 @@ CONNECTIONS="${CONNECTIONS:-16}"
 THREADS="${THREADS:-1}"
 NGINX_WORKERS="${NGINX_WORKERS:-1}"
 SKIP_OUTLAST="${SKIP_OUTLAST:-0}"
+FILL="${FILL:-3}"
 KEEP="${KEEP:-0}"
 
 say() { echo "bench: $*" >&2; }
@@ -72,8 +75,8 @@ if [[ $SKIP_OUTLAST != 1 ]]; then
     say "building outlast (release)"
     cargo_ build --release --quiet
 fi
-upstream_bin="$root/target/release/examples/fixed_upstream"
-outlast_bin="$root/target/release/outlast"
+upstream_bin="${CARGO_TARGET_DIR:-$root/target}/release/examples/fixed_upstream"
+outlast_bin="${CARGO_TARGET_DIR:-$root/target}/release/outlast"
 
 # ---------------------------------------------------------------- helpers
 used_ports=" "
@@ -247,6 +250,17 @@ if [[ $SKIP_OUTLAST != 1 ]]; then
     rss_after="$(rss_kib "$outlast_pid" VmRSS)"
     rss_peak="$(rss_kib "$outlast_pid" VmHWM)"
     kill -0 "$outlast_pid" 2>/dev/null || die "Outlast died under load; see $work/outlast.log"
+
+    cached_pid=${pid_of[cached]}
+    metric() { awk -v k="$1" '$1 == k {printf "%.0f", $2}' <<<"$2"; }
+    before="$(curl -sS --max-time 5 "${url[cached]%/bench}/metrics")"
+    rss_before_fill="$(rss_kib "$cached_pid" VmRSS)"
+    say "wrk fill -> cached (${FILL}s of distinct reads)"
+    load -t1 -c"$CONNECTIONS" -d"${FILL}s" -s "$bench/fill.lua" "${url[cached]}" >"$work/wrk-fill.txt"
+    after="$(curl -sS --max-time 5 "${url[cached]%/bench}/metrics")"
+    rss_after_fill="$(rss_kib "$cached_pid" VmRSS)"
+    entries_added=$(($(metric outlast_cache_entries "$after") - $(metric outlast_cache_entries "$before")))
+    bytes_added=$(($(metric outlast_cache_bytes "$after") - $(metric outlast_cache_bytes "$before")))
 fi
 
 # ---------------------------------------------------------------- (e) table
@@ -273,6 +287,10 @@ done
 echo
 if [[ $SKIP_OUTLAST != 1 ]]; then
     echo "Outlast RSS: idle $(mib "$rss_idle"), after load $(mib "$rss_after") (peak $(mib "$rss_peak")); cached instance idle $(mib "$rss_idle_cached")"
+    per() { awk -v a="$1" -v n="$2" 'BEGIN {if (n > 0) printf "%.0f B", a / n; else print "-"}'; }
+    echo "Cache entry (eth_getBalance answer, ~110-byte key): $entries_added entries added;" \
+        "accounted $(per "$bytes_added" "$entries_added") each," \
+        "RSS $(mib "$rss_before_fill") -> $(mib "$rss_after_fill") = $(per $(((rss_after_fill - rss_before_fill) * 1024)) "$entries_added") each"
 else
     echo "Outlast: skipped (SKIP_OUTLAST=1)"
 fi

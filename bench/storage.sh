@@ -57,8 +57,8 @@ cargo_() {
 }
 say "building (release)"
 (cd "$root" && cargo_ build --release --quiet --bin outlast --example storage_gateway)
-outlast_bin="$root/target/release/outlast"
-gateway_bin="$root/target/release/examples/storage_gateway"
+outlast_bin="${CARGO_TARGET_DIR:-$root/target}/release/outlast"
+gateway_bin="${CARGO_TARGET_DIR:-$root/target}/release/examples/storage_gateway"
 
 # ---------------------------------------------------------------- the file
 stamp="$tools/node_modules/.outlast-lock.sha256"

@@ -17,7 +17,7 @@ command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteract
 anvil="$root/testbed/node_modules/.bin/anvil"
 cargo_() { if command -v flock >/dev/null; then flock /tmp/outlast-cargo.lock cargo "$@"; else cargo "$@"; fi; }
 (cd "$root" && cargo_ build --release --quiet)
-outlast="$root/target/release/outlast"
+outlast="${CARGO_TARGET_DIR:-$root/target}/release/outlast"
 
 work="$(mktemp -d /tmp/outlast-verify-bench.XXXXXX)"
 pids=()

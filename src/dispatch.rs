@@ -16,9 +16,11 @@ use crate::{
     config::Verify,
     gateway::{Chain, Gateway},
     route::{
-        self, Outcome, logs,
+        self, Outcome,
+        heads::ChainHeadState,
+        logs,
         resolve::{Need, Resolved, resolve},
-        verified::{self, BlockId, Level, StateRead},
+        verified::{self, BlockId, Checked, Level, StateRead, Unverified},
     },
     rpc::{self, Call, ReplyBody, Request, RpcError, parse::Rejected},
     upstream::Answer,
@@ -39,8 +41,9 @@ pub struct Reply {
 
 pub async fn handle(gw: &Gateway, chain: &Chain, body: &[u8]) -> Reply {
     // 1. parse
-    let request = match rpc::parse::parse(body, gw.parse_limits()) {
-        Ok(r) => r,
+    let (batch, entries) = match rpc::parse::parse(body, gw.parse_limits()) {
+        Ok(Request::Single(e)) => (false, vec![e]),
+        Ok(Request::Batch(es)) => (true, es),
         Err(e) => {
             return Reply {
                 body: Some(rpc::respond::whole_request_error(&e)),
@@ -50,13 +53,39 @@ pub async fn handle(gw: &Gateway, chain: &Chain, body: &[u8]) -> Reply {
             };
         }
     };
-    let (batch, entries) = match request {
-        Request::Single(e) => (false, vec![e]),
-        Request::Batch(es) => (true, es),
-    };
+    // 2. classify: refuse what is not allowed here.
+    let entries = classify(gw, entries);
 
-    // 2. classify: refuse what is not allowed here; everything else goes upstream.
-    let entries: Vec<Result<Call<'_>, Rejected<'_>>> = entries
+    // 4. resolve: pin block tags to the consensus head; learn which block each call needs.
+    let heads = chain.head.get();
+    let calls: Vec<&Call<'_>> = entries.iter().filter_map(|e| e.as_ref().ok()).collect();
+    let resolved: Vec<Resolved> = calls
+        .iter()
+        .map(|c| resolve(&c.method, c.params, &heads))
+        .collect();
+
+    let mut work = Work::new(gw, chain, &heads, &calls, &resolved);
+    work.send_transactions().await;
+    work.answer_from_cache().await;
+    work.join_flights();
+    work.forward().await;
+    work.split_logs().await;
+    work.verify().await;
+    work.keep();
+    work.follow().await;
+    let stale_seconds = work.serve_stale().await;
+    work.read_your_writes();
+
+    // 9. answer, in request order; notifications get nothing.
+    answer(chain, batch, &entries, work.slots, stale_seconds)
+}
+
+/// Step 2: denied methods become errors; everything else goes on.
+fn classify<'a>(
+    gw: &Gateway,
+    entries: Vec<Result<Call<'a>, Rejected<'a>>>,
+) -> Vec<Result<Call<'a>, Rejected<'a>>> {
+    entries
         .into_iter()
         .map(|entry| match entry {
             Ok(call) if gw.policy.is_denied(&call.method) => Err(Rejected {
@@ -67,252 +96,388 @@ pub async fn handle(gw: &Gateway, chain: &Chain, body: &[u8]) -> Reply {
             }),
             other => other,
         })
-        .collect();
+        .collect()
+}
 
-    // 4. resolve: pin block tags to the consensus head; learn which block each call needs.
-    let heads = chain.head.get();
-    let calls: Vec<&Call<'_>> = entries.iter().filter_map(|e| e.as_ref().ok()).collect();
-    let resolved: Vec<Resolved> = calls
-        .iter()
-        .map(|c| resolve(&c.method, c.params, &heads))
-        .collect();
-    let pinned: Vec<Call<'_>> = calls
-        .iter()
-        .zip(&resolved)
-        .map(|(c, r)| Call {
-            id: c.id,
-            method: c.method.clone(),
-            params: r.params.as_deref().or(c.params),
-        })
-        .collect();
+/// One call's way through steps 5 to 8c.
+struct Slot<'a> {
+    /// With block tags pinned to the consensus head.
+    call: Call<'a>,
+    need: Need,
+    /// Where its answer may be cached (and identical calls joined); `None`: never.
+    key: Option<String>,
+    /// How step 8 checks it; `None`: forwarded as it is.
+    check: Option<Check>,
+    /// An `eth_getLogs` range fetched in pieces: (from, to, piece size).
+    split: Option<(u64, u64, u64)>,
+    /// Leading an identical call in flight, or following one.
+    flight: Option<Flight>,
+    outcome: Option<Outcome>,
+    level: Level,
+}
 
-    // 5. answer locally what the gateway itself knows best; log ranges known to be too
-    //    big for the upstreams are split instead of sent whole.
-    let mut outcomes: Vec<Option<Outcome>> =
-        pinned.iter().map(|c| local_answer(chain, c)).collect();
+enum Flight {
+    Leader(Leader),
+    Follower(Follower),
+}
 
-    // 5b. cache: what is cached for good, or for this very head, is answered here; raw
-    //     transactions are broadcast to distinct operators instead of forwarded.
-    //     Calls verified in step 8 are not cached (FIXME: keep their level with them).
-    let head_hash = heads.consensus.as_ref().map(|c| c.hash.as_str());
-    let live = chain.upstreams.iter().any(|u| u.health.is_ready());
-    let keys: Vec<Option<String>> = pinned
-        .iter()
-        .zip(&resolved)
-        .map(|(c, r)| {
-            (gw.cache.enabled() && matches!(check_for(chain, c, r.need), Check::None))
-                .then(|| policy::key(chain.chain_id, &c.method, c.params))
-                .flatten()
-        })
-        .collect();
-    for (i, call) in pinned.iter().enumerate() {
-        if outcomes[i].is_some() {
-            continue;
-        }
-        if call.method == "eth_sendRawTransaction" {
-            outcomes[i] =
-                Some(crate::tx::broadcast(chain, &gw.ledger, gw.broadcast_to, call).await);
-        } else if let Some(key) = &keys[i]
-            && let Some(body) = gw.cache.fresh(key, head_hash, live).await
-        {
-            outcomes[i] = Some(Outcome::Answered {
-                upstream: cache_label(),
-                answer: Answer::Result(body),
-            });
-        }
+impl Slot<'_> {
+    fn follows(&self) -> bool {
+        matches!(self.flight, Some(Flight::Follower(_)))
     }
-    let checks: Vec<Check> = pinned
-        .iter()
-        .zip(&resolved)
-        .zip(&outcomes)
-        .map(|((c, r), local)| {
-            if local.is_some() {
-                Check::None
-            } else {
-                check_for(chain, c, r.need)
-            }
-        })
-        .collect();
-    let limit = logs::known_limit(chain);
-    let mut split: Vec<Option<(u64, u64, u64)>> = pinned
-        .iter()
-        .map(|c| {
-            log_range(c)
-                .filter(|&(f, t)| limit.is_some_and(|l| t - f + 1 > l))
-                .zip(limit)
-                .map(|((f, t), l)| (f, t, l))
-        })
-        .collect();
 
-    // 5c. coalesce: a call identical to one in flight waits for that one's answer
-    //     (held by a placeholder meanwhile, so the steps below pass it by).
-    let mut leaders: Vec<(usize, Leader)> = Vec::new();
-    let mut followers: Vec<(usize, Follower)> = Vec::new();
-    for (i, key) in keys.iter().enumerate() {
-        if let Some(key) = key
-            && outcomes[i].is_none()
-            && split[i].is_none()
-            && matches!(checks[i], Check::None)
-        {
-            match gw
-                .cache
-                .flights
-                .join(policy::at_head(key, head_hash.unwrap_or("")))
-            {
-                Joined::Leader(l) => leaders.push((i, l)),
-                Joined::Follower(f) => {
-                    followers.push((i, f));
-                    outcomes[i] = Some(Outcome::Unavailable(Vec::new()));
+    /// Still to be asked of the upstreams by this request itself.
+    fn open(&self) -> bool {
+        self.outcome.is_none() && self.split.is_none() && !self.follows()
+    }
+}
+
+/// The calls of one request that are not rejected, and what is known of each so far.
+struct Work<'g, 'a> {
+    gw: &'g Gateway,
+    chain: &'g Chain,
+    heads: &'g ChainHeadState,
+    /// Some upstream serves the chain: the consensus head is current.
+    live: bool,
+    slots: Vec<Slot<'a>>,
+}
+
+impl<'g, 'a> Work<'g, 'a> {
+    /// Step 5: what the gateway itself knows best is answered here; each call's cache
+    /// key, check and (for log ranges known to be too big) split are decided.
+    fn new(
+        gw: &'g Gateway,
+        chain: &'g Chain,
+        heads: &'g ChainHeadState,
+        calls: &[&Call<'a>],
+        resolved: &'a [Resolved],
+    ) -> Work<'g, 'a> {
+        let limit = logs::known_limit(chain);
+        let slots = calls
+            .iter()
+            .zip(resolved)
+            .map(|(c, r)| {
+                let call = Call {
+                    id: c.id,
+                    method: c.method.clone(),
+                    params: r.params.as_deref().or(c.params),
+                };
+                let outcome = local_answer(chain, &call);
+                let check = if outcome.is_some() {
+                    None
+                } else {
+                    check_for(chain, &call, r.need)
+                };
+                let key = gw
+                    .cache
+                    .enabled()
+                    .then(|| policy::key(chain.chain_id, &call.method, call.params))
+                    .flatten();
+                let split = log_range(&call)
+                    .filter(|&(f, t)| check.is_none() && limit.is_some_and(|l| t - f + 1 > l))
+                    .zip(limit)
+                    .map(|((f, t), l)| (f, t, l));
+                Slot {
+                    call,
+                    need: r.need,
+                    key,
+                    check,
+                    split,
+                    flight: None,
+                    outcome,
+                    level: Level::None,
                 }
+            })
+            .collect();
+        Work {
+            gw,
+            chain,
+            heads,
+            live: chain.upstreams.iter().any(|u| u.health.is_ready()),
+            slots,
+        }
+    }
+
+    fn head_hash(&self) -> Option<&'g str> {
+        self.heads.consensus.as_ref().map(|c| c.hash.as_str())
+    }
+
+    /// Raw transactions are broadcast to distinct operators, not forwarded (`tx`).
+    async fn send_transactions(&mut self) {
+        for slot in &mut self.slots {
+            if slot.outcome.is_none() && slot.call.method == "eth_sendRawTransaction" {
+                slot.outcome = Some(
+                    crate::tx::broadcast(
+                        self.chain,
+                        &self.gw.ledger,
+                        self.gw.broadcast_to,
+                        &slot.call,
+                    )
+                    .await,
+                );
             }
         }
     }
 
-    // 6-7. select and send the rest, with failover.
-    let (to_send, need): (Vec<&Call<'_>>, Need) = pinned
-        .iter()
-        .zip(&resolved)
-        .zip(outcomes.iter().zip(&split).zip(&checks))
-        .filter(|(_, ((local, split), check))| {
-            local.is_none() && split.is_none() && matches!(check, Check::None)
-        })
-        .fold((Vec::new(), Need::Any), |(mut v, need), ((c, r), _)| {
-            v.push(c);
-            (v, need.combine(r.need))
-        });
-    if !to_send.is_empty() {
-        let mut sent = route::forward(chain, &to_send, need).await.into_iter();
-        for ((slot, _), _) in outcomes
-            .iter_mut()
-            .zip(&split)
-            .zip(&checks)
-            .filter(|((o, s), c)| o.is_none() && s.is_none() && matches!(c, Check::None))
-        {
-            *slot = sent.next();
-        }
-    }
-
-    // 7b. a provider refused a log range as too big: remember its limit, then split.
-    for (i, call) in pinned.iter().enumerate() {
-        if let (Some((from, to)), Some(Outcome::Answered { upstream, answer })) =
-            (log_range(call), &outcomes[i])
-            && let Some(size) = logs::refused_range(answer, to - from + 1)
-        {
-            chain.learn_logs_range(upstream, size);
-            split[i] = Some((from, to, size));
-        }
-    }
-    for (i, call) in pinned.iter().enumerate() {
-        if let Some((from, to, size)) = split[i] {
-            outcomes[i] = Some(logs::split(chain, call, from, to, size).await);
-        }
-    }
-
-    // 8. verified calls: proven from Merkle proofs, or agreed by a quorum.
-    let checked = futures_util::future::join_all(checks.iter().zip(&pinned).map(
-        |(check, call)| async move {
-            match check {
-                Check::None => None,
-                Check::Proof(read, n) => Some(verified::proven(chain, call, read, *n).await),
-                Check::Quorum(need) => Some(verified::agreed(chain, call, *need).await),
-                Check::Block(id) => Some(verified::block(chain, call, *id).await),
-            }
-        },
-    ))
-    .await;
-    let mut levels = vec![Level::None; pinned.len()];
-    for (i, result) in checked.into_iter().enumerate() {
-        let mode = match checks[i] {
-            Check::Proof(..) | Check::Block(BlockId::Hash(_)) => "proof",
-            _ => "quorum",
-        };
-        if let Some(r) = &result {
-            let outcome = match r {
-                Ok(c) if c.level == Level::None => "unconfirmed",
-                Ok(_) => "verified",
-                Err(_) => "unverifiable",
+    /// Step 5b: what is cached for good, or for this very head, is answered here. A call
+    /// that must be verified takes only an answer that was.
+    async fn answer_from_cache(&mut self) {
+        let head = self.head_hash();
+        for slot in &mut self.slots {
+            let Some(key) = slot.key.as_deref().filter(|_| slot.outcome.is_none()) else {
+                continue;
             };
-            crate::metrics::verification(&chain.name, &pinned[i].method, mode, outcome);
-        }
-        outcomes[i] = match result {
-            None => continue,
-            Some(Ok(c)) => {
-                levels[i] = c.level;
-                Some(Outcome::Answered {
-                    upstream: c.upstream,
-                    answer: c.answer,
-                })
+            let hit = self
+                .gw
+                .cache
+                .fresh(key, head, self.live)
+                .await
+                .filter(|e| slot.check.is_none() || e.level > Level::None);
+            if let Some(entry) = hit {
+                crate::metrics::cache_lookup(&self.chain.name, &slot.call.method, "hit");
+                slot.level = entry.level;
+                slot.outcome = Some(Outcome::Answered {
+                    upstream: cache_label(),
+                    answer: Answer::Result(entry.body),
+                });
+                slot.check = None;
             }
-            Some(Err(u)) => Some(Outcome::Unverified {
+        }
+    }
+
+    /// Step 5c: a call identical to one in flight waits for that one's answer.
+    fn join_flights(&mut self) {
+        let head = self.head_hash().unwrap_or("");
+        for slot in &mut self.slots {
+            let Some(key) = slot.key.as_deref().filter(|_| slot.outcome.is_none()) else {
+                continue;
+            };
+            let joined = slot
+                .open()
+                .then(|| self.gw.cache.flights.join(policy::at_head(key, head)));
+            let counted = match joined {
+                Some(Joined::Follower(f)) => {
+                    slot.flight = Some(Flight::Follower(f));
+                    "coalesced"
+                }
+                Some(Joined::Leader(l)) => {
+                    slot.flight = Some(Flight::Leader(l));
+                    "miss"
+                }
+                None => "miss",
+            };
+            crate::metrics::cache_lookup(&self.chain.name, &slot.call.method, counted);
+        }
+    }
+
+    /// Steps 6-7: select and send the calls that need no check, with failover, as one
+    /// batch (each upstream attempt carries all of them).
+    async fn forward(&mut self) {
+        let ready = |s: &Slot<'_>| s.open() && s.check.is_none();
+        let (to_send, need) = self.slots.iter().filter(|s| ready(s)).fold(
+            (Vec::new(), Need::Any),
+            |(mut v, need), s| {
+                v.push(&s.call);
+                (v, need.combine(s.need))
+            },
+        );
+        if to_send.is_empty() {
+            return;
+        }
+        let mut sent = route::forward(self.chain, &to_send, need).await.into_iter();
+        for slot in self.slots.iter_mut().filter(|s| ready(s)) {
+            slot.outcome = sent.next();
+        }
+    }
+
+    /// Step 7b: a provider refused a log range as too big: remember its limit, then
+    /// fetch the range in pieces it takes.
+    async fn split_logs(&mut self) {
+        for slot in &mut self.slots {
+            if let (Some((from, to)), Some(Outcome::Answered { upstream, answer })) =
+                (log_range(&slot.call), &slot.outcome)
+                && let Some(size) = logs::refused_range(answer, to - from + 1)
+            {
+                self.chain.learn_logs_range(upstream, size);
+                slot.split = Some((from, to, size));
+            }
+            if let Some((from, to, size)) = slot.split {
+                slot.outcome = Some(logs::split(self.chain, &slot.call, from, to, size).await);
+            }
+        }
+    }
+
+    /// Step 8: calls to check are proven from Merkle proofs or agreed by a quorum.
+    async fn verify(&mut self) {
+        let chain = self.chain;
+        let checked = futures_util::future::join_all(
+            self.slots
+                .iter()
+                .filter(|s| s.open())
+                .filter_map(|s| checked(chain, &s.call, &s.check)),
+        )
+        .await;
+        let mut checked = checked.into_iter();
+        for slot in &mut self.slots {
+            if slot.open()
+                && slot.check.is_some()
+                && let Some(result) = checked.next()
+            {
+                (slot.outcome, slot.level) = settle(chain, slot, result);
+            }
+        }
+    }
+
+    /// Step 8b: keep what may be cached (answers, never errors; a call that was to be
+    /// verified only once it was), and hand each answer to the calls that joined it.
+    fn keep(&mut self) {
+        let head = self.head_hash();
+        for slot in &mut self.slots {
+            if let (
+                Some(key),
+                Some(Outcome::Answered {
+                    upstream,
+                    answer: Answer::Result(body),
+                }),
+            ) = (&slot.key, &slot.outcome)
+                && *upstream != cache_label()
+                && (slot.check.is_none() || slot.level > Level::None)
+                && let Some(lifetime) =
+                    policy::lifetime(&slot.call.method, slot.need, self.heads, body)
+            {
+                self.gw
+                    .cache
+                    .store(key, head, lifetime, slot.level, body.clone());
+            }
+            if let Some(Flight::Leader(_)) = &slot.flight
+                && let Some(Flight::Leader(leader)) = slot.flight.take()
+            {
+                leader.land(match &slot.outcome {
+                    Some(Outcome::Answered { upstream, answer }) => {
+                        Some((upstream.clone(), answer.clone(), slot.level))
+                    }
+                    _ => None,
+                });
+            }
+        }
+    }
+
+    /// The calls that joined another's flight take its answer; when it had none, they
+    /// go their own way (checked like any other).
+    async fn follow(&mut self) {
+        for slot in &mut self.slots {
+            let Some(Flight::Follower(follower)) = slot.flight.take() else {
+                continue;
+            };
+            if let Some((upstream, answer, level)) = follower.wait(FOLLOW_AT_MOST).await {
+                slot.outcome = Some(Outcome::Answered { upstream, answer });
+                slot.level = level;
+            } else if let Some(result) = checked(self.chain, &slot.call, &slot.check) {
+                (slot.outcome, slot.level) = settle(self.chain, slot, result.await);
+            } else {
+                let sent = route::forward(self.chain, &[&slot.call], slot.need).await;
+                slot.outcome = sent.into_iter().next();
+            }
+        }
+    }
+
+    /// No upstream could answer: a head-tied answer may be served stale, if configured
+    /// (`[cache] serve_stale`). Returns the oldest served one's age.
+    async fn serve_stale(&mut self) -> Option<u64> {
+        let head = self.head_hash();
+        let mut oldest: Option<u64> = None;
+        for slot in &mut self.slots {
+            if let (Some(key), Some(Outcome::Unavailable(_))) = (&slot.key, &slot.outcome)
+                && let Some(entry) = self.gw.cache.stale(key, head).await
+                && (slot.check.is_none() || entry.level > Level::None)
+            {
+                crate::metrics::cache_lookup(&self.chain.name, &slot.call.method, "stale");
+                oldest = oldest.max(Some(entry.age().as_secs()));
+                slot.level = entry.level;
+                slot.outcome = Some(Outcome::Answered {
+                    upstream: cache_label(),
+                    answer: Answer::Result(entry.body),
+                });
+            }
+        }
+        oldest
+    }
+
+    /// Step 8c: read-your-writes: the pending nonce and transactions Outlast broadcast.
+    fn read_your_writes(&mut self) {
+        for slot in &mut self.slots {
+            if let Some(outcome) = &mut slot.outcome {
+                self.gw
+                    .ledger
+                    .read_your_writes(self.chain.chain_id, &slot.call, outcome);
+            }
+        }
+    }
+}
+
+/// The check step 8 runs for `call`, if it has one.
+fn checked<'c>(
+    chain: &'c Chain,
+    call: &'c Call<'_>,
+    check: &'c Option<Check>,
+) -> Option<impl Future<Output = Result<Checked, Unverified>> + 'c> {
+    let check = check.as_ref()?;
+    Some(async move {
+        match check {
+            Check::Proof(read, n) => verified::proven(chain, call, read, *n).await,
+            Check::Block(id) => verified::block(chain, call, *id).await,
+            Check::Quorum(need) => verified::agreed(chain, call, *need).await,
+        }
+    })
+}
+
+/// A check's result as the call's outcome and level, counted.
+fn settle(
+    chain: &Chain,
+    slot: &Slot<'_>,
+    result: Result<Checked, Unverified>,
+) -> (Option<Outcome>, Level) {
+    let mode = match slot.check {
+        Some(Check::Proof(..) | Check::Block(BlockId::Hash(_))) => "proof",
+        _ => "quorum",
+    };
+    let counted = match &result {
+        Ok(c) if c.level == Level::None => "unconfirmed",
+        Ok(_) => "verified",
+        Err(_) => "unverifiable",
+    };
+    crate::metrics::verification(&chain.name, &slot.call.method, mode, counted);
+    match result {
+        Ok(c) => (
+            Some(Outcome::Answered {
+                upstream: c.upstream,
+                answer: c.answer,
+            }),
+            c.level,
+        ),
+        Err(u) => (
+            Some(Outcome::Unverified {
                 what: u.what,
                 why: u.why,
             }),
-        };
+            Level::None,
+        ),
     }
-    let verified = levels.iter().copied().min().unwrap_or(Level::None);
+}
 
-    // 8b. cache what may be kept (answers, never errors, nothing verified), hand the
-    //     answers to the calls that joined ours, then take theirs.
-    for (i, key) in keys.iter().enumerate() {
-        if let (
-            Some(key),
-            Some(Outcome::Answered {
-                upstream,
-                answer: Answer::Result(body),
-            }),
-        ) = (key, &outcomes[i])
-            && *upstream != cache_label()
-            && matches!(checks[i], Check::None)
-            && let Some(lifetime) =
-                policy::lifetime(&pinned[i].method, resolved[i].need, &heads, body)
-        {
-            gw.cache.store(key, head_hash, lifetime, body.clone());
-        }
-    }
-    for (i, leader) in leaders {
-        leader.land(match &outcomes[i] {
-            Some(Outcome::Answered { upstream, answer }) => {
-                Some((upstream.clone(), answer.clone()))
-            }
-            _ => None,
-        });
-    }
-    for (i, follower) in followers {
-        outcomes[i] = Some(match follower.wait(FOLLOW_AT_MOST).await {
-            Some((upstream, answer)) => Outcome::Answered { upstream, answer },
-            None => route::forward(chain, &[&pinned[i]], resolved[i].need)
-                .await
-                .into_iter()
-                .next()
-                .unwrap_or(Outcome::Unavailable(Vec::new())),
-        });
-    }
-    //     No upstream could answer: a head-tied answer may be served stale, if configured.
-    let mut stale_seconds: Option<u64> = None;
-    for (i, key) in keys.iter().enumerate() {
-        if let (Some(key), Some(Outcome::Unavailable(_))) = (key, &outcomes[i])
-            && let Some((body, age)) = gw.cache.stale(key, head_hash).await
-        {
-            stale_seconds = stale_seconds.max(Some(age.as_secs()));
-            outcomes[i] = Some(Outcome::Answered {
-                upstream: cache_label(),
-                answer: Answer::Result(body),
-            });
-        }
-    }
-
-    // 8c. read-your-writes: the pending nonce and transactions Outlast broadcast itself.
-    for (call, outcome) in pinned.iter().zip(outcomes.iter_mut()) {
-        if let Some(outcome) = outcome {
-            gw.ledger.read_your_writes(chain.chain_id, call, outcome);
-        }
-    }
-    let mut outcomes = outcomes.into_iter().flatten();
-
-    // 9. answer, in request order; notifications get nothing.
+/// Step 9: every entry's answer or error in request order, with who answered.
+fn answer(
+    chain: &Chain,
+    batch: bool,
+    entries: &[Result<Call<'_>, Rejected<'_>>],
+    slots: Vec<Slot<'_>>,
+    stale_seconds: Option<u64>,
+) -> Reply {
+    let verified = slots.iter().map(|s| s.level).min().unwrap_or(Level::None);
+    let mut outcomes = slots.into_iter().map(|s| s.outcome);
     let mut reply = ReplyBody::new(batch, 256);
     let mut upstreams: Vec<Arc<str>> = Vec::new();
-    for entry in &entries {
+    for entry in entries {
         match entry {
             Err(rejected) => {
                 crate::metrics::rejected(&chain.name, &rejected.error);
@@ -321,9 +486,10 @@ pub async fn handle(gw: &Gateway, chain: &Chain, body: &[u8]) -> Reply {
                 }
             }
             Ok(call) => {
-                let Some(outcome) = outcomes.next() else {
-                    continue;
-                };
+                let outcome = outcomes
+                    .next()
+                    .flatten()
+                    .unwrap_or(Outcome::Unavailable(Vec::new()));
                 crate::metrics::answered(&chain.name, &call.method, &outcome);
                 if let Outcome::Answered { upstream, .. } = &outcome
                     && !upstreams.contains(upstream)
@@ -364,7 +530,6 @@ pub async fn handle(gw: &Gateway, chain: &Chain, body: &[u8]) -> Reply {
 
 /// How one call is checked (step 8), decided by the chain's `verify` mode.
 enum Check {
-    None,
     /// A state read at a known block: answered from a verified Merkle proof.
     Proof(StateRead, u64),
     /// Answered only when a quorum of independent operators agree.
@@ -373,9 +538,9 @@ enum Check {
     Block(BlockId),
 }
 
-fn check_for(chain: &Chain, call: &Call<'_>, need: Need) -> Check {
+fn check_for(chain: &Chain, call: &Call<'_>, need: Need) -> Option<Check> {
     if chain.verify == Verify::Off && chain.quorum_methods.is_empty() {
-        return Check::None;
+        return None;
     }
     let read = StateRead::parse(&call.method, call.params);
     let listed = chain
@@ -385,14 +550,14 @@ fn check_for(chain: &Chain, call: &Call<'_>, need: Need) -> Check {
     if chain.verify != Verify::Off
         && let Some(id) = BlockId::of(&call.method, call.params, need)
     {
-        return Check::Block(id);
+        return Some(Check::Block(id));
     }
     match (chain.verify, read, need) {
-        (Verify::Off, ..) => Check::None,
-        (Verify::Proofs, Some(read), Need::Block(n)) => Check::Proof(read, n),
-        (_, Some(_), _) => Check::Quorum(need),
-        (_, None, _) if listed => Check::Quorum(need),
-        _ => Check::None,
+        (Verify::Off, ..) => None,
+        (Verify::Proofs, Some(read), Need::Block(n)) => Some(Check::Proof(read, n)),
+        (_, Some(_), _) => Some(Check::Quorum(need)),
+        (_, None, _) if listed => Some(Check::Quorum(need)),
+        _ => None,
     }
 }
 

@@ -582,6 +582,23 @@ fn state(gw: &Gateway, out: &mut String) {
         }
     }
 
+    let (entries, bytes) = gw.cache.usage();
+    let name = "outlast_cache_entries";
+    let mut f = Family::new(out, name, "Answers held in the memory cache.");
+    f.sample(name, &[], entries as f64);
+    let name = "outlast_cache_bytes";
+    let mut f = Family::new(
+        out,
+        name,
+        "Weight of the memory cache: keys, answers and per-entry bookkeeping.",
+    );
+    f.sample(name, &[], bytes as f64);
+    if let Some(up) = gw.cache.redis_up() {
+        let name = "outlast_cache_redis_up";
+        let mut f = Family::new(out, name, "1 while the shared Redis tier answers.");
+        f.sample(name, &[], f64::from(u8::from(up)));
+    }
+
     let name = "outlast_build_info";
     let mut f = Family::new(out, name, "Always 1; the version as a label.");
     f.sample(name, &[("version", env!("CARGO_PKG_VERSION"))], 1.0);

@@ -1,6 +1,7 @@
-//! The finality-aware cache on real Anvil nodes: finalized answers survive every
-//! upstream dying, `latest` answers end with their head, stale serving only when
-//! configured, and identical calls in flight go upstream once.
+//! The finality-aware cache on real Anvil nodes: finalized answers (blocks, mined
+//! transactions, receipts, proven balances) survive every upstream dying, `latest`
+//! answers end with their head and with a reorg, stale serving only when configured,
+//! and identical calls in flight go upstream once.
 
 mod testbed;
 
@@ -15,8 +16,9 @@ use std::{
 use axum::{Router, body::Bytes, routing::post};
 use serde_json::{Value, json};
 use testbed::{
-    ACCOUNT0_ADDRESS, Fleet,
+    ACCOUNT0_ADDRESS, ACCOUNT1_ADDRESS, BLOCK_TIME, Fleet, block_timestamp,
     gateway::{FAST_ROUTING, Outlast, config},
+    rpc, rpc_result,
 };
 
 /// The cache on, with its defaults (the test bed turns it off for routing tests).
@@ -219,5 +221,170 @@ async fn identical_concurrent_calls_go_upstream_once() {
         count.load(Ordering::SeqCst),
         1,
         "10 identical calls, one upstream call"
+    );
+}
+
+/// Sends the same transfer (account 0 → 1, nonce `nonce`) to every node, so each
+/// mines the same transaction into the same block; returns its hash.
+async fn transfer_on_every_node(fleet: &Fleet, nonce: u64) -> String {
+    let tx = json!({"from": ACCOUNT0_ADDRESS, "to": ACCOUNT1_ADDRESS, "value": "0x1",
+        "nonce": format!("{nonce:#x}"), "gas": "0x5208", "gasPrice": "0x77359400"});
+    let mut hashes = Vec::new();
+    for url in fleet.urls() {
+        hashes.push(rpc_result(&url, "eth_sendTransaction", json!([tx.clone()])).await);
+    }
+    assert!(hashes.iter().all(|h| *h == hashes[0]), "{hashes:?}");
+    hashes[0].as_str().expect("hash").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mined_transaction_and_receipt_are_served_with_every_upstream_killed() {
+    let mut fleet = Fleet::start(2).await;
+    fleet.mine(2).await;
+    let hash = transfer_on_every_node(&fleet, 0).await;
+    fleet.mine(HEIGHT - 2).await;
+    let outlast = started(&fleet, "").await;
+    let asks = [
+        ("eth_getTransactionReceipt", json!([hash])),
+        ("eth_getTransactionByHash", json!([hash])),
+    ];
+    let mut first = Vec::new();
+    for (method, params) in &asks {
+        let (r, up) = outlast.call("/local", method, params.clone()).await;
+        assert_ne!(
+            up.as_deref(),
+            Some("cache"),
+            "{method}: the first read goes upstream"
+        );
+        assert_eq!(r["result"]["blockNumber"], "0x3", "{method}: {r}");
+        first.push(r["result"].clone());
+    }
+    let block_hash = first[0]["blockHash"].clone();
+    let (block, _) = outlast
+        .call("/local", "eth_getBlockByHash", json!([block_hash, false]))
+        .await;
+    assert_eq!(block["result"]["transactions"][0], hash.as_str());
+
+    fleet.kill(0);
+    fleet.kill(1);
+    wait_all_down(&outlast).await;
+    for ((method, params), before) in asks.iter().zip(&first) {
+        let (r, up) = outlast.call("/local", method, params.clone()).await;
+        assert_eq!(up.as_deref(), Some("cache"), "{method}: {r}");
+        assert_eq!(r["result"], *before, "{method}");
+    }
+    let (again, up) = outlast
+        .call("/local", "eth_getBlockByHash", json!([block_hash, false]))
+        .await;
+    assert_eq!(up.as_deref(), Some("cache"), "{again}");
+    assert_eq!(again["result"], block["result"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proven_answer_is_cached_with_its_level_and_outlives_the_upstreams() {
+    let mut fleet = Fleet::start(3).await;
+    fleet.mine(HEIGHT).await;
+    let toml = config(&fleet.urls(), &format!("{FAST_ROUTING}{CACHE}"))
+        .replace("verify = \"off\"", "verify = \"proofs\"\nquorum = 2");
+    let outlast = Outlast::start(&toml).await;
+    outlast.wait_for_head("/local", fleet.height()).await;
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "eth_getBalance",
+        "params": [ACCOUNT0_ADDRESS, "0x3"]})
+    .to_string();
+    let first = outlast.post("/local", body.clone()).await;
+    assert_eq!(first.verified.as_deref(), Some("proof"), "{}", first.text);
+    assert_ne!(first.upstream.as_deref(), Some("cache"));
+    let balance = first.json()["result"].clone();
+    assert_eq!(
+        balance,
+        rpc_result(
+            &fleet.url(0),
+            "eth_getBalance",
+            json!([ACCOUNT0_ADDRESS, "0x3"])
+        )
+        .await
+    );
+
+    for i in 0..3 {
+        fleet.kill(i);
+    }
+    wait_all_down(&outlast).await;
+    let again = outlast.post("/local", body).await;
+    assert_eq!(again.upstream.as_deref(), Some("cache"), "{}", again.text);
+    assert_eq!(
+        again.verified.as_deref(),
+        Some("proof"),
+        "the level is kept"
+    );
+    assert_eq!(again.json()["result"], balance);
+}
+
+/// Polls Outlast's `latest` block until its hash is no longer `old`.
+async fn wait_for_new_latest(outlast: &Outlast, old: &Value) -> (Value, Option<String>) {
+    for _ in 0..400 {
+        let reply = outlast
+            .call("/local", "eth_getBlockByNumber", json!(["latest", false]))
+            .await;
+        if reply.0["result"]["hash"] != *old {
+            return reply;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("Outlast never saw the reorg");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reorg_at_the_head_is_never_answered_from_the_cache() {
+    let mut fleet = Fleet::start(2).await;
+    fleet.mine(3).await;
+    let hash = transfer_on_every_node(&fleet, 0).await;
+    fleet.mine(1).await;
+    let outlast = Outlast::start(&config(&fleet.urls(), &format!("{FAST_ROUTING}{CACHE}"))).await;
+    outlast.wait_for_head("/local", 4).await;
+    let latest = json!(["latest", false]);
+    let (before, _) = outlast
+        .call("/local", "eth_getBlockByNumber", latest.clone())
+        .await;
+    let (cached, up) = outlast
+        .call("/local", "eth_getBlockByNumber", latest.clone())
+        .await;
+    assert_eq!(up.as_deref(), Some("cache"), "same head: cached");
+    assert_eq!(cached["result"], before["result"]);
+    let (receipt, _) = outlast
+        .call("/local", "eth_getTransactionReceipt", json!([hash]))
+        .await;
+    assert_eq!(receipt["result"]["blockHash"], before["result"]["hash"]);
+    let (_, up) = outlast
+        .call("/local", "eth_getTransactionReceipt", json!([hash]))
+        .await;
+    assert_eq!(up.as_deref(), Some("cache"));
+
+    // Every node replaces block 4 by another one at the same height, without the
+    // transfer: its hash changes and the transfer is no longer mined.
+    for url in fleet.urls() {
+        rpc_result(&url, "anvil_rollback", json!([1])).await;
+        rpc(&url, "anvil_dropAllTransactions", json!([])).await;
+        rpc_result(
+            &url,
+            "evm_mine",
+            json!([block_timestamp(4) + BLOCK_TIME / 2]),
+        )
+        .await;
+    }
+    let node_block = rpc_result(&fleet.url(0), "eth_getBlockByNumber", latest.clone()).await;
+    assert_eq!(node_block["number"], "0x4");
+    assert_ne!(node_block["hash"], before["result"]["hash"]);
+
+    let (after, up) = wait_for_new_latest(&outlast, &before["result"]["hash"]).await;
+    assert_ne!(up.as_deref(), Some("cache"), "{after}");
+    assert_eq!(after["result"]["hash"], node_block["hash"]);
+    let (receipt, up) = outlast
+        .call("/local", "eth_getTransactionReceipt", json!([hash]))
+        .await;
+    assert_ne!(up.as_deref(), Some("cache"), "{receipt}");
+    assert_eq!(
+        receipt["result"],
+        rpc_result(&fleet.url(0), "eth_getTransactionReceipt", json!([hash])).await,
+        "the receipt as the nodes now have it, not the orphaned one"
     );
 }

@@ -1,5 +1,6 @@
-//! Redis as the shared second cache tier: two Outlast instances share an answer, and
-//! Redis dying never takes Outlast down. Runs a real `redis-server` (scripts/test.sh
+//! Redis as the shared second cache tier: Outlast instances share answers (a proven
+//! one keeps its level; an unproven one is not served where answers must be proven),
+//! and Redis dying mid-run never takes Outlast down. Runs a real `redis-server` (scripts/test.sh
 //! installs it) on a free port, without persistence, stopped when the test ends.
 
 mod testbed;
@@ -20,7 +21,10 @@ struct Redis {
 
 impl Redis {
     async fn start() -> Redis {
-        let port = free_port();
+        Redis::start_on(free_port()).await
+    }
+
+    async fn start_on(port: u16) -> Redis {
         let child = tokio::process::Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
@@ -46,19 +50,45 @@ impl Redis {
     async fn kill(&mut self) {
         let _ = self.child.kill().await;
     }
+
+    fn port(&self) -> u16 {
+        self.url
+            .trim_start_matches("redis://127.0.0.1:")
+            .trim_end_matches('/')
+            .parse()
+            .expect("port")
+    }
 }
 
 /// Anvil finalizes 64 blocks behind its head: mine past that so block 3 is final.
 const HEIGHT: u64 = 70;
 
 async fn outlast(fleet: &Fleet, redis: &Redis) -> Outlast {
+    outlast_verifying(fleet, redis, "off").await
+}
+
+/// An instance whose chain verifies in `mode` (`off`, `proofs`), quorum 2.
+async fn outlast_verifying(fleet: &Fleet, redis: &Redis, mode: &str) -> Outlast {
     let extra = format!(
         "{FAST_ROUTING}\n[cache]\nttl_secs = 60\n[redis]\nurl = \"{}\"\n",
         redis.url
     );
-    let o = Outlast::start(&config(&fleet.urls(), &extra)).await;
+    let toml = config(&fleet.urls(), &extra).replace(
+        "verify = \"off\"",
+        &format!("verify = \"{mode}\"\nquorum = 2"),
+    );
+    let o = Outlast::start(&toml).await;
     o.wait_for_head("/local", fleet.height()).await;
     o
+}
+
+/// `/readyz`'s word on Redis, and its HTTP status.
+async fn readyz_redis(o: &Outlast) -> (u16, serde_json::Value) {
+    let r = reqwest::get(o.url("/readyz")).await.expect("readyz");
+    let status = r.status().as_u16();
+    let body: serde_json::Value =
+        serde_json::from_slice(&r.bytes().await.expect("body")).expect("json");
+    (status, body["redis"].clone())
 }
 
 /// Reads block 3 until Outlast has learned it is final (then the answer is cached).
@@ -104,21 +134,93 @@ async fn second_instance_answers_from_redis_with_every_upstream_killed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn outlast_keeps_answering_when_redis_dies() {
+async fn outlast_keeps_answering_while_redis_dies_and_comes_back() {
     let mut redis = Redis::start().await;
     let mut fleet = Fleet::start(2).await;
-    fleet.mine(3).await;
+    fleet.mine(HEIGHT).await;
     let o = outlast(&fleet, &redis).await;
-    redis.kill().await;
+    read_final_block(&o).await;
+    assert_eq!(readyz_redis(&o).await, (200, json!("up")));
+
+    // Clients keep reading blocks (some cached, most not) while Redis is killed.
+    let reads = async {
+        let mut failed = Vec::new();
+        for k in 0..120u64 {
+            let n = format!("{:#x}", k % 40 + 1);
+            let (r, _) = o
+                .call("/local", "eth_getBlockByNumber", json!([n, false]))
+                .await;
+            if r["result"]["number"] != n.as_str() {
+                failed.push(r);
+            }
+        }
+        failed
+    };
+    let kill = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        redis.kill().await;
+    };
+    let (failed, ()) = tokio::join!(reads, kill);
+    assert!(failed.is_empty(), "{failed:?}");
+    let (status, said) = readyz_redis(&o).await;
+    assert_eq!(status, 200, "Redis down never makes Outlast unready");
+    assert_eq!(said, json!("down: caching in memory only"));
     let (r, up) = o
-        .call("/local", "eth_getBlockByNumber", json!(["0x2", false]))
+        .call("/local", "eth_getBlockByNumber", json!(["0x3", false]))
         .await;
-    assert_eq!(r["result"]["number"], "0x2", "{r}");
-    assert!(up.is_some_and(|u| u.starts_with('u')));
-    // And again, now from the memory tier.
-    let (r, up) = o
-        .call("/local", "eth_getBlockByNumber", json!(["0x2", false]))
-        .await;
-    assert_eq!(r["result"]["number"], "0x2", "{r}");
-    assert_eq!(up.as_deref(), Some("cache"));
+    assert_eq!(r["result"]["number"], "0x3", "{r}");
+    assert_eq!(
+        up.as_deref(),
+        Some("cache"),
+        "the memory tier still answers"
+    );
+
+    // Redis back on the same port: the shared tier is used again.
+    let _back = Redis::start_on(redis.port()).await;
+    for k in 0..200u64 {
+        // An account not read before, so the memory tier misses and Redis is asked.
+        let account = format!("0x{k:040x}");
+        o.call("/local", "eth_getBalance", json!([account, "0x3"]))
+            .await;
+        if readyz_redis(&o).await.1 == json!("up") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("Outlast never used Redis again after it came back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unverified_shared_answer_is_not_served_where_answers_are_proven() {
+    let redis = Redis::start().await;
+    let mut fleet = Fleet::start(3).await;
+    fleet.mine(HEIGHT).await;
+    let trusting = outlast_verifying(&fleet, &redis, "off").await;
+    let proving = outlast_verifying(&fleet, &redis, "proofs").await;
+    read_final_block(&trusting).await;
+    read_final_block(&proving).await;
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "eth_getBalance",
+        "params": [testbed::ACCOUNT0_ADDRESS, "0x3"]})
+    .to_string();
+    let unverified = trusting.post("/local", body.clone()).await;
+    assert_eq!(unverified.verified.as_deref(), Some("none"));
+    // Redis is written in the background: give it a moment.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let proven = proving.post("/local", body.clone()).await;
+    assert_ne!(proven.upstream.as_deref(), Some("cache"), "{}", proven.text);
+    assert_eq!(proven.verified.as_deref(), Some("proof"));
+    assert_eq!(proven.json()["result"], unverified.json()["result"]);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // The proven answer is shared: a third instance takes it from Redis, level and all,
+    // with every node gone.
+    let third = outlast_verifying(&fleet, &redis, "proofs").await;
+    for i in 0..3 {
+        fleet.kill(i);
+    }
+    let shared = third.post("/local", body).await;
+    assert_eq!(shared.upstream.as_deref(), Some("cache"), "{}", shared.text);
+    assert_eq!(shared.verified.as_deref(), Some("proof"));
+    assert_eq!(shared.json()["result"], proven.json()["result"]);
 }

@@ -11,10 +11,11 @@ use std::{
 
 use tokio::sync::watch;
 
-use crate::upstream::Answer;
+use crate::{route::verified::Level, upstream::Answer};
 
-/// What a leader hands its followers: who answered and what, or `None` (ask yourself).
-pub type Landed = Option<(Arc<str>, Answer)>;
+/// What a leader hands its followers: who answered, what, and how it was checked; or
+/// `None` (ask yourself).
+pub type Landed = Option<(Arc<str>, Answer, Level)>;
 
 type Slot = watch::Receiver<Option<Landed>>;
 
@@ -111,8 +112,15 @@ mod tests {
         let Joined::Follower(f) = flights.join("k".into()) else {
             panic!("second caller follows")
         };
-        leader.land(Some((Arc::from("u0"), Answer::Result("\"0x1\"".into()))));
-        assert!(matches!(f.wait(Duration::from_secs(1)).await, Some((u, _)) if &*u == "u0"));
+        leader.land(Some((
+            Arc::from("u0"),
+            Answer::Result("\"0x1\"".into()),
+            Level::Proof,
+        )));
+        assert!(matches!(
+            f.wait(Duration::from_secs(1)).await,
+            Some((u, _, Level::Proof)) if &*u == "u0"
+        ));
         assert_eq!(flights.in_flight(), 0);
 
         let Joined::Leader(leader) = flights.join("k".into()) else {

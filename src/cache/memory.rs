@@ -71,6 +71,7 @@ impl Memory {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::route::verified::Level;
     use bytes::Bytes;
 
     #[test]
@@ -79,7 +80,11 @@ mod tests {
         for i in 0..64 {
             m.insert(
                 Arc::from(format!("k{i}")),
-                Entry::new(Lifetime::Immutable, Bytes::from(vec![b'0'; 64 * 1024])),
+                Entry::new(
+                    Lifetime::Immutable,
+                    Level::None,
+                    Bytes::from(vec![b'0'; 64 * 1024]),
+                ),
             );
         }
         let (_, bytes) = m.usage();

@@ -4,8 +4,9 @@
 //! a reorg misses them, and they also age out after `[cache] ttl_secs`. Two tiers: memory
 //! (`memory`, moka, bounded in bytes) and, with `[redis] url`, Redis (`redis`), shared
 //! between instances. In-flight joining is `coalesce`.
-//! Holds only successful, non-null, non-pending answers that passed the request's
-//! checks; never errors. Calls no upstream.
+//! Holds only successful, non-null, non-pending answers; never errors. An answer that
+//! was verified (proof or quorum) keeps its level, so a call that must be verified is
+//! only ever answered from an entry that was. Calls no upstream.
 
 pub mod coalesce;
 pub mod memory;
@@ -19,13 +20,15 @@ use std::{
 
 use bytes::Bytes;
 
-use crate::config;
+use crate::{config, route::verified::Level};
 use policy::Lifetime;
 
 /// One cached answer.
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub lifetime: Lifetime,
+    /// How the answer was checked before it was kept.
+    pub level: Level,
     /// Wall-clock time, so instances sharing Redis agree on an entry's age.
     pub stored: SystemTime,
     /// The raw JSON `result`.
@@ -33,9 +36,10 @@ pub struct Entry {
 }
 
 impl Entry {
-    pub fn new(lifetime: Lifetime, body: Bytes) -> Entry {
+    pub fn new(lifetime: Lifetime, level: Level, body: Bytes) -> Entry {
         Entry {
             lifetime,
+            level,
             stored: SystemTime::now(),
             body,
         }
@@ -103,37 +107,43 @@ impl Cache {
     /// A fresh answer: immutable under `key`, or tied to the head `head` (its hash)
     /// while `live` (an upstream serves the chain, so the head is current) and younger
     /// than `ttl_secs`.
-    pub async fn fresh(&self, key: &str, head: Option<&str>, live: bool) -> Option<Bytes> {
+    pub async fn fresh(&self, key: &str, head: Option<&str>, live: bool) -> Option<Entry> {
         if let Some(e) = self.get(key).await
             && e.lifetime == Lifetime::Immutable
         {
-            return Some(e.body);
+            return Some(e);
         }
         let head = head.filter(|_| live)?;
         let e = self.get(&policy::at_head(key, head)).await?;
-        (e.age() < self.ttl).then_some(e.body)
+        (e.age() < self.ttl).then_some(e)
     }
 
     /// With `serve_stale`: the answer tied to head `head`, however old (up to
-    /// `max_stale_secs`), and its age.
-    pub async fn stale(&self, key: &str, head: Option<&str>) -> Option<(Bytes, Duration)> {
+    /// `max_stale_secs`).
+    pub async fn stale(&self, key: &str, head: Option<&str>) -> Option<Entry> {
         if !self.serve_stale {
             return None;
         }
         let e = self.get(&policy::at_head(key, head?)).await?;
-        let age = e.age();
-        (age < self.max_stale).then_some((e.body, age))
+        (e.age() < self.max_stale).then_some(e)
     }
 
     /// Keeps `body` as the answer under `key`; a head-tied one only with the head's hash.
     /// Redis is written in the background, so the client does not wait for it.
-    pub fn store(&self, key: &str, head: Option<&str>, lifetime: Lifetime, body: Bytes) {
+    pub fn store(
+        &self,
+        key: &str,
+        head: Option<&str>,
+        lifetime: Lifetime,
+        level: Level,
+        body: Bytes,
+    ) {
         let full: Arc<str> = match (lifetime, head) {
             (Lifetime::Immutable, _) => Arc::from(key),
             (Lifetime::Head, Some(h)) => Arc::from(policy::at_head(key, h)),
             (Lifetime::Head, None) => return,
         };
-        let entry = Entry::new(lifetime, body);
+        let entry = Entry::new(lifetime, level, body);
         self.memory.insert(full.clone(), entry.clone());
         if let Some(r) = &self.redis {
             let (r, keep) = (

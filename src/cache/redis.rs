@@ -1,6 +1,7 @@
 //! The second cache tier: Redis, shared by every Outlast instance (`[redis] url`).
 //! Stores what the memory tier stores, under `key_prefix` + key, encoded as one byte of
-//! lifetime, eight of when it was stored (Unix ms), then the raw answer. Head-tied
+//! lifetime, one of verification level, eight of when it was stored (Unix ms), then
+//! the raw answer. Head-tied
 //! entries carry Redis' own expiry. Every call is bounded by `timeout_ms`; Redis being
 //! down only makes this tier miss, and each change up/down is logged once.
 
@@ -16,7 +17,7 @@ use bytes::Bytes;
 use redis::{AsyncCommands, aio::ConnectionManager};
 
 use super::{Entry, policy::Lifetime};
-use crate::config;
+use crate::{config, route::verified::Level};
 
 pub struct RedisTier {
     client: redis::Client,
@@ -120,10 +121,15 @@ impl RedisTier {
 }
 
 fn encode(e: &Entry) -> Vec<u8> {
-    let mut out = Vec::with_capacity(9 + e.body.len());
+    let mut out = Vec::with_capacity(HEADER + e.body.len());
     out.push(match e.lifetime {
         Lifetime::Immutable => b'I',
         Lifetime::Head => b'H',
+    });
+    out.push(match e.level {
+        Level::None => b'n',
+        Level::Quorum => b'q',
+        Level::Proof => b'p',
     });
     let ms = e
         .stored
@@ -141,13 +147,23 @@ fn decode(raw: &[u8]) -> Option<Entry> {
         b'H' => Lifetime::Head,
         _ => return None,
     };
-    let ms = u64::from_be_bytes(raw.get(1..9)?.try_into().ok()?);
+    let level = match raw.get(1)? {
+        b'n' => Level::None,
+        b'q' => Level::Quorum,
+        b'p' => Level::Proof,
+        _ => return None,
+    };
+    let ms = u64::from_be_bytes(raw.get(2..HEADER)?.try_into().ok()?);
     Some(Entry {
         lifetime,
+        level,
         stored: UNIX_EPOCH + Duration::from_millis(ms),
-        body: Bytes::copy_from_slice(raw.get(9..)?),
+        body: Bytes::copy_from_slice(raw.get(HEADER..)?),
     })
 }
+
+/// Bytes before the answer: lifetime, level, time stored.
+const HEADER: usize = 10;
 
 #[cfg(test)]
 mod tests {
@@ -157,13 +173,14 @@ mod tests {
     fn entries_survive_the_round_trip() {
         let e = Entry {
             lifetime: Lifetime::Head,
+            level: Level::Proof,
             stored: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
             body: Bytes::from_static(b"\"0x1\""),
         };
         let back = decode(&encode(&e)).expect("decodes");
         assert_eq!(
-            (back.lifetime, back.stored, back.body),
-            (e.lifetime, e.stored, e.body)
+            (back.lifetime, back.level, back.stored, back.body),
+            (e.lifetime, e.level, e.stored, e.body)
         );
         assert!(decode(b"Xgarbage").is_none());
     }
