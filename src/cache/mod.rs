@@ -143,7 +143,10 @@ impl Cache {
             (Lifetime::Head, Some(h)) => Arc::from(policy::at_head(key, h)),
             (Lifetime::Head, None) => return,
         };
-        let entry = Entry::new(lifetime, level, body);
+        // An answer is a slice of the upstream's whole reply buffer (kilobytes, even
+        // for a short answer); a copy keeps only its own bytes alive, and the cache's
+        // weight stays true.
+        let entry = Entry::new(lifetime, level, Bytes::copy_from_slice(&body));
         self.memory.insert(full.clone(), entry.clone());
         if let Some(r) = &self.redis {
             let (r, keep) = (
