@@ -12,9 +12,17 @@
 //! words; a method name comes from clients, so only known methods are used as labels
 //! and every other one is `other` (a client cannot grow the series without bound).
 
-use std::{fmt::Write as _, sync::OnceLock, time::Duration};
+use std::{
+    collections::HashMap,
+    fmt::Write as _,
+    hash::{DefaultHasher, Hash, Hasher},
+    sync::{LazyLock, OnceLock, RwLock},
+    time::Duration,
+};
 
-use metrics::{counter, describe_counter, describe_histogram, histogram};
+use metrics::{
+    Counter, Histogram, Label, counter, describe_counter, describe_histogram, histogram,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
@@ -128,14 +136,86 @@ pub async fn upkeep(stop: CancellationToken) {
     }
 }
 
+/// Handles of the series counted on every call, by name and label values. The macros
+/// build a series' key (owned label strings) and look it up in the registry each time,
+/// which cost more than the rest of answering from the cache; a handle kept here is one
+/// atomic add. Label values are bounded (see above), and so is this map.
+struct Handles<T> {
+    /// By a hash of the name and values; each bucket holds the values it was made for.
+    map: RwLock<HashMap<u64, Bucket<T>>>,
+}
+
+type Bucket<T> = Vec<(Vec<Box<str>>, T)>;
+
+impl<T: Clone> Handles<T> {
+    fn new() -> Handles<T> {
+        Handles {
+            map: RwLock::new(HashMap::new()),
+        }
+    }
+
+    fn get(
+        &self,
+        name: &'static str,
+        labels: &[(&'static str, &str)],
+        make: impl FnOnce(Vec<Label>) -> T,
+    ) -> T {
+        let owned = || {
+            labels
+                .iter()
+                .map(|&(k, v)| Label::new(k, v.to_owned()))
+                .collect()
+        };
+        if HANDLE.get().is_none() {
+            // No recorder yet: a handle made now would count nowhere for good.
+            return make(owned());
+        }
+        let mut h = DefaultHasher::new();
+        name.hash(&mut h);
+        labels.iter().for_each(|(_, v)| v.hash(&mut h));
+        let key = h.finish();
+        let same = |values: &[Box<str>]| values.iter().map(|v| &**v).eq(labels.iter().map(|l| l.1));
+        // Whole entries are pushed: a poisoned map is still whole.
+        if let Some(found) = self
+            .map
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .and_then(|bucket| bucket.iter().find(|(v, _)| same(v)))
+        {
+            return found.1.clone();
+        }
+        let handle = make(owned());
+        let values = labels.iter().map(|l| Box::from(l.1)).collect();
+        self.map
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key)
+            .or_default()
+            .push((values, handle.clone()));
+        handle
+    }
+}
+
+fn counter_of(name: &'static str, labels: &[(&'static str, &str)]) -> Counter {
+    static HANDLES: LazyLock<Handles<Counter>> = LazyLock::new(Handles::new);
+    HANDLES.get(name, labels, |l| counter!(name, l))
+}
+
+fn histogram_of(name: &'static str, labels: &[(&'static str, &str)]) -> Histogram {
+    static HANDLES: LazyLock<Handles<Histogram>> = LazyLock::new(Handles::new);
+    HANDLES.get(name, labels, |l| histogram!(name, l))
+}
+
 /// One JSON-RPC call answered.
 pub fn call(chain: &str, method: &str, upstream: &str, outcome: &'static str) {
-    counter!(REQUESTS,
-        "chain" => chain.to_owned(),
-        "method" => method_label(method),
-        "upstream" => upstream.to_owned(),
-        "outcome" => outcome)
-    .increment(1);
+    let labels = [
+        ("chain", chain),
+        ("method", method_label(method)),
+        ("upstream", upstream),
+        ("outcome", outcome),
+    ];
+    counter_of(REQUESTS, &labels).increment(1);
 }
 
 /// The final outcome of one call (`dispatch`, step 9).
@@ -166,7 +246,7 @@ pub fn rejected(chain: &str, error: &crate::rpc::RpcError) {
 
 /// One HTTP JSON-RPC request served on `chain`.
 pub fn request_duration(chain: &str, took: Duration) {
-    histogram!(REQUEST_DURATION, "chain" => chain.to_owned()).record(took.as_secs_f64());
+    histogram_of(REQUEST_DURATION, &[("chain", chain)]).record(took.as_secs_f64());
 }
 
 /// One attempt at an upstream; `took` when it replied.
@@ -176,27 +256,26 @@ pub fn upstream_attempt(
     outcome: &'static str,
     took: Option<Duration>,
 ) {
-    counter!(UPSTREAM_REQUESTS,
-        "chain" => chain.to_owned(),
-        "upstream" => upstream.to_owned(),
-        "outcome" => outcome)
-    .increment(1);
+    let labels = [
+        ("chain", chain),
+        ("upstream", upstream),
+        ("outcome", outcome),
+    ];
+    counter_of(UPSTREAM_REQUESTS, &labels).increment(1);
     if let Some(took) = took {
-        histogram!(UPSTREAM_DURATION,
-            "chain" => chain.to_owned(),
-            "upstream" => upstream.to_owned())
-        .record(took.as_secs_f64());
+        histogram_of(UPSTREAM_DURATION, &labels[..2]).record(took.as_secs_f64());
     }
 }
 
 /// For the cache: one lookup of `method` on `chain`; `result` is `hit`, `miss`,
 /// `coalesced` (joined a call in flight) or `stale` (served stale by configuration).
 pub fn cache_lookup(chain: &str, method: &str, result: &'static str) {
-    counter!(CACHE_REQUESTS,
-        "chain" => chain.to_owned(),
-        "method" => method_label(method),
-        "result" => result)
-    .increment(1);
+    let labels = [
+        ("chain", chain),
+        ("method", method_label(method)),
+        ("result", result),
+    ];
+    counter_of(CACHE_REQUESTS, &labels).increment(1);
 }
 
 /// For verification: one answer checked; `mode` is `proof` or `quorum`, `outcome` is

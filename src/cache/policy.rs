@@ -3,8 +3,10 @@
 //! and (for lookups by hash) the answer itself. Never caches errors, `null`, pending
 //! data or anything about a block the chain has not finalized beyond the current head.
 
+use std::fmt::Write as _;
+
 use bytes::Bytes;
-use serde_json::{Value, value::RawValue};
+use serde_json::value::RawValue;
 
 use crate::route::{heads::ChainHeadState, resolve::Need};
 
@@ -64,16 +66,17 @@ fn head_tied(method: &str) -> bool {
 
 /// The key a call may be cached (and coalesced) under, or `None` when the method is
 /// never cached. `params` are the pinned ones; hex strings are lower-cased and
-/// whitespace dropped, so equal questions share one key.
+/// whitespace dropped, so equal questions share one key. Built in one pass over the
+/// raw bytes: this runs for every cacheable call, hits included.
 pub fn key(chain_id: u64, method: &str, params: Option<&RawValue>) -> Option<String> {
     if !(block_addressed(method) || hash_addressed(method) || head_tied(method)) {
         return None;
     }
-    let params = match params {
-        None => Value::Null,
-        Some(p) => normalized(serde_json::from_str(p.get()).ok()?),
-    };
-    Some(format!("{chain_id}:{method}:{params}"))
+    let raw = params.map_or("null", |p| p.get());
+    let mut key = String::with_capacity(24 + method.len() + raw.len());
+    let _ = write!(key, "{chain_id}:{method}:");
+    normalize_into(raw, &mut key);
+    Some(key)
 }
 
 /// The key of a head-tied answer: the head's hash makes a moved head miss.
@@ -81,14 +84,32 @@ pub fn at_head(key: &str, head_hash: &str) -> String {
     format!("{key}@{head_hash}")
 }
 
-fn normalized(v: Value) -> Value {
-    match v {
-        Value::String(s) if s.starts_with("0x") => Value::String(s.to_ascii_lowercase()),
-        Value::Array(items) => Value::Array(items.into_iter().map(normalized).collect()),
-        Value::Object(map) => {
-            Value::Object(map.into_iter().map(|(k, v)| (k, normalized(v))).collect())
+/// Copies JSON `raw` without the whitespace between tokens, `"0x…"` strings lower-cased.
+/// Everything else is copied as it is (object keys keep their order: a reordered
+/// question only misses). `raw` is valid JSON, so outside strings it is ASCII and
+/// every string ends at an unescaped quote.
+fn normalize_into(raw: &str, out: &mut String) {
+    let bytes = raw.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                let start = i;
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                let string = &raw[start..(i + 1).min(raw.len())];
+                if string.starts_with("\"0x") {
+                    out.extend(string.chars().map(|c| c.to_ascii_lowercase()));
+                } else {
+                    out.push_str(string);
+                }
+            }
+            b if b.is_ascii_whitespace() => {}
+            b => out.push(char::from(b)),
         }
-        other => other,
+        i += 1;
     }
 }
 
@@ -214,5 +235,11 @@ mod tests {
             key(2, "eth_getBalance", Some(&b))
         );
         assert_eq!(key(1, "eth_sendRawTransaction", Some(&a)), None);
+        // Inside other strings nothing changes, escapes included.
+        let c = RawValue::from_string(r#"[{"data": "A b\"C"}, "0xFF"]"#.into()).expect("json");
+        assert_eq!(
+            key(1, "eth_call", Some(&c)).as_deref(),
+            Some(r#"1:eth_call:[{"data":"A b\"C"},"0xff"]"#)
+        );
     }
 }
