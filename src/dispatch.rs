@@ -80,7 +80,8 @@ pub async fn handle(gw: &Gateway, chain: &Chain, body: &[u8]) -> Reply {
     answer(chain, batch, &entries, work.slots, stale_seconds)
 }
 
-/// Step 2: denied methods become errors; everything else goes on.
+/// Step 2: denied methods, and subscriptions (which need a WebSocket: over one,
+/// `server::ws` answers them before dispatch), become errors; everything else goes on.
 fn classify<'a>(
     gw: &Gateway,
     entries: Vec<Result<Call<'a>, Rejected<'a>>>,
@@ -94,6 +95,14 @@ fn classify<'a>(
                     method: call.method.into_owned(),
                 },
             }),
+            Ok(call) if matches!(call.method.as_ref(), "eth_subscribe" | "eth_unsubscribe") => {
+                Err(Rejected {
+                    id: call.id.or(Some(rpc::parse::null())),
+                    error: RpcError::NeedsWebSocket {
+                        method: call.method.into_owned(),
+                    },
+                })
+            }
             other => other,
         })
         .collect()

@@ -126,6 +126,13 @@ async fn each_bad_request_gets_its_exact_error_and_the_server_keeps_answering() 
             "denied",
         ),
         (
+            "/local",
+            r#"{"jsonrpc":"2.0","id":1,"method":"eth_subscribe","params":["newHeads"]}"#.into(),
+            200,
+            -32004,
+            "`eth_subscribe` needs a WebSocket: open ws:// (or wss://) on this same path",
+        ),
+        (
             "/nowhere",
             r#"{"jsonrpc":"2.0","id":1,"method":"eth_chainId"}"#.into(),
             404,

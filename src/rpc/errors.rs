@@ -15,6 +15,10 @@ pub enum RpcError {
         "method `{method}` is not available through this gateway (denied by [limits] denied_methods)"
     )]
     Denied { method: String },
+    #[error(
+        "`{method}` needs a WebSocket: open ws:// (or wss://) on this same path and call it there; over HTTP nothing could be pushed"
+    )]
+    NeedsWebSocket { method: String },
     #[error("limit exceeded: {0}")]
     LimitExceeded(String),
     #[error("unknown chain `{requested}`; this gateway serves {}: POST /{{name}} or /{{chain id}}", list(.available))]
@@ -58,7 +62,7 @@ impl RpcError {
             | RpcError::UnknownChain { .. }
             | RpcError::ChainRequired { .. } => -32600,
             RpcError::InvalidParams(_) => -32602,
-            RpcError::Denied { .. } => -32004,
+            RpcError::Denied { .. } | RpcError::NeedsWebSocket { .. } => -32004,
             RpcError::LimitExceeded(_) => -32005,
             RpcError::Unavailable { .. } => -32002,
             RpcError::Unverifiable { .. } => -33091,
