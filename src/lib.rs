@@ -19,12 +19,14 @@
 //! - `cache`    — finality-aware answers in memory and Redis; identical calls joined
 //! - `tx`       — raw transactions broadcast to distinct operators; read-your-writes ledger;
 //!   with `[tx] rebroadcast`, re-sent until mined, kept in a file across restarts
+//! - `lockfile` — one Outlast per on-disk store (incident history, pending transactions)
 
 pub mod cache;
 pub mod config;
 pub mod dispatch;
 pub mod gateway;
 pub mod incidents;
+pub mod lockfile;
 pub mod metrics;
 pub mod probe;
 pub mod route;

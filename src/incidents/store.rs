@@ -69,21 +69,11 @@ impl Store {
     pub fn open(dir: &Path, history_days: u32) -> Result<(Store, Loaded), StoreError> {
         fs::create_dir_all(dir).map_err(io_error(dir))?;
         let lock_path = dir.join(LOCK);
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_error(&lock_path))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                return Err(StoreError::Locked {
-                    path: dir.to_owned(),
-                });
-            }
-            Err(fs::TryLockError::Error(e)) => return Err(io_error(&lock_path)(e)),
-        }
+        let Some(lock) = crate::lockfile::take(&lock_path).map_err(io_error(&lock_path))? else {
+            return Err(StoreError::Locked {
+                path: dir.to_owned(),
+            });
+        };
 
         let path = dir.join(INCIDENTS);
         let (incidents, lines) = read_incidents(&path)?;

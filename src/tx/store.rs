@@ -15,7 +15,7 @@
 //! `spawn_blocking`, never on the async threads. Knows nothing of chains or upstreams.
 
 use std::{
-    fs::{self, File, OpenOptions},
+    fs::{self, File},
     io::{self, Write},
     path::{Path, PathBuf},
 };
@@ -86,21 +86,11 @@ impl Store {
         fs::create_dir_all(&dir).map_err(io_error(&dir))?;
         let name = file_name(path);
         let lock_path = dir.join(format!("{name}.lock"));
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_error(&lock_path))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                return Err(StoreError::Locked {
-                    path: path.to_owned(),
-                });
-            }
-            Err(fs::TryLockError::Error(e)) => return Err(io_error(&lock_path)(e)),
-        }
+        let Some(lock) = crate::lockfile::take(&lock_path).map_err(io_error(&lock_path))? else {
+            return Err(StoreError::Locked {
+                path: path.to_owned(),
+            });
+        };
         let entries = match fs::read(path) {
             Ok(bytes) => match parse(&bytes) {
                 Ok(entries) => entries,
