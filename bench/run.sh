@@ -12,7 +12,8 @@
 # Everything listens on 127.0.0.1; every process started here is stopped on exit.
 #
 # Environment: DURATION (s per run, 10), WARMUP (s before each run, 1),
-# CONNECTIONS (16), THREADS (1), NGINX_WORKERS (1), FILL (s of distinct reads, 3),
+# CONNECTIONS (16), THREADS (1), NGINX_WORKERS (1), OUTLAST_THREADS (= NGINX_WORKERS),
+# FILL (s of distinct reads, 3),
 # SKIP_OUTLAST=1 (only direct and nginx), KEEP=1 (keep the scratch folder).
 set -euo pipefail
 
@@ -23,6 +24,8 @@ WARMUP="${WARMUP:-1}"
 CONNECTIONS="${CONNECTIONS:-16}"
 THREADS="${THREADS:-1}"
 NGINX_WORKERS="${NGINX_WORKERS:-1}"
+# Outlast's [server] worker_threads: as many as nginx has workers, for a fair match.
+OUTLAST_THREADS="${OUTLAST_THREADS:-$NGINX_WORKERS}"
 SKIP_OUTLAST="${SKIP_OUTLAST:-0}"
 FILL="${FILL:-3}"
 KEEP="${KEEP:-0}"
@@ -177,6 +180,7 @@ if [[ $SKIP_OUTLAST != 1 ]]; then
         cat >"$cfg" <<EOF
 [server]
 listen = "127.0.0.1:$port"
+worker_threads = $OUTLAST_THREADS
 $2
 [[chains]]
 name = "bench"
@@ -266,7 +270,7 @@ fi
 # ---------------------------------------------------------------- (e) table
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "-"}'; }
 echo
-echo "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s, $(nproc) cores; nginx $NGINX_WORKERS worker(s), keepalive 32; latency in ms"
+echo "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s, $(nproc) cores; nginx $NGINX_WORKERS worker(s), keepalive 32; Outlast worker_threads = $OUTLAST_THREADS; latency in ms"
 printf '%-8s %-8s %10s %9s %9s %7s\n' workload target rps p50 p99 errors
 for w in "${workloads[@]}"; do
     for t in "${targets[@]}"; do

@@ -105,7 +105,19 @@ fn load(path: Option<&PathBuf>) -> anyhow::Result<Config> {
 
 fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     let config = load(path.as_ref())?;
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let runtime = match config.server.worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if n > 1 {
+                b.worker_threads(n);
+            }
+            b
+        }
+    }
+    .enable_all()
+    .build()
+    .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let listen = config.server.listen;
         let listener = tokio::net::TcpListener::bind(listen)

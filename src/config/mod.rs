@@ -48,12 +48,17 @@ impl Config {
 #[serde(deny_unknown_fields, default)]
 pub struct Server {
     pub listen: SocketAddr,
+    /// Threads serving requests; 0: one per core. 1 runs everything on one thread,
+    /// with no hand-offs between threads: the least CPU per request where Outlast
+    /// shares a small machine (and the fair match for one nginx worker).
+    pub worker_threads: usize,
 }
 
 impl Default for Server {
     fn default() -> Self {
         Server {
             listen: SocketAddr::from(([127, 0, 0, 1], 8545)),
+            worker_threads: 0,
         }
     }
 }
