@@ -1,7 +1,8 @@
-//! Redis as the shared second cache tier: Outlast instances share answers (a proven
-//! one keeps its level; an unproven one is not served where answers must be proven),
-//! and Redis dying mid-run never takes Outlast down. Runs a real `redis-server` (scripts/test.sh
-//! installs it) on a free port, without persistence, stopped when the test ends.
+//! Redis as the shared second cache tier: Outlast instances, also in separate
+//! processes, share answers (a proven one keeps its level; an unproven one is not served
+//! where answers must be proven), and Redis dying mid-run never takes Outlast down.
+//! Runs a real `redis-server` (scripts/test.sh installs it) on a free port, without
+//! persistence, stopped when the test ends.
 
 mod testbed;
 
@@ -69,17 +70,21 @@ async fn outlast(fleet: &Fleet, redis: &Redis) -> Outlast {
 
 /// An instance whose chain verifies in `mode` (`off`, `proofs`), quorum 2.
 async fn outlast_verifying(fleet: &Fleet, redis: &Redis, mode: &str) -> Outlast {
+    let o = Outlast::start(&toml(fleet, redis, mode)).await;
+    o.wait_for_head("/local", fleet.height()).await;
+    o
+}
+
+/// The config of an instance using `redis`, verifying in `mode`, quorum 2.
+fn toml(fleet: &Fleet, redis: &Redis, mode: &str) -> String {
     let extra = format!(
         "{FAST_ROUTING}\n[cache]\nttl_secs = 60\n[redis]\nurl = \"{}\"\n",
         redis.url
     );
-    let toml = config(&fleet.urls(), &extra).replace(
+    config(&fleet.urls(), &extra).replace(
         "verify = \"off\"",
         &format!("verify = \"{mode}\"\nquorum = 2"),
-    );
-    let o = Outlast::start(&toml).await;
-    o.wait_for_head("/local", fleet.height()).await;
-    o
+    )
 }
 
 /// `/readyz`'s word on Redis, and its HTTP status.
@@ -113,12 +118,14 @@ async fn read_final_block(o: &Outlast) -> serde_json::Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn second_instance_answers_from_redis_with_every_upstream_killed() {
+async fn a_second_outlast_process_answers_from_redis_with_every_upstream_killed() {
     let redis = Redis::start().await;
     let mut fleet = Fleet::start(2).await;
     fleet.mine(HEIGHT).await;
     let a = outlast(&fleet, &redis).await;
-    let b = outlast(&fleet, &redis).await;
+    // Its own process: nothing shared with `a` but Redis.
+    let b = Outlast::start_process(&toml(&fleet, &redis, "off")).await;
+    b.wait_for_head("/local", fleet.height()).await;
     let first = read_final_block(&a).await;
     assert_eq!(first["result"]["number"], "0x3", "{first}");
     // Redis is written in the background: give it a moment.

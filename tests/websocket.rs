@@ -823,71 +823,15 @@ async fn ethers_and_viem_receive_every_block_through_outlast() {
 
 // ---------------------------------------------------------------- scale and benchmark
 
-/// Outlast as its own process (so its memory is its own), stopped when dropped.
-struct Served {
-    child: tokio::process::Child,
-    base: String,
-    _dir: ScratchDir,
-}
-
-struct ScratchDir(std::path::PathBuf);
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-impl Served {
-    async fn start(toml: &str) -> Served {
-        let port = testbed::free_port();
-        let dir = std::env::temp_dir().join(format!("outlast-ws-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        let path = dir.join("outlast.toml");
-        std::fs::write(
-            &path,
-            format!("[server]\nlisten = \"127.0.0.1:{port}\"\n{toml}"),
-        )
-        .expect("write config");
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_outlast"))
-            .args(["serve", "--config"])
-            .arg(&path)
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn outlast");
-        let base = format!("http://127.0.0.1:{port}");
-        for _ in 0..400 {
-            if let Ok(r) = reqwest::get(format!("{base}/readyz")).await
-                && r.status().is_success()
-            {
-                let body: Value = serde_json::from_slice(&r.bytes().await.unwrap_or_default())
-                    .unwrap_or_default();
-                if body["chains"][0]["head"].is_number() {
-                    return Served {
-                        child,
-                        base,
-                        _dir: ScratchDir(dir),
-                    };
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("outlast serve never became ready");
-    }
-
-    /// Resident memory now, in KiB.
-    fn rss_kib(&self) -> u64 {
-        let pid = self.child.id().expect("running");
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS")
-    }
+/// Resident memory of `outlast` (started as a process) now, in KiB.
+fn rss_kib(outlast: &Outlast) -> u64 {
+    let pid = outlast.pid().expect("running as a process");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
 }
 
 /// What `fan_out` measured.
@@ -939,10 +883,10 @@ impl FanOut {
 async fn fan_out(subscribers: usize, blocks: u64, gap: Duration) -> FanOut {
     let mut fleet = Fleet::start(2).await;
     fleet.mine(1).await;
-    let served = Served::start(&config(&fleet, &[true, true], "")).await;
-    let url = format!("{}/local", served.base.replacen("http://", "ws://", 1));
+    let served = Outlast::start_process(&config(&fleet, &[true, true], "")).await;
+    let url = ws_url(&served, "/local");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let rss_idle_kib = served.rss_kib();
+    let rss_idle_kib = rss_kib(&served);
 
     // Connect and subscribe, 50 at a time, each within the wait.
     let mut clients = Vec::with_capacity(subscribers);
@@ -967,7 +911,7 @@ async fn fan_out(subscribers: usize, blocks: u64, gap: Duration) -> FanOut {
         .expect("subscribe at anvil");
     let _ = direct.next().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let rss_subscribed_kib = served.rss_kib();
+    let rss_subscribed_kib = rss_kib(&served);
 
     // Each client reads on its own task and stamps each head when it arrives.
     let start = fleet.height() + 1;

@@ -11,11 +11,14 @@ use axum::{Router, body::Bytes, http::StatusCode, response::IntoResponse, routin
 use serde_json::Value;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 
-/// A running Outlast; stopped (gracefully) when dropped or by `stop`.
+/// A running Outlast, in this process (`start`) or as its own `outlast serve` process
+/// (`start_process`); stopped (gracefully) by `stop`, and when dropped.
 pub struct Outlast {
     pub base: String,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), outlast::RunError>>>,
+    /// `outlast serve`, when started as a process.
+    child: Option<tokio::process::Child>,
     /// The incident-history directory made for this run (when the config named none),
     /// removed when it stops.
     scratch: Option<std::path::PathBuf>,
@@ -68,8 +71,51 @@ impl Outlast {
             base,
             stop: Some(tx),
             task: Some(task),
+            child: None,
             scratch,
         }
+    }
+
+    /// Starts `outlast serve` as its own process (its memory and its connections are
+    /// its own) on a free port, with its incident history in a fresh directory, and
+    /// waits as `start` does. `toml` must not have `[server]` or `[status]` sections.
+    pub async fn start_process(toml: &str) -> Outlast {
+        let scratch = scratch_dir();
+        std::fs::create_dir_all(&scratch).expect("scratch dir");
+        let port = super::free_port();
+        let path = scratch.join("outlast.toml");
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[status]\ndata_dir = \"{}\"\n{toml}",
+            scratch.join("history").display()
+        );
+        std::fs::write(&path, text).expect("write config");
+        // Set by cargo for integration tests; this file is also built into an example,
+        // which never starts a process (the fallback is where a debug build puts it).
+        let bin = option_env!("CARGO_BIN_EXE_outlast")
+            .unwrap_or(concat!(env!("CARGO_MANIFEST_DIR"), "/target/debug/outlast"));
+        let child = tokio::process::Command::new(bin)
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn outlast serve");
+        let o = Outlast {
+            base: format!("http://127.0.0.1:{port}"),
+            stop: None,
+            task: None,
+            child: Some(child),
+            scratch: Some(scratch),
+        };
+        o.wait_ready().await;
+        o
+    }
+
+    /// The process id, when started as a process.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
     }
 
     pub async fn wait_ready(&self) {
@@ -157,6 +203,16 @@ impl Outlast {
             task.await
                 .expect("Outlast task panicked")
                 .expect("Outlast returned an error");
+        }
+        if let Some(mut child) = self.child.take() {
+            if let Some(pid) = child.id() {
+                super::signal(pid, libc::SIGTERM);
+            }
+            let stopped = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+            assert!(
+                stopped.is_ok_and(|s| s.is_ok_and(|s| s.success())),
+                "outlast serve did not stop cleanly on SIGTERM"
+            );
         }
         if let Some(dir) = self.scratch.take() {
             let _ = std::fs::remove_dir_all(dir);

@@ -116,7 +116,7 @@ fn die_with_parent(cmd: &mut Command) {
     }
 }
 
-fn signal(pid: u32, sig: libc::c_int) {
+pub fn signal(pid: u32, sig: libc::c_int) {
     // SAFETY: plain syscall; `pid` is our own unreaped child, so it is not reused.
     let rc = unsafe { libc::kill(pid as libc::pid_t, sig) };
     assert_eq!(
