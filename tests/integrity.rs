@@ -7,7 +7,7 @@ mod testbed;
 use serde_json::{Value, json};
 use testbed::{
     ACCOUNT1_ADDRESS, Fleet,
-    gateway::{FAST_ROUTING, Outlast, header_forging_upstream},
+    gateway::{FAST_ROUTING, Outlast, forging_upstream, header_forging_upstream},
     rpc, rpc_result,
 };
 
@@ -166,6 +166,57 @@ async fn a_forged_header_is_detected_and_its_provider_banned() {
             "{method}: the forger is banned"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_transaction_in_a_full_block_is_detected_and_its_provider_banned() {
+    let mut fleet = Fleet::start(3).await;
+    fleet.mine(1).await;
+    let tx = json!({"from": testbed::ACCOUNT0_ADDRESS, "to": ACCOUNT1_ADDRESS,
+        "value": "0x1", "nonce": "0x0", "gas": "0x5208", "gasPrice": "0x77359400"});
+    for i in 0..3 {
+        rpc_result(&fleet.url(i), "eth_sendTransaction", json!([tx.clone()])).await;
+    }
+    fleet.mine(2).await;
+    // Its header is honest; only the transfer's value is changed, as a liar would.
+    let forger = forging_upstream(fleet.url(0), |block| {
+        if let Some(value) = block
+            .get_mut("transactions")
+            .and_then(|t| t.get_mut(0))
+            .and_then(|t| t.get_mut("value"))
+            .filter(|v| v.is_string())
+        {
+            *value = Value::from("0xde0b6b3a7640000");
+        }
+    })
+    .await;
+    let urls = vec![forger, fleet.url(1), fleet.url(2)];
+    let outlast = Outlast::start(&verified(&urls, "proofs")).await;
+    let honest = rpc(&fleet.url(1), "eth_getBlockByNumber", json!(["0x2", true])).await;
+    assert_eq!(honest["result"]["transactions"][0]["value"], "0x1");
+    let hash = honest["result"]["hash"].clone();
+    for (method, params) in [
+        ("eth_getBlockByNumber", json!(["0x2", true])),
+        ("eth_getBlockByHash", json!([hash, true])),
+    ] {
+        let r = outlast
+            .post(
+                "/local",
+                json!({"jsonrpc":"2.0","id":1,"method":method,"params":params}).to_string(),
+            )
+            .await;
+        assert_eq!(r.json()["result"], honest["result"], "{method}");
+        assert_ne!(r.upstream.as_deref(), Some("u0"), "{method}");
+        assert_ne!(r.verified.as_deref(), Some("none"), "{method}");
+    }
+    let s = status(&outlast).await;
+    let forger = &s["chains"][0]["upstreams"][0];
+    assert!(
+        forger["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("forged body")),
+        "{forger}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

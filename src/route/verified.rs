@@ -25,7 +25,7 @@ use crate::{
     gateway::Chain,
     rpc::Call,
     upstream::{self, Answer, Upstream},
-    verify::{self, header::CheckedHeader},
+    verify::{self, body::Body, header::CheckedHeader},
 };
 
 /// How an answer was checked, weakest first (a batch is as strong as its weakest).
@@ -129,9 +129,11 @@ impl BlockId {
 }
 
 /// Answers a block request with a block whose header is trusted: for a number, the
-/// hash a quorum of operators agree on; for a hash, that hash. A provider serving a
-/// header that does not hash to itself is banned. (Transaction bodies are passed as
-/// served: their root is not yet recomputed.)
+/// hash a quorum of operators agree on; for a hash, that hash. With full transactions,
+/// the body must match the header too (`verify::body`). A provider serving a header
+/// that does not hash to itself, or a body its header does not commit to, is banned.
+/// A body of transaction types Outlast cannot decode (another chain's, such as OP
+/// deposits) must instead be the same from a quorum of operators (`agreed`).
 pub async fn block(chain: &Chain, call: &Call<'_>, id: BlockId) -> Result<Checked, Unverified> {
     let (expected, level, need) = match id {
         BlockId::Number(n) => {
@@ -159,13 +161,25 @@ pub async fn block(chain: &Chain, call: &Call<'_>, id: BlockId) -> Result<Checke
         match up.send(&[call]).await.map(|mut a| a.pop().flatten()) {
             Ok(Some(Answer::Result(raw))) if &raw[..] == b"null" => nulls.push(up.name.clone()),
             Ok(Some(Answer::Result(raw))) => match verify::header::check(&raw) {
-                Ok(h) if h.hash == expected => {
-                    return Ok(Checked {
-                        upstream: up.name.clone(),
-                        answer: Answer::Result(raw),
-                        level,
-                    });
-                }
+                Ok(h) if h.hash == expected => match verify::body::check(&raw, &h) {
+                    Ok(Body::Proven | Body::HashesOnly) => {
+                        return Ok(Checked {
+                            upstream: up.name.clone(),
+                            answer: Answer::Result(raw),
+                            level,
+                        });
+                    }
+                    Ok(Body::ForeignTypes) => return agreed(chain, call, need).await,
+                    Err(e) => {
+                        ban(
+                            chain,
+                            &up,
+                            "block body",
+                            &format!("served a forged body: {e}"),
+                        );
+                        problems.push(format!("{}: forged body", up.name));
+                    }
+                },
                 Ok(h) => problems.push(format!(
                     "{}: served block {} (hash {})",
                     up.name, h.number, h.hash

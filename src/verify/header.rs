@@ -12,6 +12,9 @@ pub struct CheckedHeader {
     pub number: u64,
     pub hash: B256,
     pub state_root: B256,
+    pub transactions_root: B256,
+    /// Since Shanghai.
+    pub withdrawals_root: Option<B256>,
 }
 
 /// Parses an RPC block or header object and checks its hash against its fields.
@@ -32,6 +35,8 @@ pub fn check(json: &[u8]) -> Result<CheckedHeader, VerifyError> {
         number: header.inner.number,
         hash: header.hash,
         state_root: header.inner.state_root,
+        transactions_root: header.inner.transactions_root,
+        withdrawals_root: header.inner.withdrawals_root,
     })
 }
 

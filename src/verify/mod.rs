@@ -1,8 +1,10 @@
 //! Checks of answers against what can be trusted, as pure functions: a header's hash
-//! recomputed from its fields (`header`), account and storage values proven against a
+//! recomputed from its fields (`header`), a full block's transactions against it
+//! (`body`), account and storage values proven against a
 //! state root with Merkle proofs (`proof`), and agreement among independent operators
 //! (`quorum`). Does no I/O: `route::verified` fetches, this decides.
 
+pub mod body;
 pub mod header;
 pub mod proof;
 pub mod quorum;
@@ -18,4 +20,6 @@ pub enum VerifyError {
     Proof { what: &'static str, detail: String },
     #[error("code does not hash to the account's proven codeHash")]
     CodeHash,
+    #[error("block body does not match its trusted header: {what}")]
+    Body { what: String },
 }

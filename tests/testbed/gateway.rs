@@ -425,6 +425,17 @@ fn logs_span(body: &[u8]) -> Option<u64> {
 /// but replaces the `stateRoot` of every block it returns, keeping the claimed `hash` —
 /// so the header no longer hashes to itself.
 pub async fn header_forging_upstream(target: String) -> String {
+    forging_upstream(target, |block| {
+        if let Some(root) = block.get_mut("stateRoot") {
+            *root = Value::from(format!("0x{}", "11".repeat(32)));
+        }
+    })
+    .await
+}
+
+/// A provider that relays every call to `target` (a real node) and passes each
+/// `result` it returns through `forge` first.
+pub async fn forging_upstream(target: String, forge: fn(&mut Value)) -> String {
     let client = reqwest::Client::new();
     let app = Router::new().route(
         "/",
@@ -444,14 +455,14 @@ pub async fn header_forging_upstream(target: String) -> String {
                 let Ok(mut v) = serde_json::from_slice::<Value>(&reply) else {
                     return String::from_utf8_lossy(&reply).into_owned();
                 };
-                let forge = |r: &mut Value| {
-                    if let Some(root) = r.get_mut("result").and_then(|b| b.get_mut("stateRoot")) {
-                        *root = Value::from(format!("0x{}", "11".repeat(32)));
+                let forge_result = |r: &mut Value| {
+                    if let Some(result) = r.get_mut("result") {
+                        forge(result);
                     }
                 };
                 match &mut v {
-                    Value::Array(items) => items.iter_mut().for_each(forge),
-                    one => forge(one),
+                    Value::Array(items) => items.iter_mut().for_each(forge_result),
+                    one => forge_result(one),
                 }
                 v.to_string()
             }
