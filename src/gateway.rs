@@ -217,7 +217,7 @@ impl Gateway {
         config: &Config,
         rebroadcast: Option<Arc<crate::tx::Pending>>,
     ) -> reqwest::Result<Self> {
-        let http = upstream::http_client(&config.routing)?;
+        let http = upstream::http_client(&config.routing);
         let incidents = Arc::new(Incidents::new(&config.status, &config.webhooks));
         let chains: Vec<Arc<Chain>> = config
             .chains

@@ -1,17 +1,14 @@
-//! Sends calls to one upstream over pooled keep-alive HTTP and reads its reply into
-//! per-call answers. Results stay raw bytes (slices of the reply), never re-encoded.
+//! Sends calls to one upstream over the shared pooled client (`transport`) and reads its
+//! reply into per-call answers. Results stay raw bytes (slices of the reply), never re-encoded.
 
-use std::{borrow::Cow, error::Error as _, time::Duration};
+use std::{borrow::Cow, time::Duration};
 
 use bytes::Bytes;
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
 use super::Upstream;
-use crate::{
-    config::Routing,
-    rpc::{Blame, Call, blame},
-};
+use crate::rpc::{Blame, Call, blame};
 
 /// Why an upstream gave no usable reply. Messages never contain its URL.
 #[derive(Debug, thiserror::Error)]
@@ -53,42 +50,52 @@ impl Answer {
     }
 }
 
-/// The one HTTP client all upstreams share: one connection pool per host, kept alive.
-pub fn http_client(routing: &Routing) -> reqwest::Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .connect_timeout(Duration::from_millis(routing.connect_timeout_ms))
-        .timeout(Duration::from_millis(routing.request_timeout_ms))
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(512)
-        .tcp_nodelay(true)
-        .user_agent(concat!("outlast/", env!("CARGO_PKG_VERSION")))
-        .build()
-}
-
 impl Upstream {
     /// Sends `calls` as one request (a batch when more than one) and returns one answer
     /// per call, in order; `None` where the upstream's batch reply left a call out.
     pub async fn send(&self, calls: &[&Call<'_>]) -> Result<Vec<Option<Answer>>, UpstreamError> {
-        let body = encode(calls);
-        let reply = self
-            .http
-            .post(self.url.expose().clone())
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| self.transport_error(e))?;
-        let status = reply.status();
-        if status == http::StatusCode::TOO_MANY_REQUESTS {
-            let retry_after = reply
-                .headers()
-                .get(http::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
-            return Err(UpstreamError::RateLimited { retry_after });
+        use http::header::{AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
+        use http_body_util::BodyExt as _;
+
+        let target = self
+            .target
+            .as_ref()
+            .map_err(|e| UpstreamError::Transport(e.clone()))?;
+        let mut request = http::Request::post(target.uri.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .header(USER_AGENT, concat!("outlast/", env!("CARGO_PKG_VERSION")));
+        if let Some(auth) = &target.authorization {
+            request = request.header(AUTHORIZATION, auth.clone());
         }
-        let bytes = reply.bytes().await.map_err(|e| self.transport_error(e))?;
+        let request = request
+            .body(http_body_util::Full::new(Bytes::from(encode(calls))))
+            .map_err(|e| UpstreamError::Transport(e.to_string()))?;
+        let exchange = async {
+            let reply = self.http.request(request).await.map_err(|e| {
+                let detail = innermost(&e);
+                if e.is_connect() {
+                    UpstreamError::Connect(detail)
+                } else {
+                    UpstreamError::Transport(detail)
+                }
+            })?;
+            let status = reply.status();
+            if status == http::StatusCode::TOO_MANY_REQUESTS {
+                let retry_after = reply
+                    .headers()
+                    .get(http::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                return Err(UpstreamError::RateLimited { retry_after });
+            }
+            let body = reply.into_body().collect().await;
+            let bytes = body.map_err(|e| UpstreamError::Transport(innermost(&e)))?;
+            Ok((status, bytes.to_bytes()))
+        };
+        let (status, bytes) = tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| UpstreamError::Timeout(self.timeout))??;
         match decode(&bytes, calls.len()) {
             Ok(answers) => Ok(answers),
             // A non-2xx status without a readable JSON-RPC body is the upstream's fault.
@@ -96,34 +103,16 @@ impl Upstream {
             Err(e) => Err(e),
         }
     }
-
-    fn transport_error(&self, e: reqwest::Error) -> UpstreamError {
-        if e.is_timeout() {
-            return UpstreamError::Timeout(self.timeout);
-        }
-        let detail = causes(&e);
-        if e.is_connect() {
-            UpstreamError::Connect(detail)
-        } else {
-            UpstreamError::Transport(detail)
-        }
-    }
 }
 
-/// The innermost causes of a reqwest error, without the URL reqwest would print.
-fn causes(e: &reqwest::Error) -> String {
-    let mut parts = Vec::new();
-    let mut source = e.source();
-    while let Some(s) = source {
-        parts.push(s.to_string());
-        source = s.source();
+/// The innermost cause of a client error: the words that say what went wrong (hyper's
+/// own errors name no URL, so no secret can leak through them).
+fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut last = e;
+    while let Some(s) = last.source() {
+        last = s;
     }
-    match parts.last() {
-        Some(last) => last.clone(),
-        None => e
-            .to_string()
-            .replace(e.url().map_or("", |u| u.as_str()), "<upstream>"),
-    }
+    last.to_string()
 }
 
 /// Outlast's ids are the call's position, so a batch reply in any order maps back.

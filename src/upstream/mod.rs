@@ -8,6 +8,7 @@ mod client;
 mod limits;
 mod probe;
 mod track;
+mod transport;
 mod ws;
 
 use std::{
@@ -16,10 +17,11 @@ use std::{
 };
 
 pub use capabilities::Capability;
-pub use client::{Answer, UpstreamError, http_client};
+pub use client::{Answer, UpstreamError};
 pub use limits::{InFlight, Limits};
 pub use probe::{log_transition, watch};
 pub use track::{poll_interval, track};
+pub use transport::{HttpClient, http_client};
 pub use ws::WsFeed;
 
 use crate::{
@@ -37,7 +39,10 @@ pub struct Upstream {
     pub region: Option<String>,
     pub tier: u8,
     url: UpstreamUrl,
-    http: reqwest::Client,
+    http: HttpClient,
+    /// The URL as a request target, worked out once (an error here is reported at
+    /// every send, never a panic).
+    target: Result<transport::Target, String>,
     /// What the HTTP client waits for one attempt, named in timeout errors.
     timeout: Duration,
     pub health: Health,
@@ -53,7 +58,7 @@ impl Upstream {
         chain: &Arc<str>,
         cfg: &config::Upstream,
         routing: &config::Routing,
-        http: reqwest::Client,
+        http: HttpClient,
     ) -> Self {
         Upstream {
             name: Arc::from(cfg.name.as_str()),
@@ -63,6 +68,7 @@ impl Upstream {
             region: cfg.region.clone(),
             tier: cfg.tier,
             url: cfg.url.clone(),
+            target: transport::Target::new(cfg.url.expose()),
             http,
             timeout: Duration::from_millis(routing.request_timeout_ms),
             health: Health::new(routing),
