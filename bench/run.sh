@@ -235,15 +235,18 @@ load() {
 }
 
 declare -A rps p50 p99 errs
-workloads=(single batch10 head)
+# `alone` is `single` over one connection: the latency each hop adds when nothing queues.
+workloads=(single batch10 head alone)
 for w in "${workloads[@]}"; do
+    script="$bench/$w.lua" conns="$CONNECTIONS"
+    [[ $w == alone ]] && script="$bench/single.lua" conns=1
     for t in "${targets[@]}"; do
         if ((WARMUP > 0)); then
-            load -t"$THREADS" -c"$CONNECTIONS" -d"${WARMUP}s" -s "$bench/$w.lua" "${url[$t]}" >/dev/null
+            load -t"$THREADS" -c"$conns" -d"${WARMUP}s" -s "$script" "${url[$t]}" >/dev/null
         fi
         say "wrk $w -> $t"
         out="$work/wrk-$w-$t.txt"
-        load -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "$bench/$w.lua" "${url[$t]}" >"$out"
+        load -t"$THREADS" -c"$conns" -d"${DURATION}s" --latency -s "$script" "${url[$t]}" >"$out"
         rps[$w,$t]="$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' "$out")"
         p50[$w,$t]="$(to_ms "$(awk '$1 == "50%" {print $2}' "$out")")"
         p99[$w,$t]="$(to_ms "$(awk '$1 == "99%" {print $2}' "$out")")"
@@ -288,6 +291,10 @@ for w in "${workloads[@]}"; do
     fi
     printf '%-8s %12s %12s %12s %12s\n' "$w" "$(ratio "${rps[$w,nginx]}" "${rps[$w,direct]}")" "$c_a" "$c_b" "$c_c"
 done
+added() { awk -v a="${p50[alone,$1]}" -v d="${p50[alone,direct]}" 'BEGIN {printf "%.0f us", (a - d) * 1000}'; }
+echo
+echo -n "p50 added over direct, one connection (alone): nginx $(added nginx)"
+[[ $SKIP_OUTLAST != 1 ]] && echo -n ", outlast $(added outlast), cached $(added cached)"
 echo
 if [[ $SKIP_OUTLAST != 1 ]]; then
     echo "Outlast RSS: idle $(mib "$rss_idle"), after load $(mib "$rss_after") (peak $(mib "$rss_peak")); cached instance idle $(mib "$rss_idle_cached")"
