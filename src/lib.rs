@@ -67,7 +67,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     metrics::install();
-    let pending = tx::Pending::open(&config.tx).map_err(RunError::TxStore)?;
+    let pending = tx::Pending::open(&config.tx, &incidents::data_dir(&config.status))
+        .map_err(RunError::TxStore)?;
     let gw = Arc::new(Gateway::with_rebroadcast(&config, pending).map_err(RunError::HttpClient)?);
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();

@@ -499,7 +499,12 @@ fn validate(config: &Config) -> Vec<(Vec<Seg>, String)> {
             out.push((path.to_vec(), "must be at least 1".into()));
         }
     }
-    if config.tx.store.trim().is_empty() {
+    if config
+        .tx
+        .store
+        .as_ref()
+        .is_some_and(|s| s.trim().is_empty())
+    {
         out.push((
             vec![Key("tx"), Key("store")],
             "must name a file, e.g. \"outlast-transactions.json\"".into(),
@@ -885,14 +890,14 @@ operator = "self"
         let c = load_str(GOOD).expect("loads");
         assert!(!c.tx.rebroadcast);
         assert_eq!(c.tx.rebroadcast_secs, 12);
-        assert_eq!(c.tx.store, "outlast-transactions.json");
+        assert_eq!(c.tx.store, None);
         let c = load_str(&format!(
             "{GOOD}\n[tx]\nrebroadcast = true\nrebroadcast_secs = 2\nstore = \"/var/lib/outlast/tx.json\"\n"
         ))
         .expect("loads");
         assert!(c.tx.rebroadcast);
         assert_eq!(c.tx.rebroadcast_secs, 2);
-        assert_eq!(c.tx.store, "/var/lib/outlast/tx.json");
+        assert_eq!(c.tx.store.as_deref(), Some("/var/lib/outlast/tx.json"));
         check_prefixes(
             &format!("{GOOD}\n[tx]\nrebroadcast_secs = 0\nstore = \"\"\n"),
             &[

@@ -472,9 +472,9 @@ pub struct Tx {
     /// How often pending transactions are checked and re-sent.
     pub rebroadcast_secs: u64,
     /// The file that keeps pending transactions across restarts (`rebroadcast` only);
-    /// relative paths are from the working directory.
-    #[serde(deserialize_with = "env::expanded")]
-    pub store: String,
+    /// unset: `transactions.json` in the data directory, beside the incident history.
+    #[serde(deserialize_with = "env::expanded_opt")]
+    pub store: Option<String>,
 }
 
 impl Default for Tx {
@@ -484,7 +484,7 @@ impl Default for Tx {
             remember_secs: 3_600,
             rebroadcast: false,
             rebroadcast_secs: 12,
-            store: "outlast-transactions.json".into(),
+            store: None,
         }
     }
 }

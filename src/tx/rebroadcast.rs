@@ -18,7 +18,7 @@
 use std::{
     borrow::Cow,
     collections::BTreeMap,
-    path::Path,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -55,13 +55,20 @@ pub struct Pending {
 }
 
 impl Pending {
-    /// Takes the store named by `[tx] store` and loads it, when `rebroadcast` is on.
-    /// Blocking file I/O, once at start.
-    pub fn open(config: &crate::config::Tx) -> Result<Option<Arc<Pending>>, StoreError> {
+    /// Takes the store named by `[tx] store` (else `transactions.json` in `data_dir`)
+    /// and loads it, when `rebroadcast` is on. Blocking file I/O, once at start.
+    pub fn open(
+        config: &crate::config::Tx,
+        data_dir: &Path,
+    ) -> Result<Option<Arc<Pending>>, StoreError> {
         if !config.rebroadcast {
             return Ok(None);
         }
-        let (store, entries) = Store::open(Path::new(&config.store))?;
+        let path = config
+            .store
+            .as_ref()
+            .map_or_else(|| data_dir.join("transactions.json"), PathBuf::from);
+        let (store, entries) = Store::open(&path)?;
         tracing::info!(
             store = %store.path().display(),
             pending = entries.len(),
