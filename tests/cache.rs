@@ -17,7 +17,7 @@ use axum::{Router, body::Bytes, routing::post};
 use serde_json::{Value, json};
 use testbed::{
     ACCOUNT0_ADDRESS, ACCOUNT1_ADDRESS, BLOCK_TIME, Fleet, block_timestamp,
-    gateway::{FAST_ROUTING, Outlast, config},
+    gateway::{FAST_ROUTING, Outlast, config, relay, serve},
     rpc, rpc_result,
 };
 
@@ -34,21 +34,8 @@ async fn started(fleet: &Fleet, extra: &str) -> Outlast {
     ))
     .await;
     outlast.wait_for_head("/local", fleet.height()).await;
-    // The finalized block is learned from head polls; wait until Outlast pins to it.
-    for _ in 0..200 {
-        let (r, _) = outlast
-            .call(
-                "/local",
-                "eth_getBlockByNumber",
-                json!(["finalized", false]),
-            )
-            .await;
-        if r["result"]["number"].as_str().is_some_and(|n| n != "0x0") {
-            return outlast;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("Outlast never learned the finalized block");
+    outlast.wait_for_finalized("/local").await;
+    outlast
 }
 
 /// Waits until `/readyz` says no upstream of the chain is ready.
@@ -180,27 +167,11 @@ async fn counting_relay(target: String) -> (String, Arc<AtomicUsize>) {
                     seen.fetch_add(1, Ordering::SeqCst);
                     tokio::time::sleep(Duration::from_millis(300)).await;
                 }
-                match client
-                    .post(&target)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await
-                {
-                    Ok(r) => r.text().await.unwrap_or_default(),
-                    Err(e) => format!("relay failed: {e}"),
-                }
+                relay(&client, &target, body).await
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}/", listener.local_addr().expect("addr"));
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (url, count)
+    (serve(app).await, count)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

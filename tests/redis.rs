@@ -98,23 +98,11 @@ async fn readyz_redis(o: &Outlast) -> (u16, serde_json::Value) {
 
 /// Reads block 3 until Outlast has learned it is final (then the answer is cached).
 async fn read_final_block(o: &Outlast) -> serde_json::Value {
-    for _ in 0..200 {
-        let (r, _) = o
-            .call(
-                "/local",
-                "eth_getBlockByNumber",
-                json!(["finalized", false]),
-            )
-            .await;
-        if r["result"]["number"].as_str().is_some_and(|n| n != "0x0") {
-            let (r, _) = o
-                .call("/local", "eth_getBlockByNumber", json!(["0x3", false]))
-                .await;
-            return r;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("Outlast never learned the finalized block");
+    o.wait_for_finalized("/local").await;
+    let (r, _) = o
+        .call("/local", "eth_getBlockByNumber", json!(["0x3", false]))
+        .await;
+    r
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -186,6 +186,25 @@ impl Outlast {
         panic!("Outlast's head never reached {n}");
     }
 
+    /// Waits until Outlast knows a finalized block above genesis (learned from head
+    /// polls): from then on, reads at or below it are immutable and cached for good.
+    pub async fn wait_for_finalized(&self, path: &str) {
+        for _ in 0..200 {
+            let (r, _) = self
+                .call(
+                    path,
+                    "eth_getBlockByNumber",
+                    serde_json::json!(["finalized", false]),
+                )
+                .await;
+            if r["result"]["number"].as_str().is_some_and(|n| n != "0x0") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("Outlast never learned the finalized block");
+    }
+
     /// One call; returns the whole reply object.
     pub async fn call(&self, path: &str, method: &str, params: Value) -> (Value, Option<String>) {
         let body =
@@ -365,7 +384,7 @@ fn background_reply(body: &[u8]) -> Option<String> {
     }
 }
 
-async fn serve(app: Router) -> String {
+pub async fn serve(app: Router) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}/", listener.local_addr().expect("addr"));
     tokio::spawn(async move {
@@ -394,20 +413,26 @@ pub async fn range_limited_upstream(target: String, max: u64) -> (String, Arc<Mu
                         r#"{{"jsonrpc":"2.0","id":0,"error":{{"code":-32005,"message":"block range too large: max {max} blocks"}}}}"#
                     );
                 }
-                match client
-                    .post(&target)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await
-                {
-                    Ok(r) => r.text().await.unwrap_or_default(),
-                    Err(e) => format!("relay failed: {e}"),
-                }
+                relay(&client, &target, body).await
             }
         }),
     );
     (serve(app).await, refused)
+}
+
+/// Posts `body` to `target` and returns its reply as text (or why it failed): the
+/// honest half of every relaying fake provider.
+pub async fn relay(client: &reqwest::Client, target: &str, body: Bytes) -> String {
+    match client
+        .post(target)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+    {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(e) => format!("relay failed: {e}"),
+    }
 }
 
 /// Blocks covered by a single `eth_getLogs` call with numeric bounds.
@@ -442,18 +467,9 @@ pub async fn forging_upstream(target: String, forge: fn(&mut Value)) -> String {
         post(move |body: Bytes| {
             let (client, target) = (client.clone(), target.clone());
             async move {
-                let reply = match client
-                    .post(&target)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await
-                {
-                    Ok(r) => r.bytes().await.unwrap_or_default(),
-                    Err(e) => return format!("relay failed: {e}"),
-                };
-                let Ok(mut v) = serde_json::from_slice::<Value>(&reply) else {
-                    return String::from_utf8_lossy(&reply).into_owned();
+                let reply = relay(&client, &target, body).await;
+                let Ok(mut v) = serde_json::from_str::<Value>(&reply) else {
+                    return reply;
                 };
                 let forge_result = |r: &mut Value| {
                     if let Some(result) = r.get_mut("result") {
