@@ -156,10 +156,11 @@ async fn upstream_faults_move_the_call_to_the_next_upstream() {
         Misbehaviour::Garbage,
         Misbehaviour::RateLimited,
         Misbehaviour::RpcLimit,
+        Misbehaviour::Oversized,
     ] {
         let (bad, hits) = misbehaving_upstream(how).await;
         let toml = format!(
-            "{FAST_ROUTING}\n[[chains]]\nname = \"local\"\nchain_id = 31337\nverify = \"off\"\n\n[[chains.upstreams]]\nname = \"bad\"\nurl = \"{bad}\"\noperator = \"a\"\n\n[[chains.upstreams]]\nname = \"anvil\"\nurl = \"{}\"\noperator = \"b\"\ntier = 2\n",
+            "{FAST_ROUTING}max_reply_bytes = 1048576\n[[chains]]\nname = \"local\"\nchain_id = 31337\nverify = \"off\"\n\n[[chains.upstreams]]\nname = \"bad\"\nurl = \"{bad}\"\noperator = \"a\"\n\n[[chains.upstreams]]\nname = \"anvil\"\nurl = \"{}\"\noperator = \"b\"\ntier = 2\n",
             fleet.url(0)
         );
         let outlast = Outlast::start(&toml).await;

@@ -379,6 +379,7 @@ fn validate(config: &Config) -> Vec<(Vec<Seg>, String)> {
         ("max_attempts", routing.max_attempts as u64),
         ("chain_id_check_secs", routing.chain_id_check_secs),
         ("head_poll_ms", routing.head_poll_ms),
+        ("max_reply_bytes", routing.max_reply_bytes),
     ] {
         if value == 0 {
             out.push((vec![Key("routing"), Key(key)], "must be at least 1".into()));

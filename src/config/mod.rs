@@ -146,6 +146,9 @@ pub struct Routing {
     pub retry_budget_per_sec: f64,
     /// How long an upstream caught lying stays out of rotation.
     pub liar_ban_secs: u64,
+    /// Largest reply read from an upstream; a larger one is refused as malformed and the
+    /// call moves on, so a broken or hostile provider cannot exhaust Outlast's memory.
+    pub max_reply_bytes: u64,
 }
 
 impl Default for Routing {
@@ -164,6 +167,7 @@ impl Default for Routing {
             retry_budget_ratio: 0.2,
             retry_budget_per_sec: 10.0,
             liar_ban_secs: 600,
+            max_reply_bytes: 256 << 20,
         }
     }
 }

@@ -89,8 +89,19 @@ impl Upstream {
                     .map(Duration::from_secs);
                 return Err(UpstreamError::RateLimited { retry_after });
             }
-            let body = reply.into_body().collect().await;
-            let bytes = body.map_err(|e| UpstreamError::Transport(innermost(&e)))?;
+            let body = http_body_util::Limited::new(reply.into_body(), self.max_reply)
+                .collect()
+                .await;
+            let bytes = body.map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    UpstreamError::Malformed(format!(
+                        "reply larger than {} bytes ([routing] max_reply_bytes)",
+                        self.max_reply
+                    ))
+                } else {
+                    UpstreamError::Transport(innermost(&*e))
+                }
+            })?;
             Ok((status, bytes.to_bytes()))
         };
         let (status, bytes) = tokio::time::timeout(self.timeout, exchange)

@@ -45,6 +45,8 @@ pub struct Upstream {
     target: Result<transport::Target, String>,
     /// What the HTTP client waits for one attempt, named in timeout errors.
     timeout: Duration,
+    /// `[routing] max_reply_bytes`.
+    max_reply: usize,
     pub health: Health,
     pub head: UpstreamHead,
     pub limits: Limits,
@@ -71,6 +73,7 @@ impl Upstream {
             target: transport::Target::new(cfg.url.expose()),
             http,
             timeout: Duration::from_millis(routing.request_timeout_ms),
+            max_reply: usize::try_from(routing.max_reply_bytes).unwrap_or(usize::MAX),
             health: Health::new(routing),
             head: UpstreamHead::default(),
             limits: Limits::new(cfg.max_rps, cfg.max_concurrency),

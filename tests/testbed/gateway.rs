@@ -306,6 +306,9 @@ pub enum Misbehaviour {
     RateLimited,
     /// A JSON-RPC error that is the upstream's fault (`-32005 limit exceeded`).
     RpcLimit,
+    /// A well-formed result of 2 MiB: more than a gateway with a 1 MiB
+    /// `max_reply_bytes` reads.
+    Oversized,
 }
 
 /// A fake upstream: answers `eth_chainId` with 31337 (so it passes the check) and every
@@ -331,6 +334,11 @@ pub async fn misbehaving_upstream(how: Misbehaviour) -> (String, Arc<Mutex<usize
                     Misbehaviour::RpcLimit => (
                         StatusCode::OK,
                         r#"{"jsonrpc":"2.0","id":0,"error":{"code":-32005,"message":"limit exceeded"}}"#,
+                    )
+                        .into_response(),
+                    Misbehaviour::Oversized => (
+                        StatusCode::OK,
+                        format!(r#"{{"jsonrpc":"2.0","id":0,"result":"0x{}"}}"#, "0".repeat(2 << 20)),
                     )
                         .into_response(),
                 }
