@@ -16,7 +16,7 @@ use std::{
 use axum::{Router, body::Bytes, routing::post};
 use serde_json::{Value, json};
 use testbed::{
-    ACCOUNT0_ADDRESS, ACCOUNT1_ADDRESS, BLOCK_TIME, Fleet, block_timestamp,
+    ACCOUNT0_ADDRESS, BLOCK_TIME, Fleet, block_timestamp,
     gateway::{FAST_ROUTING, Outlast, config, relay, serve},
     rpc, rpc_result,
 };
@@ -195,24 +195,11 @@ async fn identical_concurrent_calls_go_upstream_once() {
     );
 }
 
-/// Sends the same transfer (account 0 → 1, nonce `nonce`) to every node, so each
-/// mines the same transaction into the same block; returns its hash.
-async fn transfer_on_every_node(fleet: &Fleet, nonce: u64) -> String {
-    let tx = json!({"from": ACCOUNT0_ADDRESS, "to": ACCOUNT1_ADDRESS, "value": "0x1",
-        "nonce": format!("{nonce:#x}"), "gas": "0x5208", "gasPrice": "0x77359400"});
-    let mut hashes = Vec::new();
-    for url in fleet.urls() {
-        hashes.push(rpc_result(&url, "eth_sendTransaction", json!([tx.clone()])).await);
-    }
-    assert!(hashes.iter().all(|h| *h == hashes[0]), "{hashes:?}");
-    hashes[0].as_str().expect("hash").to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mined_transaction_and_receipt_are_served_with_every_upstream_killed() {
     let mut fleet = Fleet::start(2).await;
     fleet.mine(2).await;
-    let hash = transfer_on_every_node(&fleet, 0).await;
+    let hash = fleet.transfer_on_every_node(0).await;
     fleet.mine(HEIGHT - 2).await;
     let outlast = started(&fleet, "").await;
     let asks = [
@@ -308,7 +295,7 @@ async fn wait_for_new_latest(outlast: &Outlast, old: &Value) -> (Value, Option<S
 async fn a_reorg_at_the_head_is_never_answered_from_the_cache() {
     let mut fleet = Fleet::start(2).await;
     fleet.mine(3).await;
-    let hash = transfer_on_every_node(&fleet, 0).await;
+    let hash = fleet.transfer_on_every_node(0).await;
     fleet.mine(1).await;
     let outlast = Outlast::start(&config(&fleet.urls(), &format!("{FAST_ROUTING}{CACHE}"))).await;
     outlast.wait_for_head("/local", 4).await;

@@ -141,25 +141,23 @@ async fn a_forged_header_is_detected_and_its_provider_banned() {
         assert_eq!(reply["result"], GENESIS_HEX, "{reply}");
         assert_eq!(verified, "proof");
         forger = status(&outlast).await["chains"][0]["upstreams"][0].clone();
-        if forger["last_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("forged header"))
-        {
+        if last_error_says(&forger, "forged header") {
             break;
         }
     }
-    assert!(
-        forger["last_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("forged header")),
-        "{forger}"
-    );
+    assert!(last_error_says(&forger, "forged header"), "{forger}");
     // Blocks are checked too: the honest header, by number and by hash.
     let honest = rpc(&fleet.url(1), "eth_getBlockByNumber", json!(["0x2", false])).await;
-    let hash = honest["result"]["hash"].clone();
+    honest_block_2(&outlast, &honest["result"], false).await;
+}
+
+/// Block 2 (`full` or not) through Outlast, by number and by hash: each answer must be
+/// `honest` and none may come from u0, the forger. Returns each `x-outlast-verified`.
+async fn honest_block_2(outlast: &Outlast, honest: &Value, full: bool) -> Vec<Option<String>> {
+    let mut levels = Vec::new();
     for (method, params) in [
-        ("eth_getBlockByNumber", json!(["0x2", false])),
-        ("eth_getBlockByHash", json!([hash, false])),
+        ("eth_getBlockByNumber", json!(["0x2", full])),
+        ("eth_getBlockByHash", json!([honest["hash"], full])),
     ] {
         let r = outlast
             .post(
@@ -167,24 +165,27 @@ async fn a_forged_header_is_detected_and_its_provider_banned() {
                 json!({"jsonrpc":"2.0","id":1,"method":method,"params":params}).to_string(),
             )
             .await;
-        assert_eq!(r.json()["result"], honest["result"], "{method}");
+        assert_eq!(r.json()["result"], *honest, "{method}");
         assert_ne!(
             r.upstream.as_deref(),
             Some("u0"),
-            "{method}: the forger is banned"
+            "{method}: from the forger"
         );
+        levels.push(r.verified);
     }
+    levels
+}
+
+/// Whether upstream `u` (from `/api/v1/status`) was last failed for `words`.
+fn last_error_says(u: &Value, words: &str) -> bool {
+    u["last_error"].as_str().is_some_and(|e| e.contains(words))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_transaction_in_a_full_block_is_detected_and_its_provider_banned() {
     let mut fleet = Fleet::start(3).await;
     fleet.mine(1).await;
-    let tx = json!({"from": testbed::ACCOUNT0_ADDRESS, "to": ACCOUNT1_ADDRESS,
-        "value": "0x1", "nonce": "0x0", "gas": "0x5208", "gasPrice": "0x77359400"});
-    for i in 0..3 {
-        rpc_result(&fleet.url(i), "eth_sendTransaction", json!([tx.clone()])).await;
-    }
+    fleet.transfer_on_every_node(0).await;
     fleet.mine(2).await;
     // Its header is honest; only the transfer's value is changed, as a liar would.
     let forger = forging_upstream(fleet.url(0), |block| {
@@ -202,34 +203,17 @@ async fn a_forged_transaction_in_a_full_block_is_detected_and_its_provider_banne
     let outlast = Outlast::start(&verified(&urls, "proofs")).await;
     let honest = rpc(&fleet.url(1), "eth_getBlockByNumber", json!(["0x2", true])).await;
     assert_eq!(honest["result"]["transactions"][0]["value"], "0x1");
-    let hash = honest["result"]["hash"].clone();
-    let banned = |u: &Value| {
-        u["last_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("forged body"))
-    };
     let mut forger = Value::Null;
     for _ in 0..20 {
-        for (method, params) in [
-            ("eth_getBlockByNumber", json!(["0x2", true])),
-            ("eth_getBlockByHash", json!([hash, true])),
-        ] {
-            let r = outlast
-                .post(
-                    "/local",
-                    json!({"jsonrpc":"2.0","id":1,"method":method,"params":params}).to_string(),
-                )
-                .await;
-            assert_eq!(r.json()["result"], honest["result"], "{method}");
-            assert_ne!(r.upstream.as_deref(), Some("u0"), "{method}");
-            assert_ne!(r.verified.as_deref(), Some("none"), "{method}");
+        for level in honest_block_2(&outlast, &honest["result"], true).await {
+            assert_ne!(level.as_deref(), Some("none"), "the body was verified");
         }
         forger = status(&outlast).await["chains"][0]["upstreams"][0].clone();
-        if banned(&forger) {
+        if last_error_says(&forger, "forged body") {
             break;
         }
     }
-    assert!(banned(&forger), "{forger}");
+    assert!(last_error_says(&forger, "forged body"), "{forger}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -247,41 +247,39 @@ impl Ctx<'_> {
     }
 
     fn webhooks(&mut self, value: &Spanned<DeValue<'_>>) -> Vec<Webhook> {
-        let Some(array) = value.get_ref().as_array() else {
-            self.push(
-                Some(value.span()),
-                "webhooks",
-                "must be an array of tables: write `[[webhooks]]`".into(),
-            );
-            return Vec::new();
-        };
-        let mut hooks = Vec::new();
-        for (i, item) in array.iter().enumerate() {
-            let at = format!("webhooks[{i}]");
-            if let Some(hook) = self.section::<Webhook>(item, &at) {
-                hooks.push(hook);
-            }
-        }
-        hooks
+        self.tables(value, "webhooks", "webhooks", |_| Vec::new())
     }
 
     fn upstreams(&mut self, value: &Spanned<DeValue<'_>>, chain_path: &str) -> Vec<Upstream> {
         let path = format!("{chain_path}.upstreams");
+        self.tables(value, &path, "chains.upstreams", validate_upstream)
+    }
+
+    /// An array of tables (`[[written]]`) at `path`: each table deserialized on its own,
+    /// so one bad table does not hide the others' problems, then checked by `validate`,
+    /// each problem reported at its key.
+    fn tables<T: DeserializeOwned>(
+        &mut self,
+        value: &Spanned<DeValue<'_>>,
+        path: &str,
+        written: &str,
+        validate: fn(&T) -> Vec<(&'static str, String)>,
+    ) -> Vec<T> {
         let Some(array) = value.get_ref().as_array() else {
             self.push(
                 Some(value.span()),
-                &path,
-                "must be an array of tables: write `[[chains.upstreams]]`".into(),
+                path,
+                format!("must be an array of tables: write `[[{written}]]`"),
             );
             return Vec::new();
         };
-        let mut upstreams = Vec::new();
+        let mut items = Vec::new();
         for (i, item) in array.iter().enumerate() {
             let at = format!("{path}[{i}]");
-            let Some(up) = self.section::<Upstream>(item, &at) else {
+            let Some(parsed) = self.section::<T>(item, &at) else {
                 continue;
             };
-            for (key, message) in validate_upstream(&up) {
+            for (key, message) in validate(&parsed) {
                 let span = item
                     .get_ref()
                     .as_table()
@@ -289,9 +287,9 @@ impl Ctx<'_> {
                     .map(|(_, v)| v.span());
                 self.push(span.or(Some(item.span())), &format!("{at}.{key}"), message);
             }
-            upstreams.push(up);
+            items.push(parsed);
         }
-        upstreams
+        items
     }
 }
 
@@ -648,31 +646,7 @@ impl Ctx<'_> {
         kind: &str,
     ) -> Vec<super::StorageGateway> {
         let path = format!("storage.{kind}");
-        let Some(array) = value.get_ref().as_array() else {
-            self.push(
-                Some(value.span()),
-                &path,
-                format!("must be an array of tables: write `[[storage.{kind}]]`"),
-            );
-            return Vec::new();
-        };
-        let mut gateways = Vec::new();
-        for (i, item) in array.iter().enumerate() {
-            let at = format!("{path}[{i}]");
-            let Some(g) = self.section::<super::StorageGateway>(item, &at) else {
-                continue;
-            };
-            for (key, message) in validate_storage_gateway(&g) {
-                let span = item
-                    .get_ref()
-                    .as_table()
-                    .and_then(|t| t.iter().find(|(k, _)| k.get_ref().as_ref() == key))
-                    .map(|(_, v)| v.span());
-                self.push(span.or(Some(item.span())), &format!("{at}.{key}"), message);
-            }
-            gateways.push(g);
-        }
-        gateways
+        self.tables(value, &path, &path, validate_storage_gateway)
     }
 }
 

@@ -486,6 +486,19 @@ impl Fleet {
         self.nodes.iter().map(Node::url).collect()
     }
 
+    /// Sends the same transfer of 1 wei (account 0 → 1, nonce `nonce`) to every node,
+    /// so each mines the same transaction into the same block; returns its hash.
+    pub async fn transfer_on_every_node(&self, nonce: u64) -> String {
+        let tx = json!({"from": ACCOUNT0_ADDRESS, "to": ACCOUNT1_ADDRESS, "value": "0x1",
+            "nonce": format!("{nonce:#x}"), "gas": "0x5208", "gasPrice": "0x77359400"});
+        let mut hashes = Vec::new();
+        for url in self.urls() {
+            hashes.push(rpc_result(&url, "eth_sendTransaction", json!([tx.clone()])).await);
+        }
+        assert!(hashes.iter().all(|h| *h == hashes[0]), "{hashes:?}");
+        hashes[0].as_str().expect("hash").to_owned()
+    }
+
     pub fn port(&self, i: usize) -> u16 {
         self.nodes[i].port
     }
