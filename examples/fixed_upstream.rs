@@ -6,7 +6,7 @@
 //! - `eth_chainId`: `CHAIN_ID` (default 31337), so a gateway's chain-id check passes;
 //! - `eth_getBlockByNumber` (alone or in a batch, as a gateway's head poll sends it):
 //!   block `0x10` with a fixed hash, so the gateway knows a head;
-//! - anything else: `{"jsonrpc":"2.0","id":1,"result":"0x1234"}`.
+//! - anything else: `{"jsonrpc":"2.0","id":0,"result":"0x1234"}` (id 0: what a gateway sends a single call as).
 //!
 //! One thread (current-thread runtime), so on two cores it leaves one to the load
 //! generator and the proxy under test. Listens on 127.0.0.1 only.
@@ -18,7 +18,7 @@ use axum::body::Bytes;
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-const SINGLE: &str = r#"{"jsonrpc":"2.0","id":1,"result":"0x1234"}"#;
+const SINGLE: &str = r#"{"jsonrpc":"2.0","id":0,"result":"0x1234"}"#;
 
 static BATCH: LazyLock<String> = LazyLock::new(|| {
     let items: Vec<String> = (0..10)
@@ -31,7 +31,7 @@ static CHAIN_ID: LazyLock<String> = LazyLock::new(|| {
     let id: u64 = std::env::args()
         .nth(2)
         .map_or(31337, |s| s.parse().expect("CHAIN_ID must be a number"));
-    format!(r#"{{"jsonrpc":"2.0","id":1,"result":"{id:#x}"}}"#)
+    format!(r#"{{"jsonrpc":"2.0","id":0,"result":"{id:#x}"}}"#)
 });
 
 const BLOCK: &str = r#"{"number":"0x10","hash":"0x00000000000000000000000000000000000000000000000000000000000000aa"}"#;

@@ -45,6 +45,7 @@ pub async fn handle(gw: &Gateway, chain: &Chain, body: &[u8]) -> Reply {
         Ok(Request::Single(e)) => (false, vec![e]),
         Ok(Request::Batch(es)) => (true, es),
         Err(e) => {
+            crate::metrics::rejected(&chain.name, &e);
             return Reply {
                 body: Some(rpc::respond::whole_request_error(&e)),
                 upstreams: Vec::new(),
@@ -182,8 +183,17 @@ impl<'g, 'a> Work<'g, 'a> {
                     .enabled()
                     .then(|| policy::key(chain.chain_id, &call.method, call.params))
                     .flatten();
-                let split = log_range(&call)
-                    .filter(|&(f, t)| check.is_none() && limit.is_some_and(|l| t - f + 1 > l))
+                let range = log_range(&call);
+                // A range larger than a client may ask is refused before anything is sent.
+                let outcome = match range.map(|(f, t)| logs::check_range(f, t, &gw.log_limits())) {
+                    Some(Err(e)) => Some(Outcome::Refused(e)),
+                    _ => outcome,
+                };
+                let split = range
+                    .filter(|&(f, t)| {
+                        check.is_none()
+                            && limit.is_some_and(|l| logs::span(f, t).is_some_and(|n| n > l))
+                    })
                     .zip(limit)
                     .map(|((f, t), l)| (f, t, l));
                 Slot {
@@ -305,13 +315,16 @@ impl<'g, 'a> Work<'g, 'a> {
         for slot in &mut self.slots {
             if let (Some((from, to)), Some(Outcome::Answered { upstream, answer })) =
                 (log_range(&slot.call), &slot.outcome)
-                && let Some(size) = logs::refused_range(answer, to - from + 1)
+                && let Some(asked) = logs::span(from, to)
+                && let Some(size) = logs::refused_range(answer, asked)
             {
                 self.chain.learn_logs_range(upstream, size);
                 slot.split = Some((from, to, size));
             }
             if let Some((from, to, size)) = slot.split {
-                slot.outcome = Some(logs::split(self.chain, &slot.call, from, to, size).await);
+                let limits = self.gw.log_limits();
+                slot.outcome =
+                    Some(logs::split(self.chain, &slot.call, (from, to), size, &limits).await);
             }
         }
     }
@@ -525,6 +538,7 @@ fn answer(
                     Outcome::Unverified { what, why } => {
                         reply.error(id, &RpcError::Unverifiable { what, why })
                     }
+                    Outcome::Refused(e) => reply.error(id, &e),
                 }
             }
         }

@@ -28,6 +28,8 @@ pub struct Gateway {
     /// By name and by decimal chain id: both are valid URL paths.
     by_path: HashMap<String, Arc<Chain>>,
     pub limits: Limits,
+    /// `[server] body_timeout_ms`: a request body must arrive within this long.
+    pub body_timeout: Duration,
     pub policy: MethodPolicy,
     pub chain_id_check: Duration,
     /// Incidents, uptime and webhooks (`incidents`), shared with every chain.
@@ -171,13 +173,10 @@ impl Chain {
 
     /// Remembers that `upstream` refused log ranges larger than `size`.
     pub fn learn_logs_range(&self, upstream: &str, size: u64) {
-        if let Some(up) = self.upstreams.iter().find(|u| &*u.name == upstream) {
-            let old = up.logs_range.load(std::sync::atomic::Ordering::Relaxed);
-            if old == 0 || size < old {
-                up.logs_range
-                    .store(size, std::sync::atomic::Ordering::Relaxed);
-                tracing::info!(chain = %self.name, upstream, size, "learned the upstream's eth_getLogs range limit");
-            }
+        if let Some(up) = self.upstreams.iter().find(|u| &*u.name == upstream)
+            && let Some(size) = up.logs_range.learn(size, Instant::now())
+        {
+            tracing::info!(chain = %self.name, upstream, size, "learned the upstream's eth_getLogs range limit");
         }
     }
 
@@ -273,6 +272,7 @@ impl Gateway {
             chains,
             by_path,
             limits: config.limits.clone(),
+            body_timeout: Duration::from_millis(config.server.body_timeout_ms),
             policy: MethodPolicy::new(&config.limits.denied_methods),
             chain_id_check: Duration::from_secs(config.routing.chain_id_check_secs),
             incidents,
@@ -291,6 +291,15 @@ impl Gateway {
             Some(p) => self.by_path.get(p),
             None if self.chains.len() == 1 => self.chains.first(),
             None => None,
+        }
+    }
+
+    /// `[limits]` on what one client's `eth_getLogs` may cost.
+    pub fn log_limits(&self) -> crate::route::logs::LogLimits {
+        crate::route::logs::LogLimits {
+            max_range: self.limits.max_logs_range,
+            max_pieces: self.limits.max_logs_pieces,
+            max_bytes: self.limits.max_logs_bytes,
         }
     }
 

@@ -95,7 +95,8 @@ pub async fn run(
         let chains: Vec<&str> = gw.chains.iter().map(|c| &*c.name).collect();
         tracing::info!(%addr, ?chains, "Outlast is listening: POST /{{chain}} for JSON-RPC, GET /readyz for readiness");
     }
-    let served = server::serve(listener, gw, shutdown).await;
+    let hygiene = server::listen::Hygiene::new(&config.server);
+    let served = server::serve(listener, gw, hygiene, shutdown).await;
     stop.cancel();
     tasks.close();
     tasks.wait().await;

@@ -95,7 +95,7 @@ async fn each_bad_request_gets_its_exact_error_and_the_server_keeps_answering() 
             big_batch,
             200,
             -32005,
-            "batch of 6 calls; the limit is 5",
+            "batch of more than 5 calls; the limit is 5",
         ),
         (
             "/local",

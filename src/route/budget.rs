@@ -43,12 +43,21 @@ impl RetryBudget {
 
     /// Takes one retry if the budget has it.
     pub fn withdraw(&self, now: Instant) -> bool {
+        self.withdraw_many(1, now)
+    }
+
+    /// Takes `n` retries at once, or none when the budget has fewer: extra upstream
+    /// calls one request makes by itself (an `eth_getLogs` split into pieces) are paid
+    /// for like retries, so one client cannot multiply the load on providers at will.
+    pub fn withdraw_many(&self, n: u64, now: Instant) -> bool {
         let mut s = self.lock();
         let elapsed = now.saturating_duration_since(s.refilled).as_secs_f64();
         s.tokens = (s.tokens + elapsed * self.per_sec).min(self.cap);
         s.refilled = now;
-        if s.tokens >= 1.0 {
-            s.tokens -= 1.0;
+        // u64 -> f64 rounds above 2^53; any such n is far over the cap anyway.
+        let n = n as f64;
+        if s.tokens >= n {
+            s.tokens -= n;
             true
         } else {
             false
@@ -70,6 +79,16 @@ mod tests {
         assert!(!budget.withdraw(now), "half a retry is not a retry");
         budget.deposit();
         assert!(budget.withdraw(now), "two calls earned one retry");
+    }
+
+    #[test]
+    fn many_retries_are_taken_whole_or_not_at_all() {
+        let budget = RetryBudget::new(0.0, 0.0);
+        let now = Instant::now();
+        assert!(!budget.withdraw_many(u64::MAX, now));
+        assert!(budget.withdraw_many(7, now), "the cap (10) covers 7");
+        assert!(!budget.withdraw_many(4, now), "3 left: nothing taken");
+        assert!(budget.withdraw_many(3, now));
     }
 
     #[test]

@@ -38,6 +38,9 @@ pub enum Outcome {
         what: String,
         why: String,
     },
+    /// Outlast itself refused the call: it would cost more than a client may ask
+    /// (`[limits]`); the client's error, never sent upstream.
+    Refused(crate::rpc::RpcError),
 }
 
 /// How many upstreams may be working on the same calls at once (the first + hedges).

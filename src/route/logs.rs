@@ -3,7 +3,7 @@
 //! "range too large" errors — fetched a few at a time through the normal failover
 //! path, and merged in block order. Everything else about the call is unchanged.
 
-use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use futures_util::{StreamExt, stream};
 use serde_json::value::RawValue;
@@ -12,7 +12,11 @@ use super::{
     forward::{Outcome, forward},
     resolve::Need,
 };
-use crate::{gateway::Chain, rpc::Call, upstream::Answer};
+use crate::{
+    gateway::Chain,
+    rpc::{Call, RpcError},
+    upstream::{Answer, MIN_LEARNED_LOGS_RANGE},
+};
 
 /// Pieces of one range fetched at once; each goes through `forward` (and so through
 /// every upstream's `max_rps`).
@@ -36,16 +40,46 @@ pub fn range(params: Option<&RawValue>) -> Option<(u64, u64)> {
     (from <= to).then_some((from, to))
 }
 
+/// Blocks in `from..=to`; `None` when the range is empty or its length does not fit a
+/// u64 (`0..=u64::MAX`): a client's numbers, so never plain arithmetic.
+pub fn span(from: u64, to: u64) -> Option<u64> {
+    to.checked_sub(from)?.checked_add(1)
+}
+
+/// What one client's `eth_getLogs` may cost (`[limits]`).
+#[derive(Debug, Clone, Copy)]
+pub struct LogLimits {
+    /// Blocks one query may span.
+    pub max_range: u64,
+    /// Upstream calls one query may be split into.
+    pub max_pieces: u64,
+    /// Bytes of the merged result.
+    pub max_bytes: usize,
+}
+
+/// Refuses a range larger than a client may ask, before anything is sent.
+pub fn check_range(from: u64, to: u64, limits: &LogLimits) -> Result<(), RpcError> {
+    match span(from, to) {
+        Some(n) if n <= limits.max_range => Ok(()),
+        n => {
+            crate::metrics::limit_exceeded("logs_range");
+            let asked = n.map_or_else(|| "more than 2^64".to_owned(), |n| n.to_string());
+            Err(RpcError::LimitExceeded(format!(
+                "eth_getLogs over {asked} blocks ({from:#x} to {to:#x}); the limit is {} blocks ([limits] max_logs_range): ask a smaller range",
+                limits.max_range
+            )))
+        }
+    }
+}
+
 /// The largest range the chain's ready upstreams are known to take (config or learned).
 pub fn known_limit(chain: &Chain) -> Option<u64> {
+    let now = Instant::now();
     chain
         .upstreams
         .iter()
         .filter(|u| u.health.is_ready())
-        .filter_map(|u| match u.logs_range.load(Ordering::Relaxed) {
-            0 => None,
-            n => Some(n),
-        })
+        .filter_map(|u| u.logs_range.get(now))
         .min()
 }
 
@@ -94,26 +128,56 @@ fn first_number(text: &str) -> Option<u64> {
     Some(n)
 }
 
+/// The pieces of `from..=to` of at most `size` blocks each, produced as they are
+/// fetched (never all at once: their number is the client's to choose).
+fn pieces(from: u64, to: u64, size: u64) -> impl Iterator<Item = (u64, u64)> {
+    let size = size.max(1);
+    std::iter::successors(Some(from), move |&a| {
+        a.checked_add(size).filter(|&next| next <= to)
+    })
+    .map(move |a| (a, a.saturating_add(size - 1).min(to)))
+}
+
 /// Fetches `from..=to` in pieces of at most `size` blocks and merges the logs in order.
-/// The first piece that fails decides the answer (never a partial list).
-pub async fn split(chain: &Chain, call: &Call<'_>, from: u64, to: u64, size: u64) -> Outcome {
+/// The first piece that fails decides the answer (never a partial list). Pieces past
+/// the first are paid from the chain's retry budget, and their number and the merged
+/// size are capped by `limits`.
+pub async fn split(
+    chain: &Chain,
+    call: &Call<'_>,
+    (from, to): (u64, u64),
+    size: u64,
+    limits: &LogLimits,
+) -> Outcome {
     let mut size = size.max(1);
     for _ in 0..MAX_SPLITS {
-        let pieces: Vec<(u64, u64)> = (from..=to)
-            .step_by(usize::try_from(size).unwrap_or(usize::MAX))
-            .map(|a| (a, a.saturating_add(size - 1).min(to)))
-            .collect();
-        let fetches: Vec<_> = pieces
-            .into_iter()
-            .map(|(a, b)| piece(chain, call, a, b))
-            .collect();
-        let results: Vec<Outcome> = stream::iter(fetches).buffered(PARALLEL).collect().await;
-        match merge(results, size) {
+        let count = span(from, to).unwrap_or(u64::MAX).div_ceil(size);
+        if count > limits.max_pieces {
+            crate::metrics::limit_exceeded("logs_pieces");
+            return refused(format!(
+                "eth_getLogs over {from:#x}..{to:#x} needs {count} upstream calls of at most {size} blocks (what the providers take); the limit is {} ([limits] max_logs_pieces): ask at most {} blocks",
+                limits.max_pieces,
+                limits.max_pieces.saturating_mul(size)
+            ));
+        }
+        if !chain.budget.withdraw_many(count.saturating_sub(1), Instant::now()) {
+            crate::metrics::limit_exceeded("logs_budget");
+            return refused(format!(
+                "eth_getLogs over {from:#x}..{to:#x} needs {count} upstream calls, more than the retry budget allows right now: retry shortly, or ask a smaller range"
+            ));
+        }
+        let fetches = pieces(from, to, size).map(|(a, b)| piece(chain, call, a, b));
+        let results = stream::iter(fetches).buffered(PARALLEL);
+        match merge(results, size, limits.max_bytes).await {
             Merged::Done(outcome) => return outcome,
-            Merged::Smaller(next) => size = next,
+            Merged::Smaller(next) => size = next.max(MIN_LEARNED_LOGS_RANGE).min(size - 1).max(1),
         }
     }
     piece(chain, call, from, from.saturating_add(size - 1).min(to)).await
+}
+
+fn refused(message: String) -> Outcome {
+    Outcome::Refused(RpcError::LimitExceeded(message))
 }
 
 enum Merged {
@@ -122,11 +186,17 @@ enum Merged {
     Smaller(u64),
 }
 
-fn merge(results: Vec<Outcome>, size: u64) -> Merged {
-    let mut merged = Vec::with_capacity(2 + results.len() * 64);
+/// Merges pieces as they arrive, stopping at the first that fails or is refused, and
+/// when the merged list outgrows `max_bytes`.
+async fn merge(
+    mut results: impl futures_util::Stream<Item = Outcome> + Unpin,
+    size: u64,
+    max_bytes: usize,
+) -> Merged {
+    let mut merged = Vec::with_capacity(256);
     merged.push(b'[');
     let mut who: Option<std::sync::Arc<str>> = None;
-    for outcome in results {
+    while let Some(outcome) = results.next().await {
         match outcome {
             Outcome::Answered {
                 upstream,
@@ -138,6 +208,12 @@ fn merge(results: Vec<Outcome>, size: u64) -> Merged {
                     .unwrap_or(&[]);
                 let inner = inner.trim_ascii();
                 if !inner.is_empty() {
+                    if merged.len().saturating_add(inner.len()) > max_bytes {
+                        crate::metrics::limit_exceeded("logs_bytes");
+                        return Merged::Done(refused(format!(
+                            "eth_getLogs result larger than {max_bytes} bytes ([limits] max_logs_bytes): ask a smaller range or a narrower filter"
+                        )));
+                    }
                     if merged.len() > 1 {
                         merged.push(b',');
                     }
@@ -151,7 +227,7 @@ fn merge(results: Vec<Outcome>, size: u64) -> Merged {
                 }
                 return Merged::Done(Outcome::Answered { upstream, answer });
             }
-            failed @ (Outcome::Unavailable(_) | Outcome::Unverified { .. }) => {
+            failed @ (Outcome::Unavailable(_) | Outcome::Unverified { .. } | Outcome::Refused(_)) => {
                 return Merged::Done(failed);
             }
         }

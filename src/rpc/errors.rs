@@ -34,6 +34,9 @@ pub enum RpcError {
     Unverifiable { what: String, why: String },
     #[error("no upstream of chain `{chain}` could answer ({} tried); retry shortly, or check `data` for why each failed", .tried.len())]
     Unavailable { chain: String, tried: Vec<Attempt> },
+    /// A fault of Outlast's own (a task that failed); never an upstream's answer.
+    #[error("internal error: {0}; retry")]
+    Internal(String),
 }
 
 fn list(chains: &[(String, u64)]) -> String {
@@ -66,6 +69,7 @@ impl RpcError {
             RpcError::LimitExceeded(_) => -32005,
             RpcError::Unavailable { .. } => -32002,
             RpcError::Unverifiable { .. } => -33091,
+            RpcError::Internal(_) => -32603,
         }
     }
 

@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, de::DeserializeSeed};
 use serde_json::value::RawValue;
 
 use super::errors::RpcError;
@@ -54,19 +54,11 @@ pub fn parse(body: &[u8], limits: ParseLimits) -> Result<Request<'_>, RpcError> 
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     match first {
         Some(b'[') => {
-            let items: Vec<&RawValue> = serde_json::from_slice(body)
-                .map_err(|e| RpcError::Parse(format!("body is not valid JSON: {e}")))?;
+            let items = batch_items(body, limits.max_batch)?;
             if items.is_empty() {
                 return Err(RpcError::InvalidRequest(
                     "empty batch: send at least one call".into(),
                 ));
-            }
-            if items.len() > limits.max_batch {
-                return Err(RpcError::LimitExceeded(format!(
-                    "batch of {} calls; the limit is {}: split it",
-                    items.len(),
-                    limits.max_batch
-                )));
             }
             Ok(Request::Batch(items.into_iter().map(entry).collect()))
         }
@@ -81,6 +73,57 @@ pub fn parse(body: &[u8], limits: ParseLimits) -> Result<Request<'_>, RpcError> 
                 "a request must be a JSON object or an array of them".into(),
             )),
         },
+    }
+}
+
+/// The items of a batch, counted while they are read: reading stops at the first item
+/// past `max`, so a huge batch costs no more memory than an allowed one.
+fn batch_items(body: &[u8], max: usize) -> Result<Vec<&RawValue>, RpcError> {
+    let over = std::cell::Cell::new(false);
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let read = BoundedSeq { max, over: &over }
+        .deserialize(&mut de)
+        .and_then(|items| de.end().map(|()| items));
+    match read {
+        Ok(items) => Ok(items),
+        Err(_) if over.get() => Err(RpcError::LimitExceeded(format!(
+                "batch of more than {max} calls; the limit is {max}: split it"
+            ))),
+        Err(e) => Err(RpcError::Parse(format!("body is not valid JSON: {e}"))),
+    }
+}
+
+/// A JSON array of raw values with at most `max` items; `over` says the limit stopped it.
+struct BoundedSeq<'c> {
+    max: usize,
+    over: &'c std::cell::Cell<bool>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for BoundedSeq<'_> {
+    type Value = Vec<&'de RawValue>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for BoundedSeq<'_> {
+    type Value = Vec<&'de RawValue>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "an array of at most {} calls", self.max)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::with_capacity(self.max.min(64));
+        while let Some(item) = seq.next_element::<&'de RawValue>()? {
+            if items.len() == self.max {
+                self.over.set(true);
+                return Err(serde::de::Error::custom("too many calls"));
+            }
+            items.push(item);
+        }
+        Ok(items)
     }
 }
 
@@ -216,7 +259,9 @@ mod tests {
             ("", -32700, "body is not valid JSON"),
             ("42", -32600, "must be a JSON object or an array"),
             ("[]", -32600, "empty batch"),
-            ("[1,2,3,4]", -32005, "batch of 4 calls; the limit is 3"),
+            ("[1,2,3,4]", -32005, "batch of more than 3 calls; the limit is 3"),
+            ("[1,2,3,4,", -32005, "batch of more than 3 calls"),
+            ("[1,2,", -32700, "body is not valid JSON"),
             ("[[[[[[[[[1]]]]]]]]]", -32005, "nested 9 levels deep"),
             (r#"{"id":1,"method":"x"}"#, -32600, "`jsonrpc` is missing"),
             (

@@ -29,7 +29,7 @@ pub async fn rpc_root(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: 
     rpc(&gw, None, &headers, body).await
 }
 
-async fn rpc(gw: &Gateway, path: Option<&str>, headers: &HeaderMap, body: Body) -> Response {
+async fn rpc(gw: &Arc<Gateway>, path: Option<&str>, headers: &HeaderMap, body: Body) -> Response {
     let Some(chain) = gw.chain(path) else {
         let available = gw
             .chains
@@ -46,27 +46,44 @@ async fn rpc(gw: &Gateway, path: Option<&str>, headers: &HeaderMap, body: Body) 
         return json(StatusCode::NOT_FOUND, whole_request_error(&error));
     };
     let max = gw.limits.max_body_bytes;
-    let too_large = || {
-        let e = RpcError::LimitExceeded(format!("request body exceeds {max} bytes"));
-        json(StatusCode::PAYLOAD_TOO_LARGE, whole_request_error(&e))
-    };
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > max) {
-        return too_large();
-    }
-    let bytes = match axum::body::to_bytes(body, max).await {
+        .and_then(|v| v.parse::<u64>().ok());
+    let bytes = match read_body(body, max, declared, gw.body_timeout).await {
         Ok(b) => b,
-        Err(e) if is_length_limit(&e) => return too_large(),
-        Err(e) => {
+        Err(BodyError::TooLarge) => {
+            crate::metrics::limit_exceeded("body");
+            let e = RpcError::LimitExceeded(format!("request body exceeds {max} bytes"));
+            return closing(json(StatusCode::PAYLOAD_TOO_LARGE, whole_request_error(&e)));
+        }
+        Err(BodyError::Timeout) => {
+            crate::metrics::limit_exceeded("body_timeout");
+            let e = RpcError::InvalidRequest(format!(
+                "the request body did not arrive within {} ms ([server] body_timeout_ms)",
+                gw.body_timeout.as_millis()
+            ));
+            return closing(json(StatusCode::REQUEST_TIMEOUT, whole_request_error(&e)));
+        }
+        Err(BodyError::Read(e)) => {
             let e = RpcError::Parse(format!("could not read the request body: {e}"));
             return json(StatusCode::BAD_REQUEST, whole_request_error(&e));
         }
     };
     let started = std::time::Instant::now();
-    let reply = dispatch::handle(gw, chain, &bytes).await;
+    // Its own task: a client that goes away, or the request deadline, never cancels a
+    // call half-way (a broadcast already sent is recorded and re-sent all the same).
+    let (gw_task, chain_task) = (gw.clone(), chain.clone());
+    let dispatched =
+        tokio::spawn(async move { dispatch::handle(&gw_task, &chain_task, &bytes).await }).await;
+    let reply = match dispatched {
+        Ok(reply) => reply,
+        Err(e) => {
+            tracing::error!(chain = %chain.name, "a request's task failed: {e}");
+            let e = RpcError::Internal("the gateway failed to answer this request".into());
+            return json(StatusCode::INTERNAL_SERVER_ERROR, whole_request_error(&e));
+        }
+    };
     crate::metrics::request_duration(&chain.name, started.elapsed());
     let mut response = match reply.body {
         Some(body) => json(StatusCode::OK, body),
@@ -89,15 +106,65 @@ async fn rpc(gw: &Gateway, path: Option<&str>, headers: &HeaderMap, body: Body) 
     response
 }
 
-fn is_length_limit(e: &axum::Error) -> bool {
-    let mut source: Option<&dyn std::error::Error> = Some(e);
-    while let Some(s) = source {
-        if s.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        source = s.source();
+/// An oversized body is still read, and thrown away, up to this many bytes (within the
+/// body timeout), as nginx's lingering close does: a client that writes its whole body
+/// before reading (Python's urllib, many HTTP libraries) then reads the 413 instead of
+/// a broken pipe. Past it, the connection is closed.
+const LINGER_BYTES: u64 = 64 << 20;
+
+enum BodyError {
+    TooLarge,
+    Timeout,
+    Read(String),
+}
+
+/// The body, at most `max` bytes, arriving within `timeout`.
+async fn read_body(
+    mut body: Body,
+    max: usize,
+    declared: Option<u64>,
+    timeout: std::time::Duration,
+) -> Result<bytes::Bytes, BodyError> {
+    use http_body_util::BodyExt;
+    let max_u64 = u64::try_from(max).unwrap_or(u64::MAX);
+    if declared.is_some_and(|n| n > LINGER_BYTES) {
+        return Err(BodyError::TooLarge);
     }
-    false
+    let read = async {
+        let mut kept = bytes::BytesMut::with_capacity(
+            usize::try_from(declared.unwrap_or(0).min(max_u64)).unwrap_or(0),
+        );
+        let mut seen: u64 = 0;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| BodyError::Read(e.to_string()))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            seen = seen.saturating_add(data.len() as u64);
+            if seen > LINGER_BYTES {
+                return Err(BodyError::TooLarge);
+            }
+            if seen <= max_u64 {
+                kept.extend_from_slice(&data);
+            }
+        }
+        if seen > max_u64 {
+            Err(BodyError::TooLarge)
+        } else {
+            Ok(kept.freeze())
+        }
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .unwrap_or(Err(BodyError::Timeout))
+}
+
+/// The connection is closed once this response is written.
+fn closing(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 fn json(status: StatusCode, body: Vec<u8>) -> Response {

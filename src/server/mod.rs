@@ -1,8 +1,10 @@
 //! The one listener: JSON-RPC over HTTP (`http`) and WebSocket (`ws`, with
 //! subscriptions) and the health endpoints, served until the shutdown future resolves;
-//! in-flight requests then finish before `serve` returns.
+//! in-flight requests then finish (within `[server] drain_secs`) before `serve`
+//! returns. `listen` is the accept loop and its connection limits.
 
 mod http;
+pub mod listen;
 mod status;
 mod ws;
 
@@ -28,16 +30,15 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/feed.atom", get(status::feed))
         .route("/metrics", get(status::metrics))
         .route("/ipfs/{*rest}", get(crate::storage::http::ipfs))
-        .route("/ar/{id}", get(crate::storage::http::arweave))
+        .route("/ar/{*rest}", get(crate::storage::http::arweave))
         .with_state(gw)
 }
 
 pub async fn serve(
     listener: TcpListener,
     gw: Arc<Gateway>,
+    hygiene: listen::Hygiene,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(gw))
-        .with_graceful_shutdown(shutdown)
-        .await
+    listen::serve(listener, router(gw), hygiene, shutdown).await
 }

@@ -330,6 +330,7 @@ async fn ask(
                 answer: Answer::Error { code, message, .. },
             } => Err(format!("{upstream}: error {code}: {message}")),
             Outcome::Unverified { what, why } => Err(format!("{what}: {why}")),
+            Outcome::Refused(e) => Err(e.to_string()),
             Outcome::Unavailable(tried) => Err(format!(
                 "no upstream answered ({})",
                 tried

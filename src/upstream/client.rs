@@ -181,6 +181,14 @@ fn decode(bytes: &Bytes, expected: usize) -> Result<Vec<Option<Answer>>, Upstrea
     if expected == 1 && first == Some(&b'{') {
         let reply: Reply<'_> =
             serde_json::from_slice(bytes).map_err(|e| malformed(&e.to_string()))?;
+        // The answer to another request (a provider's or its load balancer's mix-up) is
+        // never this call's: the call moves on to another upstream.
+        if slot_of(&reply, 1).is_none() {
+            return Err(malformed(&format!(
+                "reply id {} is not the id sent (0)",
+                reply.id.map_or("(none)", |id| id.get())
+            )));
+        }
         return Ok(vec![Some(answer(bytes, &reply)?)]);
     }
     if first != Some(&b'[') {
@@ -199,14 +207,22 @@ fn decode(bytes: &Bytes, expected: usize) -> Result<Vec<Option<Answer>>, Upstrea
         serde_json::from_slice(bytes).map_err(|e| malformed(&e.to_string()))?;
     let mut answers: Vec<Option<Answer>> = vec![None; expected];
     for reply in &replies {
-        let slot = reply
-            .id
-            .and_then(|id| id.get().parse::<usize>().ok())
-            .filter(|&i| i < expected)
+        let slot = slot_of(reply, expected)
             .ok_or_else(|| malformed("batch reply with an id Outlast did not send"))?;
+        if answers[slot].is_some() {
+            return Err(malformed(&format!("batch reply with id {slot} twice")));
+        }
         answers[slot] = Some(answer(bytes, reply)?);
     }
     Ok(answers)
+}
+
+/// The call a reply answers: its id is the call's position, as `encode` sent it.
+fn slot_of(reply: &Reply<'_>, expected: usize) -> Option<usize> {
+    reply
+        .id
+        .and_then(|id| id.get().parse::<usize>().ok())
+        .filter(|&i| i < expected)
 }
 
 fn answer(bytes: &Bytes, reply: &Reply<'_>) -> Result<Answer, UpstreamError> {
@@ -255,6 +271,65 @@ mod tests {
         assert!(matches!(&answers[0], Some(Answer::Error { code: 3, .. })));
         assert!(matches!(&answers[1], Some(Answer::Result(r)) if &r[..] == b"null"));
         assert!(answers[2].is_none());
+    }
+
+    #[test]
+    fn a_reply_to_another_call_is_never_taken() {
+        for body in [
+            &br#"{"jsonrpc":"2.0","id":1,"result":"0x1"}"#[..],
+            br#"{"jsonrpc":"2.0","id":null,"result":"0x1"}"#,
+            br#"{"jsonrpc":"2.0","result":"0x1"}"#,
+            br#"{"jsonrpc":"2.0","id":"0x0","result":"0x1"}"#,
+        ] {
+            assert!(
+                matches!(
+                    decode(&Bytes::copy_from_slice(body), 1),
+                    Err(UpstreamError::Malformed(_))
+                ),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        let twice = Bytes::from_static(
+            br#"[{"jsonrpc":"2.0","id":0,"result":"0x1"},{"jsonrpc":"2.0","id":0,"result":"0x2"}]"#,
+        );
+        assert!(matches!(decode(&twice, 2), Err(UpstreamError::Malformed(_))));
+        let ok = Bytes::from_static(br#"{"jsonrpc":"2.0","id":0,"result":"0x1"}"#);
+        assert!(matches!(&decode(&ok, 1).expect("ok")[0], Some(Answer::Result(r)) if &r[..] == b"\"0x1\""));
+    }
+
+    proptest::proptest! {
+        /// Whatever an upstream sends, decoding never panics, and an answer is only
+        /// ever taken for an id that was sent, once.
+        #[test]
+        fn decoding_any_reply_never_panics_or_takes_a_stranger(
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..256),
+            ids in proptest::collection::vec(0usize..6, 0..6),
+            expected in 1usize..4,
+        ) {
+            let _ = decode(&Bytes::from(body), expected);
+            let replies: Vec<String> = ids
+                .iter()
+                .map(|i| format!(r#"{{"jsonrpc":"2.0","id":{i},"result":"0x{i}"}}"#))
+                .collect();
+            let batch = Bytes::from(format!("[{}]", replies.join(",")));
+            let unique: std::collections::HashSet<_> = ids.iter().collect();
+            let valid = ids.iter().all(|&i| i < expected) && unique.len() == ids.len();
+            match decode(&batch, expected) {
+                Ok(answers) => {
+                    proptest::prop_assert!(valid);
+                    for (slot, a) in answers.iter().enumerate() {
+                        let want = format!("\"0x{slot}\"");
+                        match a {
+                            Some(Answer::Result(r)) => proptest::prop_assert_eq!(&r[..], want.as_bytes()),
+                            None => proptest::prop_assert!(!ids.contains(&slot)),
+                            Some(other) => proptest::prop_assert!(false, "{other:?}"),
+                        }
+                    }
+                }
+                Err(_) => proptest::prop_assert!(!valid),
+            }
+        }
     }
 
     #[test]

@@ -11,14 +11,11 @@ mod track;
 mod transport;
 mod ws;
 
-use std::{
-    sync::{Arc, atomic::AtomicU64},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 pub use capabilities::Capability;
 pub use client::{Answer, UpstreamError};
-pub use limits::{InFlight, Limits};
+pub use limits::{InFlight, Limits, LogsRange, MIN_LEARNED_LOGS_RANGE};
 pub use probe::{log_transition, watch};
 pub use track::{poll_interval, track};
 pub use transport::{HttpClient, http_client};
@@ -51,8 +48,8 @@ pub struct Upstream {
     pub head: UpstreamHead,
     pub limits: Limits,
     /// Largest `eth_getLogs` block range it takes: from config, or learned from its
-    /// refusals; 0 while unknown.
-    pub logs_range: AtomicU64,
+    /// refusals (with a floor and an expiry).
+    pub logs_range: LogsRange,
 }
 
 impl Upstream {
@@ -77,7 +74,7 @@ impl Upstream {
             health: Health::new(routing),
             head: UpstreamHead::default(),
             limits: Limits::new(cfg.max_rps, cfg.max_concurrency),
-            logs_range: AtomicU64::new(cfg.max_logs_range.unwrap_or(0)),
+            logs_range: LogsRange::new(cfg.max_logs_range),
         }
     }
 

@@ -80,12 +80,17 @@ impl Outlast {
     /// its own) on a free port, with its incident history in a fresh directory, and
     /// waits as `start` does. `toml` must not have `[server]` or `[status]` sections.
     pub async fn start_process(toml: &str) -> Outlast {
+        Outlast::start_process_with_server("", toml).await
+    }
+
+    /// As `start_process`, with further `[server]` keys (`server`, one per line).
+    pub async fn start_process_with_server(server: &str, toml: &str) -> Outlast {
         let scratch = scratch_dir();
         std::fs::create_dir_all(&scratch).expect("scratch dir");
         let port = super::free_port();
         let path = scratch.join("outlast.toml");
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n[status]\ndata_dir = \"{}\"\n{toml}",
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n{server}\n[status]\ndata_dir = \"{}\"\n{toml}",
             scratch.join("history").display()
         );
         std::fs::write(&path, text).expect("write config");

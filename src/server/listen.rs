@@ -1,0 +1,550 @@
+//! The accept loop, with the connection hygiene of the proxies operators trust (nginx,
+//! Envoy): a cap on connections in total and per client address, a deadline for a
+//! request's headers (from its first byte, or from the connection's start), an idle
+//! keep-alive timeout, a deadline for the whole request, and on shutdown a drain
+//! deadline after which the connections left are closed. Without these, a few hundred
+//! sockets that send half a header and stop hold the process's file descriptors for
+//! ever, and shutdown waits on the slowest client.
+//!
+//! hyper's own header timer is not used: it also runs while a connection is idle, so it
+//! cannot be told apart from the idle timeout. Each connection has a watchdog instead,
+//! fed by its socket's reads and writes and by the requests it serves.
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    net::{IpAddr, SocketAddr},
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use axum::{
+    Router,
+    body::Body,
+    extract::ConnectInfo,
+    http::{HeaderMap, Request, Response, StatusCode, header},
+};
+use hyper::body::Incoming;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use ipnet::IpNet;
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
+    net::{TcpListener, TcpStream},
+    time::Instant,
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::config;
+
+/// `[server]`'s connection limits, as the listener uses them.
+#[derive(Debug, Clone)]
+pub struct Hygiene {
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub request_timeout: Duration,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub trusted_proxies: Vec<IpNet>,
+    pub drain: Duration,
+}
+
+impl Hygiene {
+    pub fn new(server: &config::Server) -> Self {
+        Hygiene {
+            header_timeout: Duration::from_millis(server.header_timeout_ms),
+            idle_timeout: Duration::from_secs(server.idle_timeout_secs),
+            request_timeout: Duration::from_millis(server.request_timeout_ms),
+            max_connections: server.max_connections,
+            max_connections_per_ip: server.max_connections_per_ip,
+            trusted_proxies: server.trusted_proxies.clone(),
+            drain: Duration::from_secs(server.drain_secs),
+        }
+    }
+
+    fn trusts(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// The address a request came from: the TCP peer, or, when the peer is a trusted proxy,
+/// the nearest address in `X-Forwarded-For` that is not itself a trusted proxy.
+/// Handlers find it in the request's extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub IpAddr);
+
+pub fn client_addr(peer: IpAddr, headers: &HeaderMap, hygiene: &Hygiene) -> ClientAddr {
+    if !hygiene.trusts(peer) {
+        return ClientAddr(peer);
+    }
+    let hops = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .rev()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.rsplit(','))
+        .map(|hop| hop.trim().parse::<IpAddr>());
+    let mut nearest = peer;
+    for hop in hops {
+        // A hop that is not an address was written by someone we do not trust: stop.
+        let Ok(ip) = hop else { break };
+        nearest = ip;
+        if !hygiene.trusts(ip) {
+            break;
+        }
+    }
+    ClientAddr(nearest)
+}
+
+/// Serves `router` on `listener` until `shutdown`, then drains: requests in flight get
+/// `hygiene.drain` to finish, after which their connections are closed.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    hygiene: Hygiene,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let hygiene = Arc::new(hygiene);
+    let counts = Arc::new(Counts::default());
+    let conns = TaskTracker::new();
+    let draining = CancellationToken::new();
+    let closing = CancellationToken::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().header_read_timeout(None).keep_alive(true);
+    builder.http2().max_concurrent_streams(128);
+    let builder = Arc::new(builder);
+    tokio::pin!(shutdown);
+    let mut accept_failures = 0u32;
+    loop {
+        let accepted = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => {
+                accept_failures = 0;
+                a
+            }
+            Err(e) => {
+                // Out of file descriptors (or a like condition): the connections already
+                // open are served; new ones wait in the backlog a moment.
+                if accept_failures == 0 {
+                    tracing::warn!("cannot accept a connection: {e}; retrying");
+                }
+                accept_failures = accept_failures.saturating_add(1);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        match counts.admit(peer.ip(), &hygiene) {
+            Err(limit) => {
+                crate::metrics::limit_exceeded(limit);
+                conns.spawn(refuse(stream, limit));
+            }
+            Ok(guard) => {
+                let conn = Connection {
+                    peer,
+                    router: router.clone(),
+                    hygiene: hygiene.clone(),
+                    builder: builder.clone(),
+                    draining: draining.clone(),
+                    closing: closing.clone(),
+                };
+                conns.spawn(conn.run(stream, guard));
+            }
+        }
+    }
+    drop(listener);
+    draining.cancel();
+    conns.close();
+    if tokio::time::timeout(hygiene.drain, conns.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            after = ?hygiene.drain,
+            "requests still in flight at the drain deadline ([server] drain_secs): closing their connections"
+        );
+        closing.cancel();
+        conns.wait().await;
+    }
+    Ok(())
+}
+
+/// Connections open, in total and per address.
+#[derive(Default)]
+struct Counts {
+    total: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl Counts {
+    /// Counts a new connection from `ip`, or says which cap it is over.
+    fn admit(self: &Arc<Self>, ip: IpAddr, hygiene: &Hygiene) -> Result<Slot, &'static str> {
+        let total = self.total.fetch_add(1, Ordering::AcqRel) + 1;
+        // Counted first, so a refused connection is uncounted by the slot's drop.
+        let mut slot = Slot {
+            counts: self.clone(),
+            ip: None,
+        };
+        if total > hygiene.max_connections {
+            return Err("connections");
+        }
+        if !hygiene.trusts(ip) {
+            let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+            let n = per_ip.entry(ip).or_insert(0);
+            if *n >= hygiene.max_connections_per_ip {
+                return Err("connections_per_ip");
+            }
+            *n += 1;
+            slot.ip = Some(ip);
+        }
+        crate::metrics::connections(total);
+        Ok(slot)
+    }
+}
+
+/// One admitted connection, counted until dropped — which is when its socket closes,
+/// also after an upgrade to WebSocket (the slot travels inside the socket).
+struct Slot {
+    counts: Arc<Counts>,
+    ip: Option<IpAddr>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let left = self.counts.total.fetch_sub(1, Ordering::AcqRel).saturating_sub(1);
+        crate::metrics::connections(left);
+        if let Some(ip) = self.ip {
+            let mut per_ip = self.counts.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = per_ip.get_mut(&ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    per_ip.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+/// Over a cap: a 503 the client can read, then the connection is closed.
+async fn refuse(mut stream: TcpStream, limit: &'static str) {
+    let what = match limit {
+        "connections_per_ip" => "too many connections from your address",
+        _ => "too many connections",
+    };
+    let body = format!(
+        r#"{{"jsonrpc":"2.0","id":null,"error":{{"code":-32005,"message":"limit exceeded: {what}; retry shortly, or reuse one keep-alive connection"}}}}"#
+    );
+    let reply = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let refusal = async {
+        stream.write_all(reply.as_bytes()).await?;
+        stream.shutdown().await?;
+        // Read what the client sent, so closing does not reset the connection before it
+        // has read the 503.
+        let mut sink = [0u8; 4096];
+        let mut left = 64 * 1024usize;
+        while left > 0 {
+            let n = stream.read(&mut sink).await?;
+            if n == 0 {
+                break;
+            }
+            left = left.saturating_sub(n);
+        }
+        std::io::Result::Ok(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), refusal).await;
+}
+
+struct Connection {
+    peer: SocketAddr,
+    router: Router,
+    hygiene: Arc<Hygiene>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    draining: CancellationToken,
+    closing: CancellationToken,
+}
+
+impl Connection {
+    async fn run(self, stream: TcpStream, slot: Slot) {
+        let activity = Arc::new(Activity::new());
+        let io = TokioIo::new(Watched {
+            inner: stream,
+            activity: activity.clone(),
+            _slot: slot,
+        });
+        let (peer, router, hygiene) = (self.peer, self.router, self.hygiene.clone());
+        let served = activity.clone();
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let busy = served.begin();
+            let mut req = req.map(Body::new);
+            let client = client_addr(peer.ip(), req.headers(), &hygiene);
+            req.extensions_mut().insert(ConnectInfo(peer));
+            req.extensions_mut().insert(client);
+            let answer = tower_service::Service::call(&mut router.clone(), req);
+            let deadline = hygiene.request_timeout;
+            async move {
+                let response = match tokio::time::timeout(deadline, answer).await {
+                    Ok(Ok(response)) => response,
+                    Ok(Err(never)) => match never {},
+                    Err(_) => too_slow(deadline),
+                };
+                drop(busy);
+                Ok::<_, std::convert::Infallible>(response)
+            }
+        });
+        let conn = self.builder.serve_connection_with_upgrades(io, service);
+        tokio::pin!(conn);
+        let mut drain_started = false;
+        loop {
+            let (deadline, limit) = activity.deadline(&self.hygiene);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                () = sleep_until(deadline) => {
+                    if activity.deadline(&self.hygiene).0.is_some_and(|d| d <= Instant::now()) {
+                        crate::metrics::limit_exceeded(limit);
+                        return;
+                    }
+                }
+                () = self.draining.cancelled(), if !drain_started => {
+                    conn.as_mut().graceful_shutdown();
+                    drain_started = true;
+                }
+                () = self.closing.cancelled() => {
+                    crate::metrics::limit_exceeded("drain");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The whole-request deadline passed: the client hears so (the work it started, such as
+/// a broadcast, finishes on its own task).
+fn too_slow(deadline: Duration) -> Response<Body> {
+    crate::metrics::limit_exceeded("request_timeout");
+    let body = format!(
+        r#"{{"jsonrpc":"2.0","id":null,"error":{{"code":-32002,"message":"resource unavailable: no answer within {} ms ([server] request_timeout_ms); retry"}}}}"#,
+        deadline.as_millis()
+    );
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// What a connection is doing, for its watchdog: requests in flight, when it last moved
+/// bytes or finished a request, and when the head of the next request started (the
+/// connection's start counts: a new connection owes its first request's headers).
+/// Times are milliseconds since `start`.
+struct Activity {
+    start: Instant,
+    in_flight: AtomicUsize,
+    last: AtomicU64,
+    head_from: AtomicU64,
+}
+
+const NO_HEAD: u64 = u64::MAX;
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            start: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last: AtomicU64::new(0),
+            head_from: AtomicU64::new(0),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.start + Duration::from_millis(ms)
+    }
+
+    fn moved(&self, bytes_in: bool) {
+        let now = self.now();
+        self.last.store(now, Ordering::Relaxed);
+        if bytes_in && self.in_flight.load(Ordering::Relaxed) == 0 {
+            let _ = self.head_from.compare_exchange(
+                NO_HEAD,
+                now,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.head_from.store(NO_HEAD, Ordering::Relaxed);
+        Busy(self.clone())
+    }
+
+    /// When the connection is to be closed if nothing changes, and the limit that says so.
+    fn deadline(&self, h: &Hygiene) -> (Option<Instant>, &'static str) {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return (None, "");
+        }
+        match self.head_from.load(Ordering::Relaxed) {
+            NO_HEAD => (
+                Some(self.at(self.last.load(Ordering::Relaxed)) + h.idle_timeout),
+                "idle_timeout",
+            ),
+            from => (Some(self.at(from) + h.header_timeout), "header_timeout"),
+        }
+    }
+}
+
+/// One request being served; when it is answered the connection is idle again.
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let a = &self.0;
+        a.last.store(a.now(), Ordering::Relaxed);
+        a.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The socket, telling the watchdog about every read and write, and carrying the
+/// connection's slot in the counts.
+struct Watched {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+    _slot: Slot,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.moved(true);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.moved(false);
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.moved(false);
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hygiene(trusted: &[&str]) -> Hygiene {
+        let mut h = Hygiene::new(&config::Server::default());
+        h.trusted_proxies = trusted.iter().map(|t| t.parse().expect("cidr")).collect();
+        h
+    }
+
+    fn xff(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append("x-forwarded-for", v.parse().expect("header"));
+        }
+        h
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        let h = hygiene(&["10.0.0.0/8"]);
+        let headers = xff(&["203.0.113.9, 10.1.1.1"]);
+        assert_eq!(client_addr(ip("10.0.0.5"), &headers, &h).0, ip("203.0.113.9"));
+        assert_eq!(
+            client_addr(ip("198.51.100.7"), &headers, &h).0,
+            ip("198.51.100.7"),
+            "an untrusted peer's header is ignored"
+        );
+        let spoofed = xff(&["1.2.3.4", "203.0.113.9"]);
+        assert_eq!(
+            client_addr(ip("10.0.0.5"), &spoofed, &h).0,
+            ip("203.0.113.9"),
+            "what the client itself wrote further left is not believed"
+        );
+        let garbage = xff(&["not-an-ip"]);
+        assert_eq!(client_addr(ip("10.0.0.5"), &garbage, &h).0, ip("10.0.0.5"));
+    }
+
+    #[test]
+    fn connections_are_capped_in_total_and_per_address() {
+        let mut h = hygiene(&["10.0.0.1/32"]);
+        h.max_connections = 3;
+        h.max_connections_per_ip = 2;
+        let counts = Arc::new(Counts::default());
+        let a: IpAddr = "192.0.2.1".parse().expect("ip");
+        let first = counts.admit(a, &h).expect("1st");
+        let _second = counts.admit(a, &h).expect("2nd");
+        assert_eq!(counts.admit(a, &h).err(), Some("connections_per_ip"));
+        drop(first);
+        let _again = counts.admit(a, &h).expect("a slot was freed");
+        let proxy: IpAddr = "10.0.0.1".parse().expect("ip");
+        let _p = counts.admit(proxy, &h).expect("a trusted proxy is not capped per address");
+        assert_eq!(counts.admit(proxy, &h).err(), Some("connections"));
+        assert_eq!(counts.total.load(Ordering::Relaxed), 3, "refused ones are not counted");
+    }
+}
