@@ -316,6 +316,58 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// For any range and piece size: the pieces are contiguous, each at most `size`
+        /// blocks, cover exactly `from..=to`, and are as many as `span / size` rounded up
+        /// — also at the ends of the u64 range, where the old arithmetic wrapped.
+        #[test]
+        fn pieces_cover_the_range_exactly(
+            from in proptest::prop_oneof![0u64..1000, (u64::MAX - 1000)..=u64::MAX],
+            len in 0u64..2000,
+            size in 1u64..300,
+        ) {
+            let to = from.saturating_add(len);
+            let mut next = from;
+            let mut count = 0u64;
+            for (a, b) in pieces(from, to, size).take(5000) {
+                proptest::prop_assert_eq!(a, next);
+                proptest::prop_assert!(a <= b && b - a < size && b <= to);
+                count += 1;
+                if b == to {
+                    proptest::prop_assert_eq!(Some(count), span(from, to).map(|n| n.div_ceil(size)));
+                    return Ok(());
+                }
+                next = b + 1;
+            }
+            proptest::prop_assert!(false, "pieces ended before {to}");
+        }
+
+        /// A client's range is refused past the limit, and never overflows on the way.
+        #[test]
+        fn client_ranges_are_checked_without_overflow(
+            from in proptest::num::u64::ANY,
+            to in proptest::num::u64::ANY,
+            max in 1u64..1_000_000,
+        ) {
+            let limits = LogLimits { max_range: max, max_pieces: 10, max_bytes: 1 };
+            let ok = check_range(from, to, &limits).is_ok();
+            let expected = to >= from && (to - from) < max;
+            proptest::prop_assert_eq!(ok, expected);
+        }
+
+        /// Whatever a filter holds, reading its range never panics, and a range read is
+        /// ordered.
+        #[test]
+        fn any_filter_reads_safely(from in "[0-9a-fx]{0,20}", to in "[0-9a-fx]{0,20}", extra in ".{0,20}") {
+            let text = serde_json::json!([{"fromBlock": from, "toBlock": to, "x": extra}]).to_string();
+            let p = RawValue::from_string(text).expect("json");
+            if let Some((a, b)) = range(Some(&p)) {
+                proptest::prop_assert!(a <= b);
+                proptest::prop_assert!(with_range(Some(&p), a, b).is_some());
+            }
+        }
+    }
+
     #[test]
     fn pieces_carry_their_own_range_and_keep_the_rest() {
         let p = RawValue::from_string(

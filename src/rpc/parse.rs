@@ -317,6 +317,50 @@ mod tests {
         assert_eq!(ids, [None, Some("null")]);
     }
 
+    proptest::proptest! {
+        /// Any bytes: no panic, and a batch is never longer than the limit.
+        #[test]
+        fn any_body_parses_or_is_refused_within_the_limits(
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..512),
+        ) {
+            if let Ok(Request::Batch(entries)) = parse(&body, LIMITS) {
+                proptest::prop_assert!(!entries.is_empty() && entries.len() <= LIMITS.max_batch);
+            }
+        }
+
+        /// A batch of n well-formed calls: accepted whole up to the limit, refused with
+        /// -32005 past it — however far past.
+        #[test]
+        fn batches_are_counted_exactly(n in 1usize..40, id in proptest::num::i64::ANY) {
+            let call = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"eth_chainId"}}"#);
+            let body = format!("[{}]", vec![call; n].join(","));
+            match parse(body.as_bytes(), LIMITS) {
+                Ok(Request::Batch(entries)) => {
+                    proptest::prop_assert!(n <= LIMITS.max_batch);
+                    proptest::prop_assert_eq!(entries.len(), n);
+                    for e in &entries {
+                        let id_text = id.to_string();
+                        proptest::prop_assert_eq!(e.as_ref().ok().and_then(|c| c.id).map(RawValue::get), Some(id_text.as_str()));
+                    }
+                }
+                Err(e) => {
+                    proptest::prop_assert!(n > LIMITS.max_batch);
+                    proptest::prop_assert_eq!(e.code(), -32005);
+                }
+                Ok(other) => proptest::prop_assert!(false, "{other:?}"),
+            }
+        }
+
+        /// Nesting past the limit is refused whatever surrounds it.
+        #[test]
+        fn deep_nesting_is_refused(depth in 9usize..200, open in proptest::bool::ANY) {
+            let (o, c) = if open { ("[", "]") } else { (r#"{"a":"#, "}") };
+            let body = format!("{}1{}", o.repeat(depth), c.repeat(depth));
+            let refused = matches!(parse(body.as_bytes(), LIMITS), Err(e) if e.code() == -32005);
+            proptest::prop_assert!(refused);
+        }
+    }
+
     #[test]
     fn depth_scan_ignores_brackets_in_strings() {
         assert_eq!(nesting_depth(br#"{"a":"[[[[\"{{{"}"#), 1);
