@@ -2,9 +2,12 @@
 //! allowed here, and does an upstream's JSON-RPC error belong to the caller (pass it
 //! on) or to the upstream (ask another one)?
 
-/// Which methods this gateway refuses, from `[limits] denied_methods`.
+/// Which methods this gateway refuses, from `[limits] denied_methods`. Matched without
+/// regard to case: some nodes resolve `Debug_traceTransaction` or `eth_sendtransaction`
+/// as the method it spells, so a case-sensitive list would let them through.
 #[derive(Debug, Clone)]
 pub struct MethodPolicy {
+    /// Lower-cased, like every method compared with them.
     exact: Vec<String>,
     prefixes: Vec<String>,
 }
@@ -13,17 +16,31 @@ impl MethodPolicy {
     pub fn new(denied: &[String]) -> Self {
         let (prefixes, exact): (Vec<_>, Vec<_>) = denied.iter().partition(|m| m.ends_with('*'));
         MethodPolicy {
-            exact: exact.into_iter().cloned().collect(),
+            exact: exact.into_iter().map(|m| m.to_lowercase()).collect(),
             prefixes: prefixes
                 .into_iter()
-                .map(|p| p.trim_end_matches('*').to_owned())
+                .map(|p| p.trim_end_matches('*').to_lowercase())
                 .collect(),
         }
     }
 
     pub fn is_denied(&self, method: &str) -> bool {
-        self.exact.iter().any(|m| m == method)
-            || self.prefixes.iter().any(|p| method.starts_with(p))
+        if method.is_ascii() {
+            return self.matches(method);
+        }
+        // Unicode lower-casing may turn a lookalike into ASCII (the Kelvin sign `K` is
+        // `k`); a node that folds case that way must not be handed a denied method.
+        self.matches(method) || self.matches(&method.to_lowercase())
+    }
+
+    fn matches(&self, method: &str) -> bool {
+        self.exact.iter().any(|m| m.eq_ignore_ascii_case(method))
+            || self.prefixes.iter().any(|p| {
+                method
+                    .as_bytes()
+                    .get(..p.len())
+                    .is_some_and(|head| head.eq_ignore_ascii_case(p.as_bytes()))
+            })
     }
 }
 
@@ -111,6 +128,31 @@ mod tests {
             "debug",
         ] {
             assert!(!policy.is_denied(m), "{m}");
+        }
+    }
+
+    #[test]
+    fn denied_methods_are_matched_without_regard_to_case() {
+        let policy = MethodPolicy::new(&crate::config::Limits::default().denied_methods);
+        for m in [
+            "Debug_traceTransaction",
+            "DEBUG_TRACETRANSACTION",
+            "eth_sendtransaction",
+            "ETH_SENDTRANSACTION",
+            "Admin_peers",
+            "eth_SIGN",
+        ] {
+            assert!(policy.is_denied(m), "{m}");
+        }
+        // The Kelvin sign lower-cases (in Unicode) to `k`.
+        let kelvin = MethodPolicy::new(&["eth_checkpoint".to_owned()]);
+        assert!(kelvin.is_denied("eth_chec\u{212a}point"));
+        // A config written in another case denies the same methods.
+        let upper = MethodPolicy::new(&["ETH_SIGN".to_owned(), "Debug_*".to_owned()]);
+        assert!(upper.is_denied("eth_sign"));
+        assert!(upper.is_denied("debug_traceCall"));
+        for m in ["eth_signx", "eth_sig", "eth_call", "debuG", "é"] {
+            assert!(!upper.is_denied(m), "{m}");
         }
     }
 
