@@ -192,11 +192,15 @@ fn check(path: &Path) -> ExitCode {
                     chain.verify,
                     chain.quorum
                 );
+                // URLs as written in the file: `${VAR}` by name, literal keys as `***`.
                 for up in &chain.upstreams {
                     println!(
                         "  {:<20} tier {} {:<12} {}",
                         up.name, up.tier, up.operator, up.url
                     );
+                    if let Some(ws) = &up.ws_url {
+                        println!("  {:<20} {:<19} {ws}", "", "websocket");
+                    }
                 }
                 if chain.verify != config::Verify::Off && operators.len() < chain.quorum {
                     println!(
@@ -206,6 +210,17 @@ fn check(path: &Path) -> ExitCode {
                         operators.len()
                     );
                 }
+            }
+            if let Some(url) = &config.redis.url {
+                let secret = config
+                    .redis
+                    .secret
+                    .as_ref()
+                    .map_or_else(|| "none".to_owned(), ToString::to_string);
+                println!(
+                    "redis: {url} (keys {}…, entries authenticated with secret {secret})",
+                    config.redis.key_prefix
+                );
             }
             for (i, hook) in config.webhooks.iter().enumerate() {
                 let name = hook.name.clone().unwrap_or_else(|| format!("webhook-{i}"));

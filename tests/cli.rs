@@ -73,6 +73,78 @@ fn check_accepts_a_good_config_and_redacts_secrets() {
     assert!(!stdout.contains("9aa3d95b"), "secret leaked: {stdout}");
 }
 
+/// The summary is built from the file as written: a variable is shown by its name
+/// however short its value, and a literal key is hidden whether percent-encoded or made
+/// of letters only.
+#[test]
+fn check_never_shows_a_secret_however_short_or_written() {
+    let file = write_config(concat!(
+        "[[chains]]\nname = \"eth\"\nchain_id = 1\n",
+        "[[chains.upstreams]]\nname = \"short\"\noperator = \"a\"\n",
+        "url = \"https://rpc.example/eth/${OUTLAST_CLI_SHORT}\"\n",
+        "ws_url = \"wss://rpc.example/ws?key=${OUTLAST_CLI_SHORT}\"\n",
+        "[[chains.upstreams]]\nname = \"encoded\"\noperator = \"b\"\n",
+        "url = \"https://rpc.example/v3/%39aa3d95b%33bc440fa88ea12eaa4456161\"\n",
+        "[[chains.upstreams]]\nname = \"letters\"\noperator = \"c\"\n",
+        "url = \"https://eth-mainnet.example/v2/hGzTqWbKxLmNpRsVyJcDfAeUoIkQwErT\"\n",
+        "[redis]\nurl = \"redis://:${OUTLAST_CLI_SHORT}@127.0.0.1:6379/\"\n",
+        "secret = \"${OUTLAST_CLI_REDIS_SECRET}\"\n",
+        "[[webhooks]]\nurl = \"https://hooks.example/services/${OUTLAST_CLI_SHORT}/TdKwQpLmZxNcVbRt\"\n",
+    ));
+    let out = Command::new(BIN)
+        .args(["check", "--config", file.as_str()])
+        .env("OUTLAST_CLI_SHORT", "k3y")
+        .env("OUTLAST_CLI_REDIS_SECRET", "0123456789abcdef-redis")
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    for shown in [
+        "https://rpc.example/eth/${OUTLAST_CLI_SHORT}",
+        "wss://rpc.example/ws?key=${OUTLAST_CLI_SHORT}",
+        "https://rpc.example/v3/***",
+        "https://eth-mainnet.example/v2/***",
+        "redis://:${OUTLAST_CLI_SHORT}@127.0.0.1:6379/",
+        "secret ${OUTLAST_CLI_REDIS_SECRET}",
+        "https://hooks.example/services/${OUTLAST_CLI_SHORT}/***",
+    ] {
+        assert!(stdout.contains(shown), "missing {shown:?} in:\n{stdout}");
+    }
+    for secret in [
+        "k3y",
+        "%39aa3d95b",
+        "9aa3d95b",
+        "bc440fa88ea12eaa4456161",
+        "hGzTqWbKxLmNpRsVyJcDfAeUoIkQwErT",
+        "TdKwQpLmZxNcVbRt",
+        "0123456789abcdef",
+    ] {
+        assert!(
+            !stdout.contains(secret) && !stderr.contains(secret),
+            "{secret} leaked:\n{stdout}{stderr}"
+        );
+    }
+}
+
+#[test]
+fn check_requires_a_redis_secret_with_a_redis_url() {
+    let file = write_config(
+        "[[chains]]\nname = \"eth\"\nchain_id = 1\n[[chains.upstreams]]\nname = \"a\"\nurl = \"https://1rpc.io/eth\"\noperator = \"a\"\n[redis]\nurl = \"redis://127.0.0.1:6379/\"\n",
+    );
+    let (ok, _, stderr) = run(&["check", "--config", file.as_str()]);
+    assert!(!ok);
+    let path = file.as_str();
+    assert!(
+        stderr.contains(&format!("{path}:8:1: redis.secret: required with `url`")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("secret = \"${OUTLAST_REDIS_SECRET}\""),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn check_lists_every_problem_with_file_line_and_key() {
     let file = write_config(

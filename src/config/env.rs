@@ -1,30 +1,26 @@
 //! `${VAR}` expansion, done while deserializing each string so that a missing variable is
-//! reported at the line of the string that names it.
+//! reported at the line of the string that names it. Only values are expanded here;
+//! what is shown of a secret is built from the text as written (`pieces`).
 
 use serde::{Deserialize, Deserializer, de::Error};
 
-/// One variable that was substituted; `secret` uses it to put `${NAME}` back when showing
-/// a URL, since whatever came from the environment is most likely a key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Substitution {
-    pub name: String,
-    pub value: String,
+/// A part of a string as written in the file: literal text, or a `${NAME}` reference.
+/// `secret` builds the shown form of a URL from these, so a value that came from the
+/// environment is never printed, however short or unlike a key it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Piece<'a> {
+    Text(&'a str),
+    Var(&'a str),
 }
 
-/// Replaces every `${NAME}` in `text` with the variable's value.
-pub fn expand(text: &str) -> Result<(String, Vec<Substitution>), String> {
-    expand_with(text, |name| std::env::var(name).ok())
-}
-
-fn expand_with(
-    text: &str,
-    lookup: impl Fn(&str) -> Option<String>,
-) -> Result<(String, Vec<Substitution>), String> {
-    let mut out = String::with_capacity(text.len());
-    let mut subs = Vec::new();
+/// Splits `text` into literal text and `${NAME}` references, in order.
+pub fn pieces(text: &str) -> Result<Vec<Piece<'_>>, String> {
+    let mut out = Vec::new();
     let mut rest = text;
     while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
+        if start > 0 {
+            out.push(Piece::Text(&rest[..start]));
+        }
         let after = &rest[start + 2..];
         let end = after
             .find('}')
@@ -35,23 +31,37 @@ fn expand_with(
                 "`${{{name}}}` is not a variable name (letters, digits and _ only)"
             ));
         }
-        let value =
-            lookup(name).ok_or_else(|| format!("environment variable `{name}` is not set"))?;
-        out.push_str(&value);
-        subs.push(Substitution {
-            name: name.to_owned(),
-            value,
-        });
+        out.push(Piece::Var(name));
         rest = &after[end + 1..];
     }
-    out.push_str(rest);
-    Ok((out, subs))
+    if !rest.is_empty() {
+        out.push(Piece::Text(rest));
+    }
+    Ok(out)
+}
+
+/// Replaces every `${NAME}` in `text` with the variable's value.
+pub fn expand(text: &str) -> Result<String, String> {
+    expand_with(text, |name| std::env::var(name).ok())
+}
+
+fn expand_with(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    for piece in pieces(text)? {
+        match piece {
+            Piece::Text(t) => out.push_str(t),
+            Piece::Var(name) => out.push_str(
+                &lookup(name).ok_or_else(|| format!("environment variable `{name}` is not set"))?,
+            ),
+        }
+    }
+    Ok(out)
 }
 
 /// serde helper for a plain string key.
 pub fn expanded<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let raw = String::deserialize(d)?;
-    expand(&raw).map(|(s, _)| s).map_err(D::Error::custom)
+    expand(&raw).map_err(D::Error::custom)
 }
 
 /// serde helper for an optional string key.
@@ -65,7 +75,7 @@ mod tests {
 
     fn check(text: &str, expected: Result<&str, &str>) {
         let lookup = |name: &str| (name == "KEY").then(|| "s3cret".to_owned());
-        let got = expand_with(text, lookup).map(|(s, _)| s);
+        let got = expand_with(text, lookup);
         assert_eq!(
             got.as_deref().map_err(String::as_str),
             expected,

@@ -517,7 +517,37 @@ fn validate(config: &Config) -> Vec<(Vec<Seg>, String)> {
             format!("`{url}`: must be a redis:// or rediss:// URL"),
         ));
     }
+    out.extend(validate_redis_secret(&config.redis));
     out
+}
+
+/// Shortest `[redis] secret`: 128 bits, as many as a random 16-byte key holds.
+const MIN_REDIS_SECRET: usize = 16;
+
+/// Entries in a shared Redis are only as trustworthy as whoever can write to it: with a
+/// `url`, a `secret` (shared by the instances) authenticates each of them.
+fn validate_redis_secret(redis: &Redis) -> Vec<(Vec<Seg>, String)> {
+    use Seg::Key;
+    let at = vec![Key("redis"), Key("secret")];
+    match (&redis.url, &redis.secret) {
+        (Some(_), None) => vec![(
+            at,
+            format!(
+                "required with `url`: every instance sharing this Redis needs the same secret \
+                 (at least {MIN_REDIS_SECRET} bytes) so none serves an entry someone else wrote \
+                 into it; add e.g. `secret = \"${{OUTLAST_REDIS_SECRET}}\"` and set \
+                 OUTLAST_REDIS_SECRET (`openssl rand -hex 32`)"
+            ),
+        )],
+        (_, Some(secret)) if secret.len() < MIN_REDIS_SECRET => vec![(
+            at,
+            format!(
+                "{secret} is {} bytes: use at least {MIN_REDIS_SECRET} (`openssl rand -hex 32`)",
+                secret.len()
+            ),
+        )],
+        _ => Vec::new(),
+    }
 }
 
 /// The name goes into response headers and the URL must be plain HTTP(S): the same
@@ -880,6 +910,33 @@ operator = "self"
                 "16:9: tx.store: must name a file",
             ],
         );
+    }
+
+    #[test]
+    fn redis_needs_a_secret_of_16_bytes_and_never_shows_it() {
+        let redis =
+            |rest: &str| format!("{GOOD}\n[redis]\nurl = \"redis://127.0.0.1:6379/\"\n{rest}");
+        let got = problems(&redis(""));
+        assert_eq!(got.len(), 1, "{got:#?}");
+        assert!(
+            got[0].starts_with("14:1: redis.secret: required with `url`"),
+            "{got:#?}"
+        );
+        assert!(
+            got[0].contains("secret = \"${OUTLAST_REDIS_SECRET}\""),
+            "{got:#?}"
+        );
+        let got = problems(&redis("secret = \"short-but-secre\"\n"));
+        assert_eq!(
+            got,
+            ["16:10: redis.secret: *** is 15 bytes: use at least 16 (`openssl rand -hex 32`)"]
+        );
+        let c = load_str(&redis("secret = \"0123456789abcdef\"\n")).expect("loads");
+        let secret = c.redis.secret.as_ref().expect("secret");
+        assert_eq!(secret.expose(), b"0123456789abcdef");
+        assert!(!format!("{:?}", c.redis).contains("0123456789abcdef"));
+        // Without `url` there is nothing to authenticate.
+        assert!(load_str(GOOD).expect("loads").redis.secret.is_none());
     }
 
     #[test]

@@ -449,6 +449,10 @@ pub struct Redis {
     pub key_prefix: String,
     /// A Redis call slower than this is given up (the cache then misses).
     pub timeout_ms: u64,
+    /// Shared by the instances; every entry carries an HMAC-SHA256 of its key and value
+    /// under it, so whoever can write to Redis cannot plant an answer. Required with
+    /// `url`, at least 16 bytes; write it as `${VAR}`. Shown as `${VAR}` or `***`.
+    pub secret: Option<secret::Secret>,
 }
 
 impl Default for Redis {
@@ -457,6 +461,7 @@ impl Default for Redis {
             url: None,
             key_prefix: "outlast:".into(),
             timeout_ms: 250,
+            secret: None,
         }
     }
 }
