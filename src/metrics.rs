@@ -278,6 +278,14 @@ pub fn cache_lookup(chain: &str, method: &str, result: &'static str) {
     counter_of(CACHE_REQUESTS, &labels).increment(1);
 }
 
+/// For the Redis cache tier: an entry refused, counted in
+/// `outlast_cache_redis_rejected_total`; `reason` is `tag` (missing or wrong: forged,
+/// edited, or written with another `[redis] secret`) or `format` (valid tag, unknown
+/// layout). Such an entry is a miss, never an answer.
+pub fn cache_redis_rejected(reason: &'static str) {
+    counter!("outlast_cache_redis_rejected_total", "reason" => reason).increment(1);
+}
+
 /// For verification: one answer checked; `mode` is `proof` or `quorum`, `outcome` is
 /// `verified`, `unconfirmed` (fewer operators reachable than the quorum), `failed` (an upstream lied) or `unverifiable`.
 pub fn verification(chain: &str, method: &str, mode: &'static str, outcome: &'static str) {

@@ -1,6 +1,7 @@
 //! Redis as the shared second cache tier: Outlast instances, also in separate
 //! processes, share answers (a proven one keeps its level; an unproven one is not served
-//! where answers must be proven), and Redis dying mid-run never takes Outlast down.
+//! where answers must be proven), an entry edited or forged in Redis is never served,
+//! and Redis dying mid-run never takes Outlast down.
 //! Runs a real `redis-server` (scripts/test.sh installs it) on a free port, without
 //! persistence, stopped when the test ends.
 
@@ -75,10 +76,13 @@ async fn outlast_verifying(fleet: &Fleet, redis: &Redis, mode: &str) -> Outlast 
     o
 }
 
+/// `[redis] secret` of every instance in these tests: they share entries.
+const SECRET: &str = "test-secret-of-the-instances-0123456789";
+
 /// The config of an instance using `redis`, verifying in `mode`, quorum 2.
 fn toml(fleet: &Fleet, redis: &Redis, mode: &str) -> String {
     let extra = format!(
-        "{FAST_ROUTING}\n[cache]\nttl_secs = 60\n[redis]\nurl = \"{}\"\n",
+        "{FAST_ROUTING}\n[cache]\nttl_secs = 60\n[redis]\nurl = \"{}\"\nsecret = \"{SECRET}\"\n",
         redis.url
     );
     config(&fleet.urls(), &extra).replace(
@@ -116,8 +120,12 @@ async fn a_second_outlast_process_answers_from_redis_with_every_upstream_killed(
     b.wait_for_head("/local", fleet.height()).await;
     let first = read_final_block(&a).await;
     assert_eq!(first["result"]["number"], "0x3", "{first}");
-    // Redis is written in the background: give it a moment.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Redis is written in the background.
+    written(
+        &mut connect(&redis).await,
+        "outlast:31337:eth_getBlockByNumber:[\"0x3\",false]",
+    )
+    .await;
 
     fleet.kill(0);
     fleet.kill(1);
@@ -199,14 +207,17 @@ async fn an_unverified_shared_answer_is_not_served_where_answers_are_proven() {
     .to_string();
     let unverified = trusting.post("/local", body.clone()).await;
     assert_eq!(unverified.verified.as_deref(), Some("none"));
-    // Redis is written in the background: give it a moment.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Redis is written in the background.
+    let mut conn = connect(&redis).await;
+    let key = balance_key("0x3");
+    written(&mut conn, &key).await;
 
     let proven = proving.post("/local", body.clone()).await;
     assert_ne!(proven.upstream.as_deref(), Some("cache"), "{}", proven.text);
     assert_eq!(proven.verified.as_deref(), Some("proof"));
     assert_eq!(proven.json()["result"], unverified.json()["result"]);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The proven answer replaces the unproven one.
+    written_as(&mut conn, &key, |v| v.get(LEVEL) == Some(&b'p')).await;
 
     // The proven answer is shared: a third instance takes it from Redis, level and all,
     // with every node gone.
@@ -218,4 +229,126 @@ async fn an_unverified_shared_answer_is_not_served_where_answers_are_proven() {
     assert_eq!(shared.upstream.as_deref(), Some("cache"), "{}", shared.text);
     assert_eq!(shared.verified.as_deref(), Some("proof"));
     assert_eq!(shared.json()["result"], proven.json()["result"]);
+}
+
+/// Our own connection to the test's Redis, as anyone who can reach it has.
+async fn connect(redis: &Redis) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis.url.as_str())
+        .expect("redis URL")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to the test's redis-server")
+}
+
+/// The Redis key of `eth_getBalance(ACCOUNT0, block)` on the test chain.
+fn balance_key(block: &str) -> String {
+    format!(
+        "outlast:31337:eth_getBalance:[\"{}\",\"{block}\"]",
+        testbed::ACCOUNT0_ADDRESS.to_ascii_lowercase()
+    )
+}
+
+/// Waits until Outlast's background write of `key` reached Redis; returns the value.
+async fn written(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> Vec<u8> {
+    written_as(conn, key, |_| true).await
+}
+
+/// Waits until `key` holds a value that `wanted`; returns it.
+async fn written_as(
+    conn: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+    wanted: impl Fn(&[u8]) -> bool,
+) -> Vec<u8> {
+    use redis::AsyncCommands;
+    for _ in 0..500 {
+        let got: Option<Vec<u8>> = conn.get(key).await.expect("GET");
+        if let Some(v) = got.filter(|v| wanted(v)) {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let keys: Vec<String> = conn.keys("outlast:*").await.expect("KEYS");
+    panic!("{key} never written as expected; Redis holds {keys:#?}");
+}
+
+/// An entry is a 32-byte tag, then lifetime, level and 8 bytes of time, then the answer.
+const TAG: usize = 32;
+const LEVEL: usize = TAG + 1;
+const ANSWER: usize = TAG + 10;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_edited_or_forged_in_redis_is_never_served() {
+    use redis::AsyncCommands;
+    let redis = Redis::start().await;
+    let mut fleet = Fleet::start(3).await;
+    fleet.mine(HEIGHT).await;
+    let proving = outlast_verifying(&fleet, &redis, "proofs").await;
+    let trusting = outlast_verifying(&fleet, &redis, "off").await;
+    read_final_block(&proving).await;
+    read_final_block(&trusting).await;
+    let mut conn = connect(&redis).await;
+    let balance = |block: &str| {
+        json!({"jsonrpc": "2.0", "id": 1, "method": "eth_getBalance",
+            "params": [testbed::ACCOUNT0_ADDRESS, block]})
+        .to_string()
+    };
+
+    // Proven balances at blocks 2 to 4, an unproven one at block 5, all final.
+    let mut truth = Vec::new();
+    for (o, block, level) in [
+        (&proving, "0x2", "proof"),
+        (&proving, "0x3", "proof"),
+        (&proving, "0x4", "proof"),
+        (&trusting, "0x5", "none"),
+    ] {
+        let r = o.post("/local", balance(block)).await;
+        assert_eq!(r.verified.as_deref(), Some(level), "{}", r.text);
+        let value = written(&mut conn, &balance_key(block)).await;
+        assert_eq!(value[LEVEL], level.as_bytes()[0], "level {level} stored");
+        truth.push((block, r.json()["result"].clone(), value));
+    }
+
+    // What someone with access to Redis might write: the zero-balance lie.
+    let lie = b"\"0x0\"";
+    for (block, _, value) in &truth {
+        let forged: Vec<u8> = match *block {
+            // The answer edited, the tag kept.
+            "0x2" => [&value[..ANSWER], lie].concat(),
+            // The answer edited, a tag made up.
+            "0x3" => [&[0xab; TAG][..], &value[TAG..ANSWER], lie].concat(),
+            // No tag at all: the format before entries were authenticated.
+            "0x4" => [&value[TAG..ANSWER], lie].concat(),
+            // The level raised from none to proof, the tag kept.
+            _ => {
+                let mut raised = value.clone();
+                raised[LEVEL] = b'p';
+                raised
+            }
+        };
+        let () = conn.set(balance_key(block), forged).await.expect("SET");
+    }
+
+    // A second proving instance sharing the Redis, with nothing in memory: each read
+    // goes upstream, is proven, and is the truth.
+    let second = outlast_verifying(&fleet, &redis, "proofs").await;
+    for (block, answer, _) in &truth {
+        let r = second.post("/local", balance(block)).await;
+        assert_ne!(r.upstream.as_deref(), Some("cache"), "{block}: {}", r.text);
+        assert_eq!(r.verified.as_deref(), Some("proof"), "{block}: {}", r.text);
+        assert_eq!(&r.json()["result"], answer, "{block}");
+        assert_ne!(r.json()["result"], "0x0", "{block}: the lie was served");
+    }
+    let metrics = reqwest::get(second.url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("body");
+    let refused: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("outlast_cache_redis_rejected_total{reason=\"tag\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no refusals counted:\n{metrics}"));
+    assert!(refused >= 4.0, "{refused}");
 }

@@ -3,7 +3,8 @@
 //! evicted; answers tied to the consensus head are keyed by its hash, so a new head or
 //! a reorg misses them, and they also age out after `[cache] ttl_secs`. Two tiers: memory
 //! (`memory`, moka, bounded in bytes) and, with `[redis] url`, Redis (`redis`), shared
-//! between instances. In-flight joining is `coalesce`.
+//! between instances, each entry authenticated under `[redis] secret` (one that is not
+//! is a miss). In-flight joining is `coalesce`.
 //! Holds only successful, non-null, non-pending answers; never errors. An answer that
 //! was verified (proof or quorum) keeps its level, so a call that must be verified is
 //! only ever answered from an entry that was. Calls no upstream.

@@ -1,20 +1,29 @@
 //! The second cache tier: Redis, shared by every Outlast instance (`[redis] url`).
-//! Stores what the memory tier stores, under `key_prefix` + key, encoded as one byte of
-//! lifetime, one of verification level, eight of when it was stored (Unix ms), then
-//! the raw answer. Head-tied
-//! entries carry Redis' own expiry. Every call is bounded by `timeout_ms`; Redis being
-//! down only makes this tier miss, and each change up/down is logged once.
+//! Stores what the memory tier stores, under `key_prefix` + key, encoded as a 32-byte
+//! tag, one byte of lifetime, one of verification level, eight of when it was stored
+//! (Unix ms), then the raw answer. Head-tied entries carry Redis' own expiry. Every call
+//! is bounded by `timeout_ms`; Redis being down only makes this tier miss, and each
+//! change up/down is logged once.
+//!
+//! Whoever can write to Redis is not trusted with answers: the tag is an HMAC-SHA256,
+//! under `[redis] secret` (shared by the instances), of the full key and everything
+//! after the tag, the verification level included. An entry whose tag is missing or
+//! wrong (forged, edited, moved to another key, written with another secret or by an
+//! older Outlast) is a miss: never an answer, never "verified". It is counted
+//! (`outlast_cache_redis_rejected_total`) and logged at most once a minute.
 
 use std::{
     sync::{
         OnceLock,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::{Duration, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use bytes::Bytes;
+use hmac::{Hmac, KeyInit, Mac};
 use redis::{AsyncCommands, aio::ConnectionManager};
+use sha2::Sha256;
 
 use super::{Entry, policy::Lifetime};
 use crate::{config, route::verified::Level};
@@ -28,11 +37,28 @@ pub struct RedisTier {
     up: AtomicBool,
     /// Shown in logs instead of the URL, which may hold a password.
     shown: String,
+    /// Keyed with `[redis] secret`; cloned for each entry.
+    mac: Hmac<Sha256>,
+    /// Entries refused since start, and when (Unix s) that was last logged.
+    rejected: AtomicU64,
+    last_logged: AtomicU64,
 }
 
 impl RedisTier {
     pub fn new(cfg: &config::Redis) -> Option<RedisTier> {
         let url = cfg.url.as_ref()?;
+        // `load` requires the secret with a URL; a config built in code may lack it.
+        let Some(secret) = cfg.secret.as_ref() else {
+            tracing::error!(redis = %url, "[redis] url without [redis] secret: entries could not be authenticated; caching in memory only");
+            return None;
+        };
+        let mac = match Hmac::<Sha256>::new_from_slice(secret.expose()) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(redis = %url, error = %e, "cannot use [redis] secret; caching in memory only");
+                return None;
+            }
+        };
         let client = match redis::Client::open(url.expose().as_str()) {
             Ok(c) => c,
             Err(e) => {
@@ -47,6 +73,9 @@ impl RedisTier {
             timeout: Duration::from_millis(cfg.timeout_ms),
             up: AtomicBool::new(true),
             shown: url.to_string(),
+            mac,
+            rejected: AtomicU64::new(0),
+            last_logged: AtomicU64::new(0),
         })
     }
 
@@ -97,9 +126,40 @@ impl RedisTier {
         let mut conn = self.manager()?;
         let full = format!("{}{key}", self.prefix);
         let got: Option<Vec<u8>> = self
-            .report(tokio::time::timeout(self.timeout, conn.get(full)).await)
+            .report(tokio::time::timeout(self.timeout, conn.get(&full)).await)
             .flatten();
-        decode(&got?)
+        match decode(&self.mac, &full, &got?) {
+            Ok(entry) => Some(entry),
+            Err(why) => {
+                self.refused(why);
+                None
+            }
+        }
+    }
+
+    /// Counts a refused entry; logs at most once a minute, with the count so far.
+    fn refused(&self, why: Refused) {
+        crate::metrics::cache_redis_rejected(why.label());
+        let total = self.rejected.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.last_logged.load(Ordering::Relaxed);
+        if (last == 0 || now.saturating_sub(last) >= 60)
+            && self
+                .last_logged
+                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                redis = %self.shown,
+                reason = why.label(),
+                refused_since_start = total,
+                "ignored a Redis cache entry without a valid tag (forged or edited, or \
+                 written with another [redis] secret or by an older Outlast): the call \
+                 goes upstream; logged at most once a minute"
+            );
+        }
     }
 
     /// `keep`: Redis' expiry for the entry (`None`: kept until Redis evicts it).
@@ -108,7 +168,7 @@ impl RedisTier {
             return;
         };
         let full = format!("{}{key}", self.prefix);
-        let value = encode(entry);
+        let value = encode(&self.mac, &full, entry);
         let done = match keep {
             Some(d) => {
                 let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
@@ -120,13 +180,50 @@ impl RedisTier {
     }
 }
 
-fn encode(e: &Entry) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER + e.body.len());
-    out.push(match e.lifetime {
+/// Why an entry read from Redis is not used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    /// Missing or wrong: not written by an instance holding this secret, for this key.
+    Tag,
+    /// A valid tag on bytes this version cannot read (a newer format).
+    Format,
+}
+
+impl Refused {
+    fn label(self) -> &'static str {
+        match self {
+            Refused::Tag => "tag",
+            Refused::Format => "format",
+        }
+    }
+}
+
+/// Bytes of the tag, first in the value.
+const TAG: usize = 32;
+/// Bytes after the tag and before the answer: lifetime, level, time stored.
+const HEADER: usize = 10;
+/// Bound into every tag, so a tag made for anything else (another format, another use
+/// of the same secret) never verifies here.
+const DOMAIN: &[u8] = b"outlast cache entry v1\0";
+
+/// The MAC of `value` (everything after the tag) stored under `key` (the full Redis
+/// key). The key's length comes first, so no key/value split can stand for another.
+fn tagged(mac: &Hmac<Sha256>, key: &str, value: &[u8]) -> Hmac<Sha256> {
+    let mut mac = mac.clone();
+    mac.update(DOMAIN);
+    mac.update(&(key.len() as u64).to_be_bytes());
+    mac.update(key.as_bytes());
+    mac.update(value);
+    mac
+}
+
+fn encode(mac: &Hmac<Sha256>, key: &str, e: &Entry) -> Vec<u8> {
+    let mut value = Vec::with_capacity(HEADER + e.body.len());
+    value.push(match e.lifetime {
         Lifetime::Immutable => b'I',
         Lifetime::Head => b'H',
     });
-    out.push(match e.level {
+    value.push(match e.level {
         Level::None => b'n',
         Level::Quorum => b'q',
         Level::Proof => b'p',
@@ -136,52 +233,198 @@ fn encode(e: &Entry) -> Vec<u8> {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis();
-    out.extend_from_slice(&u64::try_from(ms).unwrap_or(0).to_be_bytes());
-    out.extend_from_slice(&e.body);
+    value.extend_from_slice(&u64::try_from(ms).unwrap_or(0).to_be_bytes());
+    value.extend_from_slice(&e.body);
+    let tag = tagged(mac, key, &value).finalize().into_bytes();
+    let mut out = Vec::with_capacity(TAG + value.len());
+    out.extend_from_slice(&tag);
+    out.extend_from_slice(&value);
     out
 }
 
-fn decode(raw: &[u8]) -> Option<Entry> {
-    let lifetime = match raw.first()? {
-        b'I' => Lifetime::Immutable,
-        b'H' => Lifetime::Head,
-        _ => return None,
+/// The entry stored under `key`, only if its tag verifies (in constant time); what it
+/// says, its level included, is read only after that.
+fn decode(mac: &Hmac<Sha256>, key: &str, raw: &[u8]) -> Result<Entry, Refused> {
+    let (tag, value) = raw.split_at_checked(TAG).ok_or(Refused::Tag)?;
+    tagged(mac, key, value)
+        .verify_slice(tag)
+        .map_err(|_| Refused::Tag)?;
+    let lifetime = match value.first() {
+        Some(b'I') => Lifetime::Immutable,
+        Some(b'H') => Lifetime::Head,
+        _ => return Err(Refused::Format),
     };
-    let level = match raw.get(1)? {
-        b'n' => Level::None,
-        b'q' => Level::Quorum,
-        b'p' => Level::Proof,
-        _ => return None,
+    let level = match value.get(1) {
+        Some(b'n') => Level::None,
+        Some(b'q') => Level::Quorum,
+        Some(b'p') => Level::Proof,
+        _ => return Err(Refused::Format),
     };
-    let ms = u64::from_be_bytes(raw.get(2..HEADER)?.try_into().ok()?);
-    Some(Entry {
+    let ms = value
+        .get(2..HEADER)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes)
+        .ok_or(Refused::Format)?;
+    let stored = UNIX_EPOCH
+        .checked_add(Duration::from_millis(ms))
+        .ok_or(Refused::Format)?;
+    Ok(Entry {
         lifetime,
         level,
-        stored: UNIX_EPOCH + Duration::from_millis(ms),
-        body: Bytes::copy_from_slice(raw.get(HEADER..)?),
+        stored,
+        body: Bytes::copy_from_slice(value.get(HEADER..).ok_or(Refused::Format)?),
     })
 }
-
-/// Bytes before the answer: lifetime, level, time stored.
-const HEADER: usize = 10;
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn mac(secret: &[u8]) -> Hmac<Sha256> {
+        Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length")
+    }
+
+    const KEY: &str = "outlast:1:eth_getBalance:[\"0xab\",\"0x3\"]";
+
+    fn entry(level: Level, body: &'static [u8]) -> Entry {
+        Entry {
+            lifetime: Lifetime::Head,
+            level,
+            stored: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+            body: Bytes::from_static(body),
+        }
+    }
+
+    fn same(a: &Entry, b: &Entry) -> bool {
+        (a.lifetime, a.level, a.stored, &a.body) == (b.lifetime, b.level, b.stored, &b.body)
+    }
+
     #[test]
     fn entries_survive_the_round_trip() {
-        let e = Entry {
-            lifetime: Lifetime::Head,
-            level: Level::Proof,
-            stored: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
-            body: Bytes::from_static(b"\"0x1\""),
-        };
-        let back = decode(&encode(&e)).expect("decodes");
-        assert_eq!(
-            (back.lifetime, back.level, back.stored, back.body),
-            (e.lifetime, e.level, e.stored, e.body)
+        let m = mac(b"0123456789abcdef");
+        let e = entry(Level::Proof, b"\"0x1\"");
+        let back = decode(&m, KEY, &encode(&m, KEY, &e)).expect("decodes");
+        assert!(same(&back, &e));
+        assert_eq!(decode(&m, KEY, b"Xgarbage").err(), Some(Refused::Tag));
+    }
+
+    #[test]
+    fn an_edited_forged_or_moved_entry_is_refused() {
+        let m = mac(b"0123456789abcdef");
+        let good = encode(&m, KEY, &entry(Level::Proof, b"\"0x21e19e0c9bab2400000\""));
+        // The answer edited, the tag kept.
+        let mut lie = good.clone();
+        lie.truncate(TAG + HEADER);
+        lie.extend_from_slice(b"\"0x0\"");
+        // A level raised from none to proof, the tag kept.
+        let unverified = encode(&m, KEY, &entry(Level::None, b"\"0x1\""));
+        let mut raised = unverified.clone();
+        raised[TAG + 1] = b'p';
+        // Written with another secret, or in the old untagged format.
+        let other = encode(
+            &mac(b"another secret of 16"),
+            KEY,
+            &entry(Level::Proof, b"\"0x0\""),
         );
-        assert!(decode(b"Xgarbage").is_none());
+        let untagged = good[TAG..].to_vec();
+        for (what, raw, key) in [
+            ("edited", &lie, KEY),
+            ("level raised", &raised, KEY),
+            ("other secret", &other, KEY),
+            ("untagged", &untagged, KEY),
+            (
+                "moved to another key",
+                &good,
+                "outlast:1:eth_getBalance:[\"0xab\",\"0x4\"]",
+            ),
+            ("empty", &Vec::new(), KEY),
+        ] {
+            assert_eq!(decode(&m, key, raw).err(), Some(Refused::Tag), "{what}");
+        }
+        assert!(decode(&m, KEY, &good).is_ok());
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn any_entry() -> impl Strategy<Value = Entry> {
+            (
+                prop_oneof![Just(Lifetime::Immutable), Just(Lifetime::Head)],
+                prop_oneof![Just(Level::None), Just(Level::Quorum), Just(Level::Proof)],
+                0..=u64::from(u32::MAX) * 1_000,
+                proptest::collection::vec(any::<u8>(), 0..256),
+            )
+                .prop_map(|(lifetime, level, ms, body)| Entry {
+                    lifetime,
+                    level,
+                    stored: UNIX_EPOCH + Duration::from_millis(ms),
+                    body: Bytes::from(body),
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Bytes from Redis are whatever anyone wrote: never a panic, never an entry.
+            #[test]
+            fn arbitrary_bytes_are_never_accepted(
+                raw in proptest::collection::vec(any::<u8>(), 0..300),
+                key in "\\PC{0,64}",
+            ) {
+                let m = mac(b"0123456789abcdef");
+                prop_assert!(decode(&m, &key, &raw).is_err());
+            }
+
+            /// Even bytes carrying a valid tag (a future format, a bug) never panic,
+            /// and what is accepted encodes back to the same bytes.
+            #[test]
+            fn tagged_bytes_never_panic_and_what_is_read_is_what_was_written(
+                value in proptest::collection::vec(any::<u8>(), 0..64),
+                key in "\\PC{0,64}",
+            ) {
+                let m = mac(b"0123456789abcdef");
+                let mut raw = tagged(&m, &key, &value).finalize().into_bytes().to_vec();
+                raw.extend_from_slice(&value);
+                match decode(&m, &key, &raw) {
+                    Ok(e) => prop_assert_eq!(encode(&m, &key, &e), raw),
+                    Err(why) => prop_assert_eq!(why, Refused::Format),
+                }
+            }
+
+            #[test]
+            fn a_valid_entry_round_trips(e in any_entry(), key in "\\PC{0,64}") {
+                let m = mac(b"0123456789abcdef");
+                let back = decode(&m, &key, &encode(&m, &key, &e));
+                prop_assert!(back.as_ref().is_ok_and(|b| same(b, &e)), "{back:?}");
+            }
+
+            /// Any change to an entry (tag, level, lifetime, time, answer, length) or
+            /// to its key makes it a miss.
+            #[test]
+            fn any_change_is_refused(
+                e in any_entry(),
+                at in any::<proptest::sample::Index>(),
+                flip in 1..=255u8,
+                cut in any::<proptest::sample::Index>(),
+                key in "[a-z0-9:]{1,32}",
+            ) {
+                let m = mac(b"0123456789abcdef");
+                let good = encode(&m, &key, &e);
+                let mut flipped = good.clone();
+                flipped[at.index(good.len())] ^= flip;
+                prop_assert_eq!(decode(&m, &key, &flipped).err(), Some(Refused::Tag));
+                let short = &good[..cut.index(good.len())];
+                prop_assert_eq!(decode(&m, &key, short).err(), Some(Refused::Tag));
+                let mut longer = good.clone();
+                longer.push(flip);
+                prop_assert_eq!(decode(&m, &key, &longer).err(), Some(Refused::Tag));
+                prop_assert_eq!(decode(&m, &format!("{key}x"), &good).err(), Some(Refused::Tag));
+                prop_assert_eq!(
+                    decode(&mac(b"0123456789abcdeF"), &key, &good).err(),
+                    Some(Refused::Tag)
+                );
+            }
+        }
     }
 }
