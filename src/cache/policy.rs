@@ -242,4 +242,127 @@ mod tests {
             Some(r#"1:eth_call:[{"data":"A b\"C"},"0xff"]"#)
         );
     }
+
+    mod properties {
+        use super::*;
+        use proptest::{collection, prelude::*};
+        use serde_json::Value;
+
+        /// JSON as clients send it: hex of either case, other strings with quotes,
+        /// escapes and non-ASCII, numbers, nesting.
+        fn json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                any::<f64>()
+                    .prop_filter("JSON has no NaN or infinity", |f| f.is_finite())
+                    .prop_map(Value::from),
+                "0x[0-9a-fA-F]{0,40}".prop_map(Value::String),
+                "0[xX][0-9a-zA-Z \"\\\\]{0,8}".prop_map(Value::String),
+                "\\PC{0,12}".prop_map(Value::String),
+                "[ \"\\\\\t\n/a-zA-Z]{0,8}".prop_map(Value::String),
+            ];
+            leaf.prop_recursive(3, 32, 4, |inner| {
+                prop_oneof![
+                    collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                    collection::btree_map("[a-zA-Z \"]{0,6}", inner, 0..4)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// What the key is meant to hold: every string that starts `0x` lower-cased.
+        fn lowered(v: &Value) -> Value {
+            match v {
+                Value::String(s) if s.starts_with("0x") => Value::String(s.to_ascii_lowercase()),
+                Value::Array(a) => Value::Array(a.iter().map(lowered).collect()),
+                Value::Object(o) => {
+                    Value::Object(o.iter().map(|(k, v)| (k.clone(), lowered(v))).collect())
+                }
+                other => other.clone(),
+            }
+        }
+
+        fn raw(text: String) -> Box<RawValue> {
+            RawValue::from_string(text).expect("serde_json writes valid JSON")
+        }
+
+        const METHODS: [&str; 4] = [
+            "eth_getBalance",
+            "eth_call",
+            "eth_getBlockByHash",
+            "eth_gasPrice",
+        ];
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// The key is the chain, the method and the params written compactly with
+            /// hex lower-cased, however the client spaced or cased them: equal
+            /// questions share it, and different ones (another block, address,
+            /// argument, chain or method) never do.
+            #[test]
+            fn the_key_is_the_normalized_question(
+                v in json(),
+                chain in any::<u64>(),
+                m in 0..METHODS.len(),
+            ) {
+                let method = METHODS[m];
+                let expected = format!(
+                    "{chain}:{method}:{}",
+                    serde_json::to_string(&lowered(&v)).expect("serializes")
+                );
+                let pretty = raw(serde_json::to_string_pretty(&v).expect("serializes"));
+                let compact = raw(serde_json::to_string(&lowered(&v)).expect("serializes"));
+                prop_assert_eq!(key(chain, method, Some(&pretty)), Some(expected.clone()));
+                prop_assert_eq!(key(chain, method, Some(&compact)), Some(expected));
+            }
+
+            #[test]
+            fn different_questions_get_different_keys(
+                a in json(),
+                b in json(),
+                (n, k) in (any::<u64>(), any::<u64>()).prop_filter("two blocks", |(n, k)| n != k),
+                address in "0x[0-9a-f]{40}",
+                chains in (any::<u64>(), any::<u64>()).prop_filter("two chains", |(x, y)| x != y),
+                head in "0x[0-9a-f]{64}",
+            ) {
+                let key_of = |v: &Value| {
+                    key(1, "eth_call", Some(&raw(serde_json::to_string(v).expect("serializes"))))
+                };
+                let (la, lb) = (lowered(&a), lowered(&b));
+                if serde_json::to_string(&la).ok() != serde_json::to_string(&lb).ok() {
+                    prop_assert_ne!(key_of(&a), key_of(&b));
+                } else {
+                    prop_assert_eq!(key_of(&a), key_of(&b));
+                }
+                let at = |block: u64| {
+                    let params = raw(format!("[\"{address}\",\"{block:#x}\"]"));
+                    key(1, "eth_getBalance", Some(&params))
+                };
+                prop_assert_ne!(at(n), at(k));
+                let p = raw(format!("[\"{address}\",\"latest\"]"));
+                prop_assert_ne!(
+                    key(chains.0, "eth_getBalance", Some(&p)),
+                    key(chains.1, "eth_getBalance", Some(&p))
+                );
+                prop_assert_ne!(
+                    key(1, "eth_getBalance", Some(&p)),
+                    key(1, "eth_getCode", Some(&p))
+                );
+                let base = at(n).expect("cacheable");
+                prop_assert_ne!(at_head(&base, &head), at_head(&at(k).expect("cacheable"), &head));
+                prop_assert_ne!(at_head(&base, &head), base.clone());
+            }
+
+            /// Not even text that is not JSON (which parsing rules out) makes it panic.
+            #[test]
+            fn normalizing_any_text_does_not_panic(text in "\\PC{0,64}", bytes in "[\"\\\\ 0xX]{0,16}") {
+                let mut out = String::new();
+                normalize_into(&text, &mut out);
+                normalize_into(&bytes, &mut out);
+            }
+        }
+    }
 }
