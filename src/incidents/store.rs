@@ -1,10 +1,18 @@
 //! Incident history on disk, in the data directory:
 //!
 //! - `incidents.jsonl` — append-only, one whole incident (as JSON) per line each time it
-//!   changes; on load the last line of each id wins. A torn last line (a crash while
-//!   writing) is skipped. Rewritten compactly at start when mostly superseded lines.
-//! - `uptime.json` — the uptime buckets, replaced whole (write, then rename).
+//!   changes, fsynced; on load the last line of each id wins. A torn last line (a crash
+//!   while writing) is skipped and the log rewritten without it, so the next record does
+//!   not run into it. Rewritten compactly at start when mostly superseded lines.
+//! - `uptime.json` — the uptime buckets, replaced whole.
 //! - `lock` — held while running, so two Outlasts never write the same history.
+//!
+//! Every rewrite goes through `lockfile::replace` (temporary file, fsync, rename,
+//! directory fsync): a crash leaves the old file or the new one. A file that cannot be
+//! read — `uptime.json` that is not uptime, a log with damaged records before its end —
+//! is renamed aside (`<name>.corrupt-<unix time>`) with a line in the log, as the
+//! transaction store does: never silently reset or overwritten, so it can be recovered
+//! by hand.
 //!
 //! Plain files on purpose: a few hundred small records a day need no database, and an
 //! operator can read them with `tail` and `jq`. Blocking I/O: called from
@@ -13,11 +21,12 @@
 use std::{
     collections::BTreeMap,
     fs::{self, File, OpenOptions},
-    io::{self, BufRead, BufReader, Write},
+    io::{self, Write},
     path::{Path, PathBuf},
 };
 
 use super::{Incident, Time, uptime::Uptime};
+use crate::lockfile;
 
 const INCIDENTS: &str = "incidents.jsonl";
 const UPTIME: &str = "uptime.json";
@@ -76,19 +85,38 @@ impl Store {
         };
 
         let path = dir.join(INCIDENTS);
-        let (incidents, lines) = read_incidents(&path)?;
+        let tmp = dir.join(format!("{INCIDENTS}.tmp"));
+        let read = read_incidents(&path)?;
         let oldest = Time::now()
             .0
             .saturating_sub(u64::from(history_days) * 86_400_000);
-        let incidents: Vec<Incident> = incidents
+        let incidents: Vec<Incident> = read
+            .incidents
             .into_values()
             .filter(|i| i.resolved.is_none_or(|r| r.0 >= oldest))
             .collect();
-        let mut lines = lines;
-        if lines > incidents.len() * 2 + 16 {
-            let tmp = dir.join(format!("{INCIDENTS}.tmp"));
-            write_lines(&tmp, &incidents)?;
-            fs::rename(&tmp, &path).map_err(io_error(&path))?;
+        let mut lines = read.lines;
+        if read.damaged > 0 {
+            // Records were lost, not just cut short: keep the file as it is for a person,
+            // and go on with what could be read.
+            let aside = lockfile::set_aside(&path).map_err(io_error(&path))?;
+            tracing::error!(
+                path = %path.display(),
+                moved_to = %aside.display(),
+                damaged = read.damaged,
+                kept = incidents.len(),
+                "the incident history has unreadable records; it was moved aside untouched \
+                 and a new one started with the incidents that could be read"
+            );
+        } else if read.torn {
+            tracing::warn!(
+                path = %path.display(),
+                "the incident history ends in a record cut short (a crash while writing); \
+                 rewriting it without that record"
+            );
+        }
+        if read.damaged > 0 || read.torn || lines > incidents.len() * 2 + 16 {
+            lockfile::replace(&path, &tmp, &lines_of(&incidents)).map_err(io_error(&path))?;
             lines = incidents.len();
         }
         let log = OpenOptions::new()
@@ -99,10 +127,20 @@ impl Store {
 
         let uptime_path = dir.join(UPTIME);
         let uptime = match fs::read(&uptime_path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-                tracing::warn!(path = %uptime_path.display(), "unreadable uptime history ({e}); starting afresh");
-                Uptime::default()
-            }),
+            Ok(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(uptime) => uptime,
+                Err(e) => {
+                    let aside =
+                        lockfile::set_aside(&uptime_path).map_err(io_error(&uptime_path))?;
+                    tracing::warn!(
+                        path = %uptime_path.display(),
+                        moved_to = %aside.display(),
+                        "the uptime history cannot be read ({e}); it was moved aside untouched \
+                         and uptime is counted afresh"
+                    );
+                    Uptime::default()
+                }
+            },
             Err(e) if e.kind() == io::ErrorKind::NotFound => Uptime::default(),
             Err(e) => return Err(io_error(&uptime_path)(e)),
         };
@@ -118,15 +156,13 @@ impl Store {
 
     /// Appends the current state of each incident.
     pub fn append(&mut self, incidents: &[Incident]) -> Result<(), StoreError> {
-        let mut buf = Vec::new();
-        for i in incidents {
-            // An `Incident` is plain strings, numbers and enums: serializing cannot fail.
-            if serde_json::to_writer(&mut buf, i).is_ok() {
-                buf.push(b'\n');
-            }
-        }
+        let buf = lines_of(incidents);
         let path = self.dir.join(INCIDENTS);
-        self.log.write_all(&buf).map_err(io_error(&path))?;
+        // Incidents change rarely: each record is on disk before the next evaluation.
+        self.log
+            .write_all(&buf)
+            .and_then(|()| self.log.sync_data())
+            .map_err(io_error(&path))?;
         self.lines += incidents.len();
         self.ids.extend(incidents.iter().map(|i| i.id));
         Ok(())
@@ -137,12 +173,11 @@ impl Store {
         self.lines > self.ids.len() * 4 + 1024
     }
 
-    /// Rewrites the log as one line per incident of `all` (write, then rename).
+    /// Rewrites the log as one line per incident of `all` (`lockfile::replace`).
     pub fn compact(&mut self, all: &[Incident]) -> Result<(), StoreError> {
         let path = self.dir.join(INCIDENTS);
         let tmp = self.dir.join(format!("{INCIDENTS}.tmp"));
-        write_lines(&tmp, all)?;
-        fs::rename(&tmp, &path).map_err(io_error(&path))?;
+        lockfile::replace(&path, &tmp, &lines_of(all)).map_err(io_error(&path))?;
         self.log = OpenOptions::new()
             .append(true)
             .open(&path)
@@ -152,53 +187,76 @@ impl Store {
         Ok(())
     }
 
-    /// Replaces the uptime snapshot.
+    /// Replaces the uptime snapshot (`lockfile::replace`).
     pub fn save_uptime(&self, uptime: &Uptime) -> Result<(), StoreError> {
         let path = self.dir.join(UPTIME);
         let tmp = self.dir.join(format!("{UPTIME}.tmp"));
-        let bytes = serde_json::to_vec(uptime).unwrap_or_default();
-        fs::write(&tmp, bytes).map_err(io_error(&tmp))?;
-        fs::rename(&tmp, &path).map_err(io_error(&path))
+        // Maps of strings to numbers: serializing cannot fail, and an empty file would
+        // be set aside at the next start rather than read as no uptime.
+        let bytes = serde_json::to_vec(uptime).map_err(|e| io_error(&path)(e.into()))?;
+        lockfile::replace(&path, &tmp, &bytes).map_err(io_error(&path))
     }
 }
 
-/// The last record of each id, and how many lines there were.
-fn read_incidents(path: &Path) -> Result<(BTreeMap<u64, Incident>, usize), StoreError> {
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((BTreeMap::new(), 0)),
+/// What the log held.
+#[derive(Debug, Default)]
+struct Read {
+    /// The last record of each id.
+    incidents: BTreeMap<u64, Incident>,
+    /// Non-empty lines.
+    lines: usize,
+    /// Unreadable lines before the last one (or anywhere, when it ends in a newline):
+    /// records lost, not just cut short.
+    damaged: usize,
+    /// The file does not end in a newline: its last record was cut short (and skipped
+    /// when unreadable); the next append would run into it.
+    torn: bool,
+}
+
+fn read_incidents(path: &Path) -> Result<Read, StoreError> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Read::default()),
         Err(e) => return Err(io_error(path)(e)),
     };
-    let mut out = BTreeMap::new();
-    let mut lines = 0;
-    for (n, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(io_error(path))?;
-        if line.trim().is_empty() {
+    let mut read = Read {
+        torn: !bytes.is_empty() && !bytes.ends_with(b"\n"),
+        ..Read::default()
+    };
+    let count = bytes.split(|&b| b == b'\n').count();
+    for (n, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        if line.trim_ascii().is_empty() {
             continue;
         }
-        lines += 1;
-        match serde_json::from_str::<Incident>(&line) {
+        read.lines += 1;
+        match serde_json::from_slice::<Incident>(line) {
             Ok(i) => {
-                out.insert(i.id, i);
+                read.incidents.insert(i.id, i);
             }
-            Err(e) => tracing::warn!(
-                path = %path.display(),
-                line = n + 1,
-                "skipping an unreadable incident record: {e}"
-            ),
+            Err(_) if read.torn && n + 1 == count => {}
+            Err(e) => {
+                read.damaged += 1;
+                tracing::warn!(
+                    path = %path.display(),
+                    line = n + 1,
+                    "an unreadable incident record: {e}"
+                );
+            }
         }
     }
-    Ok((out, lines))
+    Ok(read)
 }
 
-fn write_lines(path: &Path, incidents: &[Incident]) -> Result<(), StoreError> {
+/// One line of JSON per incident.
+fn lines_of(incidents: &[Incident]) -> Vec<u8> {
     let mut buf = Vec::new();
     for i in incidents {
+        // An `Incident` is plain strings, numbers and enums: serializing cannot fail.
         if serde_json::to_writer(&mut buf, i).is_ok() {
             buf.push(b'\n');
         }
     }
-    fs::write(path, buf).map_err(io_error(path))
+    buf
 }
 
 #[cfg(test)]
@@ -259,6 +317,97 @@ mod tests {
             .map(|i| (i.id, i.is_open()))
             .collect();
         assert_eq!(ids, [(1, false), (2, true)]);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// Files in `dir`, sorted.
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn ids(loaded: &Loaded) -> Vec<u64> {
+        loaded.incidents.iter().map(|i| i.id).collect()
+    }
+
+    #[test]
+    fn a_record_after_a_torn_one_is_not_lost() {
+        let dir = temp_dir("torn");
+        {
+            let (mut store, _) = Store::open(&dir, 90).expect("open");
+            store.append(&[incident(1, None)]).expect("append");
+        }
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(dir.join(INCIDENTS))
+            .expect("open log");
+        f.write_all(b"{\"id\":3,\"key\":").expect("write");
+        {
+            let (mut store, loaded) = Store::open(&dir, 90).expect("reopen");
+            assert_eq!(ids(&loaded), [1]);
+            store.append(&[incident(4, None)]).expect("append");
+        }
+        let (_store, loaded) = Store::open(&dir, 90).expect("reopen");
+        assert_eq!(ids(&loaded), [1, 4]);
+        // Cut short by a crash is not damage: nothing set aside.
+        assert_eq!(names(&dir), [INCIDENTS, LOCK]);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_damaged_history_is_moved_aside_untouched_and_its_readable_records_kept() {
+        let dir = temp_dir("damaged");
+        fs::create_dir_all(&dir).expect("mkdir");
+        let mut bytes = lines_of(&[incident(1, None)]);
+        bytes.extend_from_slice(b"{\"id\":2,\"garbage\n\xff\xfe not even UTF-8\n");
+        bytes.extend_from_slice(&lines_of(&[incident(3, None)]));
+        fs::write(dir.join(INCIDENTS), &bytes).expect("write");
+        let (_store, loaded) = Store::open(&dir, 90).expect("open");
+        assert_eq!(ids(&loaded), [1, 3]);
+        let names = names(&dir);
+        let aside: Vec<&String> = names
+            .iter()
+            .filter(|n| n.starts_with("incidents.jsonl.corrupt-"))
+            .collect();
+        assert_eq!(aside.len(), 1, "{names:?}");
+        assert_eq!(fs::read(dir.join(aside[0])).expect("read"), bytes);
+        let text = fs::read_to_string(dir.join(INCIDENTS)).expect("new log");
+        assert_eq!(text.lines().count(), 2);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_unreadable_uptime_file_is_moved_aside_never_overwritten() {
+        let dir = temp_dir("uptime");
+        {
+            let (store, _) = Store::open(&dir, 90).expect("open");
+            let mut uptime = Uptime::default();
+            uptime.record("c/a", Some(true), Time::now(), 1_000);
+            store.save_uptime(&uptime).expect("save");
+            // Saving leaves no temporary file behind.
+            assert_eq!(names(&dir), [INCIDENTS, LOCK, UPTIME]);
+        }
+        let (_store, loaded) = Store::open(&dir, 90).expect("reopen");
+        assert_eq!(loaded.uptime.view("c/a", Time::now()).ratio_24h, Some(1.0));
+        drop(_store);
+        for garbage in [&b"{\"series\":{\"c/a\":{\"fine\":[[1,2"[..], b"[]"] {
+            fs::write(dir.join(UPTIME), garbage).expect("write");
+            let (store, loaded) = Store::open(&dir, 90).expect("open");
+            assert_eq!(loaded.uptime.view("c/a", Time::now()).ratio_24h, None);
+            assert!(!dir.join(UPTIME).exists(), "moved, not read as empty");
+            store.save_uptime(&Uptime::default()).expect("save");
+        }
+        let kept: Vec<Vec<u8>> = names(&dir)
+            .iter()
+            .filter(|n| n.starts_with("uptime.json.corrupt-"))
+            .map(|n| fs::read(dir.join(n)).expect("read"))
+            .collect();
+        assert_eq!(kept.len(), 2, "each set aside under its own name");
+        assert!(kept.iter().any(|k| k == b"[]"));
         let _ = fs::remove_dir_all(&dir);
     }
 

@@ -1,7 +1,9 @@
 //! Uptime per series (an upstream `chain/name`, or a `chain`): time observed up and time
 //! observed at all, in 15-minute buckets for the last 24 hours and daily buckets (UTC)
 //! for the last 90 days. Pure bookkeeping; time Outlast did not observe (it was stopped)
-//! is "no data", never "down".
+//! is "no data", never "down". Read back from `uptime.json`, so every sum saturates and
+//! a share is at most 1: a damaged but parseable file cannot make it panic or show more
+//! than 100%.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -81,9 +83,11 @@ impl Uptime {
             let from = now.0.saturating_sub(span);
             let (up, seen) = buckets
                 .iter()
-                .filter(|b| b.0 + 1 > from)
-                .fold((0, 0), |(u, s), b| (u + b.1, s + b.2));
-            (seen > 0).then(|| up as f64 / seen as f64)
+                .filter(|b| b.0 >= from)
+                .fold((0u64, 0u64), |(u, s), b| {
+                    (u.saturating_add(b.1), s.saturating_add(b.2))
+                });
+            (seen > 0).then(|| up.min(seen) as f64 / seen as f64)
         };
         View {
             last_24h: bars(&series.fine, FINE_MS, BARS_24H, now),
@@ -98,8 +102,8 @@ fn add(buckets: &mut VecDeque<Bucket>, width: u64, now: u64, up: u64, seen: u64)
     let start = now - now % width;
     match buckets.back_mut() {
         Some(b) if b.0 == start => {
-            b.1 += up;
-            b.2 += seen;
+            b.1 = b.1.saturating_add(up);
+            b.2 = b.2.saturating_add(seen);
         }
         _ => buckets.push_back(Bucket(start, up, seen)),
     }
@@ -116,10 +120,10 @@ fn bars(buckets: &VecDeque<Bucket>, width: u64, count: usize, now: Time) -> Vec<
                 .iter()
                 .find(|b| b.0 == start)
                 .filter(|b| b.2 > 0)
-                .map(|b| b.1 as f64 / b.2 as f64);
+                .map(|b| b.1.min(b.2) as f64 / b.2 as f64);
             Bar {
                 start: Time(start),
-                end: Time(start + width),
+                end: Time(start.saturating_add(width)),
                 up,
             }
         })
@@ -159,5 +163,23 @@ mod tests {
         let s = &u.series["c"];
         assert_eq!(s.fine.len(), 1);
         assert_eq!(s.daily.len(), 1);
+    }
+
+    #[test]
+    fn absurd_numbers_from_disk_neither_panic_nor_exceed_one() {
+        let now = DAY_MS * 100;
+        let start = now - now % FINE_MS;
+        let text = format!(
+            r#"{{"series":{{"c":{{"fine":[[{start},{max},{max}],[{max},{max},1]],"daily":[[{day},{max},1]]}}}}}}"#,
+            max = u64::MAX,
+            day = now - now % DAY_MS,
+        );
+        let mut u: Uptime = serde_json::from_str(&text).expect("parses");
+        let v = u.view("c", Time(now));
+        assert!(v.ratio_24h.is_some_and(|r| r <= 1.0), "{v:?}");
+        assert!(v.last_90d.iter().all(|b| b.up.is_none_or(|r| r <= 1.0)));
+        u.record("c", Some(true), Time(now), 1_000);
+        let v = u.view("c", Time(u64::MAX));
+        assert!(v.last_24h.iter().all(|b| b.end >= b.start));
     }
 }
