@@ -21,7 +21,8 @@ use std::{
 };
 
 use metrics::{
-    Counter, Histogram, Label, counter, describe_counter, describe_histogram, histogram,
+    Counter, Histogram, Label, counter, describe_counter, describe_gauge, describe_histogram,
+    gauge, histogram,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
@@ -35,7 +36,7 @@ use crate::{
 // Counters and histograms (events). `_total` and `_seconds` per Prometheus conventions.
 /// Every JSON-RPC call answered: `chain`, `method`, `upstream` (or `consensus`,
 /// `cache`, `none`), `outcome` (`result`, `error`, `unavailable`, `unverified`, `denied`,
-/// `invalid`). A batch counts each of its calls.
+/// `invalid`, `limited`). A batch counts each of its calls.
 pub const REQUESTS: &str = "outlast_requests_total";
 /// HTTP requests on a chain's JSON-RPC endpoint, start to answer: `chain`.
 pub const REQUEST_DURATION: &str = "outlast_http_request_duration_seconds";
@@ -61,6 +62,13 @@ pub const WEBHOOK_DELIVERIES: &str = "outlast_webhook_deliveries_total";
 /// `chain`, `outcome` (`mined`, `replaced`, `expired`: forgotten; `resent`, `refused`,
 /// `unavailable`, `undecided`: still pending).
 pub const TX_REBROADCASTS: &str = "outlast_tx_rebroadcasts_total";
+/// Client requests refused or cut off by a limit: `limit` (`body`, `request` (batch
+/// size or nesting), `logs_range`, `logs_pieces`, `logs_budget`, `logs_bytes`, `connections`,
+/// `connections_per_ip`, `header_timeout`, `body_timeout`, `idle_timeout`,
+/// `request_timeout`, `drain`).
+pub const LIMITS_EXCEEDED: &str = "outlast_limits_exceeded_total";
+/// Client connections open now (HTTP and WebSocket).
+pub const CONNECTIONS: &str = "outlast_http_connections";
 
 /// Histogram buckets for every `_duration_seconds`, from 1 ms to 30 s.
 const BUCKETS: [f64; 14] = [
@@ -120,6 +128,11 @@ fn describe() {
         TX_REBROADCASTS,
         "Pending transactions checked for re-sending, by outcome."
     );
+    describe_counter!(
+        LIMITS_EXCEEDED,
+        "Client requests refused or connections closed by a limit, by limit."
+    );
+    describe_gauge!(CONNECTIONS, "Client connections open now.");
 }
 
 /// Drains histogram data now and then, so memory stays flat between scrapes.
@@ -230,8 +243,8 @@ pub fn answered(chain: &str, method: &str, outcome: &crate::route::Outcome) {
             },
         ),
         Outcome::Unavailable(_) => ("none", "unavailable"),
-        #[allow(unreachable_patterns)] // outcomes added later count as unverified
-        _ => ("none", "unverified"),
+        Outcome::Unverified { .. } => ("none", "unverified"),
+        Outcome::Refused(_) => ("none", "limited"),
     };
     call(chain, method, upstream, label);
 }
@@ -240,6 +253,10 @@ pub fn answered(chain: &str, method: &str, outcome: &crate::route::Outcome) {
 pub fn rejected(chain: &str, error: &crate::rpc::RpcError) {
     match error {
         crate::rpc::RpcError::Denied { method } => call(chain, method, "none", "denied"),
+        crate::rpc::RpcError::LimitExceeded(_) => {
+            limit_exceeded("request");
+            call(chain, "", "none", "limited")
+        }
         _ => call(chain, "", "none", "invalid"),
     }
 }
@@ -309,6 +326,16 @@ pub fn webhook(name: &str, outcome: &'static str) {
 /// One pending transaction looked at by `tx::rebroadcast`.
 pub fn tx_rebroadcast(chain: &str, outcome: &'static str) {
     counter!(TX_REBROADCASTS, "chain" => chain.to_owned(), "outcome" => outcome).increment(1);
+}
+
+/// A client hit `limit` (see `LIMITS_EXCEEDED`).
+pub fn limit_exceeded(limit: &'static str) {
+    counter!(LIMITS_EXCEEDED, "limit" => limit).increment(1);
+}
+
+/// Client connections open now.
+pub fn connections(open: usize) {
+    gauge!(CONNECTIONS).set(open as f64);
 }
 
 /// Standard methods, sorted: the only method names used as label values.

@@ -365,9 +365,28 @@ fn validate(config: &Config) -> Vec<(Vec<Seg>, String)> {
         ("max_subscriptions", limits.max_subscriptions),
         ("ws_client_buffer", limits.ws_client_buffer),
         ("ws_ping_secs", limits.ws_ping_secs as usize),
+        ("max_logs_range", limits.max_logs_range as usize),
+        ("max_logs_pieces", limits.max_logs_pieces as usize),
+        ("max_logs_bytes", limits.max_logs_bytes),
     ] {
         if value == 0 {
             out.push((vec![Key("limits"), Key(key)], "must be at least 1".into()));
+        }
+    }
+    let server = &config.server;
+    for (key, value) in [
+        ("header_timeout_ms", server.header_timeout_ms),
+        ("body_timeout_ms", server.body_timeout_ms),
+        ("idle_timeout_secs", server.idle_timeout_secs),
+        ("request_timeout_ms", server.request_timeout_ms),
+        ("max_connections", server.max_connections as u64),
+        (
+            "max_connections_per_ip",
+            server.max_connections_per_ip as u64,
+        ),
+    ] {
+        if value == 0 {
+            out.push((vec![Key("server"), Key(key)], "must be at least 1".into()));
         }
     }
     let routing = &config.routing;

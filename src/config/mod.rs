@@ -52,6 +52,27 @@ pub struct Server {
     /// with no hand-offs between threads: the least CPU per request where Outlast
     /// shares a small machine (and the fair match for one nginx worker).
     pub worker_threads: usize,
+    /// A request's headers must arrive within this long of its first byte, or the
+    /// connection is closed (slow-header clients hold sockets for nothing).
+    pub header_timeout_ms: u64,
+    /// A request's body must arrive within this long once its headers are in (408).
+    pub body_timeout_ms: u64,
+    /// A keep-alive connection with no request for this long is closed.
+    pub idle_timeout_secs: u64,
+    /// The whole request, from its headers to the answer: past it the client gets
+    /// `-32002` with HTTP 504 (work already sent upstream, such as a broadcast, goes on).
+    pub request_timeout_ms: u64,
+    /// Connections open at once; more are answered 503 and closed. Also held below the
+    /// process's file-descriptor limit.
+    pub max_connections: usize,
+    /// Connections open at once from one client address (a trusted proxy's own address
+    /// is not capped: its clients are many).
+    pub max_connections_per_ip: usize,
+    /// Proxies (addresses or CIDR blocks) whose `X-Forwarded-For` is believed for the
+    /// client's address; everyone else's is ignored.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// On shutdown, requests in flight get this long to finish; then connections close.
+    pub drain_secs: u64,
 }
 
 impl Default for Server {
@@ -59,6 +80,14 @@ impl Default for Server {
         Server {
             listen: SocketAddr::from(([127, 0, 0, 1], 8545)),
             worker_threads: 0,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+            idle_timeout_secs: 60,
+            request_timeout_ms: 60_000,
+            max_connections: 10_000,
+            max_connections_per_ip: 256,
+            trusted_proxies: Vec::new(),
+            drain_secs: 15,
         }
     }
 }
@@ -85,6 +114,14 @@ pub struct Limits {
     pub ws_client_buffer: usize,
     /// WebSocket: a ping this often; a client silent for two of them is disconnected.
     pub ws_ping_secs: u64,
+    /// `eth_getLogs`: blocks one query may span (after `latest` is pinned); larger gets
+    /// `-32005` naming the limit, as providers answer.
+    pub max_logs_range: u64,
+    /// `eth_getLogs`: upstream calls one query may be split into when providers take
+    /// smaller ranges (each past the first is paid from the retry budget).
+    pub max_logs_pieces: u64,
+    /// `eth_getLogs`: bytes of a result merged from pieces.
+    pub max_logs_bytes: usize,
 }
 
 impl Default for Limits {
@@ -113,6 +150,9 @@ impl Default for Limits {
             max_subscriptions: 100,
             ws_client_buffer: 1024,
             ws_ping_secs: 30,
+            max_logs_range: 100_000,
+            max_logs_pieces: 100,
+            max_logs_bytes: 64 << 20,
         }
     }
 }

@@ -58,11 +58,19 @@ pub struct Hygiene {
 
 impl Hygiene {
     pub fn new(server: &config::Server) -> Self {
+        let room = connection_room();
+        if room < server.max_connections {
+            tracing::info!(
+                configured = server.max_connections,
+                room,
+                "[server] max_connections held below the file-descriptor limit"
+            );
+        }
         Hygiene {
             header_timeout: Duration::from_millis(server.header_timeout_ms),
             idle_timeout: Duration::from_secs(server.idle_timeout_secs),
             request_timeout: Duration::from_millis(server.request_timeout_ms),
-            max_connections: server.max_connections,
+            max_connections: server.max_connections.min(room),
             max_connections_per_ip: server.max_connections_per_ip,
             trusted_proxies: server.trusted_proxies.clone(),
             drain: Duration::from_secs(server.drain_secs),
@@ -72,6 +80,41 @@ impl Hygiene {
     fn trusts(&self, ip: IpAddr) -> bool {
         self.trusted_proxies.iter().any(|n| n.contains(&ip))
     }
+}
+
+/// File descriptors kept for everything but client connections: upstream connections,
+/// Redis, the data directory's files, WebSockets to providers.
+const RESERVED_FDS: u64 = 256;
+
+/// How many client connections the process's file-descriptor limit leaves room for,
+/// after raising the soft limit to the hard one (as Go's runtime does): past it,
+/// `accept` fails and every caller's request stalls, so the cap is held below it.
+fn connection_room() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read or write the struct passed to them.
+    let soft = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return usize::MAX;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit.rlim_cur = limit.rlim_max;
+            }
+        }
+        limit.rlim_cur
+    };
+    if soft == libc::RLIM_INFINITY {
+        return usize::MAX;
+    }
+    let room = soft.saturating_sub(RESERVED_FDS).max(soft / 2);
+    usize::try_from(room).unwrap_or(usize::MAX)
 }
 
 /// The address a request came from: the TCP peer, or, when the peer is a trusted proxy,
@@ -221,7 +264,11 @@ struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let left = self.counts.total.fetch_sub(1, Ordering::AcqRel).saturating_sub(1);
+        let left = self
+            .counts
+            .total
+            .fetch_sub(1, Ordering::AcqRel)
+            .saturating_sub(1);
         crate::metrics::connections(left);
         if let Some(ip) = self.ip {
             let mut per_ip = self.counts.per_ip.lock().unwrap_or_else(|e| e.into_inner());
@@ -389,12 +436,9 @@ impl Activity {
         let now = self.now();
         self.last.store(now, Ordering::Relaxed);
         if bytes_in && self.in_flight.load(Ordering::Relaxed) == 0 {
-            let _ = self.head_from.compare_exchange(
-                NO_HEAD,
-                now,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            );
+            let _ =
+                self.head_from
+                    .compare_exchange(NO_HEAD, now, Ordering::Relaxed, Ordering::Relaxed);
         }
     }
 
@@ -514,7 +558,10 @@ mod tests {
         let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
         let h = hygiene(&["10.0.0.0/8"]);
         let headers = xff(&["203.0.113.9, 10.1.1.1"]);
-        assert_eq!(client_addr(ip("10.0.0.5"), &headers, &h).0, ip("203.0.113.9"));
+        assert_eq!(
+            client_addr(ip("10.0.0.5"), &headers, &h).0,
+            ip("203.0.113.9")
+        );
         assert_eq!(
             client_addr(ip("198.51.100.7"), &headers, &h).0,
             ip("198.51.100.7"),
@@ -543,8 +590,14 @@ mod tests {
         drop(first);
         let _again = counts.admit(a, &h).expect("a slot was freed");
         let proxy: IpAddr = "10.0.0.1".parse().expect("ip");
-        let _p = counts.admit(proxy, &h).expect("a trusted proxy is not capped per address");
+        let _p = counts
+            .admit(proxy, &h)
+            .expect("a trusted proxy is not capped per address");
         assert_eq!(counts.admit(proxy, &h).err(), Some("connections"));
-        assert_eq!(counts.total.load(Ordering::Relaxed), 3, "refused ones are not counted");
+        assert_eq!(
+            counts.total.load(Ordering::Relaxed),
+            3,
+            "refused ones are not counted"
+        );
     }
 }
