@@ -224,6 +224,30 @@ async fn ranges_across_chunk_bounds_are_206_with_exact_bytes() {
     )
     .await;
     assert_eq!(got.status, 416);
+    // Positions past every u64: clamped to the end, or unsatisfiable.
+    let data = w.data("600k");
+    let n = data.len();
+    let id = w.id("600k");
+    let got = get(
+        &o,
+        &format!("/ar/{id}"),
+        &[("range", "bytes=1-18446744073709551615")],
+    )
+    .await;
+    assert_eq!(got.status, 206);
+    assert_eq!(
+        got.header("content-range"),
+        format!("bytes 1-{}/{n}", n - 1)
+    );
+    assert!(got.body[..] == data[1..]);
+    let got = get(
+        &o,
+        &format!("/ar/{id}"),
+        &[("range", "bytes=18446744073709551615-")],
+    )
+    .await;
+    assert_eq!(got.status, 416);
+    assert_eq!(got.header("content-range"), format!("bytes */{n}"));
 }
 
 #[tokio::test]
@@ -276,6 +300,9 @@ async fn bad_ids_are_400_and_unknown_ones_404_listing_the_gateways_tried() {
         let error = got.json()["error"].as_str().unwrap_or_default().to_owned();
         assert!(error.contains(says), "{id}: {error}");
     }
+    let got = get(&o, &format!("/ar/{}/index.html", weave().id("meta")), &[]).await;
+    assert_eq!(got.status, 501, "{}", String::from_utf8_lossy(&got.body));
+    assert!(got.json()["error"].to_string().contains("path manifests"));
     let got = get(&o, "/ar/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", &[]).await;
     assert_eq!(got.status, 404, "{}", String::from_utf8_lossy(&got.body));
     let body = got.json();

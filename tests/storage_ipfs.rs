@@ -442,6 +442,9 @@ async fn ranges_are_206_with_exact_bytes_and_fetch_only_what_they_need() {
         ("deep", &deep, "bytes=-100", n - 100, n - 1),
         ("big", &big, "bytes=262140-262150", 262140, 262150),
         ("big", &big, "bytes=599999-", 599999, 599999),
+        // A last position past every u64 is the end (it once wrapped and panicked).
+        ("deep", &deep, "bytes=1-18446744073709551615", 1, n - 1),
+        ("big", &big, "bytes=0-99999999999999999999999", 0, 599999),
     ] {
         let got = get(&o, &format!("/ipfs/{}", root(fixture)), &[("range", range)]).await;
         assert_eq!(got.status, 206, "{fixture} {range}");
@@ -460,6 +463,14 @@ async fn ranges_are_206_with_exact_bytes_and_fetch_only_what_they_need() {
         &o,
         &format!("/ipfs/{}", root("deep")),
         &[("range", "bytes=100000-")],
+    )
+    .await;
+    assert_eq!(got.status, 416);
+    assert_eq!(got.header("content-range"), "bytes */100000");
+    let got = get(
+        &o,
+        &format!("/ipfs/{}", root("deep")),
+        &[("range", "bytes=18446744073709551615-")],
     )
     .await;
     assert_eq!(got.status, 416);

@@ -85,6 +85,9 @@ impl Notifier {
         }
         let client = match reqwest::Client::builder()
             .user_agent(concat!("outlast/", env!("CARGO_PKG_VERSION")))
+            // Sent only where configured: a receiver's 3xx is its answer (a failure,
+            // not retried), never followed to wherever `Location` points.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
         {
             Ok(c) => c,

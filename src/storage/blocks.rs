@@ -147,7 +147,7 @@ impl Blocks {
             };
             let wanted = c == *cid;
             if !wanted && !later(&c) {
-                self.skipped += data.len() as u64;
+                self.skipped = self.skipped.saturating_add(data.len() as u64);
                 if self.skipped > SKIP_MAX {
                     self.fail_stream(GatewayError::Malformed(format!(
                         "sent {} of blocks that were not asked for",
@@ -176,7 +176,7 @@ impl Blocks {
     /// `cid`, if it arrived before its turn.
     fn early(&mut self, cid: &Cid, later: Later<'_>) -> Option<Bytes> {
         let b = self.lookahead.remove(cid)?;
-        self.lookahead_bytes -= b.len();
+        self.lookahead_bytes = self.lookahead_bytes.saturating_sub(b.len());
         if later(cid) {
             self.keep(*cid, b.clone());
         }
@@ -184,9 +184,9 @@ impl Blocks {
     }
 
     fn keep(&mut self, cid: Cid, data: Bytes) {
-        if self.lookahead_bytes + data.len() <= LOOKAHEAD_MAX && !self.lookahead.contains_key(&cid)
-        {
-            self.lookahead_bytes += data.len();
+        let total = self.lookahead_bytes.saturating_add(data.len());
+        if total <= LOOKAHEAD_MAX && !self.lookahead.contains_key(&cid) {
+            self.lookahead_bytes = total;
             self.lookahead.insert(cid, data);
         }
     }

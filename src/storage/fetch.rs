@@ -1,6 +1,7 @@
 //! HTTP to storage gateways: one GET with its status sorted (404/410 = "not found",
-//! other non-2xx = the gateway's failure, a 200 of the wrong type refused) and bodies
-//! read within a size bound and a stall timeout. Verifies nothing.
+//! 3xx = a redirect, never followed, other non-2xx = the gateway's failure, a 200 of the
+//! wrong type refused) and bodies read within a size bound and a stall timeout.
+//! Verifies nothing.
 
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,11 @@ pub async fn get(
     let status = response.status();
     if status == reqwest::StatusCode::NOT_FOUND || status == reqwest::StatusCode::GONE {
         return Err(GatewayError::NotFound(status.as_u16()));
+    }
+    if status.is_redirection() {
+        // The client has redirects off (`Storage::new`); whatever `Location` says, it
+        // is not where this gateway was configured to be.
+        return Err(GatewayError::Redirected(status.as_u16()));
     }
     if !status.is_success() {
         return Err(GatewayError::Status(status.as_u16()));
@@ -67,7 +73,7 @@ pub async fn read_limited(
             Ok(None) => return Ok(out.freeze()),
             Ok(Some(Err(e))) => return Err(GatewayError::from_reqwest(&e, stall)),
             Ok(Some(Ok(piece))) => {
-                if out.len() + piece.len() > max {
+                if out.len().saturating_add(piece.len()) > max {
                     return Err(GatewayError::Malformed(format!(
                         "an answer over {max} bytes"
                     )));

@@ -11,6 +11,7 @@ use std::{
 
 use url::Url;
 
+use super::race::GatewayError;
 use crate::{
     config::{self, UpstreamUrl},
     route::score::{self, Stats},
@@ -99,16 +100,24 @@ impl Gateway {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The request URL for `path` (starting with `/`) and `query` pairs, under the
-    /// configured base (which may carry its own path prefix and query, e.g. a token).
-    pub fn url(&self, path: &str, query: &[(&str, &str)]) -> Url {
+    /// The request URL for `path` (starting with `/`, its segments percent-encoded) and
+    /// `query` pairs, under the configured base (which may carry its own path prefix and
+    /// query, e.g. a token). `set_path` would resolve `.` and `..` segments (`%2e` and
+    /// `\` count too) and so climb out of the prefix: a path that does not come out
+    /// exactly as asked is refused, never sent.
+    pub fn url(&self, path: &str, query: &[(&str, &str)]) -> Result<Url, GatewayError> {
         let mut url = self.url.expose().clone();
-        let base = url.path().trim_end_matches('/').to_owned();
-        url.set_path(&format!("{base}{path}"));
+        let wanted = format!("{}{path}", url.path().trim_end_matches('/'));
+        url.set_path(&wanted);
+        if url.path() != wanted {
+            return Err(GatewayError::Refused(format!(
+                "the request path `{path}` would not stay under the gateway's base path"
+            )));
+        }
         if !query.is_empty() {
             url.query_pairs_mut().extend_pairs(query);
         }
-        url
+        Ok(url)
     }
 
     pub fn banned(&self, now: Instant) -> bool {
@@ -380,10 +389,92 @@ mod tests {
     #[test]
     fn urls_keep_the_configured_prefix_and_query() {
         let p = pool(&[("a", "a")]);
-        let url = p.gateways[0].url("/ipfs/bafy/a%20b", &[("format", "car")]);
+        let url = p.gateways[0]
+            .url("/ipfs/bafy/a%20b", &[("format", "car")])
+            .expect("a plain path");
         assert_eq!(
             url.as_str(),
             "http://127.0.0.1:1/prefix/ipfs/bafy/a%20b?format=car"
         );
+        // What `set_path` would resolve to `/prefix/admin`, or `/admin`: never sent.
+        for path in [
+            "/ipfs/bafy/../../admin",
+            "/ipfs/bafy/%2e%2e/%2E%2e/admin",
+            "/ipfs/bafy/..\\..\\admin",
+            "/ipfs/./bafy",
+        ] {
+            let got = p.gateways[0].url(path, &[]);
+            assert!(
+                matches!(got, Err(GatewayError::Refused(_))),
+                "{path}: {got:?}"
+            );
+        }
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::storage::{address, car::CarRequest};
+
+        /// A gateway whose base has a path prefix holding a token, and a query.
+        fn gateway() -> Arc<Gateway> {
+            let g = config::StorageGateway {
+                name: "g".into(),
+                url: UpstreamUrl::parse("https://gw.example/key/s3cr3t/?token=t0k")
+                    .expect("test URL"),
+                operator: "op".into(),
+                cloud: None,
+                region: None,
+            };
+            Pool::new("ipfs", &[g], &config::Storage::default()).gateways[0].clone()
+        }
+
+        /// What a client must escape in a name: `%`, and what would end the segment.
+        const LITTLE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+            .add(b'%')
+            .add(b'/')
+            .add(b'?')
+            .add(b'#');
+
+        /// A path as a client might send it: names escaped a little, or raw pieces
+        /// (dots, slashes, backslashes and escapes of them included).
+        fn raw_path() -> impl Strategy<Value = String> {
+            let piece = prop_oneof![
+                any::<String>().prop_map(|n| {
+                    percent_encoding::utf8_percent_encode(&n, LITTLE).to_string()
+                }),
+                prop::sample::select(vec![
+                    ".", "..", "%2e%2e", "%2E.", "\\", "..\\..", "%5c", "%2f", "%2F..", "", "a",
+                    "%00", "?", "#", ";", "%25",
+                ])
+                .prop_map(str::to_owned),
+            ];
+            prop::collection::vec(piece, 0..6).prop_map(|ps| format!("bafkqaaa/{}", ps.join("/")))
+        }
+
+        proptest! {
+            #[test]
+            fn what_a_client_may_ask_for_stays_under_the_prefix_as_those_names(raw in raw_path()) {
+                let Ok(path) = address::parse_path(&raw) else {
+                    return Ok(());
+                };
+                let req = CarRequest { root: path.root, path: path.segments.clone(), bytes: None };
+                let url = gateway()
+                    .url(&req.url_path(), &[("format", "car")])
+                    .map_err(|e| TestCaseError::fail(format!("{raw}: {e}")))?;
+                let segments: Vec<String> = url
+                    .path_segments()
+                    .map(|s| {
+                        s.map(|x| percent_encoding::percent_decode_str(x).decode_utf8_lossy().into_owned())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                prop_assert_eq!(&segments[..4], &["key", "s3cr3t", "ipfs", "bafkqaaa"][..], "{}", url);
+                prop_assert_eq!(&segments[4..], &path.segments[..], "{}", url);
+                prop_assert_eq!(url.query(), Some("token=t0k&format=car"));
+                prop_assert_eq!(url.host_str(), Some("gw.example"));
+            }
+        }
     }
 }

@@ -1,8 +1,10 @@
 //! The storage routes, `GET|HEAD /ipfs/{cid}[/path]` and `GET|HEAD /ar/{id}`: read
-//! the URL, `Range` and `If-None-Match`; answer with verified bytes, `ETag` (the
-//! address), `Cache-Control: immutable`, a `Content-Type` from the name, the signed
-//! tag or the first bytes, and `Content-Range` for ranges. Every `StorageError` becomes
-//! a status here, in one `match`, with a JSON body that says what was tried.
+//! the URL as sent (`.`, `..` and empty segments are a 400 before any gateway is asked),
+//! `Range` (clamped to the content, or 416) and `If-None-Match`; answer with verified
+//! bytes, `ETag` (the address), `Cache-Control: immutable`, a `Content-Type` from the
+//! name, the signed tag or the first bytes, and `Content-Range` for ranges. Every
+//! `StorageError` becomes a status here, in one `match`, with a JSON body that says
+//! what was tried.
 //!
 //! The body is streamed: the first verified piece is in hand before the status line
 //! goes out; the rest is fetched by a task a few pieces ahead of the client. Should the
@@ -13,7 +15,7 @@ use std::{future::Future, io, sync::Arc};
 
 use axum::{
     body::Body,
-    extract::{Path, State},
+    extract::State,
     http::{HeaderMap, HeaderValue, StatusCode, Uri, header},
     response::{IntoResponse, Response},
 };
@@ -31,23 +33,16 @@ const IMMUTABLE: &str = "public, max-age=29030400, immutable";
 
 pub async fn ipfs(State(gw): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap) -> Response {
     let storage = gw.storage.clone();
+    // The path as sent (`..` and `%2e%2e` included): axum and hyper normalize nothing.
     let rest = uri.path().strip_prefix("/ipfs/").unwrap_or_default();
-    let mut segments = rest.split('/');
-    let root = match decode(segments.next().unwrap_or_default()).and_then(|s| address::parse(&s)) {
-        Ok(cid) => cid,
+    let path = match address::parse_path(rest) {
+        Ok(p) => p,
         Err(e) => return error(e),
     };
-    let mut path = Vec::new();
-    for seg in segments.filter(|s| !s.is_empty()) {
-        match decode(seg) {
-            Ok(s) => path.push(s),
-            Err(e) => return error(e),
-        }
-    }
     let req = ipfs::Request {
-        root,
-        path,
-        trailing_slash: rest.ends_with('/'),
+        root: path.root,
+        path: path.segments,
+        trailing_slash: path.trailing_slash,
         range: range(&headers),
         if_none_match: text(&headers, header::IF_NONE_MATCH).map(str::to_owned),
     };
@@ -115,13 +110,10 @@ pub async fn ipfs(State(gw): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap) 
     response
 }
 
-pub async fn arweave(
-    State(gw): State<Arc<Gateway>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
+pub async fn arweave(State(gw): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap) -> Response {
     let storage = gw.storage.clone();
-    let id = match arweave::parse_id(&id) {
+    let rest = uri.path().strip_prefix("/ar/").unwrap_or_default();
+    let id = match arweave::parse_path(rest) {
         Ok(id) => id,
         Err(e) => return error(e),
     };
@@ -162,17 +154,6 @@ async fn arweave_prefix(storage: &Arc<Storage>, id: &str) -> Bytes {
         Ok(arweave::Answer::Content(c)) => c.first,
         _ => Bytes::new(),
     }
-}
-
-/// A path segment, percent-decoded; it must be UTF-8 (UnixFS names are).
-fn decode(segment: &str) -> Result<String, StorageError> {
-    percent_encoding::percent_decode_str(segment)
-        .decode_utf8()
-        .map(|s| s.into_owned())
-        .map_err(|_| StorageError::BadCid {
-            input: segment.to_owned(),
-            why: "the path segment is not UTF-8 once percent-decoded".into(),
-        })
 }
 
 fn text(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
@@ -230,7 +211,7 @@ fn content(p: Piece, body: Body) -> Response {
     set(h, header::CONTENT_TYPE, &p.content_type);
     h.insert(
         header::CONTENT_LENGTH,
-        HeaderValue::from(p.span.1 - p.span.0),
+        HeaderValue::from(p.span.1.saturating_sub(p.span.0)),
     );
     if p.ranged {
         set(
@@ -363,7 +344,7 @@ fn sniff(head: &[u8]) -> String {
 fn error(e: StorageError) -> Response {
     use StorageError::*;
     let status = match &e {
-        BadCid { .. } | BadArweaveId { .. } => StatusCode::BAD_REQUEST,
+        BadCid { .. } | BadArweaveId { .. } | BadPath { .. } => StatusCode::BAD_REQUEST,
         NoSuchPath { .. } | NotFound { .. } => StatusCode::NOT_FOUND,
         Unavailable {
             timed_out: true, ..

@@ -2,7 +2,8 @@
 //! fetched from several public gateways at once, every byte checked against its
 //! content address before it is sent.
 //!
-//! - `address`  — CIDs: parsed (a 400 names the problem), blocks checked against them
+//! - `address`  — CIDs and the paths below them: parsed (a 400 names the problem; `.`,
+//!   `..` and empty segments are refused), blocks checked against them
 //! - `gateways` — the configured gateways: health, bans for lies, the order to ask them
 //! - `race`     — ask gateways in order, a few at once and one more after a hedge delay;
 //!   the first verified answer wins
@@ -14,10 +15,13 @@
 //! - `cache`    — verified blocks and chunks by address, bounded in bytes
 //! - `http`     — the handlers: Range, ETag, Cache-Control, Content-Type, errors
 //!
-//! Architecture invariants: only `gateways` sees a gateway's real URL. Bytes reach a
-//! client only after their check (a block's hash against its CID; a chunk's proof
-//! against a signed `data_root`); the cache holds only checked bytes. Nothing here
-//! talks to chain upstreams; gateways are ranked with the same `route::score` numbers.
+//! Architecture invariants: only `gateways` sees a gateway's real URL, and requests go
+//! only under it: a path that would leave its prefix is never sent, and redirects are
+//! never followed (a 3xx is that gateway's failure). Bytes reach a client only after
+//! their check (a block's hash against its CID; a chunk's proof against a signed
+//! `data_root`); the cache holds only checked bytes. Every position and size from a
+//! client, a gateway or content is added and subtracted checked. Nothing here talks to
+//! chain upstreams; gateways are ranked with the same `route::score` numbers.
 
 mod address;
 mod arweave;
@@ -76,6 +80,9 @@ impl Settings {
 impl Storage {
     pub fn new(cfg: &config::Storage) -> reqwest::Result<Storage> {
         let http = reqwest::Client::builder()
+            // A gateway's 3xx is its failure, never followed: a redirect could send the
+            // request (and the configured URL's token) anywhere, 127.0.0.1 included.
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_millis(cfg.connect_timeout_ms))
             .pool_idle_timeout(Duration::from_secs(30))
             .user_agent(concat!("outlast/", env!("CARGO_PKG_VERSION")))
@@ -129,6 +136,10 @@ pub enum StorageError {
     BadCid { input: String, why: String },
     #[error("`{input}` is not an Arweave transaction id: {why}")]
     BadArweaveId { input: String, why: String },
+    /// A path Outlast will not send to a gateway (`.`, `..`, empty segments): refused
+    /// before any gateway is asked.
+    #[error("`{path}` is not a content path: {why}")]
+    BadPath { path: String, why: String },
     #[error("{address}: {why}")]
     Unsupported { address: String, why: String },
     #[error("{address}: no `{name}` in {within}")]

@@ -29,6 +29,14 @@ pub enum GatewayError {
     NotFound(u16),
     #[error("HTTP {0}")]
     Status(u16),
+    /// A 3xx: redirects are never followed (they could point anywhere, 127.0.0.1
+    /// included), so a gateway that redirects has failed this request.
+    #[error("redirected (HTTP {0}); redirects are not followed")]
+    Redirected(u16),
+    /// Not sent: the request itself would not stay under the gateway's base URL. Not
+    /// the gateway's fault.
+    #[error("not sent: {0}")]
+    Refused(String),
     #[error("no answer within {0:?}")]
     Timeout(Duration),
     #[error("stalled: nothing for {0:?} in the middle of its stream")]
@@ -99,7 +107,7 @@ impl Failure {
 pub fn record(pool: &Pool, gateway: &Gateway, address: &str, error: &GatewayError) {
     match error {
         GatewayError::Lie(what) => pool.record_lie(gateway, address, what),
-        GatewayError::NotFound(_) | GatewayError::Missing(_) => {}
+        GatewayError::NotFound(_) | GatewayError::Missing(_) | GatewayError::Refused(_) => {}
         other => pool.record_failure(gateway, &other.to_string()),
     }
 }
