@@ -466,7 +466,8 @@ fn settle(
     let counted = match &result {
         Ok(c) if c.level == Level::None => "unconfirmed",
         Ok(_) => "verified",
-        Err(_) => "unverifiable",
+        Err(Unverified::Disputed { .. }) => "unverifiable",
+        Err(Unverified::Unreachable(_)) => "unavailable",
     };
     crate::metrics::verification(&chain.name, &slot.call.method, mode, counted);
     match result {
@@ -477,13 +478,10 @@ fn settle(
             }),
             c.level,
         ),
-        Err(u) => (
-            Some(Outcome::Unverified {
-                what: u.what,
-                why: u.why,
-            }),
-            Level::None,
-        ),
+        Err(Unverified::Disputed { what, why }) => {
+            (Some(Outcome::Unverified { what, why }), Level::None)
+        }
+        Err(Unverified::Unreachable(tried)) => (Some(Outcome::Unavailable(tried)), Level::None),
     }
 }
 

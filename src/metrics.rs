@@ -489,9 +489,8 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-const UPSTREAM_STATES: [&str; 4] = ["ready", "cooling-down", "unchecked", "wrong-chain"];
 const BREAKER_STATES: [&str; 3] = ["closed", "open", "half-open"];
-const KINDS: [Kind; 7] = [
+const KINDS: [Kind; 8] = [
     Kind::UpstreamDown,
     Kind::UpstreamLagging,
     Kind::UpstreamLying,
@@ -499,6 +498,7 @@ const KINDS: [Kind; 7] = [
     Kind::ChainDown,
     Kind::HeadStalled,
     Kind::CorrelatedFailure,
+    Kind::ProvidersUnreachable,
 ];
 const SEVERITIES: [Severity; 3] = [Severity::Minor, Severity::Major, Severity::Critical];
 
@@ -530,13 +530,8 @@ fn state(gw: &Gateway, out: &mut String) {
     let name = "outlast_upstream_state";
     let mut f = Family::new(out, name, "1 for the upstream's current health state.");
     for (c, u) in &ups {
-        let current = match u.health.status() {
-            Status::Ready => "ready",
-            Status::CoolingDown { .. } => "cooling-down",
-            Status::Unchecked => "unchecked",
-            Status::WrongChain { .. } => "wrong-chain",
-        };
-        for s in UPSTREAM_STATES {
+        let current = u.health.status().state();
+        for s in Status::STATES {
             let labels = [("chain", &*c.name), ("upstream", &*u.name), ("state", s)];
             f.sample(name, &labels, f64::from(u8::from(s == current)));
         }

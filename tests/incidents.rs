@@ -181,7 +181,11 @@ async fn a_hung_upstream_opens_a_down_incident_that_resolves_when_it_answers() {
         open_of_kind(l, "upstream_down") == 1
     })
     .await;
-    assert_eq!(list[0]["title"], "local: upstream u1 is down");
+    assert_eq!(list[0]["title"], "local: upstream u1 is not answering");
+    let status = status_json(&outlast).await;
+    let u1 = &status["chains"][0]["upstreams"][1];
+    assert_eq!(u1["state"], "unresponsive", "{u1}");
+    assert!(u1["last_success_secs"].is_u64(), "{u1}");
     fleet.resume(1);
     wait_incidents(&outlast, "u1 back", WITHIN, |l| {
         resolved_of_kind(l, "upstream_down") == 1
@@ -261,8 +265,9 @@ async fn losing_every_upstream_opens_a_critical_chain_down_incident() {
         "",
     ))
     .await;
+    // One dead, one hung: not one cause (that is the next test), so the chain is down.
     fleet.kill(0);
-    fleet.kill(1);
+    fleet.pause(1);
     let list = wait_incidents(&outlast, "chain down", WITHIN, |l| {
         l.iter()
             .any(|i| is_open(i) && i["kind"] == "chain_down" && i["severity"] == "critical")
@@ -276,9 +281,139 @@ async fn losing_every_upstream_opens_a_critical_chain_down_incident() {
     let page = get_text(&outlast, "/status").await;
     assert!(page.contains("Major outage: local down"), "{page}");
     fleet.restart(0).await;
-    fleet.restart(1).await;
+    fleet.resume(1);
     wait_incidents(&outlast, "chain back", WITHIN, |l| {
         l.iter().any(|i| !is_open(i) && i["kind"] == "chain_down")
+    })
+    .await;
+}
+
+/// The default verify mode (proofs, quorum 2), as users run it.
+fn default_mode(config: String) -> String {
+    config.replace("verify = \"off\"\n", "")
+}
+
+async fn status_json(outlast: &Outlast) -> Value {
+    serde_json::from_str(&get_text(outlast, "/api/v1/status").await).expect("status JSON")
+}
+
+async fn balance(outlast: &Outlast) -> (Value, Option<String>) {
+    let body = json!({"jsonrpc":"2.0","id":1,"method":"eth_getBalance","params":[ACCOUNT1_ADDRESS,"latest"]});
+    let r = outlast.post("/local", body.to_string()).await;
+    (r.json(), r.verified)
+}
+
+/// The realistic cloud outage: the region's nodes hang (connections open, nothing
+/// answers) rather than die. In the default mode, reads keep being answered verified,
+/// one correlated incident says the region is not answering, and `/status` shows both
+/// upstreams as unresponsive — not serving with their last latency.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_region_is_one_incident_and_shown_as_not_answering() {
+    let mut fleet = Fleet::start(5).await;
+    fleet.mine(2).await;
+    let outlast = Outlast::start(&default_mode(labelled_config(
+        &fleet.urls(),
+        &FIVE_PLACES,
+        FAST_STATUS,
+        "",
+    )))
+    .await;
+    fleet.pause(0);
+    fleet.pause(1);
+    let title = "2 of 5 upstreams not answering, all on aws/us-east-1";
+    let list = wait_incidents(&outlast, "a correlated incident", WITHIN, |l| {
+        open_of_kind(l, "correlated_failure") == 1
+    })
+    .await;
+    let open: Vec<&Value> = list.iter().filter(|i| is_open(i)).collect();
+    assert_eq!(open.len(), 1, "{list:#?}");
+    assert_eq!(open[0]["title"], title, "{:#}", open[0]);
+    let status = status_json(&outlast).await;
+    let states: Vec<&str> = status["chains"][0]["upstreams"]
+        .as_array()
+        .expect("upstreams")
+        .iter()
+        .filter_map(|u| u["state"].as_str())
+        .collect();
+    assert_eq!(
+        states,
+        ["unresponsive", "unresponsive", "ready", "ready", "ready"]
+    );
+    let page = get_text(&outlast, "/status").await;
+    assert!(page.contains("not answering"), "{page}");
+    for _ in 0..10 {
+        let (reply, verified) = balance(&outlast).await;
+        assert!(reply["result"].is_string(), "{reply}");
+        assert_eq!(verified.as_deref(), Some("proof"), "{reply}");
+    }
+    fleet.resume(0);
+    fleet.resume(1);
+    wait_incidents(&outlast, "the region back", WITHIN, |l| {
+        resolved_of_kind(l, "correlated_failure") == 1
+    })
+    .await;
+}
+
+/// Every upstream refusing at once is one cause (this host's network, DNS or
+/// firewall): one incident says so, and nothing else opens under it. A call meanwhile
+/// gets -32002 with what was tried — nothing answered, so nothing was "unverifiable".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_upstream_refusing_is_one_incident_about_this_host_and_calls_get_32002() {
+    let mut fleet = Fleet::start(3).await;
+    fleet.mine(2).await;
+    let outlast = Outlast::start(&default_mode(labelled_config(
+        &fleet.urls(),
+        &[
+            ("infura", "aws/us-east-1"),
+            ("alchemy", "aws/us-east-1"),
+            ("drpc", "hetzner/fsn1"),
+        ],
+        FAST_STATUS,
+        "",
+    )))
+    .await;
+    for i in 0..3 {
+        fleet.kill(i);
+    }
+    let list = wait_incidents(&outlast, "one incident about this host", WITHIN, |l| {
+        open_of_kind(l, "providers_unreachable") == 1
+    })
+    .await;
+    // Let a few more evaluations pass: nothing else may open under it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let list = incidents(&outlast)
+        .await
+        .into_iter()
+        .chain(list)
+        .collect::<Vec<_>>();
+    let ids: std::collections::HashSet<u64> =
+        list.iter().filter_map(|i| i["id"].as_u64()).collect();
+    assert_eq!(ids.len(), 1, "one incident for one cause: {list:#?}");
+    let incident = list
+        .iter()
+        .find(|i| i["kind"] == "providers_unreachable")
+        .expect("the incident");
+    assert_eq!(
+        incident["title"],
+        "Outlast cannot reach any of its providers"
+    );
+    assert_eq!(incident["severity"], "critical");
+    assert!(
+        incident["updates"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("network, DNS and firewall")),
+        "{incident:#}"
+    );
+    let (reply, _) = balance(&outlast).await;
+    assert_eq!(reply["error"]["code"], -32002, "{reply}");
+    assert!(reply["error"]["data"]["tried"].is_array(), "{reply}");
+    let message = reply["error"]["message"].as_str().unwrap_or_default();
+    assert!(!message.contains("no 1 operators"), "{message}");
+    for i in 0..3 {
+        fleet.restart(i).await;
+    }
+    wait_incidents(&outlast, "providers back", WITHIN, |l| {
+        resolved_of_kind(l, "providers_unreachable") == 1
     })
     .await;
 }

@@ -75,7 +75,7 @@ async fn the_zero_balance_lie_is_never_served_and_the_liar_is_banned() {
     }
     let s = status(&outlast).await;
     let liar = &s["chains"][0]["upstreams"][0];
-    assert_eq!(liar["state"], "cooling-down", "{liar}");
+    assert_eq!(liar["state"], "banned", "{liar}");
     assert!(
         liar["last_error"]
             .as_str()

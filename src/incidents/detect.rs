@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::{Ban, Evidence, Incident, Kind, Severity, Time, UpstreamRef};
-use crate::config;
+use crate::{config, route::health::Cause};
 
 /// Thresholds, in milliseconds and blocks.
 #[derive(Debug, Clone, Copy)]
@@ -71,8 +71,8 @@ pub enum Health {
     /// Not checked yet: neither up nor down.
     Unknown,
     Up,
-    /// Out of rotation, and why.
-    Down(String),
+    /// Out of rotation, why in words, and what kind of failure it is.
+    Down(String, Cause),
 }
 
 /// A problem as seen now.
@@ -243,10 +243,20 @@ impl Detector {
         let mut held: HashSet<String> = HashSet::new();
 
         let all: Vec<&UpstreamSample> = s.chains.iter().flat_map(|c| &c.upstreams).collect();
+        // One cause, one incident: every upstream of every chain failing to connect is
+        // this host's network (or DNS, or firewall), not many providers at once.
+        if let Some(f) = unreachable_everywhere(s, &all) {
+            let mut found = vec![f];
+            found.extend(
+                all.iter()
+                    .filter_map(|u| u.ban.as_ref().map(|b| lying(u, b))),
+            );
+            return self.hysteresis(found, &held, s);
+        }
         let mut down: Vec<&UpstreamSample> = all
             .iter()
             .copied()
-            .filter(|u| matches!(u.health, Health::Down(_)) && u.ban.is_none())
+            .filter(|u| matches!(u.health, Health::Down(..)) && u.ban.is_none())
             .collect();
 
         // Correlated failures: open ones keep their factor's down upstreams, then new groups.
@@ -326,16 +336,26 @@ impl Detector {
             .iter()
             .map(|u| {
                 let why = match &u.health {
-                    Health::Down(why) => why.as_str(),
+                    Health::Down(why, _) => why.as_str(),
                     _ => "",
                 };
                 format!("{} ({}): {why}", u.who, u.operator)
             })
             .collect();
+        // Hung (connections open, nothing answers: the usual shape of a cloud outage)
+        // reads differently from refused, though both are out of rotation.
+        let state = if members
+            .iter()
+            .all(|u| matches!(u.health, Health::Down(_, Cause::Unresponsive)))
+        {
+            "not answering"
+        } else {
+            "down"
+        };
         Finding {
-            title: format!("{peak} of {total} upstreams down, {}", factor.phrase()),
+            title: format!("{peak} of {total} upstreams {state}, {}", factor.phrase()),
             message: format!(
-                "{} down together, {}. {}",
+                "{} {state} together, {}. {}",
                 plural(members.len(), "upstream"),
                 factor.phrase(),
                 list.join("; ")
@@ -526,15 +546,16 @@ fn labels(u: &UpstreamSample) -> String {
 }
 
 fn upstream_down(u: &UpstreamSample) -> Finding {
-    let why = match &u.health {
-        Health::Down(why) => why.as_str(),
-        _ => "",
+    let (why, state) = match &u.health {
+        Health::Down(why, Cause::Unresponsive) => (why.as_str(), "is not answering"),
+        Health::Down(why, _) => (why.as_str(), "is down"),
+        _ => ("", "is down"),
     };
     Finding {
         key: format!("down:{}", u.who),
         kind: Kind::UpstreamDown,
         severity: Severity::Minor,
-        title: format!("{}: upstream {} is down", u.who.chain, u.who.name),
+        title: format!("{}: upstream {} {state}", u.who.chain, u.who.name),
         message: format!(
             "{} ({}) is out of rotation: {why}. Calls go to the other upstreams.",
             u.who.name,
@@ -606,6 +627,43 @@ fn lying(u: &UpstreamSample, ban: &Ban) -> Finding {
         signature: String::new(),
         immediate: true,
     }
+}
+
+/// Every upstream of every chain (at least two) out because it cannot be connected to.
+fn unreachable_everywhere(s: &Sample, all: &[&UpstreamSample]) -> Option<Finding> {
+    let unreachable = |u: &&UpstreamSample| {
+        matches!(u.health, Health::Down(_, Cause::Unreachable)) && u.ban.is_none()
+    };
+    if all.len() < 2 || !all.iter().all(unreachable) {
+        return None;
+    }
+    let example = all
+        .iter()
+        .find_map(|u| match &u.health {
+            Health::Down(why, _) => Some(format!("{}: {why}", u.who)),
+            _ => None,
+        })
+        .unwrap_or_default();
+    let chains: Vec<String> = s.chains.iter().map(|c| c.name.clone()).collect();
+    let mut upstreams: Vec<UpstreamRef> = all.iter().map(|u| u.who.clone()).collect();
+    upstreams.sort();
+    Some(Finding {
+        key: "unreachable:all".into(),
+        kind: Kind::ProvidersUnreachable,
+        severity: Severity::Critical,
+        title: "Outlast cannot reach any of its providers".into(),
+        message: format!(
+            "All {} upstreams of {} fail to connect (e.g. {example}). Every chain is down: calls get -32002. One cause is likely, on this host: check its network, DNS and firewall.",
+            all.len(),
+            chains.join(", ")
+        ),
+        chains,
+        upstreams,
+        factor: None,
+        evidence: None,
+        signature: String::new(),
+        immediate: false,
+    })
 }
 
 /// Operators with at least one upstream serving (up and not banned).
@@ -714,7 +772,7 @@ fn resolved_message(last: &Finding, s: &Sample) -> String {
     let first = last.upstreams.first();
     match last.kind {
         Kind::UpstreamDown => match first.and_then(state).map(|u| &u.health) {
-            Some(Health::Down(_)) => "No longer tracked on its own.".into(),
+            Some(Health::Down(..)) => "No longer tracked on its own.".into(),
             _ => format!(
                 "{} is serving again.",
                 first.map_or("The upstream", |u| u.name.as_str())
@@ -738,6 +796,7 @@ fn resolved_message(last: &Finding, s: &Sample) -> String {
                 .map(|f| format!("on {f}"))
                 .unwrap_or_default()
         ),
+        Kind::ProvidersUnreachable => "Providers can be reached again.".into(),
         Kind::ChainDegraded | Kind::ChainDown => {
             let chain = last
                 .chains
@@ -792,7 +851,7 @@ pub fn uptime_states(s: &Sample, lag_blocks: u64) -> Vec<(String, Option<bool>)>
         for u in &chain.upstreams {
             let state = match &u.health {
                 Health::Unknown => None,
-                Health::Down(_) => Some(false),
+                Health::Down(..) => Some(false),
                 Health::Up => Some(u.ban.is_none() && u.lag.is_none_or(|l| l < lag_blocks.max(1))),
             };
             any_known |= state.is_some();
@@ -850,7 +909,7 @@ mod tests {
     }
 
     fn down() -> Health {
-        Health::Down("connect failed".into())
+        Health::Down("connect failed".into(), Cause::Failing)
     }
 
     /// Runs samples through one detector; returns (kind of change, key) per change.

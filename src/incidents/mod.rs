@@ -32,7 +32,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     config,
     gateway::{Chain, Gateway},
-    route::health::Status,
+    route::health::{Cause, Status},
 };
 use detect::{Change, Detector, Finding};
 use uptime::Uptime;
@@ -73,6 +73,8 @@ pub enum Kind {
     ChainDown,
     HeadStalled,
     CorrelatedFailure,
+    /// Every upstream of every chain fails to connect: this host's network, most likely.
+    ProvidersUnreachable,
 }
 
 impl Kind {
@@ -85,6 +87,7 @@ impl Kind {
             Kind::ChainDown => "chain_down",
             Kind::HeadStalled => "head_stalled",
             Kind::CorrelatedFailure => "correlated_failure",
+            Kind::ProvidersUnreachable => "providers_unreachable",
         }
     }
 }
@@ -555,7 +558,8 @@ fn sample(gw: &Gateway, bans: &HashMap<UpstreamRef, Ban>, now: Time) -> detect::
     }
 }
 
-/// How `route::health` words a ban for lying (`Health::record_lie`).
+/// How `route::health` words a ban for lying (`Health::record_lie`), taken off the
+/// evidence.
 const BANNED_FOR_LYING: &str = "banned for lying";
 
 fn chain_sample(c: &Chain, bans: &HashMap<UpstreamRef, Ban>, now: Time) -> detect::ChainSample {
@@ -580,10 +584,15 @@ fn chain_sample(c: &Chain, bans: &HashMap<UpstreamRef, Ban>, now: Time) -> detec
                     .filter(|b| b.until > now)
                     .cloned()
                     .or_else(|| {
-                        let Status::CoolingDown { until, why } = &status else {
+                        let Status::CoolingDown {
+                            until,
+                            why,
+                            cause: Cause::Lied,
+                        } = &status
+                        else {
                             return None;
                         };
-                        let summary = why.strip_prefix(BANNED_FOR_LYING)?;
+                        let summary = why.strip_prefix(BANNED_FOR_LYING).unwrap_or(why);
                         let left = until.saturating_duration_since(instant).as_millis();
                         Some(Ban {
                             until: Time(now.0 + u64::try_from(left).unwrap_or(0)),
@@ -601,10 +610,11 @@ fn chain_sample(c: &Chain, bans: &HashMap<UpstreamRef, Ban>, now: Time) -> detec
                     health: match status {
                         Status::Ready => detect::Health::Up,
                         Status::Unchecked => detect::Health::Unknown,
-                        Status::CoolingDown { why, .. } => detect::Health::Down(why),
-                        Status::WrongChain { got, expected } => detect::Health::Down(format!(
-                            "it serves chain id {got}, not {expected}"
-                        )),
+                        Status::CoolingDown { why, cause, .. } => detect::Health::Down(why, cause),
+                        Status::WrongChain { got, expected } => detect::Health::Down(
+                            format!("it serves chain id {got}, not {expected}"),
+                            Cause::Failing,
+                        ),
                     },
                     lag: u
                         .head

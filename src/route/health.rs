@@ -27,9 +27,71 @@ const ERROR_RATE_MIN_SAMPLES: u64 = 10;
 pub enum Status {
     Unchecked,
     Ready,
-    CoolingDown { until: Instant, why: String },
-    WrongChain { got: u64, expected: u64 },
+    CoolingDown {
+        until: Instant,
+        why: String,
+        cause: Cause,
+    },
+    WrongChain {
+        got: u64,
+        expected: u64,
+    },
 }
+
+impl Status {
+    /// The state in one word, as `/status`, `/api/v1/status` and metrics show it.
+    pub fn state(&self) -> &'static str {
+        match self {
+            Status::Ready => "ready",
+            Status::CoolingDown { cause, .. } => cause.state(),
+            Status::Unchecked => "unchecked",
+            Status::WrongChain { .. } => "wrong-chain",
+        }
+    }
+
+    /// Every word `state` can say.
+    pub const STATES: [&'static str; 6] = [
+        "ready",
+        "unresponsive",
+        "cooling-down",
+        "banned",
+        "unchecked",
+        "wrong-chain",
+    ];
+}
+
+/// Why an upstream failed, as a kind: the status page says "not answering" for a hung
+/// one and "unreachable" for a refused one; incidents group upstreams that fail alike;
+/// a ban is known as a ban, not by its wording.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// Could not connect: refused, no route, name not resolved.
+    Unreachable,
+    /// Connected, but no answer in time: hung (the usual shape of a cloud outage).
+    Unresponsive,
+    /// Answered, badly: HTTP errors, malformed replies, a wrong chain.
+    Failing,
+    /// HTTP 429.
+    RateLimited,
+    /// Caught serving a false answer: banned.
+    Lied,
+}
+
+impl Cause {
+    /// How the state reads on `/status`, `/api/v1/status` and in metrics.
+    pub fn state(self) -> &'static str {
+        match self {
+            Cause::Unresponsive => "unresponsive",
+            Cause::Lied => "banned",
+            Cause::Unreachable | Cause::Failing | Cause::RateLimited => "cooling-down",
+        }
+    }
+}
+
+/// Silences in a row (timeouts, or overtaken by a hedge) that take an upstream out at
+/// once: a hung upstream should cost a call or two, not `failures_before_cooldown`
+/// request timeouts.
+const SILENCES_BEFORE_COOLDOWN: u32 = 2;
 
 /// What changed, so the caller can log transitions once instead of every event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +131,10 @@ struct State {
     consecutive_failures: u32,
     next_cooldown: Duration,
     last_error: Option<String>,
+    /// When it last answered well (the status page shows it for an upstream out).
+    last_success: Option<Instant>,
+    /// Timeouts in a row, without an answer in between.
+    silences: u32,
     stats: Stats,
     /// Times it was caught lying.
     bans: u32,
@@ -83,6 +149,8 @@ impl Health {
                 consecutive_failures: 0,
                 next_cooldown: first,
                 last_error: None,
+                last_success: None,
+                silences: 0,
                 stats: Stats::default(),
                 bans: 0,
             }),
@@ -111,11 +179,17 @@ impl Health {
         self.lock().last_error.clone()
     }
 
+    pub fn last_success(&self) -> Option<Instant> {
+        self.lock().last_success
+    }
+
     /// A well-formed reply after `latency`: the upstream is alive.
     pub fn record_success(&self, latency: Duration) -> Transition {
         let mut s = self.lock();
         s.stats.record_success(latency);
         s.consecutive_failures = 0;
+        s.silences = 0;
+        s.last_success = Some(Instant::now());
         s.next_cooldown = self.first_cooldown;
         match s.status {
             // Answered while cooling down (tried as a last resort): it is back.
@@ -128,17 +202,23 @@ impl Health {
     }
 
     /// A call failed for the upstream's reasons (not the caller's).
-    pub fn record_failure(&self, why: &str, now: Instant) -> Transition {
+    pub fn record_failure(&self, why: &str, cause: Cause, now: Instant) -> Transition {
         let mut s = self.lock();
         s.stats.record_failure();
         s.consecutive_failures += 1;
         s.last_error = Some(why.to_owned());
-        // The breaker opens on failures in a row, or on a high error rate that
-        // alternating successes would otherwise hide.
+        if cause == Cause::Unresponsive {
+            s.silences += 1;
+        } else {
+            s.silences = 0;
+        }
+        // The breaker opens on failures in a row, on silences in a row, or on a high
+        // error rate that alternating successes would otherwise hide.
         let flapping =
             s.stats.samples >= ERROR_RATE_MIN_SAMPLES && s.stats.error_rate() > ERROR_RATE_TRIP;
+        let silent = s.silences >= SILENCES_BEFORE_COOLDOWN;
         if s.status == Status::Ready
-            && (s.consecutive_failures >= self.failures_before_cooldown || flapping)
+            && (s.consecutive_failures >= self.failures_before_cooldown || flapping || silent)
         {
             self.changed.notify_one();
             let why = if flapping {
@@ -149,7 +229,7 @@ impl Health {
             } else {
                 why.to_owned()
             };
-            return self.cool_down(&mut s, &why, None, now);
+            return self.cool_down(&mut s, &why, cause, None, now);
         }
         Transition::None
     }
@@ -164,6 +244,7 @@ impl Health {
         s.status = Status::CoolingDown {
             until: now + ban,
             why: format!("banned for lying: {why}"),
+            cause: Cause::Lied,
         };
         self.changed.notify_one();
         Transition::Banned {
@@ -208,7 +289,13 @@ impl Health {
         s.last_error = Some("rate limited (HTTP 429)".into());
         if s.status == Status::Ready {
             self.changed.notify_one();
-            return self.cool_down(&mut s, "rate limited (HTTP 429)", retry_after, now);
+            return self.cool_down(
+                &mut s,
+                "rate limited (HTTP 429)",
+                Cause::RateLimited,
+                retry_after,
+                now,
+            );
         }
         Transition::None
     }
@@ -216,7 +303,7 @@ impl Health {
     /// The background probe's verdict on `eth_chainId`.
     pub fn record_probe(
         &self,
-        result: Result<u64, String>,
+        result: Result<u64, (String, Cause)>,
         expected: u64,
         now: Instant,
     ) -> Transition {
@@ -247,13 +334,13 @@ impl Health {
                     Transition::WrongChain { got, expected }
                 }
             }
-            Err(why) => {
+            Err((why, cause)) => {
                 s.last_error = Some(why.clone());
                 // A failed probe extends the cool-down (doubling); a wrong-chain upstream
                 // stays disabled until a probe shows the right id.
                 match s.status {
                     Status::WrongChain { .. } => Transition::None,
-                    _ => self.cool_down(&mut s, &why, None, now),
+                    _ => self.cool_down(&mut s, &why, cause, None, now),
                 }
             }
         }
@@ -263,6 +350,7 @@ impl Health {
         &self,
         s: &mut State,
         why: &str,
+        cause: Cause,
         wanted: Option<Duration>,
         now: Instant,
     ) -> Transition {
@@ -272,6 +360,7 @@ impl Health {
         s.status = Status::CoolingDown {
             until: now + for_,
             why: why.to_owned(),
+            cause,
         };
         if was_cooling {
             Transition::None
@@ -331,10 +420,13 @@ mod tests {
     fn repeated_failures_cool_down_and_probe_failures_double_the_wait() {
         let h = health();
         let now = Instant::now();
-        assert_eq!(h.record_failure("refused", now), Transition::None);
+        assert_eq!(
+            h.record_failure("refused", Cause::Unreachable, now),
+            Transition::None
+        );
         assert!(h.is_ready());
         assert_eq!(
-            h.record_failure("refused", now),
+            h.record_failure("refused", Cause::Unreachable, now),
             Transition::CooledDown {
                 why: "refused".into(),
                 for_: Duration::from_secs(1)
@@ -345,12 +437,12 @@ mod tests {
             h.next_probe(now, Duration::from_secs(300)),
             Duration::from_secs(1)
         );
-        h.record_probe(Err("still refused".into()), 1, now);
+        h.record_probe(Err(("still refused".into(), Cause::Unreachable)), 1, now);
         assert_eq!(
             h.next_probe(now, Duration::from_secs(300)),
             Duration::from_secs(2)
         );
-        h.record_probe(Err("still refused".into()), 1, now);
+        h.record_probe(Err(("still refused".into(), Cause::Unreachable)), 1, now);
         assert_eq!(
             h.next_probe(now, Duration::from_secs(300)),
             Duration::from_secs(3),
@@ -363,10 +455,37 @@ mod tests {
     fn a_success_resets_the_failure_count() {
         let h = health();
         let now = Instant::now();
-        h.record_failure("timeout", now);
+        h.record_failure("HTTP 502", Cause::Failing, now);
         h.record_success(Duration::from_millis(5));
-        h.record_failure("timeout", now);
+        h.record_failure("HTTP 502", Cause::Failing, now);
         assert!(h.is_ready());
+    }
+
+    #[test]
+    fn two_silences_in_a_row_take_an_upstream_out_as_unresponsive() {
+        let routing = Routing {
+            failures_before_cooldown: 5,
+            ..Routing::default()
+        };
+        let h = Health::new(&routing);
+        h.record_probe(Ok(1), 1, Instant::now());
+        let now = Instant::now();
+        h.record_failure("no answer within 10000 ms", Cause::Unresponsive, now);
+        h.record_success(Duration::from_millis(5));
+        h.record_failure("no answer within 10000 ms", Cause::Unresponsive, now);
+        assert!(h.is_ready(), "a success in between: not silent in a row");
+        assert!(matches!(
+            h.record_failure("no answer within 10000 ms", Cause::Unresponsive, now),
+            Transition::CooledDown { .. }
+        ));
+        assert!(matches!(
+            h.status(),
+            Status::CoolingDown {
+                cause: Cause::Unresponsive,
+                ..
+            }
+        ));
+        assert!(h.last_success().is_some());
     }
 
     #[test]

@@ -160,7 +160,10 @@ pub async fn split(
                 limits.max_pieces.saturating_mul(size)
             ));
         }
-        if !chain.budget.withdraw_many(count.saturating_sub(1), Instant::now()) {
+        if !chain
+            .budget
+            .withdraw_many(count.saturating_sub(1), Instant::now())
+        {
             crate::metrics::limit_exceeded("logs_budget");
             return refused(format!(
                 "eth_getLogs over {from:#x}..{to:#x} needs {count} upstream calls, more than the retry budget allows right now: retry shortly, or ask a smaller range"
@@ -227,7 +230,9 @@ async fn merge(
                 }
                 return Merged::Done(Outcome::Answered { upstream, answer });
             }
-            failed @ (Outcome::Unavailable(_) | Outcome::Unverified { .. } | Outcome::Refused(_)) => {
+            failed @ (Outcome::Unavailable(_)
+            | Outcome::Unverified { .. }
+            | Outcome::Refused(_)) => {
                 return Merged::Done(failed);
             }
         }

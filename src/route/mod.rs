@@ -2,8 +2,9 @@
 //! heads and the consensus head (`heads`), which block a call needs (`resolve`), the
 //! order to try upstreams in (`select`, pure and never waiting), and the failover loop
 //! that walks that order, hedging slow reads within the chain's retry `budget`
-//! (`forward`).
+//! (`forward`), and the same resilience for what verification asks (`ask`).
 
+pub mod ask;
 pub mod budget;
 pub mod forward;
 pub mod heads;

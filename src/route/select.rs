@@ -209,6 +209,7 @@ mod tests {
             Status::CoolingDown {
                 until: now + Duration::from_millis(ms),
                 why: "refused".into(),
+                cause: super::super::health::Cause::Unreachable,
             },
             Some(10),
         )

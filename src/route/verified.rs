@@ -17,13 +17,17 @@ use std::{collections::HashSet, sync::Arc, time::Instant};
 
 use alloy_primitives::{Address, B256, Bytes as AlloyBytes, U256};
 use bytes::Bytes;
-use futures_util::future::join_all;
 use serde_json::{Value, value::RawValue};
 
-use super::{forward, health::Transition, resolve::Need, select};
+use super::{
+    ask::{Reply, Shape, ask},
+    health::Transition,
+    resolve::Need,
+    select,
+};
 use crate::{
     gateway::Chain,
-    rpc::Call,
+    rpc::{Attempt, Call},
     upstream::{self, Answer, Upstream},
     verify::{self, body::Body, header::CheckedHeader},
 };
@@ -53,11 +57,43 @@ pub struct Checked {
     pub level: Level,
 }
 
-/// Why nothing could be verified: the client gets `-33091` with these words.
+/// Why a call got no verified answer.
 #[derive(Debug, Clone)]
-pub struct Unverified {
-    pub what: String,
-    pub why: String,
+pub enum Unverified {
+    /// Answers came back and could not be verified (operators disagree, proofs are
+    /// false): the client gets `-33091` with these words.
+    Disputed { what: String, why: String },
+    /// No upstream could be asked, or none answered: `-32002`, with what was tried.
+    Unreachable(Vec<Attempt>),
+}
+
+impl Unverified {
+    fn disputed(what: impl Into<String>, why: impl Into<String>) -> Self {
+        Unverified::Disputed {
+            what: what.into(),
+            why: why.into(),
+        }
+    }
+
+    /// The same failure, about `what` (a trusted header's failure, said of a read).
+    fn about(self, what: &str, prefix: &str) -> Self {
+        match self {
+            Unverified::Disputed { why, .. } => {
+                Unverified::disputed(what, format!("{prefix}{why}"))
+            }
+            unreachable => unreachable,
+        }
+    }
+}
+
+/// "one operator", "two operators", "5 operators": messages read well for any count.
+fn operators(n: usize) -> String {
+    match n {
+        1 => "one operator".into(),
+        2 => "two operators".into(),
+        3 => "three operators".into(),
+        n => format!("{n} operators"),
+    }
 }
 
 /// A state read that a proof can answer.
@@ -135,12 +171,15 @@ impl BlockId {
 /// A body of transaction types Outlast cannot decode (another chain's, such as OP
 /// deposits) must instead be the same from a quorum of operators (`agreed`).
 pub async fn block(chain: &Chain, call: &Call<'_>, id: BlockId) -> Result<Checked, Unverified> {
+    let what = match id {
+        BlockId::Number(n) => format!("block {n}"),
+        BlockId::Hash(h) => format!("block {h}"),
+    };
     let (expected, level, need) = match id {
         BlockId::Number(n) => {
-            let (h, confirmed) = trusted_header(chain, n).await.map_err(|why| Unverified {
-                what: format!("block {n}"),
-                why: format!("no trusted header: {why}"),
-            })?;
+            let (h, confirmed) = trusted_header(chain, n)
+                .await
+                .map_err(|u| u.about(&what, "no trusted header: "))?;
             let level = if confirmed {
                 Level::Quorum
             } else {
@@ -150,61 +189,91 @@ pub async fn block(chain: &Chain, call: &Call<'_>, id: BlockId) -> Result<Checke
         }
         BlockId::Hash(h) => (h, Level::Proof, Need::Fresh),
     };
+    enum Found {
+        Block(Checked),
+        /// Transaction types Outlast cannot decode: a quorum must agree instead.
+        Foreign,
+    }
     let mut problems = Vec::new();
     let mut nulls = Vec::new();
-    for up in select::plan(chain, need, Instant::now())
-        .order
-        .into_iter()
-        .take(PROOF_ATTEMPTS)
-    {
-        let Ok(_guard) = up.admit() else { continue };
-        match up.send(&[call]).await.map(|mut a| a.pop().flatten()) {
-            Ok(Some(Answer::Result(raw))) if &raw[..] == b"null" => nulls.push(up.name.clone()),
-            Ok(Some(Answer::Result(raw))) => match verify::header::check(&raw) {
-                Ok(h) if h.hash == expected => match verify::body::check(&raw, &h) {
-                    Ok(Body::Proven | Body::HashesOnly) => {
-                        return Ok(Checked {
-                            upstream: up.name.clone(),
-                            answer: Answer::Result(raw),
-                            level,
-                        });
-                    }
-                    Ok(Body::ForeignTypes) => return agreed(chain, call, need).await,
-                    Err(e) => {
-                        ban(
-                            chain,
-                            &up,
-                            "block body",
-                            &format!("served a forged body: {e}"),
-                        );
-                        problems.push(format!("{}: forged body", up.name));
-                    }
-                },
-                Ok(h) => problems.push(format!(
-                    "{}: served block {} (hash {})",
-                    up.name, h.number, h.hash
-                )),
-                Err(e @ verify::VerifyError::HeaderHash { .. }) => {
+    let mut answered = false;
+    let calls = [call];
+    let plan = select::plan(chain, need, Instant::now());
+    let shape = Shape {
+        width: 1,
+        max: PROOF_ATTEMPTS,
+        wait_for_late: true,
+    };
+    let found = ask(chain, plan.order, shape, &calls, |up, reply| {
+        let answer = match one(reply) {
+            Ok(Some(a)) => a,
+            Ok(None) => {
+                answered = true;
+                problems.push(format!("{}: no answer", up.name));
+                return None;
+            }
+            Err(_) => return None,
+        };
+        answered = true;
+        let raw = match answer {
+            Answer::Result(raw) if &raw[..] == b"null" => {
+                nulls.push(up.name.clone());
+                return None;
+            }
+            Answer::Result(raw) => raw,
+            error @ Answer::Error { .. } => {
+                problems.push(format!("{}: {}", up.name, describe(Some(&error))));
+                return None;
+            }
+        };
+        match verify::header::check(&raw) {
+            Ok(h) if h.hash == expected => match verify::body::check(&raw, &h) {
+                Ok(Body::Proven | Body::HashesOnly) => Some(Found::Block(Checked {
+                    upstream: up.name.clone(),
+                    answer: Answer::Result(raw),
+                    level,
+                })),
+                Ok(Body::ForeignTypes) => Some(Found::Foreign),
+                Err(e) => {
                     ban(
                         chain,
-                        &up,
-                        "header hash",
-                        &format!("served a forged header: {e}"),
+                        up,
+                        "block body",
+                        &format!("served a forged body: {e}"),
                     );
-                    problems.push(format!("{}: forged header", up.name));
+                    problems.push(format!("{}: forged body", up.name));
+                    None
                 }
-                Err(e) => problems.push(format!("{}: {e}", up.name)),
             },
-            Ok(Some(error @ Answer::Error { .. })) => {
-                problems.push(format!("{}: {}", up.name, describe(Some(&error))))
+            Ok(h) => {
+                problems.push(format!(
+                    "{}: served block {} (hash {})",
+                    up.name, h.number, h.hash
+                ));
+                None
             }
-            Ok(None) => problems.push(format!("{}: no answer", up.name)),
+            Err(e @ verify::VerifyError::HeaderHash { .. }) => {
+                ban(
+                    chain,
+                    up,
+                    "header hash",
+                    &format!("served a forged header: {e}"),
+                );
+                problems.push(format!("{}: forged header", up.name));
+                None
+            }
             Err(e) => {
-                forward::note_failure(&up, &e);
                 problems.push(format!("{}: {e}", up.name));
+                None
             }
         }
-    }
+    })
+    .await;
+    let exhausted = match found {
+        Ok(Found::Block(checked)) => return Ok(checked),
+        Ok(Found::Foreign) => return agreed(chain, call, need).await,
+        Err(exhausted) => exhausted,
+    };
     // Nobody has a block with that hash: that is the answer, unverified by nature.
     if let (BlockId::Hash(_), Some(who)) = (id, nulls.first())
         && problems.is_empty()
@@ -215,16 +284,31 @@ pub async fn block(chain: &Chain, call: &Call<'_>, id: BlockId) -> Result<Checke
             level: Level::None,
         });
     }
-    Err(Unverified {
-        what: match id {
-            BlockId::Number(n) => format!("block {n}"),
-            BlockId::Hash(h) => format!("block {h}"),
-        },
-        why: format!(
+    if !answered {
+        return Err(Unverified::Unreachable(with_skipped(
+            plan.skipped,
+            exhausted.tried,
+        )));
+    }
+    problems.extend(nulls.iter().map(|n| format!("{n}: null")));
+    Err(Unverified::disputed(
+        what,
+        format!(
             "no upstream served a block with the trusted hash {expected} ({})",
             problems.join("; ")
         ),
-    })
+    ))
+}
+
+/// A single call's answer from a reply (`Ok(None)`: left out of the reply).
+fn one(reply: Reply) -> Result<Option<Answer>, upstream::UpstreamError> {
+    reply.map(|mut a| a.pop().flatten())
+}
+
+/// What was tried for a failure nobody answered: the upstreams not even asked first.
+fn with_skipped(mut skipped: Vec<Attempt>, tried: Vec<Attempt>) -> Vec<Attempt> {
+    skipped.extend(tried);
+    skipped
 }
 
 /// Upstreams asked for a proof before giving up on proofs for one read.
@@ -238,13 +322,12 @@ pub async fn proven(
     read: &StateRead,
     number: u64,
 ) -> Result<Checked, Unverified> {
-    let unverified = |why: String| Unverified {
-        what: read.what(),
-        why,
-    };
-    let (header, confirmed) = trusted_header(chain, number)
-        .await
-        .map_err(|why| unverified(format!("no trusted header for block {number}: {why}")))?;
+    let (header, confirmed) = trusted_header(chain, number).await.map_err(|u| {
+        u.about(
+            &read.what(),
+            &format!("no trusted header for block {number}: "),
+        )
+    })?;
     let slots: Vec<B256> = match read {
         StateRead::Storage(_, slot) => vec![*slot],
         _ => Vec::new(),
@@ -274,53 +357,52 @@ pub async fn proven(
     // Upstreams whose proof failed: liars once another upstream's proof verifies. Until
     // then the fault may be ours (a header field we do not know yet), so nobody is banned.
     let mut suspects: Vec<(Arc<Upstream>, String)> = Vec::new();
-    for up in select::plan(chain, Need::Block(number), Instant::now())
-        .order
-        .into_iter()
-        .take(PROOF_ATTEMPTS)
-    {
-        let Ok(_guard) = up.admit() else { continue };
-        let answers = match up.send(&refs).await {
-            Ok(a) => a,
-            Err(e) => {
-                forward::note_failure(&up, &e);
-                problems.push(format!("{}: {e}", up.name));
-                continue;
-            }
-        };
+    let plan = select::plan(chain, Need::Block(number), Instant::now());
+    let shape = Shape {
+        width: 1,
+        max: PROOF_ATTEMPTS,
+        wait_for_late: true,
+    };
+    let proven = ask(chain, plan.order, shape, &refs, |up, reply| {
+        let answers = reply.ok()?;
         match check_proof(&header, read, &answers) {
-            Ok(result) => {
-                for (liar, why) in &suspects {
-                    ban(
-                        chain,
-                        liar,
-                        "proof",
-                        &format!("served a false proof of {}: {why}", read.what()),
-                    );
-                }
-                return Ok(Checked {
-                    upstream: up.name.clone(),
-                    answer: Answer::Result(result),
-                    level: if confirmed { Level::Proof } else { Level::None },
-                });
-            }
+            Ok(result) => Some((up.name.clone(), result)),
             Err(ProofProblem::Lie(why)) => {
                 problems.push(format!("{}: false proof ({why})", up.name));
-                suspects.push((up, why));
+                suspects.push((up.clone(), why));
+                None
             }
             Err(ProofProblem::NoProof(why)) => {
-                problems.push(format!("{}: no proof ({why})", up.name))
+                problems.push(format!("{}: no proof ({why})", up.name));
+                None
             }
         }
+    })
+    .await;
+    if let Ok((upstream, result)) = proven {
+        for (liar, why) in &suspects {
+            ban(
+                chain,
+                liar,
+                "proof",
+                &format!("served a false proof of {}: {why}", read.what()),
+            );
+        }
+        return Ok(Checked {
+            upstream,
+            answer: Answer::Result(result),
+            level: if confirmed { Level::Proof } else { Level::None },
+        });
     }
     if suspects.is_empty() {
-        // Nobody could prove it (e.g. state older than full nodes keep): a quorum then.
+        // Nobody could prove it (e.g. state older than full nodes keep, or nobody
+        // answered at all): a quorum then, which says -32002 if nobody answers it either.
         return agreed(chain, call, Need::Block(number)).await;
     }
-    Err(unverified(format!(
-        "no upstream gave a valid proof: {}",
-        problems.join("; ")
-    )))
+    Err(Unverified::disputed(
+        read.what(),
+        format!("no upstream gave a valid proof: {}", problems.join("; ")),
+    ))
 }
 
 enum ProofProblem {
@@ -375,7 +457,7 @@ fn check_proof(
 /// are down, not disagreeing), the ones reachable must all agree, and the header comes
 /// back *unconfirmed* (`false`): answers built on it are marked `none`, not `proof`, and
 /// it is not remembered. That keeps answering through an outage, and says so.
-async fn trusted_header(chain: &Chain, number: u64) -> Result<(CheckedHeader, bool), String> {
+async fn trusted_header(chain: &Chain, number: u64) -> Result<(CheckedHeader, bool), Unverified> {
     if let Some(h) = chain.trusted_header(number) {
         return Ok((h, true));
     }
@@ -385,56 +467,77 @@ async fn trusted_header(chain: &Chain, number: u64) -> Result<(CheckedHeader, bo
         method: "eth_getBlockByNumber".into(),
         params: params.as_deref(),
     };
-    // One upstream per operator, the best first; ask a quorum of them at once.
-    let candidates = independent(chain, Need::Block(number));
-    if candidates.is_empty() {
-        return Err("no upstream can be asked".into());
-    }
+    // One upstream per operator, the best first; a quorum of them asked at once.
+    let (voters, skipped) = independent(chain, Need::Block(number));
     let full = chain.effective_quorum();
-    let quorum = full.min(candidates.len());
     let mut votes: Vec<(String, CheckedHeader)> = Vec::new();
     let mut problems = Vec::new();
-    let mut next = candidates.iter();
-    let mut batch: Vec<&Arc<Upstream>> = next.by_ref().take(quorum).collect();
-    while !batch.is_empty() {
-        let replies = ask(&batch, &call).await;
-        for (up, reply) in replies {
-            match reply.map(|mut a| a.pop().flatten()) {
-                Ok(Some(Answer::Result(raw))) => match verify::header::check(&raw) {
-                    Ok(h) if h.number == number => votes.push((up.operator.clone(), h)),
-                    Ok(h) => {
-                        problems.push(format!("{}: sent block {} for {number}", up.name, h.number))
-                    }
-                    Err(e @ verify::VerifyError::HeaderHash { .. }) => {
-                        ban(
-                            chain,
-                            up,
-                            "header hash",
-                            &format!("served a forged header for block {number}: {e}"),
-                        );
-                        problems.push(format!("{}: forged header", up.name));
-                    }
-                    Err(e) => problems.push(format!("{}: {e}", up.name)),
-                },
-                Ok(other) => problems.push(format!("{}: {:?}", up.name, other.map(|_| "error"))),
-                Err(e) => {
-                    forward::note_failure(up, &e);
-                    problems.push(format!("{}: {e}", up.name));
+    let mut answered = false;
+    let calls = [&call];
+    let shape = Shape {
+        width: full,
+        max: voters.len(),
+        wait_for_late: false,
+    };
+    let agreed = ask(chain, voters, shape, &calls, |up, reply| {
+        let answer = one(reply).ok()?;
+        answered = true;
+        match answer {
+            Some(Answer::Result(raw)) => match verify::header::check(&raw) {
+                Ok(h) if h.number == number => votes.push((up.operator.clone(), h)),
+                Ok(h) => {
+                    problems.push(format!("{}: sent block {} for {number}", up.name, h.number))
                 }
-            }
+                Err(e @ verify::VerifyError::HeaderHash { .. }) => {
+                    ban(
+                        chain,
+                        up,
+                        "header hash",
+                        &format!("served a forged header for block {number}: {e}"),
+                    );
+                    problems.push(format!("{}: forged header", up.name));
+                }
+                Err(e) => problems.push(format!("{}: {e}", up.name)),
+            },
+            other => problems.push(format!("{}: {}", up.name, describe(other.as_ref()))),
         }
-        if let Some(h) = decide(&votes, quorum) {
-            let confirmed = quorum >= full;
-            if confirmed {
-                chain.remember_header(h);
-            }
-            return Ok((h, confirmed));
+        decide(&votes, full)
+    })
+    .await;
+    let exhausted = match agreed {
+        Ok(h) => {
+            chain.remember_header(h);
+            return Ok((h, true));
         }
-        batch = next.by_ref().take(1).collect();
+        Err(exhausted) => exhausted,
+    };
+    // Fewer operators answered than the quorum needs (the others are down or silent:
+    // absent, not dissenting): if every one that answered agrees, the header serves,
+    // unconfirmed, and answers built on it are marked `none`.
+    if let Some((_, first)) = votes.first()
+        && votes.iter().all(|(_, h)| h.hash == first.hash)
+        && problems.iter().all(|p| !p.ends_with("forged header"))
+    {
+        return Ok((*first, false));
     }
-    Err(format!(
-        "no {quorum} operators agree on its hash ({})",
-        problems.join("; ")
+    if !answered {
+        return Err(Unverified::Unreachable(with_skipped(
+            skipped,
+            exhausted.tried,
+        )));
+    }
+    let mut said: Vec<String> = votes
+        .iter()
+        .map(|(op, h)| format!("{op}: {}", h.hash))
+        .collect();
+    said.extend(problems);
+    Err(Unverified::disputed(
+        format!("block {number}"),
+        format!(
+            "no {} agree on its hash ({})",
+            operators(full),
+            said.join("; ")
+        ),
     ))
 }
 
@@ -449,82 +552,112 @@ fn decide(votes: &[(String, CheckedHeader)], quorum: usize) -> Option<CheckedHea
     })
 }
 
-/// Answers `call` with what a quorum of distinct operators agree on.
+/// Answers `call` with what a quorum of distinct operators agree on. With fewer
+/// operators answering than the quorum (the rest down or silent), an answer all of
+/// them agree on is given, marked `none`.
 pub async fn agreed(chain: &Chain, call: &Call<'_>, need: Need) -> Result<Checked, Unverified> {
     let quorum = chain.effective_quorum();
     let what = format!("the answer to {}", call.method);
-    let candidates = independent(chain, need);
+    let (voters, skipped) = independent(chain, need);
     let mut answers: Vec<(Arc<Upstream>, Value, Answer)> = Vec::new();
     let mut problems = Vec::new();
-    let mut next = candidates.iter();
-    let mut batch: Vec<&Arc<Upstream>> = next.by_ref().take(quorum).collect();
-    while !batch.is_empty() {
-        let replies = ask(&batch, call).await;
-        for (up, reply) in replies {
-            match reply.map(|mut a| a.pop().flatten()) {
-                Ok(Some(answer)) if answer.blame() != Some(crate::rpc::Blame::Upstream) => {
-                    if let Some(value) = comparable(&answer) {
-                        answers.push((up.clone(), value, answer));
-                    }
-                }
-                Ok(other) => problems.push(format!(
-                    "{}: could not answer ({})",
-                    up.name,
-                    describe(other.as_ref())
-                )),
-                Err(e) => {
-                    forward::note_failure(up, &e);
-                    problems.push(format!("{}: {e}", up.name));
+    let calls = [call];
+    let shape = Shape {
+        width: quorum,
+        max: voters.len(),
+        wait_for_late: false,
+    };
+    let decided = ask(chain, voters, shape, &calls, |up, reply| {
+        match one(reply) {
+            Ok(Some(answer)) if answer.blame() != Some(crate::rpc::Blame::Upstream) => {
+                if let Some(value) = comparable(&answer) {
+                    answers.push((up.clone(), value, answer));
                 }
             }
+            Ok(other) => problems.push(format!(
+                "{}: could not answer ({})",
+                up.name,
+                describe(other.as_ref())
+            )),
+            Err(_) => return None,
         }
         let votes: Vec<(&str, Value)> = answers
             .iter()
             .map(|(u, v, _)| (u.operator.as_str(), v.clone()))
             .collect();
-        if let Some((value, dissenters)) = verify::quorum::agree(&votes, quorum) {
+        verify::quorum::agree(&votes, quorum).map(|(value, dissenters)| {
+            (
+                value,
+                dissenters
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect::<Vec<String>>(),
+            )
+        })
+    })
+    .await;
+    match decided {
+        Ok((value, dissenters)) => {
             for (up, v, _) in &answers {
-                if dissenters.contains(&up.operator.as_str()) && *v != value {
+                if dissenters.contains(&up.operator) && *v != value {
                     ban(
                         chain,
                         up,
                         "quorum",
-                        &format!(
-                            "disagreed with {quorum} independent operators on {}",
-                            call.method
-                        ),
+                        &format!("disagreed with {} on {}", operators(quorum), call.method),
                     );
                 }
             }
             let (up, _, answer) = answers
                 .into_iter()
                 .find(|(_, v, _)| *v == value)
-                .ok_or_else(|| Unverified {
-                    what: what.clone(),
-                    why: "internal: agreed value vanished".into(),
-                })?;
-            return Ok(Checked {
+                .ok_or_else(|| Unverified::disputed(&what, "internal: agreed value vanished"))?;
+            Ok(Checked {
                 upstream: up.name.clone(),
                 answer,
                 level: Level::Quorum,
-            });
+            })
         }
-        batch = next.by_ref().take(1).collect();
+        Err(exhausted) => {
+            if let Some((up, first, _)) = answers.first()
+                && answers.iter().all(|(_, v, _)| v == first)
+            {
+                let upstream = up.name.clone();
+                let (_, _, answer) = answers.swap_remove(0);
+                return Ok(Checked {
+                    upstream,
+                    answer,
+                    level: Level::None,
+                });
+            }
+            if answers.is_empty() && problems.is_empty() {
+                return Err(Unverified::Unreachable(with_skipped(
+                    skipped,
+                    exhausted.tried,
+                )));
+            }
+            let why = if answers.len() >= 2 {
+                let said: Vec<String> = answers
+                    .iter()
+                    .map(|(u, v, _)| format!("{} said {v}", u.name))
+                    .collect();
+                format!("independent operators disagree ({})", said.join(", "))
+            } else {
+                problems.extend(
+                    exhausted
+                        .tried
+                        .iter()
+                        .map(|a| format!("{}: {}", a.upstream, a.error)),
+                );
+                format!(
+                    "fewer than {} could answer ({})",
+                    operators(quorum),
+                    problems.join("; ")
+                )
+            };
+            Err(Unverified::disputed(what, why))
+        }
     }
-    let why = if answers.len() >= 2 {
-        let said: Vec<String> = answers
-            .iter()
-            .map(|(u, v, _)| format!("{} said {v}", u.name))
-            .collect();
-        format!("independent operators disagree ({})", said.join(", "))
-    } else {
-        format!(
-            "{} of {quorum} independent operators needed could answer ({})",
-            answers.len(),
-            problems.join("; ")
-        )
-    };
-    Err(Unverified { what, why })
 }
 
 /// An answer as a value to compare: results and caller-blamed errors alike.
@@ -545,30 +678,17 @@ fn describe(answer: Option<&Answer>) -> String {
     }
 }
 
-/// One upstream per operator, best first: the voters for a quorum.
-fn independent(chain: &Chain, need: Need) -> Vec<Arc<Upstream>> {
+/// One upstream per operator, best first: the voters for a quorum; and the upstreams
+/// not in the running, with why.
+fn independent(chain: &Chain, need: Need) -> (Vec<Arc<Upstream>>, Vec<Attempt>) {
     let mut seen = HashSet::new();
-    select::plan(chain, need, Instant::now())
+    let plan = select::plan(chain, need, Instant::now());
+    let voters = plan
         .order
         .into_iter()
         .filter(|u| seen.insert(u.operator.clone()))
-        .collect()
-}
-
-/// Sends `call` to each of `batch` at once; each reply with its upstream.
-async fn ask<'u>(
-    batch: &[&'u Arc<Upstream>],
-    call: &Call<'_>,
-) -> Vec<(
-    &'u Arc<Upstream>,
-    Result<Vec<Option<Answer>>, upstream::UpstreamError>,
-)> {
-    join_all(
-        batch
-            .iter()
-            .map(|up| async move { (*up, up.send(&[call]).await) }),
-    )
-    .await
+        .collect();
+    (voters, plan.skipped)
 }
 
 /// Takes a liar out of rotation for the chain's ban period, says so loudly, and hands

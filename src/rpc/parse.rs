@@ -87,8 +87,8 @@ fn batch_items(body: &[u8], max: usize) -> Result<Vec<&RawValue>, RpcError> {
     match read {
         Ok(items) => Ok(items),
         Err(_) if over.get() => Err(RpcError::LimitExceeded(format!(
-                "batch of more than {max} calls; the limit is {max}: split it"
-            ))),
+            "batch of more than {max} calls; the limit is {max}: split it"
+        ))),
         Err(e) => Err(RpcError::Parse(format!("body is not valid JSON: {e}"))),
     }
 }
@@ -259,7 +259,11 @@ mod tests {
             ("", -32700, "body is not valid JSON"),
             ("42", -32600, "must be a JSON object or an array"),
             ("[]", -32600, "empty batch"),
-            ("[1,2,3,4]", -32005, "batch of more than 3 calls; the limit is 3"),
+            (
+                "[1,2,3,4]",
+                -32005,
+                "batch of more than 3 calls; the limit is 3",
+            ),
             ("[1,2,3,4,", -32005, "batch of more than 3 calls"),
             ("[1,2,", -32700, "body is not valid JSON"),
             ("[[[[[[[[[1]]]]]]]]]", -32005, "nested 9 levels deep"),

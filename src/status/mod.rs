@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::{
     gateway::{Chain, Gateway},
     incidents::{Incidents, Kind, Severity, Time},
-    route::{health::Status, score},
+    route::score,
     upstream::Upstream,
 };
 
@@ -66,8 +66,11 @@ pub struct UpstreamStatus {
     pub name: String,
     pub operator: String,
     pub tier: u8,
-    /// `ready`, `cooling-down`, `unchecked` or `wrong-chain`.
+    /// `ready`, `unresponsive` (connected, nothing answers), `cooling-down` (failing
+    /// or refused), `banned` (caught lying), `unchecked` or `wrong-chain`.
     pub state: &'static str,
+    /// Seconds since it last answered well (`null`: never, since Outlast started).
+    pub last_success_secs: Option<u64>,
     pub breaker: &'static str,
     pub head: Option<u64>,
     pub lag: Option<u64>,
@@ -164,12 +167,11 @@ fn upstream(c: &Chain, u: &Upstream, incidents: &Incidents, now: Time) -> Upstre
         name: u.name.to_string(),
         operator: u.operator.clone(),
         tier: u.tier,
-        state: match u.health.status() {
-            Status::Ready => "ready",
-            Status::CoolingDown { .. } => "cooling-down",
-            Status::Unchecked => "unchecked",
-            Status::WrongChain { .. } => "wrong-chain",
-        },
+        state: u.health.status().state(),
+        last_success_secs: u
+            .health
+            .last_success()
+            .map(|t| Instant::now().saturating_duration_since(t).as_secs()),
         breaker: u.health.breaker(Instant::now()),
         head,
         lag,

@@ -262,6 +262,8 @@ fn upstream_row(
             }
             "ready" => ("ok", "serving".to_owned()),
             "cooling-down" => ("critical", "down".to_owned()),
+            "unresponsive" => ("critical", "not answering".to_owned()),
+            "banned" => ("critical", "banned: caught lying".to_owned()),
             "wrong-chain" => ("critical", "wrong chain".to_owned()),
             _ => ("muted", "checking".to_owned()),
         }
@@ -272,7 +274,13 @@ fn upstream_row(
         _ => String::new(),
     };
     let mut stats = Vec::new();
-    if let Some(ms) = u.latency_ms {
+    if u.state != "ready" {
+        // Out of rotation: its old latency says nothing; when it last answered does.
+        stats.push(match u.last_success_secs {
+            Some(s) => format!("last answer {s} s ago"),
+            None => "no answer yet".to_owned(),
+        });
+    } else if let Some(ms) = u.latency_ms {
         stats.push(format!("latency {ms:.1} ms"));
     }
     if let Some(lag) = u.lag.filter(|_| u.state == "ready") {
@@ -377,6 +385,7 @@ fn kind_words(kind: Kind) -> &'static str {
         Kind::ChainDown => "chain down",
         Kind::HeadStalled => "head stalled",
         Kind::CorrelatedFailure => "correlated failure",
+        Kind::ProvidersUnreachable => "providers unreachable",
     }
 }
 

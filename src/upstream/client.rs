@@ -30,6 +30,21 @@ pub enum UpstreamError {
     Slow(String),
 }
 
+impl UpstreamError {
+    /// The kind of failure, for health: hung, unreachable, failing or rate limited.
+    pub fn cause(&self) -> crate::route::health::Cause {
+        use crate::route::health::Cause;
+        match self {
+            UpstreamError::Connect(_) => Cause::Unreachable,
+            UpstreamError::Timeout(_) | UpstreamError::Slow(_) => Cause::Unresponsive,
+            UpstreamError::RateLimited { .. } => Cause::RateLimited,
+            UpstreamError::Status(_)
+            | UpstreamError::Malformed(_)
+            | UpstreamError::Transport(_) => Cause::Failing,
+        }
+    }
+}
+
 /// One call's answer: a raw `result`, or a raw `error` object with what blame needs.
 #[derive(Debug, Clone)]
 pub enum Answer {
@@ -54,6 +69,15 @@ impl Upstream {
     /// Sends `calls` as one request (a batch when more than one) and returns one answer
     /// per call, in order; `None` where the upstream's batch reply left a call out.
     pub async fn send(&self, calls: &[&Call<'_>]) -> Result<Vec<Option<Answer>>, UpstreamError> {
+        self.send_within(calls, self.timeout).await
+    }
+
+    /// As `send`, giving up after `timeout` (background checks wait less than callers).
+    pub async fn send_within(
+        &self,
+        calls: &[&Call<'_>],
+        timeout: Duration,
+    ) -> Result<Vec<Option<Answer>>, UpstreamError> {
         use http::header::{AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
         use http_body_util::BodyExt as _;
 
@@ -104,9 +128,9 @@ impl Upstream {
             })?;
             Ok((status, bytes.to_bytes()))
         };
-        let (status, bytes) = tokio::time::timeout(self.timeout, exchange)
+        let (status, bytes) = tokio::time::timeout(timeout, exchange)
             .await
-            .map_err(|_| UpstreamError::Timeout(self.timeout))??;
+            .map_err(|_| UpstreamError::Timeout(timeout))??;
         match decode(&bytes, calls.len()) {
             Ok(answers) => Ok(answers),
             // A non-2xx status without a readable JSON-RPC body is the upstream's fault.
@@ -293,9 +317,14 @@ mod tests {
         let twice = Bytes::from_static(
             br#"[{"jsonrpc":"2.0","id":0,"result":"0x1"},{"jsonrpc":"2.0","id":0,"result":"0x2"}]"#,
         );
-        assert!(matches!(decode(&twice, 2), Err(UpstreamError::Malformed(_))));
+        assert!(matches!(
+            decode(&twice, 2),
+            Err(UpstreamError::Malformed(_))
+        ));
         let ok = Bytes::from_static(br#"{"jsonrpc":"2.0","id":0,"result":"0x1"}"#);
-        assert!(matches!(&decode(&ok, 1).expect("ok")[0], Some(Answer::Result(r)) if &r[..] == b"\"0x1\""));
+        assert!(
+            matches!(&decode(&ok, 1).expect("ok")[0], Some(Answer::Result(r)) if &r[..] == b"\"0x1\"")
+        );
     }
 
     proptest::proptest! {

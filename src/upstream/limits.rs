@@ -170,11 +170,19 @@ mod logs_range_tests {
         assert_eq!(r.get(now), Some(MIN_LEARNED_LOGS_RANGE));
         assert_eq!(r.learn(1_000, now), None, "never raised by a refusal");
         let later = now + LEARNED_LOGS_RANGE_FOR + Duration::from_secs(1);
-        assert_eq!(r.get(later), None, "forgotten: larger ranges are tried again");
+        assert_eq!(
+            r.get(later),
+            None,
+            "forgotten: larger ranges are tried again"
+        );
 
         let configured = LogsRange::new(Some(100));
         assert_eq!(configured.learn(500, now), None);
         assert_eq!(configured.learn(50, now), Some(50));
-        assert_eq!(configured.get(later), Some(100), "back to the configured limit");
+        assert_eq!(
+            configured.get(later),
+            Some(100),
+            "back to the configured limit"
+        );
     }
 }

@@ -18,7 +18,7 @@ pub async fn watch(up: Arc<Upstream>, expected: u64, every: Duration, stop: Canc
     loop {
         let result = tokio::select! {
             _ = stop.cancelled() => return,
-            r = up.chain_id() => r.map_err(|e| e.to_string()),
+            r = up.chain_id() => r.map_err(|e| (e.to_string(), e.cause())),
         };
         let transition = up.health.record_probe(result, expected, Instant::now());
         log_transition(&up, &transition);

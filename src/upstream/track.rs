@@ -21,6 +21,11 @@ const NOT_READY_RECHECK: Duration = Duration::from_millis(50);
 /// `safe` and `finalized` move once per epoch: asked every this many polls.
 const FINALITY_EVERY: u32 = 10;
 
+/// A head poll waits at least this long (and two poll intervals), at most the request
+/// timeout: a hung upstream is seen as unresponsive within a few seconds even when no
+/// client call goes its way.
+const MIN_POLL_TIMEOUT: Duration = Duration::from_secs(2);
+
 pub async fn track(up: Arc<Upstream>, chain: Arc<Chain>, stop: CancellationToken) {
     let mut polls: u32 = 0;
     loop {
@@ -29,9 +34,12 @@ pub async fn track(up: Arc<Upstream>, chain: Arc<Chain>, stop: CancellationToken
             let with_finality = polls.is_multiple_of(FINALITY_EVERY);
             polls = polls.wrapping_add(1);
             let started = Instant::now();
+            let timeout = (chain.poll_interval() * 2)
+                .max(MIN_POLL_TIMEOUT)
+                .min(up.timeout);
             let poll = tokio::select! {
                 _ = stop.cancelled() => return,
-                p = up.poll_head(with_finality) => p,
+                p = up.poll_head(with_finality, timeout) => p,
             };
             match poll {
                 Ok(head) => {
@@ -46,9 +54,11 @@ pub async fn track(up: Arc<Upstream>, chain: Arc<Chain>, stop: CancellationToken
                     chain.refresh_head();
                 }
                 Err(e) => {
-                    let transition = up
-                        .health
-                        .record_failure(&format!("head poll: {e}"), Instant::now());
+                    let transition = up.health.record_failure(
+                        &format!("head poll: {e}"),
+                        e.cause(),
+                        Instant::now(),
+                    );
                     log_transition(&up, &transition);
                 }
             }
@@ -82,7 +92,11 @@ struct BlockHeader {
 impl Upstream {
     /// One request: the latest block, and with `with_finality` the safe and finalized ones
     /// in the same batch (nodes without those tags simply leave them unknown).
-    pub async fn poll_head(&self, with_finality: bool) -> Result<PolledHead, UpstreamError> {
+    pub async fn poll_head(
+        &self,
+        with_finality: bool,
+        timeout: Duration,
+    ) -> Result<PolledHead, UpstreamError> {
         let tags: &[&str] = if with_finality {
             &[
                 r#"["latest",false]"#,
@@ -106,7 +120,7 @@ impl Upstream {
             .collect();
         let refs: Vec<&Call<'_>> = calls.iter().collect();
         let mut answers = self
-            .send(&refs)
+            .send_within(&refs, timeout)
             .await?
             .into_iter()
             .map(|a| a.and_then(|a| header(&a)));

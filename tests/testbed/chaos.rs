@@ -131,8 +131,8 @@ pub struct Scenario {
     /// The tail after the lift lasts at least this long (for scenarios that check
     /// that upstreams come back).
     pub min_tail: Duration,
-    /// The chain's `verify` mode ("off" unless a scenario is about lies).
-    pub verify: &'static str,
+    /// The chain's `verify` mode; `None`: the default users get (proofs, quorum 2).
+    pub verify: Option<&'static str>,
 }
 
 impl Scenario {
@@ -141,12 +141,12 @@ impl Scenario {
             name,
             chaos,
             min_tail: Duration::ZERO,
-            verify: "off",
+            verify: None,
         }
     }
 
     pub fn verified(mut self, mode: &'static str) -> Scenario {
-        self.verify = mode;
+        self.verify = Some(mode);
         self
     }
 
@@ -714,10 +714,11 @@ pub async fn run(scenario: Scenario) -> Report {
         set_faults(&proxies, faults);
     }
     let urls: Vec<String> = proxies.iter().map(FaultProxy::url).collect();
-    let toml = config(&urls, FAST_ROUTING).replace(
-        "verify = \"off\"",
-        &format!("verify = \"{}\"", scenario.verify),
-    );
+    // The chain's verify mode as users get it unless the scenario names one.
+    let verify = scenario
+        .verify
+        .map_or(String::new(), |mode| format!("verify = \"{mode}\""));
+    let toml = config(&urls, FAST_ROUTING).replace("verify = \"off\"", &verify);
     let outlast = Outlast::start(&toml).await;
     outlast.wait_for_head("/local", fleet.height()).await;
 
