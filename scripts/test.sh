@@ -9,11 +9,14 @@ cd "$root"
 # System tools the end-to-end tests call: curl and ip (inside `unshare --net`), node/npm,
 # headless Chromium (the status page), Python 3 with pip (feed and metrics parsers) and
 # redis-server (tests/redis.rs starts its own on a free port, without persistence, and
-# stops it; apt starts no service here).
+# stops it; apt starts no service here); buildah and CA certificates (tests/deploy.rs
+# builds and runs the image) and kubectl (its built-in kustomize renders the Kubernetes
+# base).
 missing=()
-for tool in curl ip unshare node npm chromium python3 redis-server; do
+for tool in curl ip unshare node npm chromium python3 redis-server buildah kubectl; do
     command -v "$tool" >/dev/null || missing+=("$tool")
 done
+[[ -f /etc/ssl/certs/ca-certificates.crt ]] || missing+=(ca-certificates)
 if ((${#missing[@]})); then
     echo "test: installing missing system tools: ${missing[*]}"
     pkgs=()
@@ -26,6 +29,9 @@ if ((${#missing[@]})); then
             chromium) pkgs+=(chromium) ;;
             python3) pkgs+=(python3 python3-pip) ;;
             redis-server) pkgs+=(redis-server) ;;
+            buildah) pkgs+=(buildah) ;;
+            kubectl) pkgs+=(kubernetes-client) ;;
+            ca-certificates) pkgs+=(ca-certificates) ;;
         esac
     done
     apt-get update -qq && apt-get install -y -qq "${pkgs[@]}"
@@ -33,12 +39,13 @@ fi
 
 scripts/setup-testbed.sh
 
-# Python parsers the tests check Outlast's output with: feedparser (the Atom feed) and
-# the Prometheus client's text parser (/metrics). Pinned; skipped when importable.
-if ! python3 -c 'import feedparser, prometheus_client' 2>/dev/null; then
-    echo "test: installing feedparser and prometheus_client for python3"
+# Python parsers the tests check Outlast's output with: feedparser (the Atom feed), the
+# Prometheus client's text parser (/metrics), and kubernetes-validate (the Kubernetes
+# base, against the schemas it ships: no network). Pinned; skipped when importable.
+if ! python3 -c 'import feedparser, prometheus_client, kubernetes_validate' 2>/dev/null; then
+    echo "test: installing feedparser, prometheus_client and kubernetes-validate for python3"
     python3 -m pip --version >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq python3-pip; }
-    py_pkgs=(feedparser==6.0.14 prometheus_client==0.26.0)
+    py_pkgs=(feedparser==6.0.14 prometheus_client==0.26.0 kubernetes-validate==1.37.0)
     python3 -m pip install --quiet --disable-pip-version-check "${py_pkgs[@]}" ||
         python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "${py_pkgs[@]}"
 fi
