@@ -4,7 +4,8 @@
 //! raw transactions are broadcast by `tx`) → select + send (`route::forward`), or for
 //! calls to check, prove or agree (`route::verified`) → keep in cache, read-your-writes
 //! → answer (`rpc::respond`, which restores each client id).
-//! Limits on the body and the chain lookup happen before, in `server::http`.
+//! Limits on the body, the chain lookup, keys and rate limits (`auth`) happen before,
+//! in `server::http`; a key's method allow-list is applied at classify.
 
 use std::{sync::Arc, time::Duration};
 
@@ -40,6 +41,16 @@ pub struct Reply {
 }
 
 pub async fn handle(gw: &Gateway, chain: &Chain, body: &[u8]) -> Reply {
+    handle_as(gw, chain, body, None).await
+}
+
+/// As `handle`, for a caller whose key may call only `methods` (`auth`), named `key`.
+pub async fn handle_as(
+    gw: &Gateway,
+    chain: &Chain,
+    body: &[u8],
+    methods: Option<(&crate::auth::glob::Methods, &str)>,
+) -> Reply {
     // 1. parse
     let (batch, entries) = match rpc::parse::parse(body, gw.parse_limits()) {
         Ok(Request::Single(e)) => (false, vec![e]),
@@ -55,7 +66,7 @@ pub async fn handle(gw: &Gateway, chain: &Chain, body: &[u8]) -> Reply {
         }
     };
     // 2. classify: refuse what is not allowed here.
-    let entries = classify(gw, entries);
+    let entries = classify(gw, entries, methods);
 
     // 4. resolve: pin block tags to the consensus head; learn which block each call needs.
     let heads = chain.head.get();
@@ -86,10 +97,19 @@ pub async fn handle(gw: &Gateway, chain: &Chain, body: &[u8]) -> Reply {
 fn classify<'a>(
     gw: &Gateway,
     entries: Vec<Result<Call<'a>, Rejected<'a>>>,
+    methods: Option<(&crate::auth::glob::Methods, &str)>,
 ) -> Vec<Result<Call<'a>, Rejected<'a>>> {
     entries
         .into_iter()
         .map(|entry| match entry {
+            // Outside the caller's key's allow-list (`[[auth.keys]] methods`).
+            Ok(call) if methods.is_some_and(|(m, _)| !m.allows(&call.method)) => Err(Rejected {
+                id: call.id.or(Some(rpc::parse::null())),
+                error: RpcError::NotForKey {
+                    method: call.method.into_owned(),
+                    key: methods.map_or_else(String::new, |(_, k)| k.to_owned()),
+                },
+            }),
             Ok(call) if gw.policy.is_denied(&call.method) => Err(Rejected {
                 id: call.id.or(Some(rpc::parse::null())),
                 error: RpcError::Denied {

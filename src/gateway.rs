@@ -44,6 +44,8 @@ pub struct Gateway {
     pub broadcast_to: usize,
     /// `[tx] rebroadcast`: accepted transactions kept and re-sent until mined (`tx`).
     pub rebroadcast: Option<Arc<crate::tx::Pending>>,
+    /// `[auth]`, `[cors]`, `[admin]`: keys, rate limits, browsers, the admin token.
+    pub access: crate::auth::Access,
 }
 
 pub struct Chain {
@@ -281,6 +283,7 @@ impl Gateway {
             ledger: crate::tx::Ledger::new(Duration::from_secs(config.tx.remember_secs)),
             broadcast_to: config.tx.broadcast_to,
             rebroadcast,
+            access: crate::auth::Access::new(config),
         })
     }
 

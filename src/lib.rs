@@ -19,8 +19,13 @@
 //! - `cache`    — finality-aware answers in memory and Redis; identical calls joined
 //! - `tx`       — raw transactions broadcast to distinct operators; read-your-writes ledger;
 //!   with `[tx] rebroadcast`, re-sent until mined, kept in a file across restarts
+//! - `auth`     — `[auth]` keys, per-key and per-address limits (shared through Redis),
+//!   `[cors]` origins and hosts, the `[admin]` token
+//! - `admin`    — the admin API: cordons, manual incidents, maintenance windows
 //! - `lockfile` — one Outlast per on-disk store (incident history, pending transactions)
 
+pub mod admin;
+pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod dispatch;

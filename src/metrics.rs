@@ -69,6 +69,18 @@ pub const TX_REBROADCASTS: &str = "outlast_tx_rebroadcasts_total";
 pub const LIMITS_EXCEEDED: &str = "outlast_limits_exceeded_total";
 /// Client connections open now (HTTP and WebSocket).
 pub const CONNECTIONS: &str = "outlast_http_connections";
+/// Calls (a batch counts each) and requests refused by `[auth]`: `key` (a key's name,
+/// `anonymous`, or `none` when no valid key came), `outcome` (`allowed`, `limited`,
+/// `key_required`, `unknown_key`, `chain`, `method`, `unchecked`). Never the key itself.
+pub const AUTH: &str = "outlast_auth_calls_total";
+/// 1 while rate-limit budgets are shared through Redis, 0 while each instance keeps its
+/// own (Redis unavailable); absent without `[redis]`.
+pub const RATE_LIMITS_SHARED: &str = "outlast_rate_limits_shared";
+/// Calls charged to a local budget because Redis did not answer.
+pub const RATE_LIMIT_FALLBACKS: &str = "outlast_rate_limit_fallbacks_total";
+/// Admin API actions: `action` (`cordon`, `uncordon`, `open`, `update`, `resolve`,
+/// `maintenance`), `outcome` (`done`, `refused`).
+pub const ADMIN_ACTIONS: &str = "outlast_admin_actions_total";
 
 /// Histogram buckets for every `_duration_seconds`, from 1 ms to 30 s.
 const BUCKETS: [f64; 14] = [
@@ -133,6 +145,19 @@ fn describe() {
         "Client requests refused or connections closed by a limit, by limit."
     );
     describe_gauge!(CONNECTIONS, "Client connections open now.");
+    describe_counter!(
+        AUTH,
+        "Calls by API key name and outcome (allowed, limited, …)."
+    );
+    describe_gauge!(
+        RATE_LIMITS_SHARED,
+        "1 while rate limits are shared through Redis; 0 while they are local (Redis away)."
+    );
+    describe_counter!(
+        RATE_LIMIT_FALLBACKS,
+        "Calls charged locally because Redis did not answer."
+    );
+    describe_counter!(ADMIN_ACTIONS, "Admin API actions, by action and outcome.");
 }
 
 /// Drains histogram data now and then, so memory stays flat between scrapes.
@@ -253,6 +278,10 @@ pub fn answered(chain: &str, method: &str, outcome: &crate::route::Outcome) {
 pub fn rejected(chain: &str, error: &crate::rpc::RpcError) {
     match error {
         crate::rpc::RpcError::Denied { method } => call(chain, method, "none", "denied"),
+        crate::rpc::RpcError::NotForKey { method, key } => {
+            auth(key, "method", 1);
+            call(chain, method, "none", "denied")
+        }
         crate::rpc::RpcError::LimitExceeded(_) => {
             limit_exceeded("request");
             call(chain, "", "none", "limited")
@@ -331,6 +360,24 @@ pub fn tx_rebroadcast(chain: &str, outcome: &'static str) {
 /// A client hit `limit` (see `LIMITS_EXCEEDED`).
 pub fn limit_exceeded(limit: &'static str) {
     counter!(LIMITS_EXCEEDED, "limit" => limit).increment(1);
+}
+
+/// `calls` of `key` (a key's name, `anonymous`, `none`) had `outcome` (see `AUTH`).
+pub fn auth(key: &str, outcome: &'static str, calls: u64) {
+    counter!(AUTH, "key" => key.to_owned(), "outcome" => outcome).increment(calls);
+}
+
+/// Whether rate limits are shared through Redis now.
+pub fn rate_limits_shared(shared: bool) {
+    gauge!(RATE_LIMITS_SHARED).set(if shared { 1.0 } else { 0.0 });
+}
+
+pub fn rate_limit_fallback() {
+    counter!(RATE_LIMIT_FALLBACKS).increment(1);
+}
+
+pub fn admin_action(action: &'static str, outcome: &'static str) {
+    counter!(ADMIN_ACTIONS, "action" => action, "outcome" => outcome).increment(1);
 }
 
 /// Client connections open now.

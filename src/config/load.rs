@@ -11,7 +11,10 @@ use toml::{
     de::{DeTable, DeValue, ValueDeserializer},
 };
 
-use super::{Cache, Chain, Config, Limits, Redis, Routing, Server, Status, Tx, Upstream, Webhook};
+use super::{
+    Admin, Auth, Cache, Chain, Config, Cors, Limits, Redis, Routing, Server, Status, Tx, Upstream,
+    Webhook,
+};
 
 /// One thing wrong with a config file, located for a person with an editor.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,6 +121,9 @@ pub fn load_str(text: &str) -> Result<Config, Problems> {
         cache: Cache::default(),
         redis: Redis::default(),
         tx: Tx::default(),
+        auth: None,
+        cors: Cors::default(),
+        admin: Admin::default(),
     };
     for (key, value) in root.iter() {
         match key.get_ref().as_ref() {
@@ -131,10 +137,13 @@ pub fn load_str(text: &str) -> Result<Config, Problems> {
             "cache" => config.cache = ctx.section(value, "cache").unwrap_or_default(),
             "redis" => config.redis = ctx.section(value, "redis").unwrap_or_default(),
             "tx" => config.tx = ctx.section(value, "tx").unwrap_or_default(),
+            "auth" => config.auth = Some(ctx.section::<Auth>(value, "auth").unwrap_or_default()),
+            "cors" => config.cors = ctx.section(value, "cors").unwrap_or_default(),
+            "admin" => config.admin = ctx.section(value, "admin").unwrap_or_default(),
             other => ctx.push(
                 Some(key.span()),
                 other,
-                "unknown section; expected one of `server`, `limits`, `routing`, `chains`, `status`, `webhooks`, `storage`, `cache`, `redis`, `tx`".into(),
+                "unknown section; expected one of `server`, `limits`, `routing`, `chains`, `status`, `webhooks`, `storage`, `cache`, `redis`, `tx`, `auth`, `cors`, `admin`".into(),
             ),
         }
     }
@@ -537,8 +546,131 @@ fn validate(config: &Config) -> Vec<(Vec<Seg>, String)> {
         ));
     }
     out.extend(validate_redis_secret(&config.redis));
+    out.extend(validate_access(config));
     out
 }
+
+/// `[auth]`, `[cors]` and `[admin]`: what a typo there would silently open or close.
+fn validate_access(config: &Config) -> Vec<(Vec<Seg>, String)> {
+    use Seg::{Index, Key};
+    let mut out = Vec::new();
+    if let Some(auth) = &config.auth {
+        if auth.anonymous_burst == Some(0) {
+            out.push((
+                vec![Key("auth"), Key("anonymous_burst")],
+                "must be at least 1, or left out for twice anonymous_rps".into(),
+            ));
+        }
+        let chains: HashSet<&str> = config.chains.iter().map(|c| c.name.as_str()).collect();
+        let mut names = HashSet::new();
+        let mut values = HashSet::new();
+        for (i, key) in auth.keys.iter().enumerate() {
+            let at = |k| vec![Key("auth"), Key("keys"), Index(i), Key(k)];
+            if key.name.is_empty()
+                || !key
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            {
+                out.push((
+                    at("name"),
+                    format!(
+                        "`{}`: use letters, digits, `-`, `_` and `.` (it is a metric label)",
+                        key.name
+                    ),
+                ));
+            } else if !names.insert(key.name.as_str()) {
+                out.push((at("name"), format!("key name `{}` is used twice", key.name)));
+            }
+            if key.key.len() < MIN_API_KEY {
+                out.push((
+                    at("key"),
+                    format!(
+                        "{} is {} bytes: use at least {MIN_API_KEY} (`openssl rand -hex 24`)",
+                        key.key,
+                        key.key.len()
+                    ),
+                ));
+            } else if !values.insert(key.key.expose()) {
+                out.push((at("key"), "the same key is given to two names".into()));
+            } else if key
+                .key
+                .expose()
+                .iter()
+                .any(|b| !b.is_ascii_graphic() || *b == b'/')
+            {
+                out.push((
+                    at("key"),
+                    "use printable characters other than `/` (it may be a URL path segment)".into(),
+                ));
+            }
+            if key.rps == 0 {
+                out.push((at("rps"), "must be at least 1".into()));
+            }
+            if key.burst == Some(0) {
+                out.push((
+                    at("burst"),
+                    "must be at least 1, or left out for twice rps".into(),
+                ));
+            }
+            if key.methods.as_ref().is_some_and(|m| m.is_empty()) {
+                out.push((
+                    at("methods"),
+                    "empty: the key could call nothing; leave it out for every method".into(),
+                ));
+            }
+            for chain in key.chains.iter().flatten() {
+                if !chains.contains(chain.as_str()) {
+                    out.push((at("chains"), format!("`{chain}` is not a configured chain")));
+                }
+            }
+        }
+    }
+    for (i, origin) in config.cors.allowed_origins.iter().enumerate() {
+        let ok = origin == "*"
+            || url::Url::parse(origin).is_ok_and(|u| {
+                matches!(u.scheme(), "http" | "https")
+                    && u.host().is_some()
+                    && u.path() == "/"
+                    && !origin.ends_with('/')
+            });
+        if !ok {
+            out.push((
+                vec![Key("cors"), Key("allowed_origins"), Index(i)],
+                format!("`{origin}`: write an origin as browsers send it, e.g. `https://app.example.com` (no path, no trailing `/`), or `*`"),
+            ));
+        }
+    }
+    for (i, host) in config.cors.allowed_hosts.iter().enumerate() {
+        let name = host.strip_prefix("*.").unwrap_or(host);
+        if host != "*"
+            && (name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-')))
+        {
+            out.push((
+                vec![Key("cors"), Key("allowed_hosts"), Index(i)],
+                format!("`{host}`: a host name without port (`rpc.example.com`), `*.example.com`, or `*`"),
+            ));
+        }
+    }
+    if let Some(token) = &config.admin.token
+        && token.len() < MIN_API_KEY
+    {
+        out.push((
+            vec![Key("admin"), Key("token")],
+            format!(
+                "{token} is {} bytes: use at least {MIN_API_KEY} (`openssl rand -hex 32`)",
+                token.len()
+            ),
+        ));
+    }
+    out
+}
+
+/// Shortest API key or admin token: guessing 16 random characters is out of reach.
+const MIN_API_KEY: usize = 16;
 
 /// Shortest `[redis] secret`: 128 bits, as many as a random 16-byte key holds.
 const MIN_REDIS_SECRET: usize = 16;

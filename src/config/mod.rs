@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use serde::Deserialize;
 
 pub use load::{LoadError, Problem, Problems, load_file, load_str};
-pub use secret::UpstreamUrl;
+pub use secret::{Secret, UpstreamUrl};
 
 /// The embedded default: public endpoints of many independent operators, so that
 /// `outlast serve` with no file is already useful and already resilient.
@@ -33,6 +33,10 @@ pub struct Config {
     pub cache: Cache,
     pub redis: Redis,
     pub tx: Tx,
+    /// `[auth]`; `None`: open, as a local gateway is.
+    pub auth: Option<Auth>,
+    pub cors: Cors,
+    pub admin: Admin,
 }
 
 impl Config {
@@ -534,6 +538,120 @@ impl Default for Tx {
             rebroadcast: false,
             rebroadcast_secs: 12,
             store: None,
+        }
+    }
+}
+
+/// `[auth]`: who may call, and how often. Absent: anyone who reaches the port may call
+/// (a local gateway). Present: a JSON-RPC request needs one of `keys` (in the path
+/// `/{chain}/{key}`, `x-api-key`, or `Authorization: Bearer`), unless `anonymous_rps`
+/// lets callers without one in, limited per client address.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    /// Calls per second one client address may make without a key; 0: a key is required.
+    pub anonymous_rps: u32,
+    /// Calls an address without a key may make at once before `anonymous_rps` paces
+    /// it; default twice `anonymous_rps`.
+    pub anonymous_burst: Option<u32>,
+    /// With `[redis] url`, what applies while Redis does not answer: `local` (each
+    /// instance enforces the budgets on its own, so N instances allow up to N times
+    /// them) or `deny` (calls are refused with -32005 until Redis is back).
+    pub redis_fallback: RedisFallback,
+    pub keys: Vec<ApiKey>,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth {
+            anonymous_rps: 0,
+            anonymous_burst: None,
+            redis_fallback: RedisFallback::Local,
+            keys: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisFallback {
+    #[default]
+    Local,
+    Deny,
+}
+
+/// `[[auth.keys]]`: one client's key, its budget and what it may call.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    /// Shown in logs, metrics and the admin API; the key never is.
+    #[serde(deserialize_with = "env::expanded")]
+    pub name: String,
+    /// Write it as `${VAR}`; shown as `${VAR}` or `***`, never its value.
+    pub key: Secret,
+    /// Calls per second, sustained (a batch counts each of its calls).
+    pub rps: u32,
+    /// Calls at once before `rps` paces them; default twice `rps`.
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// Methods this key may call (`*` matches any run of characters, e.g. `eth_*`);
+    /// absent: every method the gateway allows. `[limits] denied_methods` still apply.
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
+    /// Chains (names) this key may use; absent: all.
+    #[serde(default)]
+    pub chains: Option<Vec<String>>,
+}
+
+/// `[cors]`: what browsers may do. Pages of `allowed_origins` may call Outlast
+/// (preflights answered, `Access-Control-*` on every answer); a request or WebSocket
+/// from any other page's origin is refused. `allowed_hosts` stops DNS rebinding: a
+/// `Host` header not in the list is refused (IP addresses are always accepted).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cors {
+    /// `https://app.example.com` (scheme, host and port, as browsers send `Origin`), or
+    /// `*` for any page. Empty: only pages Outlast serves itself (same origin).
+    pub allowed_origins: Vec<String>,
+    /// Host names clients use to reach Outlast (`rpc.example.com`), `*.example.com`
+    /// for subdomains, or `*` for any. Empty: `localhost` and IP addresses when
+    /// `[server] listen` is a loopback address, any host otherwise.
+    pub allowed_hosts: Vec<String>,
+    /// How long a browser may reuse a preflight's answer.
+    pub max_age_secs: u64,
+}
+
+impl Default for Cors {
+    fn default() -> Self {
+        Cors {
+            allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
+            max_age_secs: 600,
+        }
+    }
+}
+
+/// `[admin]`: the admin API (`/api/v1/admin/…`: cordons, manual incidents, maintenance)
+/// and who may read the operator surfaces. Without `token` the admin API is off and
+/// `/metrics` and `/api/v1/*` are public, as before.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admin {
+    /// Sent as `Authorization: Bearer TOKEN`. Write it as `${VAR}`; at least 16 bytes.
+    pub token: Option<Secret>,
+    /// With a token, `/metrics` requires it too.
+    pub protect_metrics: bool,
+    /// With a token, `/api/v1/status` and `/api/v1/incidents` require it too
+    /// (`/status` and `/feed.atom` stay public).
+    pub protect_api: bool,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            token: None,
+            protect_metrics: true,
+            protect_api: true,
         }
     }
 }

@@ -797,6 +797,8 @@ fn resolved_message(last: &Finding, s: &Sample) -> String {
                 .unwrap_or_default()
         ),
         Kind::ProvidersUnreachable => "Providers can be reached again.".into(),
+        // People's incidents never come from the detector.
+        Kind::Manual | Kind::Maintenance => "Resolved.".into(),
         Kind::ChainDegraded | Kind::ChainDown => {
             let chain = last
                 .chains

@@ -75,6 +75,11 @@ pub enum Kind {
     CorrelatedFailure,
     /// Every upstream of every chain fails to connect: this host's network, most likely.
     ProvidersUnreachable,
+    /// Opened by a person through the admin API; resolved by a person.
+    Manual,
+    /// A maintenance window scheduled through the admin API: it starts and ends by
+    /// itself, and automatic incidents about what it covers send no webhooks meanwhile.
+    Maintenance,
 }
 
 impl Kind {
@@ -88,8 +93,22 @@ impl Kind {
             Kind::HeadStalled => "head_stalled",
             Kind::CorrelatedFailure => "correlated_failure",
             Kind::ProvidersUnreachable => "providers_unreachable",
+            Kind::Manual => "manual",
+            Kind::Maintenance => "maintenance",
         }
     }
+
+    /// Made by people (the admin API), not by the detector.
+    pub fn is_manual(self) -> bool {
+        matches!(self, Kind::Manual | Kind::Maintenance)
+    }
+}
+
+/// When a maintenance window runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Window {
+    pub starts: Time,
+    pub ends: Time,
 }
 
 /// Wall-clock time in milliseconds since the Unix epoch; RFC 3339 in JSON.
@@ -212,11 +231,33 @@ pub struct Incident {
     pub updates: Vec<Update>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evidence: Option<Evidence>,
+    /// A maintenance window's times.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<Window>,
 }
 
 impl Incident {
     pub fn is_open(&self) -> bool {
         self.resolved.is_none()
+    }
+
+    /// A maintenance window that has not started yet.
+    pub fn is_scheduled(&self, now: Time) -> bool {
+        self.is_open() && self.window.is_some_and(|w| now < w.starts)
+    }
+
+    /// A maintenance window running at `now` that covers `chain`, or `upstream` of it.
+    fn covers(&self, chain: &str, upstream: Option<&str>, now: Time) -> bool {
+        let Some(w) = self.window else { return false };
+        if !self.is_open() || now < w.starts || now >= w.ends {
+            return false;
+        }
+        self.chains.iter().any(|c| c == chain)
+            || upstream.is_some_and(|u| {
+                self.upstreams
+                    .iter()
+                    .any(|r| r.chain == chain && r.name == u)
+            })
     }
 
     /// When it last changed.
@@ -249,7 +290,46 @@ struct Inner {
     bans: HashMap<UpstreamRef, Ban>,
     uptime: Uptime,
     last_evaluation: Option<Time>,
+    /// Incidents people changed (admin API) since the last evaluation: stored with its
+    /// changes.
+    touched: Vec<u64>,
 }
+
+/// Why the admin API could not change an incident.
+#[derive(Debug, thiserror::Error)]
+pub enum ManualError {
+    #[error("no incident #{0}")]
+    NotFound(u64),
+    #[error("incident #{0} is already resolved")]
+    Resolved(u64),
+    #[error(
+        "incident #{0} was opened by Outlast and resolves itself when the problem is gone; post an update instead"
+    )]
+    Automatic(u64),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What a person says when opening an incident or scheduling maintenance.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Announcement {
+    pub title: String,
+    pub message: String,
+    #[serde(default)]
+    pub severity: Severity,
+    #[serde(default)]
+    pub chains: Vec<String>,
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamRef>,
+}
+
+/// Longest title and message a person may post (the page and webhooks show them).
+const MAX_TITLE: usize = 200;
+const MAX_MESSAGE: usize = 4000;
+
+/// How the update that starts a maintenance window begins.
+const STARTED: &str = "The maintenance window has started";
 
 /// Timeline entries kept per incident: the first, and the latest after it.
 const MAX_UPDATES: usize = 200;
@@ -269,6 +349,7 @@ impl Incidents {
                 bans: HashMap::new(),
                 uptime: Uptime::default(),
                 last_evaluation: None,
+                touched: Vec::new(),
             }),
             notifier: notify::Notifier::new(webhooks, settings.public_url.clone()),
             settings: settings.clone(),
@@ -335,7 +416,10 @@ impl Incidents {
             inner.next_id = inner.next_id.max(incident.id + 1);
             if incident.is_open() {
                 inner.open.insert(incident.key.clone(), incident.id);
-                inner.detector.adopt(&incident, now);
+                // People's incidents are not the detector's: it would resolve them.
+                if !incident.kind.is_manual() {
+                    inner.detector.adopt(&incident, now);
+                }
             }
             inner.incidents.insert(incident.id, incident);
         }
@@ -356,8 +440,13 @@ impl Incidents {
             inner.uptime.record(&key, up, now, observed);
         }
         let changes = inner.detector.evaluate(&sample);
-        let mut changed: Vec<u64> = Vec::new();
-        let mut events = Vec::new();
+        let mut changed: Vec<u64> = std::mem::take(&mut inner.touched);
+        let mut events = inner.maintenance(now);
+        for (id, _) in &events {
+            if !changed.contains(id) {
+                changed.push(*id);
+            }
+        }
         for change in changes {
             if let Some((id, event)) = inner.apply(change, now, &self.settings) {
                 if !changed.contains(&id) {
@@ -373,6 +462,10 @@ impl Incidents {
         for (id, event) in events {
             if let Some(incident) = inner.incidents.get(&id) {
                 log(incident, event);
+                // Maintenance covering everything it concerns: shown, not sent.
+                if !incident.kind.is_manual() && inner.quieted(incident, now) {
+                    continue;
+                }
                 self.notifier.send(event, incident);
             }
         }
@@ -409,9 +502,197 @@ impl Incidents {
     fn uptime_snapshot(&self) -> Uptime {
         self.lock().uptime.clone()
     }
+
+    /// Opens an incident a person announces (admin API); webhooks are sent at once.
+    pub fn open_manual(&self, a: Announcement) -> Result<Incident, ManualError> {
+        self.announce(a, Kind::Manual, None)
+    }
+
+    /// Schedules a maintenance window: shown from now as scheduled, updated when it
+    /// starts, resolved when it ends (by `evaluate`).
+    pub fn schedule(&self, a: Announcement, window: Window) -> Result<Incident, ManualError> {
+        if window.ends <= window.starts {
+            return Err(ManualError::Invalid("`ends` must be after `starts`".into()));
+        }
+        if window.ends <= Time::now() {
+            return Err(ManualError::Invalid("`ends` is in the past".into()));
+        }
+        self.announce(a, Kind::Maintenance, Some(window))
+    }
+
+    fn announce(
+        &self,
+        a: Announcement,
+        kind: Kind,
+        window: Option<Window>,
+    ) -> Result<Incident, ManualError> {
+        let title = checked_text(&a.title, "title", MAX_TITLE)?;
+        let message = checked_text(&a.message, "message", MAX_MESSAGE)?;
+        let now = Time::now();
+        let mut inner = self.lock();
+        let id = inner.next_id;
+        inner.next_id += 1;
+        let key = format!("{}:{id}", kind.as_str());
+        let incident = Incident {
+            id,
+            key: key.clone(),
+            kind,
+            severity: a.severity,
+            title,
+            chains: a.chains,
+            upstreams: a.upstreams,
+            factor: None,
+            started: window.map_or(now, |w| w.starts.min(now)),
+            resolved: None,
+            updates: vec![Update {
+                at: now,
+                event: Event::Opened,
+                message,
+            }],
+            evidence: None,
+            window,
+        };
+        inner.incidents.insert(id, incident.clone());
+        inner.open.insert(key, id);
+        inner.touched.push(id);
+        crate::metrics::incident_opened(kind, a.severity);
+        log(&incident, Event::Opened);
+        self.notifier.send(Event::Opened, &incident);
+        Ok(incident)
+    }
+
+    /// A person's update to any open incident; sent to webhooks at once.
+    pub fn post_update(&self, id: u64, message: &str) -> Result<Incident, ManualError> {
+        let message = checked_text(message, "message", MAX_MESSAGE)?;
+        self.change(id, Event::Updated, message, false)
+    }
+
+    /// A person resolves an incident people opened (Outlast's own resolve themselves).
+    pub fn resolve_manual(&self, id: u64, message: &str) -> Result<Incident, ManualError> {
+        let message = checked_text(message, "message", MAX_MESSAGE)?;
+        self.change(id, Event::Resolved, message, true)
+    }
+
+    fn change(
+        &self,
+        id: u64,
+        event: Event,
+        message: String,
+        manual_only: bool,
+    ) -> Result<Incident, ManualError> {
+        let now = Time::now();
+        let mut inner = self.lock();
+        let incident = inner
+            .incidents
+            .get_mut(&id)
+            .ok_or(ManualError::NotFound(id))?;
+        if !incident.is_open() {
+            return Err(ManualError::Resolved(id));
+        }
+        if manual_only && !incident.kind.is_manual() {
+            return Err(ManualError::Automatic(id));
+        }
+        incident.updates.push(Update {
+            at: now,
+            event,
+            message,
+        });
+        if incident.updates.len() > MAX_UPDATES {
+            incident.updates.remove(1);
+        }
+        if event == Event::Resolved {
+            incident.resolved = Some(now);
+        }
+        let incident = incident.clone();
+        if event == Event::Resolved {
+            inner.open.remove(&incident.key);
+        }
+        inner.touched.push(id);
+        log(&incident, event);
+        self.notifier.send(event, &incident);
+        Ok(incident)
+    }
+
+    /// Whether `chain` (or its `upstream`) is under a maintenance window now.
+    pub fn in_maintenance(&self, chain: &str, upstream: Option<&str>) -> bool {
+        let now = Time::now();
+        self.lock()
+            .incidents
+            .values()
+            .any(|i| i.covers(chain, upstream, now))
+    }
+}
+
+/// A person's text: trimmed, not empty, not longer than `max` characters.
+fn checked_text(text: &str, what: &str, max: usize) -> Result<String, ManualError> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(ManualError::Invalid(format!("`{what}` is empty")));
+    }
+    if text.chars().count() > max {
+        return Err(ManualError::Invalid(format!(
+            "`{what}` is longer than {max} characters"
+        )));
+    }
+    Ok(text.to_owned())
 }
 
 impl Inner {
+    /// Maintenance windows that started or ended by `now`: "started" updates and
+    /// resolutions, as events to tell.
+    fn maintenance(&mut self, now: Time) -> Vec<(u64, Event)> {
+        let mut events = Vec::new();
+        for i in self.incidents.values_mut() {
+            let (Some(w), true) = (i.window, i.is_open()) else {
+                continue;
+            };
+            let started = i
+                .updates
+                .iter()
+                .any(|u| u.event == Event::Updated && u.message.starts_with(STARTED));
+            if now >= w.ends {
+                i.resolved = Some(now);
+                i.updates.push(Update {
+                    at: now,
+                    event: Event::Resolved,
+                    message: "The maintenance window is over.".into(),
+                });
+                events.push((i.id, Event::Resolved));
+            } else if now >= w.starts && !started {
+                i.updates.push(Update {
+                    at: now,
+                    event: Event::Updated,
+                    message: format!("{STARTED}; until {}.", w.ends.rfc3339()),
+                });
+                events.push((i.id, Event::Updated));
+            }
+        }
+        for (id, event) in &events {
+            if *event == Event::Resolved
+                && let Some(i) = self.incidents.get(id)
+            {
+                let key = i.key.clone();
+                self.open.remove(&key);
+            }
+        }
+        events
+    }
+
+    /// An automatic incident whose chains and upstreams are all under maintenance now.
+    fn quieted(&self, incident: &Incident, now: Time) -> bool {
+        let covered = |chain: &str, up: Option<&str>| {
+            self.incidents.values().any(|m| m.covers(chain, up, now))
+        };
+        if incident.upstreams.is_empty() {
+            !incident.chains.is_empty() && incident.chains.iter().all(|c| covered(c, None))
+        } else {
+            incident
+                .upstreams
+                .iter()
+                .all(|u| covered(&u.chain, Some(&u.name)))
+        }
+    }
+
     /// Applies one change of the detector; returns the incident it concerned and what
     /// happened to it, or `None` when nothing visible changed.
     fn apply(
@@ -472,6 +753,7 @@ impl Inner {
                             message: f.message.clone(),
                         }],
                         evidence: f.evidence.clone(),
+                        window: None,
                     },
                 );
                 self.open.insert(f.key, id);

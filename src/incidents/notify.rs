@@ -331,6 +331,7 @@ mod tests {
                 message: "2 upstreams down together".into(),
             }],
             evidence: None,
+            window: None,
         }
     }
 

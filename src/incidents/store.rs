@@ -282,6 +282,7 @@ mod tests {
                 message: "connection refused".into(),
             }],
             evidence: None,
+            window: None,
         }
     }
 

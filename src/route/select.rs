@@ -20,8 +20,10 @@ pub struct Plan {
 }
 
 pub fn plan(chain: &Chain, need: Need, now: Instant) -> Plan {
-    let candidates: Vec<Candidate> = chain
-        .upstreams
+    // Cordoned by a person (admin API): never chosen; the reason is reported.
+    let (cordoned, open): (Vec<&Arc<Upstream>>, Vec<&Arc<Upstream>>) =
+        chain.upstreams.iter().partition(|u| u.cordon.is_set());
+    let candidates: Vec<Candidate> = open
         .iter()
         .map(|u| Candidate {
             tier: u.tier,
@@ -33,16 +35,17 @@ pub fn plan(chain: &Chain, need: Need, now: Instant) -> Plan {
     let rotation = chain.rotation.fetch_add(1, Ordering::Relaxed);
     let (order, skipped) = order(&candidates, need, chain.head.latest(), rotation, now);
     Plan {
-        order: order
-            .into_iter()
-            .map(|i| chain.upstreams[i].clone())
-            .collect(),
+        order: order.into_iter().map(|i| open[i].clone()).collect(),
         skipped: skipped
             .into_iter()
             .map(|(i, error)| Attempt {
-                upstream: chain.upstreams[i].name.to_string(),
+                upstream: open[i].name.to_string(),
                 error,
             })
+            .chain(cordoned.iter().map(|u| Attempt {
+                upstream: u.name.to_string(),
+                error: format!("cordoned: {}", u.cordon.reason().unwrap_or_default()),
+            }))
             .collect(),
     }
 }

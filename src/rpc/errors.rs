@@ -15,6 +15,11 @@ pub enum RpcError {
         "method `{method}` is not available through this gateway (denied by [limits] denied_methods)"
     )]
     Denied { method: String },
+    #[error("method `{method}` is not in the methods key `{key}` may call ([[auth.keys]] methods)")]
+    NotForKey { method: String, key: String },
+    /// A missing or unknown API key, or one not valid for the chain.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
     #[error(
         "`{method}` needs a WebSocket: open ws:// (or wss://) on this same path and call it there; over HTTP nothing could be pushed"
     )]
@@ -65,7 +70,10 @@ impl RpcError {
             | RpcError::UnknownChain { .. }
             | RpcError::ChainRequired { .. } => -32600,
             RpcError::InvalidParams(_) => -32602,
-            RpcError::Denied { .. } | RpcError::NeedsWebSocket { .. } => -32004,
+            RpcError::Denied { .. }
+            | RpcError::NeedsWebSocket { .. }
+            | RpcError::NotForKey { .. } => -32004,
+            RpcError::Unauthorized(_) => -32001,
             RpcError::LimitExceeded(_) => -32005,
             RpcError::Unavailable { .. } => -32002,
             RpcError::Unverifiable { .. } => -33091,

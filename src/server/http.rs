@@ -3,14 +3,19 @@
 
 use std::sync::Arc;
 
+use std::net::{IpAddr, Ipv4Addr};
+
 use axum::{
+    Extension,
     body::Body,
     extract::{Path, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 
+use super::listen::ClientAddr;
 use crate::{
+    auth::{self, Refused},
     dispatch,
     gateway::Gateway,
     rpc::{RpcError, respond::whole_request_error},
@@ -19,17 +24,66 @@ use crate::{
 pub async fn rpc_chain(
     State(gw): State<Arc<Gateway>>,
     Path(chain): Path<String>,
+    client: Option<Extension<ClientAddr>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    rpc(&gw, Some(&chain), &headers, body).await
+    rpc(&gw, Some(&chain), None, address(client), &headers, body).await
 }
 
-pub async fn rpc_root(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body) -> Response {
-    rpc(&gw, None, &headers, body).await
+/// `POST /{chain}/{key}`: the key in the path, for clients that cannot set headers.
+pub async fn rpc_chain_key(
+    State(gw): State<Arc<Gateway>>,
+    Path((chain, key)): Path<(String, String)>,
+    client: Option<Extension<ClientAddr>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    rpc(
+        &gw,
+        Some(&chain),
+        Some(&key),
+        address(client),
+        &headers,
+        body,
+    )
+    .await
 }
 
-async fn rpc(gw: &Arc<Gateway>, path: Option<&str>, headers: &HeaderMap, body: Body) -> Response {
+pub async fn rpc_root(
+    State(gw): State<Arc<Gateway>>,
+    client: Option<Extension<ClientAddr>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    rpc(&gw, None, None, address(client), &headers, body).await
+}
+
+/// The client's address as `server::listen` worked it out (trusted proxies'
+/// `X-Forwarded-For` believed); unspecified when served without the listener.
+pub fn address(client: Option<Extension<ClientAddr>>) -> IpAddr {
+    client.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |Extension(c)| c.0)
+}
+
+/// A request `auth` turned away: 401, 403, 429 (with `Retry-After`) or 503.
+pub fn refused(r: &Refused) -> Response {
+    let mut response = json(r.status(), whole_request_error(&r.rpc_error()));
+    if let Some(secs) = r.retry_after() {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
+}
+
+async fn rpc(
+    gw: &Arc<Gateway>,
+    path: Option<&str>,
+    key: Option<&str>,
+    client: IpAddr,
+    headers: &HeaderMap,
+    body: Body,
+) -> Response {
     let Some(chain) = gw.chain(path) else {
         let available = gw
             .chains
@@ -44,6 +98,15 @@ async fn rpc(gw: &Arc<Gateway>, path: Option<&str>, headers: &HeaderMap, body: B
             None => RpcError::ChainRequired { available },
         };
         return json(StatusCode::NOT_FOUND, whole_request_error(&error));
+    };
+    // Who calls, before the body is read: a request without a valid key costs nothing.
+    let caller = match gw
+        .access
+        .identify(key, headers, client)
+        .and_then(|c| c.may_use(&chain.name).map(|()| c))
+    {
+        Ok(c) => c,
+        Err(r) => return refused(&r),
     };
     let max = gw.limits.max_body_bytes;
     let declared = headers
@@ -70,12 +133,18 @@ async fn rpc(gw: &Arc<Gateway>, path: Option<&str>, headers: &HeaderMap, body: B
             return json(StatusCode::BAD_REQUEST, whole_request_error(&e));
         }
     };
+    let calls = auth::calls_in(&bytes, gw.limits.max_batch as u64 + 1);
+    if let Err(r) = gw.access.charge(&caller, calls).await {
+        return refused(&r);
+    }
     let started = std::time::Instant::now();
     // Its own task: a client that goes away, or the request deadline, never cancels a
     // call half-way (a broadcast already sent is recorded and re-sent all the same).
     let (gw_task, chain_task) = (gw.clone(), chain.clone());
-    let dispatched =
-        tokio::spawn(async move { dispatch::handle(&gw_task, &chain_task, &bytes).await }).await;
+    let dispatched = tokio::spawn(async move {
+        dispatch::handle_as(&gw_task, &chain_task, &bytes, caller.methods()).await
+    })
+    .await;
     let reply = match dispatched {
         Ok(reply) => reply,
         Err(e) => {
@@ -204,6 +273,10 @@ pub async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
             "down: caching in memory only"
         }
     });
-    let body = serde_json::json!({ "ready": ready, "chains": chains, "redis": redis });
+    // Where rate-limit budgets are kept now: shared through Redis, or each instance's own.
+    let rate_limits = gw.access.limits_state();
+    let body = serde_json::json!({
+        "ready": ready, "chains": chains, "redis": redis, "rate_limits": rate_limits,
+    });
     json(status, body.to_string().into_bytes())
 }

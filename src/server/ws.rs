@@ -20,18 +20,21 @@ use std::{
 };
 
 use axum::{
+    Extension,
     extract::{
         Path, State,
         ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code},
     },
-    http::StatusCode,
+    http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
 };
 use futures_util::SinkExt;
 use serde_json::value::RawValue;
 use tokio::task::JoinSet;
 
+use super::listen::ClientAddr;
 use crate::{
+    auth::{self, Caller},
     dispatch,
     gateway::{Chain, Gateway},
     rpc::{self, Call, ReplyBody, Request, RpcError, respond::whole_request_error},
@@ -53,25 +56,45 @@ const READ_BUFFER: usize = 4 * 1024;
 /// Writes are flushed after each burst, so no write buffering is needed.
 const WRITE_BUFFER: usize = 0;
 
+type Upgrade = Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>;
+
 pub async fn upgrade_chain(
     State(gw): State<Arc<Gateway>>,
     Path(chain): Path<String>,
-    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+    client: Option<Extension<ClientAddr>>,
+    headers: HeaderMap,
+    ws: Upgrade,
 ) -> Response {
-    upgrade(gw, Some(&chain), ws)
+    upgrade(gw, Some(&chain), None, client, &headers, ws)
+}
+
+/// `GET /{chain}/{key}` with an upgrade: browsers cannot set headers on a WebSocket.
+pub async fn upgrade_chain_key(
+    State(gw): State<Arc<Gateway>>,
+    Path((chain, key)): Path<(String, String)>,
+    client: Option<Extension<ClientAddr>>,
+    headers: HeaderMap,
+    ws: Upgrade,
+) -> Response {
+    upgrade(gw, Some(&chain), Some(&key), client, &headers, ws)
 }
 
 pub async fn upgrade_root(
     State(gw): State<Arc<Gateway>>,
-    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+    client: Option<Extension<ClientAddr>>,
+    headers: HeaderMap,
+    ws: Upgrade,
 ) -> Response {
-    upgrade(gw, None, ws)
+    upgrade(gw, None, None, client, &headers, ws)
 }
 
 fn upgrade(
     gw: Arc<Gateway>,
     path: Option<&str>,
-    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+    key: Option<&str>,
+    client: Option<Extension<ClientAddr>>,
+    headers: &HeaderMap,
+    ws: Upgrade,
 ) -> Response {
     let Some(chain) = gw.chain(path).cloned() else {
         let available = gw
@@ -87,6 +110,15 @@ fn upgrade(
             None => RpcError::ChainRequired { available },
         };
         return json(StatusCode::NOT_FOUND, whole_request_error(&error));
+    };
+    // The key is checked once, at the handshake; every message is charged to it.
+    let caller = match gw
+        .access
+        .identify(key, headers, super::http::address(client))
+        .and_then(|c| c.may_use(&chain.name).map(|()| c))
+    {
+        Ok(c) => c,
+        Err(r) => return super::http::refused(&r),
     };
     let ws = match ws {
         Ok(ws) => ws,
@@ -110,7 +142,7 @@ fn upgrade(
         .write_buffer_size(WRITE_BUFFER)
         .on_upgrade(move |socket| async move {
             let _token = token;
-            Session::new(gw, chain).run(socket).await;
+            Session::new(gw, chain, caller).run(socket).await;
         })
 }
 
@@ -138,6 +170,8 @@ struct Session {
     gw: Arc<Gateway>,
     chain: Arc<Chain>,
     subs: Vec<Sub>,
+    /// Who opened it (`auth`): each message is charged to it, its methods checked.
+    caller: Caller,
 }
 
 /// Why a session ends, and what the client is told.
@@ -148,11 +182,12 @@ enum End {
 }
 
 impl Session {
-    fn new(gw: Arc<Gateway>, chain: Arc<Chain>) -> Session {
+    fn new(gw: Arc<Gateway>, chain: Arc<Chain>, caller: Caller) -> Session {
         Session {
             gw,
             chain,
             subs: Vec::new(),
+            caller,
         }
     }
 
@@ -208,7 +243,26 @@ impl Session {
                     Some(Ok(msg)) => {
                         // Anything from the client shows it is alive, not only a pong.
                         last_pong = Instant::now();
+                        let body = match &msg {
+                            Message::Text(t) => Some(t.as_bytes()),
+                            Message::Binary(b) => Some(&b[..]),
+                            _ => None,
+                        };
+                        let charged = match body {
+                            Some(body) => {
+                                let n = auth::calls_in(body, self.gw.limits.max_batch as u64 + 1);
+                                self.gw.access.charge(&self.caller, n).await
+                            }
+                            None => Ok(()),
+                        };
+                        let over = body.is_some() && charged.is_err();
                         match msg {
+                            // Over its budget: told, with no id (the message is unread).
+                            _ if over => {
+                                if let Err(r) = charged {
+                                    out.push(text(whole_request_error(&r.rpc_error())));
+                                }
+                            }
                             Message::Text(t) => self.call(t.as_bytes(), &client, &mut calls, &mut out),
                             Message::Binary(b) => self.call(&b, &client, &mut calls, &mut out),
                             // tungstenite answers pings; pongs only count as life.
@@ -260,9 +314,11 @@ impl Session {
     ) {
         if !mentions_subscriptions(body) {
             let (gw, chain, body) = (self.gw.clone(), self.chain.clone(), body.to_vec());
-            calls.spawn(
-                async move { (dispatch::handle(&gw, &chain, &body).await.body, Vec::new()) },
-            );
+            let caller = self.caller.clone();
+            calls.spawn(async move {
+                let reply = dispatch::handle_as(&gw, &chain, &body, caller.methods()).await;
+                (reply.body, Vec::new())
+            });
             return;
         }
         let request = match rpc::parse::parse(body, self.gw.parse_limits()) {
@@ -319,6 +375,7 @@ impl Session {
             return;
         }
         let (gw, chain) = (self.gw.clone(), self.chain.clone());
+        let caller = self.caller.clone();
         let reply = async move {
             let mut objects = Vec::with_capacity(parts.len());
             for part in parts {
@@ -326,7 +383,8 @@ impl Session {
                     Part::Ready(o) => objects.push(o),
                     Part::Nothing => {}
                     Part::Dispatch(body) => {
-                        if let Some(o) = dispatch::handle(&gw, &chain, &body).await.body {
+                        let reply = dispatch::handle_as(&gw, &chain, &body, caller.methods()).await;
+                        if let Some(o) = reply.body {
                             objects.push(o);
                         }
                     }
@@ -347,6 +405,14 @@ impl Session {
         if self.gw.policy.is_denied(&call.method) {
             return Err(RpcError::Denied {
                 method: call.method.to_string(),
+            });
+        }
+        if let Some((methods, key)) = self.caller.methods()
+            && !methods.allows(&call.method)
+        {
+            return Err(RpcError::NotForKey {
+                method: call.method.to_string(),
+                key: key.to_owned(),
             });
         }
         let hub = &self.chain.subs;

@@ -15,6 +15,9 @@ pub fn render(snapshot: &Snapshot, incidents: &Incidents, now: Time) -> String {
     let settings = incidents.settings();
     let all = incidents.list();
     let (open, past): (Vec<&Incident>, Vec<&Incident>) = all.iter().partition(|i| i.is_open());
+    // Maintenance not started yet is announced apart, and does not colour the banner.
+    let (scheduled, open): (Vec<&Incident>, Vec<&Incident>) =
+        open.into_iter().partition(|i| i.is_scheduled(now));
     let mut h = String::with_capacity(64 * 1024);
     let title = esc(&settings.title);
     let _ = write!(
@@ -49,6 +52,13 @@ pub fn render(snapshot: &Snapshot, incidents: &Incidents, now: Time) -> String {
         incident(&mut h, i, now, true);
     }
     h.push_str("</section>\n");
+    if !scheduled.is_empty() {
+        h.push_str("<section id=\"scheduled\">\n<h2>Scheduled maintenance</h2>\n");
+        for i in &scheduled {
+            incident(&mut h, i, now, true);
+        }
+        h.push_str("</section>\n");
+    }
 
     for chain in &snapshot.chains {
         chain_section(&mut h, chain, incidents, &open, now);
@@ -110,7 +120,12 @@ fn banner(h: &mut String, open: &[&Incident], snapshot: &Snapshot) {
 
 fn incident(h: &mut String, i: &Incident, now: Time, open: bool) {
     let sev = i.severity;
+    let span = match (i.window, i.resolved) {
+        (Some(w), None) => format!("maintenance {} → {}", clock(w.starts), clock(w.ends)),
+        _ => String::new(),
+    };
     let span = match i.resolved {
+        None if !span.is_empty() => span,
         Some(end) => format!(
             "{} → {} ({})",
             clock(i.started),
@@ -386,6 +401,8 @@ fn kind_words(kind: Kind) -> &'static str {
         Kind::HeadStalled => "head stalled",
         Kind::CorrelatedFailure => "correlated failure",
         Kind::ProvidersUnreachable => "providers unreachable",
+        Kind::Manual => "announcement",
+        Kind::Maintenance => "maintenance",
     }
 }
 

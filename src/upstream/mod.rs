@@ -50,6 +50,8 @@ pub struct Upstream {
     /// Largest `eth_getLogs` block range it takes: from config, or learned from its
     /// refusals (with a floor and an expiry).
     pub logs_range: LogsRange,
+    /// Set by a person through the admin API: not chosen while set (`route::select`).
+    pub cordon: crate::admin::Cordon,
 }
 
 impl Upstream {
@@ -75,6 +77,7 @@ impl Upstream {
             head: UpstreamHead::default(),
             limits: Limits::new(cfg.max_rps, cfg.max_concurrency),
             logs_range: LogsRange::new(cfg.max_logs_range),
+            cordon: crate::admin::Cordon::default(),
         }
     }
 
