@@ -469,6 +469,7 @@ fn checked<'c>(
             Check::Proof(read, n) => verified::proven(chain, call, read, *n).await,
             Check::Block(id) => verified::block(chain, call, *id).await,
             Check::Quorum(need) => verified::agreed(chain, call, *need).await,
+            Check::Call(n) => route::call::executed(chain, call, *n).await,
         }
     })
 }
@@ -480,7 +481,7 @@ fn settle(
     result: Result<Checked, Unverified>,
 ) -> (Option<Outcome>, Level) {
     let mode = match slot.check {
-        Some(Check::Proof(..) | Check::Block(BlockId::Hash(_))) => "proof",
+        Some(Check::Proof(..) | Check::Block(BlockId::Hash(_)) | Check::Call(_)) => "proof",
         _ => "quorum",
     };
     let counted = match &result {
@@ -577,6 +578,8 @@ enum Check {
     Quorum(Need),
     /// A block whose header must hash to the agreed (or asked-for) hash.
     Block(BlockId),
+    /// `eth_call` at a known block, executed here on proven state (`route::call`).
+    Call(u64),
 }
 
 fn check_for(chain: &Chain, call: &Call<'_>, need: Need) -> Option<Check> {
@@ -596,6 +599,8 @@ fn check_for(chain: &Chain, call: &Call<'_>, need: Need) -> Option<Check> {
     match (chain.verify, read, need) {
         (Verify::Off, ..) => None,
         (Verify::Proofs, Some(read), Need::Block(n)) => Some(Check::Proof(read, n)),
+        (Verify::Proofs, None, Need::Block(n)) if call.method == "eth_call" => Some(Check::Call(n)),
+        (Verify::Proofs, None, _) if call.method == "eth_call" => Some(Check::Quorum(need)),
         (_, Some(_), _) => Some(Check::Quorum(need)),
         (_, None, _) if listed => Some(Check::Quorum(need)),
         _ => None,

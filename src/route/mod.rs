@@ -6,6 +6,7 @@
 
 pub mod ask;
 pub mod budget;
+pub mod call;
 pub mod forward;
 pub mod heads;
 pub mod health;

@@ -76,7 +76,7 @@ impl Unverified {
     }
 
     /// The same failure, about `what` (a trusted header's failure, said of a read).
-    fn about(self, what: &str, prefix: &str) -> Self {
+    pub(super) fn about(self, what: &str, prefix: &str) -> Self {
         match self {
             Unverified::Disputed { why, .. } => {
                 Unverified::disputed(what, format!("{prefix}{why}"))
@@ -457,7 +457,10 @@ fn check_proof(
 /// are down, not disagreeing), the ones reachable must all agree, and the header comes
 /// back *unconfirmed* (`false`): answers built on it are marked `none`, not `proof`, and
 /// it is not remembered. That keeps answering through an outage, and says so.
-async fn trusted_header(chain: &Chain, number: u64) -> Result<(CheckedHeader, bool), Unverified> {
+pub(super) async fn trusted_header(
+    chain: &Chain,
+    number: u64,
+) -> Result<(CheckedHeader, bool), Unverified> {
     if let Some(h) = chain.trusted_header(number) {
         return Ok((h, true));
     }
@@ -693,7 +696,7 @@ fn independent(chain: &Chain, need: Need) -> (Vec<Arc<Upstream>>, Vec<Attempt>) 
 
 /// Takes a liar out of rotation for the chain's ban period, says so loudly, and hands
 /// the evidence to the incident engine.
-fn ban(chain: &Chain, up: &Upstream, check: &str, why: &str) {
+pub(super) fn ban(chain: &Chain, up: &Upstream, check: &str, why: &str) {
     let transition = up.health.record_lie(why, chain.ban_for, Instant::now());
     if transition == Transition::None {
         return;

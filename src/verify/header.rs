@@ -15,6 +15,18 @@ pub struct CheckedHeader {
     pub transactions_root: B256,
     /// Since Shanghai.
     pub withdrawals_root: Option<B256>,
+    /// The block environment a call is executed in (`route::call`), from fields the
+    /// hash covers.
+    pub beneficiary: alloy_primitives::Address,
+    pub timestamp: u64,
+    pub gas_limit: u64,
+    pub base_fee: Option<u64>,
+    pub difficulty: alloy_primitives::U256,
+    pub mix_hash: B256,
+    pub excess_blob_gas: Option<u64>,
+    /// Since Prague: which rules the block was built under.
+    pub has_requests_hash: bool,
+    pub has_parent_beacon_root: bool,
 }
 
 /// Parses an RPC block or header object and checks its hash against its fields.
@@ -37,6 +49,15 @@ pub fn check(json: &[u8]) -> Result<CheckedHeader, VerifyError> {
         state_root: header.inner.state_root,
         transactions_root: header.inner.transactions_root,
         withdrawals_root: header.inner.withdrawals_root,
+        beneficiary: header.inner.beneficiary,
+        timestamp: header.inner.timestamp,
+        gas_limit: header.inner.gas_limit,
+        base_fee: header.inner.base_fee_per_gas,
+        difficulty: header.inner.difficulty,
+        mix_hash: header.inner.mix_hash,
+        excess_blob_gas: header.inner.excess_blob_gas,
+        has_requests_hash: header.inner.requests_hash.is_some(),
+        has_parent_beacon_root: header.inner.parent_beacon_block_root.is_some(),
     })
 }
 
