@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# What a verified read costs: eth_getBalance through Outlast with verify = "off" and
-# with verify = "proofs", in the same run, against the same three Anvil nodes, plus the
-# nodes directly. Prints rps, p50/p99 latency, and Outlast's CPU time per request
-# (user+system from /proc, so it includes parsing the ~2-9 KB eth_getProof reply and
-# checking the proof).
+# What a verified read costs: eth_getBalance, and a token's balanceOf by eth_call,
+# through Outlast with verify = "off" and with verify = "proofs", in the same run,
+# against the same three Anvil nodes, plus the nodes directly. The answer cache is off
+# in both, so every call is verified (proofs) or forwarded (off). Prints rps, p50/p99
+# latency, and Outlast's CPU time per request (user+system from /proc, so it includes
+# parsing the ~2-9 KB eth_getProof replies, checking the proofs and, for eth_call, the
+# access list round trip and the local execution in revm).
 #
 # Environment: DURATION (s per run, 10), CONNECTIONS (4).
 set -euo pipefail
@@ -37,13 +39,20 @@ done
 for n in "${nodes[@]}"; do
     for _ in $(seq 50); do post "$n" '{"jsonrpc":"2.0","id":1,"method":"eth_chainId"}' >/dev/null && break; sleep 0.1; done
     for b in 1 2; do post "$n" "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"evm_mine\",\"params\":[$((1700000000 + 12 * b))]}" >/dev/null; done
+    # The test suite's token (tests/fixtures/Token.sol), 42 to account 0: the same
+    # transaction on every node, so the same contract at the same address.
+    token_data="0x$(tr -d '\n' <"$root/tests/fixtures/token.hex")$(printf '%064x' 42)"
+    post "$n" "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"eth_sendTransaction\",\"params\":[{\"from\":\"0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266\",\"data\":\"$token_data\",\"nonce\":\"0x0\",\"gas\":\"0x200000\",\"gasPrice\":\"0x77359400\"}]}" >/dev/null
+    post "$n" "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"evm_mine\",\"params\":[$((1700000000 + 36))]}" >/dev/null
 done
+token=0x5FbDB2315678afecb367f032d93F642f64180aa3
 
 start_outlast() { # NAME MODE
     local p cfg="$work/$1.toml"
     p="$(port)"
     {
         echo "[server]"; echo "listen = \"127.0.0.1:$p\""
+        echo "[cache]"; echo "size_bytes = 0"
         echo "[[chains]]"; echo 'name = "local"'; echo 'chain_id = 31337'; echo "verify = \"$2\""; echo 'quorum = 2'
         for i in 0 1 2; do
             echo "[[chains.upstreams]]"; echo "name = \"node$i\""; echo "url = \"${nodes[$i]}\""; echo "operator = \"op$i\""
@@ -65,17 +74,23 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.body = '{"jsonrpc":"2.0","id":1,"method":"eth_getBalance","params":["0x70997970C51812dc3A010C7d01b50e0d17dc79C8","latest"]}'
 EOF
 
+call_body='{"jsonrpc":"2.0","id":1,"method":"eth_call","params":[{"to":"'$token'","data":"0x70a08231000000000000000000000000f39fd6e51aad88f6f4ce6ab8827279cfffb92266"},"latest"]}'
+printf 'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = %s\n' "'$call_body'" >"$work/call.lua"
+call_check=$(curl -s -D - -H 'content-type: application/json' -d "$call_body" "$proofs_url")
+grep -qi 'x-outlast-verified: proof' <<<"$call_check" && grep -q '2a"' <<<"$call_check" ||
+    { say "the proofs instance did not execute eth_call: $call_check"; exit 1; }
+
 check=$(curl -s -D - -H 'content-type: application/json' -d '{"jsonrpc":"2.0","id":1,"method":"eth_getBalance","params":["0x70997970C51812dc3A010C7d01b50e0d17dc79C8","latest"]}' "$proofs_url")
 grep -qi 'x-outlast-verified: proof' <<<"$check" || { say "the proofs instance did not verify: $check"; exit 1; }
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 tck=$(getconf CLK_TCK)
 printf '%-16s %8s %9s %9s %14s\n' target rps p50_ms p99_ms cpu_us_per_req
-run() { # NAME URL PID
-    local out="$work/wrk-$1.txt" before after reqs
-    wrk -t1 -c"$CONNECTIONS" -d1s -s "$work/balance.lua" "$2" >/dev/null
+run() { # NAME URL PID [SCRIPT]
+    local out="$work/wrk-$1-${4:-balance}.txt" before after reqs script="$work/${4:-balance}.lua"
+    wrk -t1 -c"$CONNECTIONS" -d1s -s "$script" "$2" >/dev/null
     before=$([[ -n $3 ]] && cpu_ticks "$3" || echo 0)
-    wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "$work/balance.lua" "$2" >"$out"
+    wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "$script" "$2" >"$out"
     after=$([[ -n $3 ]] && cpu_ticks "$3" || echo 0)
     reqs=$(awk '/requests in/ {print $1}' "$out")
     local rps p50 p99 cpu
@@ -85,7 +100,12 @@ run() { # NAME URL PID
     cpu=$([[ -n $3 ]] && awk -v a="$after" -v b="$before" -v n="$reqs" -v t="$tck" 'BEGIN {printf "%.1f", (a - b) / t * 1e6 / n}' || echo -)
     printf '%-16s %8s %9s %9s %14s\n' "$1" "$rps" "$p50" "$p99" "$cpu"
 }
+echo "eth_getBalance at latest"
 run anvil-direct "${nodes[0]}" ""
 run outlast-off "$plain_url" "$plain_pid"
 run outlast-proofs "$proofs_url" "$proofs_pid"
-echo "(wrk -t1 -c$CONNECTIONS -d${DURATION}s; eth_getBalance at latest; $(nproc) cores shared by wrk, Anvil and Outlast)"
+echo "eth_call balanceOf at latest (proofs: access list + proofs + local execution)"
+run anvil-direct "${nodes[0]}" "" call
+run outlast-off "$plain_url" "$plain_pid" call
+run outlast-proofs "$proofs_url" "$proofs_pid" call
+echo "(wrk -t1 -c$CONNECTIONS -d${DURATION}s; answer cache off; $(nproc) cores shared by wrk, Anvil and Outlast)"

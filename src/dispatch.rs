@@ -599,7 +599,9 @@ fn check_for(chain: &Chain, call: &Call<'_>, need: Need) -> Option<Check> {
     match (chain.verify, read, need) {
         (Verify::Off, ..) => None,
         (Verify::Proofs, Some(read), Need::Block(n)) => Some(Check::Proof(read, n)),
-        (Verify::Proofs, None, Need::Block(n)) if call.method == "eth_call" => Some(Check::Call(n)),
+        (Verify::Proofs, None, Need::Block(n)) if call.method == "eth_call" && !listed => {
+            Some(Check::Call(n))
+        }
         (Verify::Proofs, None, _) if call.method == "eth_call" => Some(Check::Quorum(need)),
         (_, Some(_), _) => Some(Check::Quorum(need)),
         (_, None, _) if listed => Some(Check::Quorum(need)),
