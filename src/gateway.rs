@@ -24,6 +24,8 @@ use crate::{
 const MIN_POLL: Duration = Duration::from_millis(100);
 
 pub struct Gateway {
+    /// Set when shutdown begins: `/readyz` answers 503 from then on.
+    pub draining: std::sync::atomic::AtomicBool,
     pub chains: Vec<Arc<Chain>>,
     /// By name and by decimal chain id: both are valid URL paths.
     by_path: HashMap<String, Arc<Chain>>,
@@ -76,6 +78,8 @@ pub struct Chain {
     pub incidents: Arc<Incidents>,
     /// WebSocket subscriptions: the fan-out hub, told of every consensus head move.
     pub subs: crate::subscribe::Hub,
+    /// HTTP filters (`eth_newFilter` & co.), held here and fed from `subs`.
+    pub filters: crate::subscribe::filters::Filters,
     /// `[tx] rebroadcast`: where `tx::broadcast` keeps what an upstream accepted (the
     /// gateway's one store, shared by every chain); `None` when off.
     pub rebroadcast: Option<Arc<crate::tx::Pending>>,
@@ -250,6 +254,7 @@ impl Gateway {
                     block_time: Mutex::new(BlockTime::default()),
                     max_poll: Duration::from_millis(config.routing.head_poll_ms),
                     subs: crate::subscribe::Hub::new(config.limits.ws_client_buffer),
+                    filters: crate::subscribe::filters::Filters::new(&config.limits),
                     verify: c.verify,
                     quorum_methods: c.quorum_methods.clone(),
                     ban_for: Duration::from_secs(config.routing.liar_ban_secs),
@@ -271,6 +276,7 @@ impl Gateway {
             by_path.insert(chain.chain_id.to_string(), chain.clone());
         }
         Ok(Gateway {
+            draining: std::sync::atomic::AtomicBool::new(false),
             chains,
             by_path,
             limits: config.limits.clone(),

@@ -101,6 +101,14 @@ pub async fn run(
         tracing::info!(%addr, ?chains, "Outlast is listening: POST /{{chain}} for JSON-RPC, GET /readyz for readiness");
     }
     let hygiene = server::listen::Hygiene::new(&config.server);
+    let draining = gw.clone();
+    let shutdown = async move {
+        shutdown.await;
+        draining
+            .draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!("shutting down: /readyz says 503; requests in flight finish");
+    };
     let served = server::serve(listener, gw, hygiene, shutdown).await;
     stop.cancel();
     tasks.close();

@@ -259,7 +259,10 @@ pub async fn status(State(gw): State<Arc<Gateway>>) -> Response {
 
 pub async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
     let chains: Vec<_> = gw.chains.iter().map(|c| c.readiness()).collect();
-    let ready = chains.iter().all(|c| c.ready_upstreams > 0);
+    // Shutting down: unready at once, so load balancers stop sending new calls while the
+    // ones in flight finish (`[server] drain_secs`).
+    let draining = gw.draining.load(std::sync::atomic::Ordering::Relaxed);
+    let ready = !draining && chains.iter().all(|c| c.ready_upstreams > 0);
     let status = if ready {
         StatusCode::OK
     } else {
@@ -276,7 +279,8 @@ pub async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
     // Where rate-limit budgets are kept now: shared through Redis, or each instance's own.
     let rate_limits = gw.access.limits_state();
     let body = serde_json::json!({
-        "ready": ready, "chains": chains, "redis": redis, "rate_limits": rate_limits,
+        "ready": ready, "draining": draining, "chains": chains, "redis": redis,
+        "rate_limits": rate_limits,
     });
     json(status, body.to_string().into_bytes())
 }
