@@ -66,14 +66,32 @@ pub async fn handle_as(
         }
     };
     // 2. classify: refuse what is not allowed here.
-    let entries = classify(gw, entries, methods);
+    let mut entries = classify(gw, entries, methods);
+    // 3. filters are held here (`subscribe::filters`): a log filter's eth_getFilterLogs
+    // is the eth_getLogs of its criteria, with that path's limits; a poll first lets
+    // the filters catch up with the head, so it never runs behind a receipt.
+    let queries = chain.filters.logs_queries(&mut entries);
+    if entries
+        .iter()
+        .any(|e| e.as_ref().is_ok_and(|c| c.method == "eth_getFilterChanges"))
+    {
+        chain.filters.caught_up(chain.head.latest()).await;
+    }
 
     // 4. resolve: pin block tags to the consensus head; learn which block each call needs.
     let heads = chain.head.get();
     let calls: Vec<&Call<'_>> = entries.iter().filter_map(|e| e.as_ref().ok()).collect();
     let resolved: Vec<Resolved> = calls
         .iter()
-        .map(|c| resolve(&c.method, c.params, &heads))
+        .zip(queries)
+        .map(|(c, query)| match query {
+            Some(q) => {
+                let mut r = resolve(&c.method, Some(&q), &heads);
+                r.params.get_or_insert(q);
+                r
+            }
+            None => resolve(&c.method, c.params, &heads),
+        })
         .collect();
 
     let mut work = Work::new(gw, chain, &heads, &calls, &resolved);
@@ -85,6 +103,7 @@ pub async fn handle_as(
     work.verify().await;
     work.keep();
     work.follow().await;
+    work.hold_ahead().await;
     let stale_seconds = work.serve_stale().await;
     work.read_your_writes();
 
@@ -192,7 +211,8 @@ impl<'g, 'a> Work<'g, 'a> {
                     method: c.method.clone(),
                     params: r.params.as_deref().or(c.params),
                 };
-                let outcome = local_answer(chain, &call);
+                let outcome =
+                    local_answer(chain, &call).or_else(|| chain.filters.answer(&chain.subs, &call));
                 let check = if outcome.is_some() {
                     None
                 } else {
@@ -445,7 +465,40 @@ impl<'g, 'a> Work<'g, 'a> {
         oldest
     }
 
-    /// Step 8c: read-your-writes: the pending nonce and transactions Outlast broadcast.
+    /// Step 8c: a receipt, transaction or block found in block N above the consensus
+    /// head (one upstream is ahead) is held until the head reaches N, so a client told
+    /// "mined in N" never reads `latest` below N afterwards; if the head does not get
+    /// there within a couple of head polls, the answer is `null`, as from a node that
+    /// has not seen block N yet (clients ask again). `latest` itself never moves but
+    /// by quorum, so it still never goes backwards.
+    async fn hold_ahead(&mut self) {
+        let within =
+            (self.chain.poll_interval() * 2).clamp(Duration::from_secs(1), Duration::from_secs(5));
+        for slot in &mut self.slots {
+            let Some(Outcome::Answered {
+                answer: Answer::Result(body),
+                ..
+            }) = &slot.outcome
+            else {
+                continue;
+            };
+            let Some(number) = included_in(&slot.call.method, body) else {
+                continue;
+            };
+            if self.chain.head.latest().is_none_or(|head| head >= number)
+                || self.chain.subs.reached(number, within).await
+            {
+                continue;
+            }
+            tracing::debug!(chain = %self.chain.name, method = %slot.call.method, number, "answer from a block above the consensus head: null until the head gets there");
+            slot.outcome = Some(Outcome::Answered {
+                upstream: consensus_label(),
+                answer: Answer::Result(bytes::Bytes::from_static(b"null")),
+            });
+        }
+    }
+
+    /// Step 8d: read-your-writes: the pending nonce and transactions Outlast broadcast.
     fn read_your_writes(&mut self) {
         for slot in &mut self.slots {
             if let Some(outcome) = &mut slot.outcome {
@@ -470,6 +523,7 @@ fn checked<'c>(
             Check::Block(id) => verified::block(chain, call, *id).await,
             Check::Quorum(need) => verified::agreed(chain, call, *need).await,
             Check::Call(n) => route::call::executed(chain, call, *n).await,
+            Check::Receipt => route::receipt::receipt(chain, call).await,
         }
     })
 }
@@ -481,7 +535,9 @@ fn settle(
     result: Result<Checked, Unverified>,
 ) -> (Option<Outcome>, Level) {
     let mode = match slot.check {
-        Some(Check::Proof(..) | Check::Block(BlockId::Hash(_)) | Check::Call(_)) => "proof",
+        Some(
+            Check::Proof(..) | Check::Block(BlockId::Hash(_)) | Check::Call(_) | Check::Receipt,
+        ) => "proof",
         _ => "quorum",
     };
     let counted = match &result {
@@ -580,6 +636,8 @@ enum Check {
     Block(BlockId),
     /// `eth_call` at a known block, executed here on proven state (`route::call`).
     Call(u64),
+    /// A receipt, proven against its block's receipts root (`route::receipt`).
+    Receipt,
 }
 
 fn check_for(chain: &Chain, call: &Call<'_>, need: Need) -> Option<Check> {
@@ -603,10 +661,36 @@ fn check_for(chain: &Chain, call: &Call<'_>, need: Need) -> Option<Check> {
             Some(Check::Call(n))
         }
         (Verify::Proofs, None, _) if call.method == "eth_call" => Some(Check::Quorum(need)),
+        (Verify::Proofs, None, _) if call.method == "eth_getTransactionReceipt" && !listed => {
+            Some(Check::Receipt)
+        }
         (_, Some(_), _) => Some(Check::Quorum(need)),
         (_, None, _) if listed => Some(Check::Quorum(need)),
         _ => None,
     }
+}
+
+/// The block a receipt, a mined transaction or a block (by hash) answer sits in.
+fn included_in(method: &str, body: &[u8]) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Shape<'a> {
+        #[serde(borrow, default, rename = "blockNumber")]
+        block_number: Option<&'a str>,
+        #[serde(borrow, default)]
+        number: Option<&'a str>,
+    }
+    let by_number = match method {
+        "eth_getTransactionReceipt" | "eth_getTransactionByHash" => false,
+        "eth_getBlockByHash" => true,
+        _ => return None,
+    };
+    let shape: Shape<'_> = serde_json::from_slice(body).ok()?;
+    let n = if by_number {
+        shape.number
+    } else {
+        shape.block_number
+    }?;
+    u64::from_str_radix(n.strip_prefix("0x")?, 16).ok()
 }
 
 /// The block range of an `eth_getLogs` call with numeric (or pinned) bounds.

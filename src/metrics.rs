@@ -65,7 +65,7 @@ pub const TX_REBROADCASTS: &str = "outlast_tx_rebroadcasts_total";
 /// Client requests refused or cut off by a limit: `limit` (`body`, `request` (batch
 /// size or nesting), `logs_range`, `logs_pieces`, `logs_budget`, `logs_bytes`, `connections`,
 /// `connections_per_ip`, `header_timeout`, `body_timeout`, `idle_timeout`,
-/// `request_timeout`, `drain`).
+/// `request_timeout`, `drain`, `filters` (max_filters), `filter_items`).
 pub const LIMITS_EXCEEDED: &str = "outlast_limits_exceeded_total";
 /// Client connections open now (HTTP and WebSocket).
 pub const CONNECTIONS: &str = "outlast_http_connections";
@@ -676,6 +676,18 @@ fn state(gw: &Gateway, out: &mut String) {
     for c in &gw.chains {
         if let Some(h) = c.head.get().finalized {
             f.sample(name, &[("chain", &*c.name)], h as f64);
+        }
+    }
+
+    let name = "outlast_filters";
+    let mut f = Family::new(
+        out,
+        name,
+        "HTTP filters held by Outlast now, by chain and kind (blocks, logs, pending).",
+    );
+    for c in &gw.chains {
+        for (kind, n) in c.filters.counts() {
+            f.sample(name, &[("chain", &*c.name), ("kind", kind)], n as f64);
         }
     }
 

@@ -377,6 +377,9 @@ fn validate(config: &Config) -> Vec<(Vec<Seg>, String)> {
         ("max_logs_range", limits.max_logs_range as usize),
         ("max_logs_pieces", limits.max_logs_pieces as usize),
         ("max_logs_bytes", limits.max_logs_bytes),
+        ("max_filters", limits.max_filters),
+        ("max_filter_items", limits.max_filter_items),
+        ("filter_timeout_secs", limits.filter_timeout_secs as usize),
     ] {
         if value == 0 {
             out.push((vec![Key("limits"), Key(key)], "must be at least 1".into()));

@@ -126,6 +126,13 @@ pub struct Limits {
     pub max_logs_pieces: u64,
     /// `eth_getLogs`: bytes of a result merged from pieces.
     pub max_logs_bytes: usize,
+    /// HTTP filters (`eth_newFilter` & co., held by Outlast): open at once per chain.
+    pub max_filters: usize,
+    /// HTTP filters: changes queued for one filter between two polls; more and the next
+    /// poll gets -32005 (the filter is removed, so the gap is never silent).
+    pub max_filter_items: usize,
+    /// HTTP filters: one not polled for this long is dropped (geth: 5 minutes).
+    pub filter_timeout_secs: u64,
 }
 
 impl Default for Limits {
@@ -157,6 +164,9 @@ impl Default for Limits {
             max_logs_range: 100_000,
             max_logs_pieces: 100,
             max_logs_bytes: 64 << 20,
+            max_filters: 1_000,
+            max_filter_items: 10_000,
+            filter_timeout_secs: 300,
         }
     }
 }

@@ -100,7 +100,7 @@ struct RawFilter {
 }
 
 impl LogFilter {
-    fn parse(raw: &RawValue) -> Result<LogFilter, BadParams> {
+    pub fn parse(raw: &RawValue) -> Result<LogFilter, BadParams> {
         if raw.get() == "null" {
             return Ok(LogFilter::default());
         }

@@ -169,6 +169,16 @@ impl Hub {
         self.heads.subscribe()
     }
 
+    /// Waits (at most `within`) until the consensus head is at block `number` or
+    /// above; true when it is.
+    pub async fn reached(&self, number: u64, within: std::time::Duration) -> bool {
+        let mut heads = self.heads.subscribe();
+        let at = |h: &Option<Consensus>| h.as_ref().is_some_and(|c| c.number >= number);
+        tokio::time::timeout(within, heads.wait_for(at))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
     pub fn wanted(&self) -> watch::Receiver<u8> {
         self.wanted.subscribe()
     }

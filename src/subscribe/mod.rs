@@ -8,6 +8,7 @@
 //! - `feeds`  — what listens to upstreams: head pushes over an upstream's WebSocket (into
 //!   the same consensus head as the polls), and pending transaction hashes (an
 //!   upstream WebSocket, or a polled filter where there is none)
+//! - `filters` — HTTP filters (`eth_newFilter` & co.) held by Outlast, fed from the hub
 //!
 //! Clients never talk to an upstream directly: whichever upstream dies, the feed goes on
 //! from the consensus head, so a subscription has no gap and no duplicate. Never sees
@@ -15,6 +16,7 @@
 
 pub mod feeds;
 pub mod filter;
+pub mod filters;
 pub mod follow;
 pub mod hub;
 
@@ -48,6 +50,7 @@ pub fn spawn(gw: &Arc<Gateway>, config: &Config, tasks: &TaskTracker, stop: &Can
         }
         tasks.spawn(feeds::pending(chain.clone(), ws_urls, stop.clone()));
         tasks.spawn(follow::follow(chain.clone(), stop.clone()));
+        tasks.spawn(filters::pump(chain.clone(), stop.clone()));
         let (chain, stop) = (chain.clone(), stop.clone());
         tasks.spawn(async move {
             stop.cancelled().await;
