@@ -36,6 +36,22 @@ fn lie(what: String) -> VerifyError {
 
 /// Checks the body of the RPC block `json` against `header` (already trusted).
 pub fn check(json: &[u8], header: &CheckedHeader) -> Result<Body, VerifyError> {
+    Ok(match transactions(json, header)? {
+        Transactions::Proven(_) => Body::Proven,
+        Transactions::HashesOnly => Body::HashesOnly,
+        Transactions::ForeignTypes => Body::ForeignTypes,
+    })
+}
+
+/// A body's transactions, once proven: each with its recovered sender.
+pub enum Transactions {
+    Proven(Vec<(TxEnvelope, alloy_primitives::Address)>),
+    HashesOnly,
+    ForeignTypes,
+}
+
+/// The transactions of the RPC block `json`, proven against `header` (see `check`).
+pub fn transactions(json: &[u8], header: &CheckedHeader) -> Result<Transactions, VerifyError> {
     #[derive(Deserialize)]
     struct Block<'a> {
         #[serde(borrow, default)]
@@ -58,14 +74,15 @@ pub fn check(json: &[u8], header: &CheckedHeader) -> Result<Body, VerifyError> {
         .first()
         .is_some_and(|t| t.get().starts_with('"'))
     {
-        return Ok(Body::HashesOnly);
+        return Ok(Transactions::HashesOnly);
     }
     let mut envelopes: Vec<TxEnvelope> = Vec::with_capacity(block.transactions.len());
+    let mut senders = Vec::with_capacity(block.transactions.len());
     for (i, raw) in block.transactions.iter().enumerate() {
         let typed: Typed = serde_json::from_str(raw.get()).map_err(malformed)?;
         let kind = typed.kind.map_or(0, |k| k.to::<u64>());
         if !KNOWN_TYPES.contains(&kind) {
-            return Ok(Body::ForeignTypes);
+            return Ok(Transactions::ForeignTypes);
         }
         let tx: alloy_rpc_types_eth::Transaction = serde_json::from_str(raw.get())
             .map_err(|e| lie(format!("transaction {i} does not decode: {e}")))?;
@@ -95,6 +112,7 @@ pub fn check(json: &[u8], header: &CheckedHeader) -> Result<Body, VerifyError> {
             )));
         }
         envelopes.push(envelope.clone());
+        senders.push(sender);
     }
     let root = proofs::calculate_transaction_root(&envelopes);
     if root != header.transactions_root {
@@ -111,7 +129,9 @@ pub fn check(json: &[u8], header: &CheckedHeader) -> Result<Body, VerifyError> {
             )));
         }
     }
-    Ok(Body::Proven)
+    Ok(Transactions::Proven(
+        envelopes.into_iter().zip(senders).collect(),
+    ))
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ pub struct CheckedHeader {
     pub hash: B256,
     pub state_root: B256,
     pub transactions_root: B256,
+    pub receipts_root: B256,
     /// Since Shanghai.
     pub withdrawals_root: Option<B256>,
     /// The block environment a call is executed in (`route::call`), from fields the
@@ -48,6 +49,7 @@ pub fn check(json: &[u8]) -> Result<CheckedHeader, VerifyError> {
         hash: header.hash,
         state_root: header.inner.state_root,
         transactions_root: header.inner.transactions_root,
+        receipts_root: header.inner.receipts_root,
         withdrawals_root: header.inner.withdrawals_root,
         beneficiary: header.inner.beneficiary,
         timestamp: header.inner.timestamp,

@@ -8,6 +8,7 @@ pub mod body;
 pub mod header;
 pub mod proof;
 pub mod quorum;
+pub mod receipts;
 
 /// Why an answer could not be trusted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

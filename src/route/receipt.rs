@@ -1,0 +1,197 @@
+//! Verified `eth_getTransactionReceipt` (`verify = "proofs"`): where a provider says the
+//! transaction is (block hash and number) is only a claim; the block's header must be the
+//! one a quorum of operators agree on at that height, its body must hash to the header's
+//! transactions root, and its receipts to the receipts root. The answer is built from
+//! those proven values (`verify::receipts`), so a provider cannot change a status, drop
+//! a log or move a transfer, whatever the others do.
+//!
+//! A receipt nobody has yet is `null` only after two upstreams said so (one hiding a
+//! mined transaction is not enough), marked `none`. A chain whose transactions Outlast
+//! cannot decode (OP deposits) gets a quorum instead.
+
+use std::{sync::Arc, time::Instant};
+
+use alloy_primitives::B256;
+use bytes::Bytes;
+use serde_json::value::RawValue;
+
+use super::{
+    ask::{Shape, ask},
+    resolve::Need,
+    select,
+    verified::{self, Checked, Level, Unverified},
+};
+use crate::{
+    gateway::Chain,
+    rpc::Call,
+    upstream::{Answer, Upstream},
+    verify::{self, body::Transactions},
+};
+
+/// Upstreams asked where a transaction is (a `null` from one is not the last word).
+const LOCATE_ATTEMPTS: usize = 2;
+/// Upstreams asked for a block's body and receipts before giving up.
+const BODY_ATTEMPTS: usize = 3;
+
+pub async fn receipt(chain: &Chain, call: &Call<'_>) -> Result<Checked, Unverified> {
+    let what = "the receipt";
+    let Some(tx_hash) = tx_hash(call.params) else {
+        return verified::agreed(chain, call, Need::Fresh).await;
+    };
+    // 1. Where it is, by anyone's word.
+    #[derive(serde::Deserialize)]
+    struct Located {
+        #[serde(rename = "blockHash")]
+        block_hash: B256,
+        #[serde(rename = "blockNumber")]
+        block_number: alloy_primitives::U64,
+    }
+    let mut nulls: Vec<Arc<str>> = Vec::new();
+    let calls = [call];
+    let shape = Shape {
+        width: 1,
+        max: LOCATE_ATTEMPTS,
+        wait_for_late: true,
+    };
+    let plan = select::plan(chain, Need::Fresh, Instant::now());
+    let located = ask(chain, plan.order, shape, &calls, |up, reply| {
+        match reply.ok()?.pop().flatten()? {
+            Answer::Result(raw) if &raw[..] == b"null" => {
+                nulls.push(up.name.clone());
+                None
+            }
+            Answer::Result(raw) => serde_json::from_slice::<Located>(&raw).ok(),
+            Answer::Error { .. } => None,
+        }
+    })
+    .await;
+    let located = match located {
+        Ok(l) => l,
+        Err(exhausted) => {
+            if let Some(who) = nulls.first() {
+                // Not mined (yet), as far as everyone asked can tell.
+                return Ok(Checked {
+                    upstream: who.clone(),
+                    answer: Answer::Result(Bytes::from_static(b"null")),
+                    level: Level::None,
+                });
+            }
+            return Err(Unverified::Unreachable(exhausted.tried));
+        }
+    };
+    let number = located.block_number.to::<u64>();
+    // 2. The block there must be the agreed one.
+    let (header, confirmed) = verified::trusted_header(chain, number)
+        .await
+        .map_err(|u| u.about(what, &format!("no trusted header for block {number}: ")))?;
+    if header.hash != located.block_hash {
+        // A reorg in between, or a provider placing it in a block nobody else has.
+        return verified::agreed(chain, call, Need::Fresh).await;
+    }
+    // 3. The block's body and receipts, proven against it.
+    let by_hash = raw(&serde_json::json!([header.hash, true]));
+    let receipts_at = raw(&serde_json::json!([header.hash]));
+    let fetch = [
+        Call {
+            id: None,
+            method: "eth_getBlockByHash".into(),
+            params: by_hash.as_deref(),
+        },
+        Call {
+            id: None,
+            method: "eth_getBlockReceipts".into(),
+            params: receipts_at.as_deref(),
+        },
+    ];
+    let refs: Vec<&Call<'_>> = fetch.iter().collect();
+    enum Proven {
+        Receipts(Vec<alloy_rpc_types_eth::TransactionReceipt>),
+        Foreign,
+    }
+    let mut suspects: Vec<(Arc<Upstream>, String)> = Vec::new();
+    let plan = select::plan(chain, Need::Block(number), Instant::now());
+    let shape = Shape {
+        width: 1,
+        max: BODY_ATTEMPTS,
+        wait_for_late: true,
+    };
+    let proven = ask(chain, plan.order, shape, &refs, |up, reply| {
+        let answers = reply.ok()?;
+        let (Some(Some(Answer::Result(block))), Some(Some(Answer::Result(receipts)))) =
+            (answers.first(), answers.get(1))
+        else {
+            return None;
+        };
+        let txs = match verify::body::transactions(block, &header) {
+            Ok(Transactions::Proven(txs)) => txs,
+            Ok(Transactions::ForeignTypes) => return Some(Proven::Foreign),
+            Ok(Transactions::HashesOnly) => return None,
+            Err(e) => {
+                suspects.push((up.clone(), format!("block body: {e}")));
+                return None;
+            }
+        };
+        match verify::receipts::check(receipts, &header, &txs) {
+            Ok(r) => Some(Proven::Receipts(r)),
+            Err(e) => {
+                suspects.push((up.clone(), format!("receipts: {e}")));
+                None
+            }
+        }
+    })
+    .await;
+    let receipts = match proven {
+        Ok(Proven::Receipts(r)) => r,
+        Ok(Proven::Foreign) => return verified::agreed(chain, call, Need::Fresh).await,
+        Err(_) if suspects.is_empty() => {
+            // Nobody serves eth_getBlockReceipts (or full blocks) here: a quorum.
+            return verified::agreed(chain, call, Need::Fresh).await;
+        }
+        Err(_) => {
+            return Err(Unverified::Disputed {
+                what: what.into(),
+                why: format!(
+                    "no upstream served receipts that match block {number}'s header: {}",
+                    suspects
+                        .iter()
+                        .map(|(u, why)| format!("{}: {why}", u.name))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+            });
+        }
+    };
+    for (liar, why) in &suspects {
+        verified::ban(chain, liar, "receipts", &format!("served a false {why}"));
+    }
+    let Some(found) = receipts.iter().find(|r| r.transaction_hash == tx_hash) else {
+        return Err(Unverified::Disputed {
+            what: what.into(),
+            why: format!("block {number} does not hold transaction {tx_hash}"),
+        });
+    };
+    let body = serde_json::to_vec(found).map_err(|e| Unverified::Disputed {
+        what: what.into(),
+        why: format!("internal: {e}"),
+    })?;
+    Ok(Checked {
+        upstream: executed_label(),
+        answer: Answer::Result(Bytes::from(body)),
+        level: if confirmed { Level::Proof } else { Level::None },
+    })
+}
+
+/// The `x-outlast-upstream` of answers Outlast built from proven values.
+fn executed_label() -> Arc<str> {
+    static LABEL: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("proven"));
+    LABEL.clone()
+}
+
+fn tx_hash(params: Option<&RawValue>) -> Option<B256> {
+    let items: Vec<&RawValue> = serde_json::from_str(params?.get()).ok()?;
+    serde_json::from_str(items.first()?.get()).ok()
+}
+
+fn raw(value: &serde_json::Value) -> Option<Box<RawValue>> {
+    serde_json::value::to_raw_value(value).ok()
+}

@@ -1,0 +1,191 @@
+//! Verified receipts in the default mode (proofs, quorum 2): a token transfer's receipt is
+//! built from the block's proven transactions and receipts (receipts root), so providers
+//! that flip a status or drop a log — in the receipt and in the block's receipts alike,
+//! even two of three — are caught and never believed, and the client gets the receipt
+//! the chain holds.
+
+mod testbed;
+
+use axum::{Router, body::Bytes, routing::post};
+use serde_json::{Value, json};
+use testbed::{
+    ACCOUNT0_ADDRESS, ACCOUNT1_ADDRESS, Fleet,
+    gateway::{Outlast, relay, serve},
+    rpc_result,
+};
+
+const TOKEN: &str = include_str!("fixtures/token.hex");
+const TRANSFER: &str = "0xa9059cbb";
+
+fn word(hex: &str) -> String {
+    format!("{:0>64}", hex.trim_start_matches("0x"))
+}
+
+/// The same transaction on every node; mined; its hash.
+async fn everywhere(fleet: &mut Fleet, tx: Value) -> String {
+    let mut hashes = Vec::new();
+    for url in fleet.urls() {
+        hashes.push(rpc_result(&url, "eth_sendTransaction", json!([tx.clone()])).await);
+    }
+    assert!(hashes.iter().all(|h| *h == hashes[0]), "{hashes:?}");
+    fleet.mine(1).await;
+    hashes[0].as_str().expect("hash").to_owned()
+}
+
+/// A provider whose receipts say the transfer failed and emitted nothing — in
+/// `eth_getTransactionReceipt` and in `eth_getBlockReceipts` alike.
+async fn receipt_liar(target: String) -> String {
+    let client = reqwest::Client::new();
+    let app = Router::new().route(
+        "/",
+        post(move |body: Bytes| {
+            let (client, target) = (client.clone(), target.clone());
+            async move {
+                let asked: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                let reply = relay(&client, &target, body).await;
+                let Ok(mut v) = serde_json::from_str::<Value>(&reply) else {
+                    return reply;
+                };
+                let forge = |r: &mut Value| {
+                    if r.is_object() && r.get("status").is_some() {
+                        r["status"] = json!("0x0");
+                        r["logs"] = json!([]);
+                    }
+                };
+                let lie = |req: &Value, r: &mut Value| match req["method"].as_str() {
+                    Some("eth_getTransactionReceipt") => forge(&mut r["result"]),
+                    Some("eth_getBlockReceipts") => {
+                        if let Some(list) = r["result"].as_array_mut() {
+                            list.iter_mut().for_each(forge);
+                        }
+                    }
+                    _ => {}
+                };
+                match (&asked, &mut v) {
+                    (Value::Array(reqs), Value::Array(replies)) => {
+                        for r in replies.iter_mut() {
+                            if let Some(req) = reqs.iter().find(|q| q["id"] == r["id"]) {
+                                lie(req, r);
+                            }
+                        }
+                    }
+                    (req, one) => lie(req, one),
+                }
+                v.to_string()
+            }
+        }),
+    );
+    serve(app).await
+}
+
+fn config(urls: &[String]) -> String {
+    let mut s = String::from(
+        "[routing]\nconnect_timeout_ms = 500\nrequest_timeout_ms = 2000\nhead_poll_ms = 100\n\n[[chains]]\nname = \"local\"\nchain_id = 31337\n",
+    );
+    for (i, url) in urls.iter().enumerate() {
+        s.push_str(&format!(
+            "\n[[chains.upstreams]]\nname = \"u{i}\"\nurl = \"{url}\"\noperator = \"op{i}\"\n"
+        ));
+    }
+    s
+}
+
+/// The fields a receipt's reader relies on.
+fn essentials(r: &Value) -> Value {
+    let logs: Vec<Value> = r["logs"]
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .map(|log| {
+                    json!([
+                        log["address"],
+                        log["topics"],
+                        log["data"],
+                        log["logIndex"],
+                        log["transactionHash"],
+                        log["blockHash"]
+                    ])
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    json!({
+        "status": r["status"], "transactionHash": r["transactionHash"],
+        "blockHash": r["blockHash"], "blockNumber": r["blockNumber"],
+        "transactionIndex": r["transactionIndex"], "from": r["from"], "to": r["to"],
+        "gasUsed": r["gasUsed"], "cumulativeGasUsed": r["cumulativeGasUsed"],
+        "effectiveGasPrice": r["effectiveGasPrice"], "contractAddress": r["contractAddress"],
+        "logsBloom": r["logsBloom"], "type": r["type"], "logs": logs,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receipt_is_proven_and_a_forged_one_is_never_served() {
+    let mut fleet = Fleet::start(3).await;
+    fleet.mine(1).await;
+    let data = format!("0x{}{}", TOKEN.trim(), word("2a"));
+    let deploy = everywhere(
+        &mut fleet,
+        json!({"from": ACCOUNT0_ADDRESS, "data": data, "nonce": "0x0", "gas": "0x200000",
+            "gasPrice": "0x77359400"}),
+    )
+    .await;
+    let deployed = rpc_result(&fleet.url(0), "eth_getTransactionReceipt", json!([deploy])).await;
+    let token = deployed["contractAddress"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let transfer = everywhere(
+        &mut fleet,
+        json!({"from": ACCOUNT0_ADDRESS, "to": token, "nonce": "0x1", "gas": "0x100000",
+            "gasPrice": "0x77359400",
+            "data": format!("{TRANSFER}{}{}", word(ACCOUNT1_ADDRESS), word("5"))}),
+    )
+    .await;
+    fleet.mine(1).await;
+
+    // A lying majority: two of three providers forge receipts.
+    let liars = [
+        receipt_liar(fleet.url(0)).await,
+        receipt_liar(fleet.url(1)).await,
+    ];
+    for liar in &liars {
+        let forged = rpc_result(liar, "eth_getTransactionReceipt", json!([transfer])).await;
+        assert_eq!(
+            forged["status"], "0x0",
+            "the fake provider should lie: {forged}"
+        );
+    }
+    let [l0, l1] = liars;
+    let outlast = Outlast::start(&config(&[l0, l1, fleet.url(2)])).await;
+
+    for hash in [&transfer, &deploy, &transfer, &transfer, &deploy, &transfer] {
+        let body = json!({"jsonrpc": "2.0", "id": 1, "method": "eth_getTransactionReceipt", "params": [hash]});
+        let r = outlast.post("/local", body.to_string()).await;
+        let got = r.json()["result"].clone();
+        let truth = rpc_result(&fleet.url(2), "eth_getTransactionReceipt", json!([hash])).await;
+        assert_eq!(
+            essentials(&got),
+            essentials(&truth),
+            "{got:#}\nvs\n{truth:#}"
+        );
+        assert_eq!(r.verified.as_deref(), Some("proof"), "{got}");
+    }
+    let transfer_receipt = rpc_result(
+        &fleet.url(2),
+        "eth_getTransactionReceipt",
+        json!([transfer]),
+    )
+    .await;
+    assert_eq!(
+        transfer_receipt["logs"].as_array().map(Vec::len),
+        Some(1),
+        "a Transfer event"
+    );
+
+    // A transaction nobody has: null, not an error.
+    let unknown = format!("0x{}", "ab".repeat(32));
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "eth_getTransactionReceipt", "params": [unknown]});
+    let r = outlast.post("/local", body.to_string()).await;
+    assert_eq!(r.json()["result"], Value::Null, "{}", r.text);
+}
