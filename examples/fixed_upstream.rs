@@ -2,11 +2,14 @@
 //! fixed body, so a benchmark measures the proxy in front of it, not the provider.
 //!
 //! `cargo run --release --example fixed_upstream -- PORT [CHAIN_ID]`
-//! - a batch (body starting with `[`): ten results, ids 0..9, each `"0x1234"`;
+//! - a batch (body starting with `[`): one result `"0x1234"` per call;
 //! - `eth_chainId`: `CHAIN_ID` (default 31337), so a gateway's chain-id check passes;
 //! - `eth_getBlockByNumber` (alone or in a batch, as a gateway's head poll sends it):
 //!   block `0x10` with a fixed hash, so the gateway knows a head;
-//! - anything else: `{"jsonrpc":"2.0","id":0,"result":"0x1234"}` (id 0: what a gateway sends a single call as).
+//! - anything else: `{"jsonrpc":"2.0","id":ID,"result":"0x1234"}`.
+//!
+//! Every reply carries the ids of the request, in order (a gateway refuses an answer
+//! whose id it did not send); the rest of each reply is fixed.
 //!
 //! One thread (current-thread runtime), so on two cores it leaves one to the load
 //! generator and the proxy under test. Listens on 127.0.0.1 only.
@@ -18,20 +21,13 @@ use axum::body::Bytes;
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-const SINGLE: &str = r#"{"jsonrpc":"2.0","id":0,"result":"0x1234"}"#;
-
-static BATCH: LazyLock<String> = LazyLock::new(|| {
-    let items: Vec<String> = (0..10)
-        .map(|i| format!(r#"{{"jsonrpc":"2.0","id":{i},"result":"0x1234"}}"#))
-        .collect();
-    format!("[{}]", items.join(","))
-});
+const RESULT: &str = r#""0x1234""#;
 
 static CHAIN_ID: LazyLock<String> = LazyLock::new(|| {
     let id: u64 = std::env::args()
         .nth(2)
         .map_or(31337, |s| s.parse().expect("CHAIN_ID must be a number"));
-    format!(r#"{{"jsonrpc":"2.0","id":0,"result":"{id:#x}"}}"#)
+    format!(r#""{id:#x}""#)
 });
 
 const BLOCK: &str = r#"{"number":"0x10","hash":"0x00000000000000000000000000000000000000000000000000000000000000aa"}"#;
@@ -40,14 +36,37 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-/// A head poll: one block per call (ids 0..n-1 in a batch, as the gateway numbers them).
-fn blocks(body: &[u8], batch: bool) -> String {
-    let one = |id: usize| format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{BLOCK}}}"#);
-    if !batch {
-        return one(0);
+/// The raw id of each call in `body`, in order (`null` for a call without one): the
+/// bytes after each `"id":`, up to the next `,` or `}`.
+fn ids(body: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut rest = body;
+    while let Some(at) = rest.windows(5).position(|w| w == b"\"id\":") {
+        let tail = &rest[at + 5..];
+        let end = tail
+            .iter()
+            .position(|&b| b == b',' || b == b'}')
+            .unwrap_or(tail.len());
+        out.push(tail[..end].trim_ascii());
+        rest = &tail[end..];
     }
-    let n = body.windows(8).filter(|w| w == b"\"method\"").count();
-    format!("[{}]", (0..n).map(one).collect::<Vec<_>>().join(","))
+    out
+}
+
+/// One reply per id of `body` with `result`: a batch when `batch`.
+fn reply(body: &[u8], batch: bool, result: &str) -> String {
+    let one = |id: &[u8]| {
+        let id = std::str::from_utf8(id).unwrap_or("null");
+        format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{result}}}"#)
+    };
+    let ids = ids(body);
+    if !batch {
+        return one(ids.first().copied().unwrap_or(b"null"));
+    }
+    format!(
+        "[{}]",
+        ids.into_iter().map(one).collect::<Vec<_>>().join(",")
+    )
 }
 
 async fn answer(method: Method, body: Bytes) -> Response {
@@ -55,21 +74,18 @@ async fn answer(method: Method, body: Bytes) -> Response {
         return (StatusCode::METHOD_NOT_ALLOWED, "POST JSON-RPC here\n").into_response();
     }
     let batch = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
-    if contains(&body, b"\"eth_getBlockByNumber\"") {
-        return (
-            [(header::CONTENT_TYPE, "application/json")],
-            blocks(&body, batch),
-        )
-            .into_response();
-    }
-    let text: &str = if batch {
-        &BATCH
-    } else if contains(&body, b"\"eth_chainId\"") {
+    let result: &str = if contains(&body, b"\"eth_getBlockByNumber\"") {
+        BLOCK
+    } else if !batch && contains(&body, b"\"eth_chainId\"") {
         &CHAIN_ID
     } else {
-        SINGLE
+        RESULT
     };
-    ([(header::CONTENT_TYPE, "application/json")], text).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        reply(&body, batch, result),
+    )
+        .into_response()
 }
 
 #[tokio::main(flavor = "current_thread")]

@@ -7,10 +7,11 @@ mod testbed;
 use serde_json::{Value, json};
 use testbed::{
     ACCOUNT0_ADDRESS, Fleet,
+    faultproxy::{Fault, FaultProxy},
     gateway::{
         FAST_ROUTING, Misbehaviour, Outlast, config, misbehaving_upstream, recording_upstream,
     },
-    rpc,
+    rpc, rpc_result,
 };
 
 /// A mixed set of reads at the fleet's current height, as (method, params).
@@ -284,4 +285,110 @@ async fn status_api_explains_each_upstreams_state_and_rank() {
         "{chain}"
     );
     assert!(!status.to_string().contains("127.0.0.1"), "no URL is shown");
+}
+
+/// A provider (or the load balancer in front of it) that answers each call with the
+/// answer to the call before it: every such answer is well-formed and carries that other
+/// call's id. None is ever served: each call moves on to the honest upstream, and the
+/// mixed-up one's health says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_carrying_another_calls_id_is_never_served() {
+    let mut fleet = Fleet::start(2).await;
+    // Account 0's balance differs at every block 1..=5: a mixed-up answer would show.
+    for nonce in 0..5 {
+        fleet.transfer_on_every_node(nonce).await;
+        fleet.mine(1).await;
+    }
+    let mixer = FaultProxy::start(fleet.url(0)).await;
+    // The mixed-up provider is tier 1, so calls are asked there first, and it does not
+    // cool down after two failures, so it stays in play.
+    let toml = format!(
+        "{}\n[cache]\nsize_bytes = 0\n[[chains]]\nname = \"local\"\nchain_id = 31337\nverify = \"off\"\n\n[[chains.upstreams]]\nname = \"mixed\"\nurl = \"{}\"\noperator = \"a\"\ntier = 1\n\n[[chains.upstreams]]\nname = \"honest\"\nurl = \"{}\"\noperator = \"b\"\ntier = 2\n",
+        FAST_ROUTING.replace(
+            "failures_before_cooldown = 2",
+            "failures_before_cooldown = 1000"
+        ),
+        mixer.url(),
+        fleet.url(1)
+    );
+    let outlast = Outlast::start(&toml).await;
+    outlast.wait_for_head("/local", fleet.height()).await;
+    let balance = |n: u64| json!([ACCOUNT0_ADDRESS, format!("{n:#x}")]);
+    let honest = fleet.url(1);
+
+    // Before the fault, the tier-1 provider serves.
+    let (reply, upstream) = outlast.call("/local", "eth_getBalance", balance(1)).await;
+    assert_eq!(upstream.as_deref(), Some("mixed"), "{reply}");
+
+    mixer.set(Fault::SwapReplies);
+    let asked_before = mixer.requests_of("eth_getBalance");
+    for round in 0..3 {
+        for n in 1..=5 {
+            let (reply, upstream) = outlast.call("/local", "eth_getBalance", balance(n)).await;
+            let truth = rpc_result(&honest, "eth_getBalance", balance(n)).await;
+            assert_eq!(reply["result"], truth, "round {round}, block {n}: {reply}");
+            assert_eq!(
+                upstream.as_deref(),
+                Some("honest"),
+                "round {round}, block {n}"
+            );
+        }
+        // A batch: the mixed-up reply answers none of its calls either.
+        let batch: Vec<Value> = (1..=3)
+            .map(|n| json!({"jsonrpc": "2.0", "id": n, "method": "eth_getBalance", "params": balance(n)}))
+            .collect();
+        let r = outlast.post("/local", Value::from(batch).to_string()).await;
+        assert_eq!(r.upstream.as_deref(), Some("honest"), "{}", r.text);
+        let replies = r.json();
+        for n in 1..=3u64 {
+            let truth = rpc_result(&honest, "eth_getBalance", balance(n)).await;
+            let reply = &replies[(n - 1) as usize];
+            assert_eq!(
+                (&reply["id"], &reply["result"]),
+                (&json!(n), &truth),
+                "{replies}"
+            );
+        }
+    }
+    // It was in play: calls were asked there, and its answers refused.
+    assert!(
+        mixer.requests_of("eth_getBalance") > asked_before,
+        "no call was asked of the mixed-up provider"
+    );
+    let status: Value = serde_json::from_str(
+        &reqwest::get(outlast.url("/api/v1/status"))
+            .await
+            .expect("GET /api/v1/status")
+            .text()
+            .await
+            .expect("body"),
+    )
+    .expect("JSON");
+    let last_error = status["chains"][0]["upstreams"]
+        .as_array()
+        .expect("upstreams")
+        .iter()
+        .find(|u| u["name"] == "mixed")
+        .map(|u| u["last_error"].to_string())
+        .unwrap_or_default();
+    assert!(
+        last_error.contains("is not the id sent") || last_error.contains("did not send"),
+        "health records the mix-up: {status}"
+    );
+
+    // Lifted: the same provider serves again.
+    mixer.set(Fault::None);
+    let mut back = false;
+    for _ in 0..200 {
+        let (_, upstream) = outlast.call("/local", "eth_getBalance", balance(2)).await;
+        if upstream.as_deref() == Some("mixed") {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(
+        back,
+        "the provider never served again after the mix-up ended"
+    );
 }

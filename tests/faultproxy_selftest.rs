@@ -482,3 +482,85 @@ async fn dropping_the_proxy_closes_its_port_and_connections() {
     }
     assert!(refused, "the proxy's port still accepts connections");
 }
+
+/// A raw request carrying `body`.
+fn request_with(body: &str) -> Vec<u8> {
+    format!(
+        "POST / HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swap_replies_answers_each_request_with_the_one_before() {
+    let (mut fleet, proxy) = node_and_proxy().await;
+    fleet.mine(2).await;
+    let block = |n: u64, id: u64| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"eth_getBlockByNumber","params":["{n:#x}",false]}}"#
+        )
+    };
+    let mut conn = connect(&proxy).await;
+    conn.write_all(&request_with(&block(0, 10)))
+        .await
+        .expect("write");
+    let first: serde_json::Value =
+        serde_json::from_str(&read_response(&mut conn).await.body).expect("JSON");
+    assert_eq!(
+        (first["id"].clone(), first["result"]["number"].clone()),
+        (json!(10), json!("0x0"))
+    );
+
+    proxy.set(Fault::SwapReplies);
+    // On another connection too: each answer is the previous request's, id and all.
+    let mut other = connect(&proxy).await;
+    for (n, id, stream) in [(1, 11, &mut other), (2, 12, &mut conn)] {
+        stream
+            .write_all(&request_with(&block(n, id)))
+            .await
+            .expect("write");
+        let r = read_response(stream).await;
+        assert_eq!(r.status(), 200);
+        let got: serde_json::Value = serde_json::from_str(&r.body).expect("JSON");
+        assert_eq!(got["id"], json!(id - 1), "{got}");
+        assert_eq!(got["result"]["number"], format!("{:#x}", n - 1), "{got}");
+    }
+    assert_eq!(proxy.forwarded(), 3, "every request still reached the node");
+    proxy.set(Fault::None);
+    assert_eq!(chain_id(&proxy.url()).await, "0x7a69");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_counted_per_method_with_their_peak_in_flight() {
+    let (_fleet, proxy) = node_and_proxy().await;
+    let batch = r#"[{"jsonrpc":"2.0","id":1,"method":"eth_chainId"},{"jsonrpc":"2.0","id":2,"method":"eth_blockNumber"},{"jsonrpc":"2.0","id":3,"method":"eth_chainId"}]"#;
+    let mut conn = connect(&proxy).await;
+    conn.write_all(&request_with(batch)).await.expect("write");
+    assert_eq!(read_response(&mut conn).await.status(), 200);
+    assert_eq!(
+        proxy.requests_of("eth_chainId"),
+        1,
+        "one request, counted once"
+    );
+    assert_eq!(proxy.requests_of("eth_blockNumber"), 1);
+    assert_eq!(proxy.requests_of("eth_getBalance"), 0);
+
+    // Three held at once: each read, none answered.
+    proxy.set(Fault::Latency(Duration::from_secs(2)));
+    let calls: Vec<_> = (0..3)
+        .map(|_| {
+            let url = proxy.url();
+            tokio::spawn(async move { chain_id(&url).await })
+        })
+        .collect();
+    eventually("three chain-id calls in flight", || {
+        proxy.peak_in_flight("eth_chainId") == 3
+    })
+    .await;
+    for c in calls {
+        assert_eq!(c.await.expect("call"), "0x7a69");
+    }
+    assert_eq!(proxy.requests_of("eth_chainId"), 4);
+    assert_eq!(proxy.peak_in_flight("eth_blockNumber"), 1);
+}

@@ -1,7 +1,11 @@
 //! Sends calls to one upstream over the shared pooled client (`transport`) and reads its
 //! reply into per-call answers. Results stay raw bytes (slices of the reply), never re-encoded.
 
-use std::{borrow::Cow, time::Duration};
+use std::{
+    borrow::Cow,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
 
 use bytes::Bytes;
 use serde::{Deserialize, Deserializer};
@@ -91,8 +95,9 @@ impl Upstream {
         if let Some(auth) = &target.authorization {
             request = request.header(AUTHORIZATION, auth.clone());
         }
+        let base = next_ids(calls.len());
         let request = request
-            .body(http_body_util::Full::new(Bytes::from(encode(calls))))
+            .body(http_body_util::Full::new(Bytes::from(encode(calls, base))))
             .map_err(|e| UpstreamError::Transport(e.to_string()))?;
         let exchange = async {
             let reply = self.http.request(request).await.map_err(|e| {
@@ -131,7 +136,7 @@ impl Upstream {
         let (status, bytes) = tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| UpstreamError::Timeout(timeout))??;
-        match decode(&bytes, calls.len()) {
+        match decode(&bytes, base, calls.len()) {
             Ok(answers) => Ok(answers),
             // A non-2xx status without a readable JSON-RPC body is the upstream's fault.
             Err(_) if !status.is_success() => Err(UpstreamError::Status(status.as_u16())),
@@ -150,8 +155,24 @@ fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
     last.to_string()
 }
 
-/// Outlast's ids are the call's position, so a batch reply in any order maps back.
-fn encode(calls: &[&Call<'_>]) -> Vec<u8> {
+/// The first of `n` request ids never sent before by this process. Ids are unique per
+/// request (not just per position), so an answer to another request — a provider's or
+/// its load balancer's mix-up — carries an id this request did not send. They start at
+/// a per-process offset, so two Outlasts behind one provider do not share them either,
+/// and stay below 2^53 (exact in JavaScript providers).
+fn next_ids(n: usize) -> u64 {
+    static NEXT: std::sync::LazyLock<AtomicU64> = std::sync::LazyLock::new(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let seed = (u64::from(std::process::id()) << 32) ^ u64::from(nanos);
+        AtomicU64::new(seed % (1 << 40) + 1)
+    });
+    NEXT.fetch_add(n as u64, Ordering::Relaxed)
+}
+
+/// Call `i` gets id `base + i`, so a batch reply in any order maps back.
+fn encode(calls: &[&Call<'_>], base: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 * calls.len());
     let batch = calls.len() != 1;
     if batch {
@@ -162,7 +183,7 @@ fn encode(calls: &[&Call<'_>]) -> Vec<u8> {
             out.push(b',');
         }
         out.extend_from_slice(br#"{"jsonrpc":"2.0","id":"#);
-        out.extend_from_slice(i.to_string().as_bytes());
+        out.extend_from_slice((base + i as u64).to_string().as_bytes());
         out.extend_from_slice(br#","method":"#);
         // Writing a str into a Vec cannot fail.
         let _ = serde_json::to_writer(&mut out, call.method.as_ref());
@@ -199,7 +220,7 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::
     <&RawValue>::deserialize(d).map(Some)
 }
 
-fn decode(bytes: &Bytes, expected: usize) -> Result<Vec<Option<Answer>>, UpstreamError> {
+fn decode(bytes: &Bytes, base: u64, expected: usize) -> Result<Vec<Option<Answer>>, UpstreamError> {
     let malformed = |what: &str| UpstreamError::Malformed(what.to_owned());
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
     if expected == 1 && first == Some(&b'{') {
@@ -207,9 +228,9 @@ fn decode(bytes: &Bytes, expected: usize) -> Result<Vec<Option<Answer>>, Upstrea
             serde_json::from_slice(bytes).map_err(|e| malformed(&e.to_string()))?;
         // The answer to another request (a provider's or its load balancer's mix-up) is
         // never this call's: the call moves on to another upstream.
-        if slot_of(&reply, 1).is_none() {
+        if slot_of(&reply, base, 1).is_none() {
             return Err(malformed(&format!(
-                "reply id {} is not the id sent (0)",
+                "reply id {} is not the id sent ({base})",
                 reply.id.map_or("(none)", |id| id.get())
             )));
         }
@@ -231,21 +252,27 @@ fn decode(bytes: &Bytes, expected: usize) -> Result<Vec<Option<Answer>>, Upstrea
         serde_json::from_slice(bytes).map_err(|e| malformed(&e.to_string()))?;
     let mut answers: Vec<Option<Answer>> = vec![None; expected];
     for reply in &replies {
-        let slot = slot_of(reply, expected)
+        let slot = slot_of(reply, base, expected)
             .ok_or_else(|| malformed("batch reply with an id Outlast did not send"))?;
         if answers[slot].is_some() {
-            return Err(malformed(&format!("batch reply with id {slot} twice")));
+            return Err(malformed(&format!(
+                "batch reply with id {} twice",
+                base + slot as u64
+            )));
         }
         answers[slot] = Some(answer(bytes, reply)?);
     }
     Ok(answers)
 }
 
-/// The call a reply answers: its id is the call's position, as `encode` sent it.
-fn slot_of(reply: &Reply<'_>, expected: usize) -> Option<usize> {
+/// The call a reply answers: its id is `base` plus the call's position, as `encode`
+/// sent it.
+fn slot_of(reply: &Reply<'_>, base: u64, expected: usize) -> Option<usize> {
     reply
         .id
-        .and_then(|id| id.get().parse::<usize>().ok())
+        .and_then(|id| id.get().parse::<u64>().ok())
+        .and_then(|id| id.checked_sub(base))
+        .and_then(|i| usize::try_from(i).ok())
         .filter(|&i| i < expected)
 }
 
@@ -283,7 +310,7 @@ mod tests {
             Box::leak(RawValue::from_string(r#"[ "0xA" ,1.0e3]"#.into()).expect("json"));
         let c = call("eth_x", Some(params));
         assert_eq!(
-            String::from_utf8(encode(&[&c])).expect("utf8"),
+            String::from_utf8(encode(&[&c], 0)).expect("utf8"),
             r#"{"jsonrpc":"2.0","id":0,"method":"eth_x","params":[ "0xA" ,1.0e3]}"#
         );
     }
@@ -291,7 +318,7 @@ mod tests {
     #[test]
     fn batch_reply_in_any_order_maps_back_by_id() {
         let bytes = Bytes::from_static(br#"[{"jsonrpc":"2.0","id":1,"result":null},{"jsonrpc":"2.0","id":0,"error":{"code":3,"message":"reverted"}}]"#);
-        let answers = decode(&bytes, 3).expect("decodes");
+        let answers = decode(&bytes, 0, 3).expect("decodes");
         assert!(matches!(&answers[0], Some(Answer::Error { code: 3, .. })));
         assert!(matches!(&answers[1], Some(Answer::Result(r)) if &r[..] == b"null"));
         assert!(answers[2].is_none());
@@ -307,7 +334,7 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    decode(&Bytes::copy_from_slice(body), 1),
+                    decode(&Bytes::copy_from_slice(body), 0, 1),
                     Err(UpstreamError::Malformed(_))
                 ),
                 "{}",
@@ -318,13 +345,39 @@ mod tests {
             br#"[{"jsonrpc":"2.0","id":0,"result":"0x1"},{"jsonrpc":"2.0","id":0,"result":"0x2"}]"#,
         );
         assert!(matches!(
-            decode(&twice, 2),
+            decode(&twice, 0, 2),
             Err(UpstreamError::Malformed(_))
         ));
         let ok = Bytes::from_static(br#"{"jsonrpc":"2.0","id":0,"result":"0x1"}"#);
         assert!(
-            matches!(&decode(&ok, 1).expect("ok")[0], Some(Answer::Result(r)) if &r[..] == b"\"0x1\"")
+            matches!(&decode(&ok, 0, 1).expect("ok")[0], Some(Answer::Result(r)) if &r[..] == b"\"0x1\"")
         );
+    }
+
+    #[test]
+    fn ids_are_unique_per_request_so_another_requests_answer_is_refused() {
+        let (first, second) = (next_ids(1), next_ids(3));
+        assert!(second > first, "ids never repeat: {first}, {second}");
+        assert!(second + 3 < 1 << 53, "ids stay exact in JavaScript");
+        // The answer to the request before this one: well formed, but not this call's.
+        let earlier = Bytes::from(format!(
+            r#"{{"jsonrpc":"2.0","id":{first},"result":"0x1"}}"#
+        ));
+        assert!(matches!(
+            decode(&earlier, second, 1),
+            Err(UpstreamError::Malformed(m)) if m.contains("is not the id sent")
+        ));
+        let batch = format!(
+            r#"[{{"jsonrpc":"2.0","id":{},"result":"0x2"}},{{"jsonrpc":"2.0","id":{},"result":"0x0"}}]"#,
+            second + 2,
+            second
+        );
+        let answers = decode(&Bytes::from(batch), second, 3).expect("decodes");
+        assert!(matches!(&answers[0], Some(Answer::Result(r)) if &r[..] == b"\"0x0\""));
+        assert!(answers[1].is_none());
+        assert!(matches!(&answers[2], Some(Answer::Result(r)) if &r[..] == b"\"0x2\""));
+        let stranger = format!(r#"[{{"jsonrpc":"2.0","id":{first},"result":"0x1"}}]"#);
+        assert!(decode(&Bytes::from(stranger), second, 3).is_err());
     }
 
     proptest::proptest! {
@@ -336,7 +389,7 @@ mod tests {
             ids in proptest::collection::vec(0usize..6, 0..6),
             expected in 1usize..4,
         ) {
-            let _ = decode(&Bytes::from(body), expected);
+            let _ = decode(&Bytes::from(body), 0, expected);
             let replies: Vec<String> = ids
                 .iter()
                 .map(|i| format!(r#"{{"jsonrpc":"2.0","id":{i},"result":"0x{i}"}}"#))
@@ -344,7 +397,7 @@ mod tests {
             let batch = Bytes::from(format!("[{}]", replies.join(",")));
             let unique: std::collections::HashSet<_> = ids.iter().collect();
             let valid = ids.iter().all(|&i| i < expected) && unique.len() == ids.len();
-            match decode(&batch, expected) {
+            match decode(&batch, 0, expected) {
                 Ok(answers) => {
                     proptest::prop_assert!(valid);
                     for (slot, a) in answers.iter().enumerate() {
@@ -371,7 +424,7 @@ mod tests {
             let expected = if body.starts_with(b"{\"error") { 2 } else { 1 };
             assert!(
                 matches!(
-                    decode(&Bytes::copy_from_slice(body), expected),
+                    decode(&Bytes::copy_from_slice(body), 0, expected),
                     Err(UpstreamError::Malformed(_))
                 ),
                 "{}",

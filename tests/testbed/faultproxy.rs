@@ -24,17 +24,24 @@
 //! into a plain byte relay for the rest of its life; there, only `Latency`,
 //! `Blackhole`, `SlowBody`, `Refuse` and `Reset` apply, to each chunk read.
 //!
+//! It counts what it reads: connections, requests, requests forwarded, and per JSON-RPC
+//! method (of a single call or any call of a batch) the requests read and the most of
+//! them open at once ([`FaultProxy::requests_of`], [`FaultProxy::peak_in_flight`]), so a
+//! test can tell its client calls from Outlast's own head polls and probes.
+//!
 //! What it never does: TLS, HTTP/2, pipelining, HEAD requests, `Expect: 100-continue`;
-//! change a byte it relays (headers included); time anything out itself (clients do);
+//! change a byte it relays (headers included; `SwapReplies` sends whole responses to
+//! the wrong request, each unchanged); time anything out itself (clients do);
 //! reconnect a client connection whose upstream closed (the client's closes too, as it
 //! would direct; an upstream it cannot connect to resets the client's connection); talk to anything but its one 127.0.0.1 target; panic on a peer's
 //! I/O error (an error ends that one connection). Dropping the `FaultProxy` aborts its
 //! listener and every connection, so nothing leaks between tests.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -76,6 +83,11 @@ pub enum Fault {
     /// Forward the request, send the response head at once, then drip the body a few
     /// bytes ([`DRIP_BYTES`]) at a time, spread over this duration.
     SlowBody(Duration),
+    /// Forward the request, but answer it with the response to the request forwarded
+    /// before it (on any connection; the very first gets its own), keeping this one's
+    /// for the next: a provider or load balancer that mixes up its answers. Every
+    /// answer is well-formed JSON-RPC — carrying another call's id.
+    SwapReplies,
 }
 
 /// The body `Fault::Garbage` answers with.
@@ -98,6 +110,69 @@ struct Shared {
     connections: AtomicUsize,
     requests: AtomicUsize,
     forwarded: AtomicUsize,
+    methods: Mutex<HashMap<String, MethodCount>>,
+    /// The last response read from the upstream (head and body), for `SwapReplies`.
+    last_response: Mutex<Option<Vec<u8>>>,
+}
+
+/// Requests read for one JSON-RPC method: in all, open now, and at most open at once.
+#[derive(Clone, Copy, Debug, Default)]
+struct MethodCount {
+    requests: usize,
+    open: usize,
+    peak: usize,
+}
+
+/// One request counted open for its methods until dropped.
+struct Open<'a> {
+    shared: &'a Shared,
+    methods: Vec<String>,
+}
+
+impl<'a> Open<'a> {
+    fn new(shared: &'a Shared, body: &[u8]) -> Open<'a> {
+        let methods = methods_of(body);
+        let mut counts = shared.methods.lock().unwrap_or_else(|p| p.into_inner());
+        for m in &methods {
+            let c = counts.entry(m.clone()).or_default();
+            c.requests += 1;
+            c.open += 1;
+            c.peak = c.peak.max(c.open);
+        }
+        Open { shared, methods }
+    }
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        let mut counts = self
+            .shared
+            .methods
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for m in &self.methods {
+            if let Some(c) = counts.get_mut(m) {
+                c.open -= 1;
+            }
+        }
+    }
+}
+
+/// The distinct JSON-RPC methods of a request body (one call or a batch); none when
+/// it is not JSON-RPC.
+fn methods_of(body: &[u8]) -> Vec<String> {
+    let calls = match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Array(calls)) => calls,
+        Ok(call) => vec![call],
+        Err(_) => return Vec::new(),
+    };
+    let mut methods: Vec<String> = calls
+        .iter()
+        .filter_map(|c| c.get("method")?.as_str().map(str::to_owned))
+        .collect();
+    methods.sort();
+    methods.dedup();
+    methods
 }
 
 impl FaultProxy {
@@ -126,6 +201,8 @@ impl FaultProxy {
             connections: AtomicUsize::new(0),
             requests: AtomicUsize::new(0),
             forwarded: AtomicUsize::new(0),
+            methods: Mutex::new(HashMap::new()),
+            last_response: Mutex::new(None),
         });
         let accept = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
         FaultProxy {
@@ -174,6 +251,28 @@ impl FaultProxy {
     /// HTTP requests written to the upstream so far: the calls that reached the node.
     pub fn forwarded(&self) -> usize {
         self.shared.forwarded.load(Ordering::SeqCst)
+    }
+
+    /// HTTP requests read so far with a call of `method` (alone or in a batch), whatever
+    /// became of them: Outlast's client calls apart from its `eth_chainId` probes and
+    /// `eth_getBlockByNumber` head polls.
+    pub fn requests_of(&self, method: &str) -> usize {
+        self.count(method).requests
+    }
+
+    /// The most requests with a call of `method` open at once: read and not yet
+    /// answered (or swallowed, or failed).
+    pub fn peak_in_flight(&self, method: &str) -> usize {
+        self.count(method).peak
+    }
+
+    fn count(&self, method: &str) -> MethodCount {
+        let counts = self
+            .shared
+            .methods
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        counts.get(method).copied().unwrap_or_default()
     }
 }
 
@@ -278,6 +377,7 @@ async fn converse(
         };
         shared.requests.fetch_add(1, Ordering::SeqCst);
         let request_bytes: Vec<u8> = from_client.drain(..request.len).collect();
+        let _open = Open::new(shared, &request_bytes[request.head_len..]);
 
         match current(rx) {
             Fault::Blackhole => continue,
@@ -304,7 +404,7 @@ async fn converse(
                 continue;
             }
             Fault::Latency(d) => tokio::time::sleep(d).await,
-            Fault::None | Fault::Truncate | Fault::SlowBody(_) => {}
+            Fault::None | Fault::Truncate | Fault::SlowBody(_) | Fault::SwapReplies => {}
             Fault::Refuse | Fault::Reset => {} // `refused` ends the connection
         }
 
@@ -323,6 +423,20 @@ async fn converse(
             client.write_all(&bytes).await?;
             return relay_raw(client, up, &from_client, &from_upstream, rx).await;
         }
+        let (bytes, head_len) = {
+            let mut last = shared
+                .last_response
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let previous = last.replace(bytes.clone());
+            match (current(rx), previous) {
+                (Fault::SwapReplies, Some(previous)) => {
+                    let head_len = find(&previous, b"\r\n\r\n").map_or(0, |b| b + 4);
+                    (previous, head_len)
+                }
+                _ => (bytes, response.head_len),
+            }
+        };
 
         match current(rx) {
             Fault::Blackhole => {} // swallowed: the client waits forever
@@ -331,15 +445,13 @@ async fn converse(
                 client.write_all(&bytes).await?;
             }
             Fault::Truncate => {
-                let body = bytes.len() - response.head_len;
-                client
-                    .write_all(&bytes[..response.head_len + body / 2])
-                    .await?;
+                let body = bytes.len() - head_len;
+                client.write_all(&bytes[..head_len + body / 2]).await?;
                 return Ok(End::Close);
             }
             Fault::SlowBody(d) => {
-                client.write_all(&bytes[..response.head_len]).await?;
-                drip(client, &bytes[response.head_len..], d).await?;
+                client.write_all(&bytes[..head_len]).await?;
+                drip(client, &bytes[head_len..], d).await?;
             }
             _ => client.write_all(&bytes).await?,
         }

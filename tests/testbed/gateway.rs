@@ -330,6 +330,7 @@ pub async fn misbehaving_upstream(how: Misbehaviour) -> (String, Arc<Mutex<usize
                     return (StatusCode::OK, reply).into_response();
                 }
                 *counter.lock().expect("lock") += 1;
+                let id = id_of(&body);
                 match how {
                     Misbehaviour::BadGateway => (StatusCode::BAD_GATEWAY, "<html>502 Bad Gateway</html>").into_response(),
                     Misbehaviour::Garbage => (StatusCode::OK, "{\"jsonrpc\":\"2.0\",\"id\":0,\"resu").into_response(),
@@ -338,12 +339,12 @@ pub async fn misbehaving_upstream(how: Misbehaviour) -> (String, Arc<Mutex<usize
                     }
                     Misbehaviour::RpcLimit => (
                         StatusCode::OK,
-                        r#"{"jsonrpc":"2.0","id":0,"error":{"code":-32005,"message":"limit exceeded"}}"#,
+                        format!(r#"{{"jsonrpc":"2.0","id":{id},"error":{{"code":-32005,"message":"limit exceeded"}}}}"#),
                     )
                         .into_response(),
                     Misbehaviour::Oversized => (
                         StatusCode::OK,
-                        format!(r#"{{"jsonrpc":"2.0","id":0,"result":"0x{}"}}"#, "0".repeat(2 << 20)),
+                        format!(r#"{{"jsonrpc":"2.0","id":{id},"result":"0x{}"}}"#, "0".repeat(2 << 20)),
                     )
                         .into_response(),
                 }
@@ -369,11 +370,24 @@ pub async fn recording_upstream() -> (String, Arc<Mutex<Vec<String>>>) {
                 log.lock()
                     .expect("lock")
                     .push(String::from_utf8_lossy(&body).into_owned());
-                r#"{"jsonrpc":"2.0","id":0,"result":"0x7a69"}"#.to_owned()
+                format!(
+                    r#"{{"jsonrpc":"2.0","id":{},"result":"0x7a69"}}"#,
+                    id_of(&body)
+                )
             }
         }),
     );
     (serve(app).await, seen)
+}
+
+/// The id of a single call in `body`, as JSON text (`null` when it has none): what a
+/// fake upstream's reply must carry, since Outlast refuses an answer to another call.
+pub fn id_of(body: &[u8]) -> String {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("id").cloned())
+        .unwrap_or(Value::Null)
+        .to_string()
 }
 
 /// Honest answers to Outlast's own background calls (the chain-id check and head polls,
@@ -423,7 +437,8 @@ pub async fn range_limited_upstream(target: String, max: u64) -> (String, Arc<Mu
                 {
                     *count.lock().expect("lock") += 1;
                     return format!(
-                        r#"{{"jsonrpc":"2.0","id":0,"error":{{"code":-32005,"message":"block range too large: max {max} blocks"}}}}"#
+                        r#"{{"jsonrpc":"2.0","id":{},"error":{{"code":-32005,"message":"block range too large: max {max} blocks"}}}}"#,
+                        id_of(&body)
                     );
                 }
                 relay(&client, &target, body).await
