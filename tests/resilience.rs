@@ -31,6 +31,32 @@ fn urls(proxies: &[FaultProxy]) -> Vec<String> {
     proxies.iter().map(FaultProxy::url).collect()
 }
 
+/// `config`, with `u0` alone in tier 1: every call is asked there first.
+fn u0_first(proxies: &[FaultProxy], extra: &str) -> String {
+    let toml = config(&urls(proxies), extra);
+    (1..proxies.len()).fold(toml, |t, i| {
+        t.replace(
+            &format!("operator = \"op{i}\"\n"),
+            &format!("operator = \"op{i}\"\ntier = 2\n"),
+        )
+    })
+}
+
+/// `GET /api/v1/status`, upstream `name` of the first chain.
+async fn upstream_status(outlast: &Outlast, name: &str) -> serde_json::Value {
+    let text = reqwest::get(outlast.url("/api/v1/status"))
+        .await
+        .expect("GET /api/v1/status")
+        .text()
+        .await
+        .expect("body");
+    let status: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    status["chains"][0]["upstreams"]
+        .as_array()
+        .and_then(|ups| ups.iter().find(|u| u["name"] == name).cloned())
+        .unwrap_or_else(|| panic!("no upstream {name}: {status}"))
+}
+
 /// Params of a read every node answers the same: account 0's balance at block 1.
 fn balance_at_1() -> serde_json::Value {
     json!([ACCOUNT0_ADDRESS, "0x1"])
@@ -39,7 +65,8 @@ fn balance_at_1() -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_upstream_is_hedged_instead_of_waited_for() {
     let (_fleet, proxies) = proxied(2).await;
-    let outlast = Outlast::start(&config(&urls(&proxies), HEDGE)).await;
+    // The hung upstream is tier 1: calls are asked there first.
+    let outlast = Outlast::start(&u0_first(&proxies, HEDGE)).await;
     proxies[0].set(Fault::Blackhole);
     // Each call must be answered well inside the client's 5 s limit, though the hung
     // upstream would hold it 30 s: only a hedge to the other upstream can do that.
@@ -49,13 +76,17 @@ async fn a_hung_upstream_is_hedged_instead_of_waited_for() {
             .expect("answered before the client's timeout");
         assert_eq!(r["result"], "0x21e19e0c9bab2400000", "{r}");
     }
+    assert!(
+        proxies[0].requests_of("eth_getBalance") > 0,
+        "no call was asked of the hung upstream: nothing was hedged"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_hedging_a_hung_upstream_holds_the_call() {
     // The counterpart of the test above: it shows that test would fail without hedging.
     let (_fleet, proxies) = proxied(2).await;
-    let outlast = Outlast::start(&config(&urls(&proxies), NO_HEDGE)).await;
+    let outlast = Outlast::start(&u0_first(&proxies, NO_HEDGE)).await;
     proxies[0].set(Fault::Blackhole);
     let mut timed_out = 0;
     for _ in 0..6 {
@@ -89,17 +120,36 @@ async fn breaker_opens_on_failures_and_closes_when_the_upstream_recovers() {
             .await;
         assert_eq!(r["result"], "0x21e19e0c9bab2400000", "{r}");
     }
-    // Open: the failing upstream gets no more calls (its 502s never reach the node).
-    let before = proxies[0].requests();
+    // Open: the failing upstream gets no more calls; only the breaker's own probes
+    // (`eth_chainId`) and head polls still go there.
+    let mut state = serde_json::Value::Null;
+    for _ in 0..200 {
+        state = upstream_status(&outlast, "u0").await;
+        if state["breaker"] != "closed" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_ne!(
+        state["breaker"], "closed",
+        "the breaker never opened: {state}"
+    );
+    let before = proxies[0].requests_of("eth_getBalance");
     for _ in 0..10 {
-        outlast
+        let (r, upstream) = outlast
             .call("/local", "eth_getBalance", balance_at_1())
             .await;
+        assert_eq!(r["result"], "0x21e19e0c9bab2400000", "{r}");
+        assert_eq!(upstream.as_deref(), Some("u1"));
     }
-    let probes_only = proxies[0].requests() - before;
+    assert_eq!(
+        proxies[0].requests_of("eth_getBalance"),
+        before,
+        "calls went to an open breaker"
+    );
     assert!(
-        probes_only <= 3,
-        "calls kept going to an open breaker: {probes_only}"
+        proxies[0].requests_of("eth_chainId") > 0,
+        "the breaker probes the upstream"
     );
     // Closed again once it answers: it serves calls again.
     proxies[0].set(Fault::None);
@@ -121,6 +171,7 @@ async fn breaker_opens_on_failures_and_closes_when_the_upstream_recovers() {
 async fn a_429_backs_the_upstream_off_for_its_retry_after() {
     let (_fleet, proxies) = proxied(2).await;
     let outlast = Outlast::start(&config(&urls(&proxies), "[routing]\nhead_poll_ms = 100\n")).await;
+    let asked = proxies[0].requests();
     proxies[0].set(Fault::RateLimit {
         retry_after_secs: 30,
     });
@@ -133,8 +184,9 @@ async fn a_429_backs_the_upstream_off_for_its_retry_after() {
             "no client saw the 429: {r}"
         );
     }
-    // One 429 (from a call or a head poll) was enough: 30 s of silence follow.
+    // One 429 (to a call or a head poll) was enough: 30 s of silence follow.
     let first = proxies[0].requests();
+    assert!(first > asked, "the rate-limited upstream was never asked");
     for _ in 0..20 {
         outlast
             .call("/local", "eth_getBalance", balance_at_1())
@@ -223,6 +275,7 @@ async fn max_rps_sends_the_excess_elsewhere() {
     );
     let outlast = Outlast::start(&toml).await;
     let mut by = std::collections::BTreeMap::<String, usize>::new();
+    let started = std::time::Instant::now();
     for _ in 0..20 {
         let (r, upstream) = outlast
             .call("/local", "eth_getBalance", json!([ACCOUNT0_ADDRESS, "0x1"]))
@@ -234,8 +287,51 @@ async fn max_rps_sends_the_excess_elsewhere() {
         by.get("spare").copied().unwrap_or(0) > 0,
         "nothing overflowed to tier 2: {by:?}"
     );
+    // 2 a second, with a burst of 2: over however long the calls took.
+    let allowed = 2 + 2 * started.elapsed().as_secs_f64().ceil() as usize;
+    let capped = by.get("capped").copied().unwrap_or(0);
+    assert!(capped > 0, "the capped upstream was never used: {by:?}");
     assert!(
-        by.get("capped").copied().unwrap_or(0) <= 4,
-        "max_rps = 2 exceeded: {by:?}"
+        capped <= allowed,
+        "max_rps = 2 exceeded: {by:?} in {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_concurrency_sends_the_excess_elsewhere() {
+    let (_fleet, proxies) = proxied(2).await;
+    // The capped upstream answers slowly, so concurrent calls overlap there. No hedging:
+    // a hedged call abandoned at the proxy would still look in flight there.
+    let toml = format!(
+        "[routing]\nhead_poll_ms = 100\nhedge = false\n[cache]\nsize_bytes = 0\n[[chains]]\nname = \"local\"\nchain_id = 31337\nverify = \"off\"\n\
+         [[chains.upstreams]]\nname = \"capped\"\nurl = \"{}\"\noperator = \"a\"\ntier = 1\nmax_concurrency = 1\n\
+         [[chains.upstreams]]\nname = \"spare\"\nurl = \"{}\"\noperator = \"b\"\ntier = 2\n",
+        proxies[0].url(),
+        proxies[1].url()
+    );
+    let outlast = std::sync::Arc::new(Outlast::start(&toml).await);
+    proxies[0].set(Fault::Latency(std::time::Duration::from_millis(300)));
+    let calls: Vec<_> = (0..6)
+        .map(|_| {
+            let o = outlast.clone();
+            tokio::spawn(async move { o.call("/local", "eth_getBalance", balance_at_1()).await })
+        })
+        .collect();
+    let mut by = std::collections::BTreeMap::<String, usize>::new();
+    for c in calls {
+        let (r, upstream) = c.await.expect("call");
+        assert_eq!(r["result"], "0x21e19e0c9bab2400000", "{r}");
+        *by.entry(upstream.unwrap_or_default()).or_default() += 1;
+    }
+    assert_eq!(
+        proxies[0].peak_in_flight("eth_getBalance"),
+        1,
+        "more than max_concurrency = 1 calls at once at the capped upstream: {by:?}"
+    );
+    assert!(by.get("capped").is_some_and(|&n| n > 0), "{by:?}");
+    assert!(
+        by.get("spare").is_some_and(|&n| n > 0),
+        "nothing overflowed to tier 2: {by:?}"
     );
 }

@@ -204,9 +204,17 @@ pub struct Report {
     pub route_around: Duration,
     /// Upstreams (`x-outlast-upstream`) that answered client calls started after the lift.
     pub back: BTreeSet<String>,
-    /// Client calls answered by u0, u1, u2 (`x-outlast-upstream`), by phase: started
-    /// before the fault, during it, after the lift.
+    /// Client calls answered by u0, u1, u2 (`x-outlast-upstream`, each upstream it
+    /// names), by phase: started before the fault was applied, while it was on, after
+    /// the lift.
     pub shares: [[usize; UPSTREAMS]; 3],
+    /// The calls answered correctly while the fault was on: who answered and what.
+    pub during: Vec<Answered>,
+    /// Each upstream's `state` in `/api/v1/status` at the end of the tail, before the
+    /// stop (`ready`, `banned`, …); empty when the status could not be read.
+    pub states_at_end: Vec<String>,
+    /// The fleet's height when the fault came (a lagging node stays there).
+    pub height_at_fault: u64,
     /// Each proxy's `forwarded()` growth from the lift to the end (client calls and
     /// Outlast's own head polls and probes alike).
     pub forwarded_after_lift: Vec<usize>,
@@ -218,7 +226,65 @@ pub struct Report {
     pub wall: Duration,
 }
 
+/// A call answered correctly while the fault was on.
+#[derive(Clone, Debug)]
+pub struct Answered {
+    /// Upstreams named by `x-outlast-upstream`.
+    pub upstreams: Vec<String>,
+    pub method: &'static str,
+    /// The block it asked about: `Some(n)` for an explicit block, `None` for `latest`
+    /// or calls about no block.
+    pub block: Option<u64>,
+    /// It asked about the newest block (`latest`).
+    pub latest: bool,
+}
+
 impl Report {
+    /// Upstream `u{i}` answered client calls before the fault: the fault hit an upstream
+    /// that was in use (a router that never picked it would pass the bar vacuously).
+    pub fn assert_served_before(&self, upstreams: &[usize]) {
+        for &i in upstreams {
+            assert!(
+                self.shares[0][i] > 0,
+                "{}: u{i} answered no call before the fault (answered by u0/u1/u2: {:?})",
+                self.name,
+                self.shares
+            );
+        }
+    }
+
+    /// Upstream `u{i}` answered no client call started while the fault was on.
+    pub fn assert_none_during(&self, upstreams: &[usize]) {
+        for &i in upstreams {
+            assert_eq!(
+                self.shares[1][i], 0,
+                "{}: u{i} answered calls during its fault (answered by u0/u1/u2: {:?})",
+                self.name, self.shares
+            );
+        }
+    }
+
+    /// Upstream `u{i}` answered client calls again after the lift.
+    pub fn assert_back_after(&self, upstreams: &[usize]) {
+        for &i in upstreams {
+            assert!(
+                self.shares[2][i] > 0,
+                "{}: u{i} answered no call after the lift (answered by u0/u1/u2: {:?})",
+                self.name,
+                self.shares
+            );
+        }
+    }
+
+    /// The calls `u{i}` answered while the fault was on.
+    pub fn answered_during_by(&self, i: usize) -> Vec<&Answered> {
+        let name = format!("u{i}");
+        self.during
+            .iter()
+            .filter(|a| a.upstreams.contains(&name))
+            .collect()
+    }
+
     /// The bar: no failed and no wrong call while one healthy, caught-up upstream is left.
     pub fn assert_no_failed_or_wrong(&self) {
         assert!(
@@ -441,7 +507,7 @@ fn clip(s: &str) -> String {
     format!("{}…", &s[..end])
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     ChainId,
     BlockNumber,
@@ -495,8 +561,21 @@ struct Sample {
     took: Duration,
     method: &'static str,
     params: Value,
+    kind: Kind,
+    /// The explicit block asked about, if any.
+    block: Option<u64>,
     upstream: Option<String>,
     verdict: Verdict,
+}
+
+impl Sample {
+    /// The upstreams `x-outlast-upstream` names ("u0,u2" for a call several answered).
+    fn upstreams(&self) -> Vec<String> {
+        self.upstream
+            .as_deref()
+            .map(|u| u.split(',').map(|s| s.trim().to_owned()).collect())
+            .unwrap_or_default()
+    }
 }
 
 impl Sample {
@@ -570,12 +649,18 @@ async fn client_loop(bed: Arc<Bed>, client: usize, t0: Instant, end: Instant) ->
                 (verdict, upstream)
             }
         };
+        let block = match kind {
+            Kind::Balance | Kind::Block | Kind::Nonce | Kind::Call => Some(n),
+            _ => None,
+        };
         samples.push(Sample {
             client,
             start: started.duration_since(t0),
             took,
             method,
             params,
+            kind,
+            block,
             upstream,
             verdict,
         });
@@ -762,9 +847,12 @@ pub async fn run(scenario: Scenario) -> Report {
 
     // The fault, then the lift.
     sleep_until(fault_at).await;
+    let height_at_fault = bed.height.load(Ordering::SeqCst);
+    // When the fault is fully on: calls started from then on meet it.
+    let mut faulted = Instant::now();
     match &scenario.chaos {
         Chaos::Proxies(faults) => set_faults(&proxies, faults),
-        Chaos::ProxiesFromStart(_) => {}
+        Chaos::ProxiesFromStart(_) => faulted = t0,
         Chaos::Kill(i) => bed.fleet.lock().await.kill(*i),
         Chaos::Lag { node, blocks } => {
             bed.fleet.lock().await.lag(*node);
@@ -774,15 +862,22 @@ pub async fn run(scenario: Scenario) -> Report {
             let url = bed.fleet.lock().await.url(*node);
             super::rpc(&url, "anvil_setBalance", json!([ACCOUNT0_ADDRESS, "0x0"])).await;
         }
-        Chaos::Flap { node, period } => {
-            let mut down = true;
-            let mut at = fault_at;
-            while at < lift_at {
-                proxies[*node].set(if down { Fault::Refuse } else { Fault::None });
-                down = !down;
-                at += *period;
-                sleep_until(at.min(lift_at)).await;
+        Chaos::Flap { node, .. } => proxies[*node].set(Fault::Refuse),
+    }
+    if !from_start {
+        faulted = Instant::now();
+    }
+    if let Chaos::Flap { node, period } = &scenario.chaos {
+        let mut down = true;
+        let mut at = fault_at;
+        loop {
+            at += *period;
+            if at >= lift_at {
+                break;
             }
+            sleep_until(at).await;
+            down = !down;
+            proxies[*node].set(if down { Fault::Refuse } else { Fault::None });
         }
     }
     sleep_until(lift_at).await;
@@ -806,6 +901,7 @@ pub async fn run(scenario: Scenario) -> Report {
         .map(|(p, before)| p.forwarded() - before)
         .collect();
 
+    let states_at_end = upstream_states(&bed.http, &outlast.url("/api/v1/status")).await;
     let mut notes = Vec::new();
     let stopping = Instant::now();
     if tokio::time::timeout(Duration::from_secs(10), outlast.stop())
@@ -825,22 +921,56 @@ pub async fn run(scenario: Scenario) -> Report {
         &scenario,
         samples,
         fault_at.duration_since(t0),
+        faulted.duration_since(t0),
         lift_at.duration_since(t0),
         lifted.duration_since(t0),
         from_start,
     );
     report.forwarded_after_lift = forwarded_after_lift;
     report.notes = notes;
+    if !states_at_end.is_empty() {
+        report.notes.push(format!(
+            "upstream states at the end: {}",
+            states_at_end.join(", ")
+        ));
+    }
+    report.states_at_end = states_at_end;
+    report.height_at_fault = height_at_fault;
     report.timing = timing;
     report.wall = wall.elapsed();
     report
 }
 
-/// Turns a scenario's samples into its report.
+/// Each upstream's state (u0, u1, u2 in order) in `/api/v1/status`; empty when it
+/// cannot be read.
+async fn upstream_states(http: &reqwest::Client, url: &str) -> Vec<String> {
+    let Ok(resp) = http.get(url).send().await else {
+        return Vec::new();
+    };
+    let bytes = resp.bytes().await.unwrap_or_default();
+    let status: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    let ups = status["chains"][0]["upstreams"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    (0..UPSTREAMS)
+        .map(|i| {
+            ups.iter()
+                .find(|u| u["name"] == format!("u{i}").as_str())
+                .and_then(|u| u["state"].as_str())
+                .unwrap_or("?")
+                .to_owned()
+        })
+        .collect()
+}
+
+/// Turns a scenario's samples into its report. `fault_at`: when the fault was due (the
+/// latency and route-around clock); `faulted`: when it was fully on (the phases).
 fn measure(
     scenario: &Scenario,
     samples: Vec<Sample>,
     fault_at: Duration,
+    faulted: Duration,
     lift_at: Duration,
     lifted: Duration,
     from_start: bool,
@@ -881,23 +1011,34 @@ fn measure(
     let back = samples
         .iter()
         .filter(|s| s.start >= lifted && matches!(s.verdict, Verdict::Ok))
-        .filter_map(|s| s.upstream.clone())
+        .flat_map(Sample::upstreams)
         .filter(|u| u.starts_with('u'))
         .collect();
     let mut shares = [[0; UPSTREAMS]; 3];
+    let mut answered_during = Vec::new();
     for s in samples.iter().filter(|s| matches!(s.verdict, Verdict::Ok)) {
-        let phase = if s.start < fault_at {
+        let phase = if s.start < faulted {
             0
         } else if s.start < lifted {
             1
         } else {
             2
         };
-        let upstream = s.upstream.as_deref().and_then(|u| u.strip_prefix('u'));
-        if let Some(i) = upstream.and_then(|i| i.parse::<usize>().ok())
-            && i < UPSTREAMS
-        {
-            shares[phase][i] += 1;
+        let upstreams = s.upstreams();
+        for u in &upstreams {
+            if let Some(i) = u.strip_prefix('u').and_then(|i| i.parse::<usize>().ok())
+                && i < UPSTREAMS
+            {
+                shares[phase][i] += 1;
+            }
+        }
+        if phase == 1 {
+            answered_during.push(Answered {
+                upstreams,
+                method: s.method,
+                block: s.block,
+                latest: s.kind == Kind::LatestBlock,
+            });
         }
     }
     let mut evidence: Vec<String> = samples
@@ -933,6 +1074,9 @@ fn measure(
         route_around,
         back,
         shares,
+        during: answered_during,
+        states_at_end: Vec::new(),
+        height_at_fault: 0,
         forwarded_after_lift: Vec::new(),
         evidence,
         notes: Vec::new(),
