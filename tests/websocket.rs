@@ -883,7 +883,12 @@ impl FanOut {
 async fn fan_out(subscribers: usize, blocks: u64, gap: Duration) -> FanOut {
     let mut fleet = Fleet::start(2).await;
     fleet.mine(1).await;
-    let served = Outlast::start_process(&config(&fleet, &[true, true], "")).await;
+    // Every subscriber connects from 127.0.0.1: past the default per-address cap (256).
+    let served = Outlast::start_process_with_server(
+        "max_connections_per_ip = 5000",
+        &config(&fleet, &[true, true], ""),
+    )
+    .await;
     let url = ws_url(&served, "/local");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_idle_kib = rss_kib(&served);
