@@ -36,6 +36,8 @@ async fn mixed_reads_survive_one_killed_and_one_paused_upstream() {
     let outlast = Outlast::start(&config(&fleet.urls(), FAST_ROUTING)).await;
     let honest = fleet.url(2);
     let (mut calls, mut failed, mut wrong) = (0, Vec::new(), Vec::new());
+    // Who answered, per round: the faulted upstreams must have been in use before.
+    let mut answered_by: Vec<(usize, String)> = Vec::new();
     for round in 0..30 {
         match round {
             8 => fleet.kill(0),
@@ -51,6 +53,9 @@ async fn mixed_reads_survive_one_killed_and_one_paused_upstream() {
             calls += 1;
             let (reply, upstream) = outlast.call("/local", method, params.clone()).await;
             let expected = rpc(&honest, method, params.clone()).await;
+            for u in upstream.iter().flat_map(|u| u.split(',')) {
+                answered_by.push((round, u.to_owned()));
+            }
             match reply.get("result") {
                 None => failed.push(format!("round {round} {method}: {reply}")),
                 Some(r) if Some(r) != expected.get("result") => wrong.push(format!(
@@ -72,6 +77,22 @@ async fn mixed_reads_survive_one_killed_and_one_paused_upstream() {
         "{} of {calls} answers differ from an honest node: {wrong:#?}",
         wrong.len()
     );
+    let by = |name: &str, rounds: std::ops::Range<usize>| {
+        answered_by
+            .iter()
+            .filter(|(r, u)| rounds.contains(r) && u == name)
+            .count()
+    };
+    assert!(
+        by("u0", 0..8) > 0,
+        "u0 answered nothing before it was killed"
+    );
+    assert!(
+        by("u1", 0..16) > 0,
+        "u1 answered nothing before it was paused"
+    );
+    assert_eq!(by("u0", 8..30), 0, "a killed upstream answered");
+    assert_eq!(by("u1", 16..30), 0, "a paused upstream answered");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,8 +1,9 @@
 //! `/metrics` scraped and parsed by the Prometheus project's own Python parser, after
 //! real traffic and a real fault: requests by chain, method, upstream and outcome,
 //! latency histograms, upstream health, breaker and lag, and incidents open.
-//! Events are counted in the process's one recorder, so each test filters by labels
-//! that only its own traffic has.
+//! Events are counted in the process's one recorder: the first test's in-process
+//! Outlast is the only one in this binary (its filters name its own chain and
+//! upstreams), the dashboard test runs Outlast as a process of its own.
 
 mod testbed;
 
@@ -11,8 +12,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use testbed::{
     Fleet,
-    gateway::Outlast,
+    gateway::{FAST_ROUTING, Outlast},
     incidents::{FAST_STATUS, independent, is_open, labelled_config, python, wait_incidents},
+    receiver::Receiver,
 };
 
 /// The samples of family `name` whose labels include every pair of `labels`.
@@ -153,9 +155,10 @@ async fn metrics_are_scraped_and_parsed_by_the_prometheus_parser() {
     assert!(!samples(&m, "outlast_build_info", &[]).is_empty());
 }
 
-/// Every metric the Grafana dashboard queries is one Outlast exposes: either in this
-/// scrape, or a counter that appears once something happened (cache and
-/// verification outcomes, webhook deliveries).
+/// Every metric the Grafana dashboard queries is in a real scrape, after the traffic
+/// that makes each appear: proven reads through the cache, a fault that opens an
+/// incident, and the webhook delivery it causes. Outlast runs as its own process, so
+/// the scrape holds its metrics only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_grafana_dashboard_queries_only_metrics_outlast_exposes() {
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -177,25 +180,40 @@ async fn the_grafana_dashboard_queries_only_metrics_outlast_exposes() {
     }
     assert!(used.len() > 10, "{used:?}");
 
-    let mut fleet = Fleet::start(2).await;
-    fleet.mine(1).await;
-    let outlast = Outlast::start(&labelled_config(
-        &fleet.urls(),
-        &independent(2),
-        FAST_STATUS,
-        "",
-    ))
-    .await;
-    outlast.call("/local", "eth_chainId", json!([])).await;
+    let mut fleet = Fleet::start(3).await;
+    fleet.mine(2).await;
+    let hooks = Receiver::start(0).await;
+    // Leading keys land in the [status] section `start_process` writes.
+    let mut toml = format!(
+        "{FAST_STATUS}\n{FAST_ROUTING}\n[cache]\nsize_bytes = 1048576\n\n[[webhooks]]\nname = \"ops\"\nurl = \"{}\"\n\n[[chains]]\nname = \"local\"\nchain_id = 31337\nquorum = 2\n",
+        hooks.url("ops")
+    );
+    for (i, url) in fleet.urls().iter().enumerate() {
+        toml.push_str(&format!(
+            "\n[[chains.upstreams]]\nname = \"u{i}\"\nurl = \"{url}\"\noperator = \"op{i}\"\n"
+        ));
+    }
+    let outlast = Outlast::start_process(&toml).await;
+    // Proven reads (verification outcomes), the second from the cache (cache outcomes).
+    for _ in 0..2 {
+        let (r, _) = outlast
+            .call(
+                "/local",
+                "eth_getBalance",
+                json!([testbed::ACCOUNT0_ADDRESS, "0x1"]),
+            )
+            .await;
+        assert!(r["result"].is_string(), "{r}");
+    }
+    // A fault: an incident opens and its webhook is delivered.
+    fleet.kill(2);
+    hooks
+        .wait_for("ops", Duration::from_secs(20), |m| m["event"] == "opened")
+        .await;
+
     let out = python("metrics_check.py", &[&outlast.url("/metrics")]).await;
     let m: Value = serde_json::from_str(&out).expect("JSON");
-    let mut exposed: std::collections::BTreeSet<String> = [
-        "outlast_cache_requests_total",
-        "outlast_verifications_total",
-        "outlast_webhook_deliveries_total",
-    ]
-    .map(String::from)
-    .into();
+    let mut exposed = std::collections::BTreeSet::new();
     for family in m["families"].as_object().expect("families").values() {
         for s in family["samples"].as_array().into_iter().flatten() {
             exposed.insert(s[0].as_str().unwrap_or("").to_owned());
@@ -204,6 +222,7 @@ async fn the_grafana_dashboard_queries_only_metrics_outlast_exposes() {
     let unknown: Vec<&String> = used.iter().filter(|n| !exposed.contains(*n)).collect();
     assert!(
         unknown.is_empty(),
-        "the dashboard queries unknown metrics: {unknown:?}"
+        "the dashboard queries metrics the scrape does not have: {unknown:?}\nexposed: {exposed:?}"
     );
+    outlast.stop().await;
 }

@@ -274,8 +274,16 @@ async fn a_hung_gateway_is_hedged_and_cached_data_outlives_every_gateway() {
     )
     .await;
     let w = weave();
+    let started = std::time::Instant::now();
     let got = get(&o, &format!("/ar/{}", w.id("540k")), &[]).await;
+    let took = started.elapsed();
     assert_exact(&got, &w.data("540k"), "540k past a hung gateway");
+    assert!(hung.requests() > 0, "the hung gateway was never asked");
+    // Without a hedge this cannot take less than the hung gateway's first-block timeout.
+    assert!(
+        took < std::time::Duration::from_secs(20),
+        "took {took:?}: the hung gateway's first-block timeout (20 s) was waited out"
+    );
     honest.set(Mode::Missing);
     hung.set(Mode::Missing);
     let got = get(&o, &format!("/ar/{}", w.id("540k")), &[]).await;

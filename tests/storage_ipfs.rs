@@ -327,23 +327,33 @@ async fn honest_lying_stalling_and_dying_gateways_together_give_exact_bytes_ever
 async fn a_hung_gateway_costs_a_hedge_delay_not_a_timeout() {
     let hung = gateway(Mode::Hang).await;
     let honest = gateway(Mode::Honest).await;
+    // The hung gateway would hold the request for its whole first-block timeout; only
+    // a hedge (after hedge_min_ms, 200 ms) to the other one answers sooner.
+    let timeout = std::time::Duration::from_secs(20);
     let o = outlast(
         &[&hung, &honest],
         &FAST.replace(
             "first_block_timeout_ms = 2000",
-            "first_block_timeout_ms = 20000",
+            &format!("first_block_timeout_ms = {}", timeout.as_millis()),
         ),
     )
     .await;
     let started = Instant::now();
     let got = get(&o, &format!("/ipfs/{}", root("small")), &[]).await;
+    let took = started.elapsed();
     assert_exact(
         &got,
         &original("small", "small.txt"),
         "small past a hung gateway",
     );
-    // Printed, not asserted: the hedge (200 ms) rather than the 20 s timeout.
-    println!("past a hung gateway in {:?}", started.elapsed());
+    assert!(hung.requests() > 0, "the hung gateway was never asked");
+    assert_eq!(got.header("x-outlast-upstream"), "g1");
+    // Not a wall-clock guess: without a hedge this cannot take less than the timeout.
+    assert!(
+        took < timeout,
+        "took {took:?}: the hung gateway's first-block timeout ({timeout:?}) was waited out"
+    );
+    println!("past a hung gateway in {took:?}");
 }
 
 #[tokio::test]

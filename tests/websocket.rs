@@ -97,11 +97,23 @@ impl Ws {
 
     /// Sends `body` as is and returns the next reply (notifications are kept aside).
     async fn raw(&mut self, body: &str) -> Value {
+        let text = self.raw_text(body).await;
+        serde_json::from_str(&text).expect("JSON from Outlast")
+    }
+
+    /// Sends `body` as is and returns the next reply as sent, byte for byte.
+    async fn raw_text(&mut self, body: &str) -> String {
         self.send_text(body.to_owned()).await;
         loop {
-            let msg = self.read().await.expect("a reply before the socket closed");
-            if !self.keep_notification(&msg) {
-                return msg;
+            let msg = tokio::time::timeout(WAIT, self.socket.next())
+                .await
+                .expect("a message within the wait")
+                .expect("a reply before the socket closed")
+                .expect("a message");
+            let Message::Text(t) = msg else { continue };
+            let v: Value = serde_json::from_str(t.as_str()).expect("JSON from Outlast");
+            if !self.keep_notification(&v) {
+                return t.as_str().to_owned();
             }
         }
     }
@@ -352,12 +364,26 @@ async fn json_rpc_calls_work_over_websocket_as_over_http() {
     .await;
     assert_eq!(balance["result"], direct["result"]);
 
-    // Ids of any type come back byte for byte; batches keep their order.
+    // Ids of any type come back byte for byte (`1.50` stays `1.50`, not `1.5`); batches
+    // keep their order.
     let reply = ws
-        .raw(r#"[{"jsonrpc":"2.0","id":1.50,"method":"eth_chainId"},{"jsonrpc":"2.0","id":"x","method":"eth_blockNumber"}]"#)
+        .raw_text(r#"[{"jsonrpc":"2.0","id":1.50,"method":"eth_chainId"},{"jsonrpc":"2.0","id":"x\u0041","method":"eth_blockNumber"},{"jsonrpc":"2.0","id":18446744073709551616,"method":"eth_chainId"}]"#)
         .await;
-    assert_eq!(reply[0]["id"], json!(1.5));
-    assert_eq!(reply[1]["id"], "x");
+    assert_eq!(
+        reply,
+        r#"[{"jsonrpc":"2.0","id":1.50,"result":"0x7a69"},{"jsonrpc":"2.0","id":"x\u0041","result":"0x3"},{"jsonrpc":"2.0","id":18446744073709551616,"result":"0x7a69"}]"#
+    );
+    for id in ["-7", "1e3", "null", "\"\""] {
+        let reply = ws
+            .raw_text(&format!(
+                r#"{{"jsonrpc":"2.0","id":{id},"method":"eth_chainId"}}"#
+            ))
+            .await;
+        assert_eq!(
+            reply,
+            format!(r#"{{"jsonrpc":"2.0","id":{id},"result":"0x7a69"}}"#)
+        );
+    }
     // The same errors as over HTTP.
     let denied = ws.call("anvil_mine", json!([])).await;
     assert_eq!(denied["error"]["code"], -32004, "{denied}");
