@@ -524,6 +524,7 @@ fn checked<'c>(
             Check::Quorum(need) => verified::agreed(chain, call, *need).await,
             Check::Call(n) => route::call::executed(chain, call, *n).await,
             Check::Receipt => route::receipt::receipt(chain, call).await,
+            Check::Logs(from, to) => route::proven_logs::logs(chain, call, *from, *to).await,
         }
     })
 }
@@ -536,7 +537,11 @@ fn settle(
 ) -> (Option<Outcome>, Level) {
     let mode = match slot.check {
         Some(
-            Check::Proof(..) | Check::Block(BlockId::Hash(_)) | Check::Call(_) | Check::Receipt,
+            Check::Proof(..)
+            | Check::Block(BlockId::Hash(_))
+            | Check::Call(_)
+            | Check::Receipt
+            | Check::Logs(..),
         ) => "proof",
         _ => "quorum",
     };
@@ -638,6 +643,8 @@ enum Check {
     Call(u64),
     /// A receipt, proven against its block's receipts root (`route::receipt`).
     Receipt,
+    /// `eth_getLogs` over a short numeric range, from proven receipts (`route::proven_logs`).
+    Logs(u64, u64),
 }
 
 fn check_for(chain: &Chain, call: &Call<'_>, need: Need) -> Option<Check> {
@@ -664,6 +671,11 @@ fn check_for(chain: &Chain, call: &Call<'_>, need: Need) -> Option<Check> {
         (Verify::Proofs, None, _) if call.method == "eth_getTransactionReceipt" && !listed => {
             Some(Check::Receipt)
         }
+        (Verify::Proofs, None, _) if call.method == "eth_getLogs" && !listed => log_range(call)
+            .filter(|&(f, t)| {
+                logs::span(f, t).is_some_and(|n| n <= route::proven_logs::MAX_PROVEN_BLOCKS)
+            })
+            .map(|(f, t)| Check::Logs(f, t)),
         (_, Some(_), _) => Some(Check::Quorum(need)),
         (_, None, _) if listed => Some(Check::Quorum(need)),
         _ => None,

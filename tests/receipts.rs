@@ -33,7 +33,8 @@ async fn everywhere(fleet: &mut Fleet, tx: Value) -> String {
 }
 
 /// A provider whose receipts say the transfer failed and emitted nothing — in
-/// `eth_getTransactionReceipt` and in `eth_getBlockReceipts` alike.
+/// `eth_getTransactionReceipt` and in `eth_getBlockReceipts` alike — and whose
+/// `eth_getLogs` finds nothing.
 async fn receipt_liar(target: String) -> String {
     let client = reqwest::Client::new();
     let app = Router::new().route(
@@ -54,6 +55,7 @@ async fn receipt_liar(target: String) -> String {
                 };
                 let lie = |req: &Value, r: &mut Value| match req["method"].as_str() {
                     Some("eth_getTransactionReceipt") => forge(&mut r["result"]),
+                    Some("eth_getLogs") => r["result"] = json!([]),
                     Some("eth_getBlockReceipts") => {
                         if let Some(list) = r["result"].as_array_mut() {
                             list.iter_mut().for_each(forge);
@@ -76,6 +78,23 @@ async fn receipt_liar(target: String) -> String {
         }),
     );
     serve(app).await
+}
+
+/// The answer was built from proven receipts (or is that answer, cached). Its level is
+/// `proof` while a quorum of operators vouches for the header, `none` once the two liars
+/// are banned and one operator is left (the documented degraded answer) — never a lie.
+fn built_from_proofs(r: &testbed::gateway::Response) {
+    assert!(
+        matches!(r.upstream.as_deref(), Some("proven" | "cache")),
+        "answered by {:?}: {}",
+        r.upstream,
+        r.text
+    );
+    assert!(
+        matches!(r.verified.as_deref(), Some("proof" | "none")),
+        "{:?}",
+        r.verified
+    );
 }
 
 fn config(urls: &[String]) -> String {
@@ -182,6 +201,21 @@ async fn a_receipt_is_proven_and_a_forged_one_is_never_served() {
         Some(1),
         "a Transfer event"
     );
+
+    // The token's logs over the range: every one, though two providers leave them out.
+    let filter = json!([{"fromBlock": "0x1", "toBlock": "latest", "address": token}]);
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "eth_getLogs", "params": filter});
+    let r = outlast.post("/local", body.to_string()).await;
+    let got = r.json()["result"].clone();
+    let truth = testbed::rpc(&fleet.url(2), "eth_getLogs", filter.clone()).await["result"].clone();
+    let logs = |v: &Value| essentials(&json!({"logs": v}))["logs"].clone();
+    assert_eq!(logs(&got), logs(&truth), "{got:#}\nvs\n{truth:#}");
+    assert_eq!(
+        truth.as_array().map(Vec::len),
+        Some(2),
+        "mint and transfer: {truth}"
+    );
+    built_from_proofs(&r);
 
     // A transaction nobody has: null, not an error.
     let unknown = format!("0x{}", "ab".repeat(32));

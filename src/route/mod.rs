@@ -11,6 +11,7 @@ pub mod forward;
 pub mod heads;
 pub mod health;
 pub mod logs;
+pub mod proven_logs;
 pub mod receipt;
 pub mod resolve;
 pub mod score;

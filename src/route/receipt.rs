@@ -25,7 +25,7 @@ use crate::{
     gateway::Chain,
     rpc::Call,
     upstream::{Answer, Upstream},
-    verify::{self, body::Transactions},
+    verify::{self, body::Transactions, header::CheckedHeader},
 };
 
 /// Upstreams asked where a transaction is (a `null` from one is not the last word).
@@ -89,81 +89,22 @@ pub async fn receipt(chain: &Chain, call: &Call<'_>) -> Result<Checked, Unverifi
         return verified::agreed(chain, call, Need::Fresh).await;
     }
     // 3. The block's body and receipts, proven against it.
-    let by_hash = raw(&serde_json::json!([header.hash, true]));
-    let receipts_at = raw(&serde_json::json!([header.hash]));
-    let fetch = [
-        Call {
-            id: None,
-            method: "eth_getBlockByHash".into(),
-            params: by_hash.as_deref(),
-        },
-        Call {
-            id: None,
-            method: "eth_getBlockReceipts".into(),
-            params: receipts_at.as_deref(),
-        },
-    ];
-    let refs: Vec<&Call<'_>> = fetch.iter().collect();
-    enum Proven {
-        Receipts(Vec<alloy_rpc_types_eth::TransactionReceipt>),
-        Foreign,
-    }
-    let mut suspects: Vec<(Arc<Upstream>, String)> = Vec::new();
-    let plan = select::plan(chain, Need::Block(number), Instant::now());
-    let shape = Shape {
-        width: 1,
-        max: BODY_ATTEMPTS,
-        wait_for_late: true,
-    };
-    let proven = ask(chain, plan.order, shape, &refs, |up, reply| {
-        let answers = reply.ok()?;
-        let (Some(Some(Answer::Result(block))), Some(Some(Answer::Result(receipts)))) =
-            (answers.first(), answers.get(1))
-        else {
-            return None;
-        };
-        let txs = match verify::body::transactions(block, &header) {
-            Ok(Transactions::Proven(txs)) => txs,
-            Ok(Transactions::ForeignTypes) => return Some(Proven::Foreign),
-            Ok(Transactions::HashesOnly) => return None,
-            Err(e) => {
-                suspects.push((up.clone(), format!("block body: {e}")));
-                return None;
-            }
-        };
-        match verify::receipts::check(receipts, &header, &txs) {
-            Ok(r) => Some(Proven::Receipts(r)),
-            Err(e) => {
-                suspects.push((up.clone(), format!("receipts: {e}")));
-                None
-            }
-        }
-    })
-    .await;
-    let receipts = match proven {
-        Ok(Proven::Receipts(r)) => r,
-        Ok(Proven::Foreign) => return verified::agreed(chain, call, Need::Fresh).await,
-        Err(_) if suspects.is_empty() => {
-            // Nobody serves eth_getBlockReceipts (or full blocks) here: a quorum.
+    let receipts = match block_receipts(chain, &header).await {
+        Ok(BlockReceipts::Proven(r)) => r,
+        Ok(BlockReceipts::Foreign) | Err(Failure::NoneServed) => {
+            // Transactions Outlast cannot decode, or nobody serves eth_getBlockReceipts
+            // (or full blocks) here: a quorum.
             return verified::agreed(chain, call, Need::Fresh).await;
         }
-        Err(_) => {
+        Err(Failure::Lies(why)) => {
             return Err(Unverified::Disputed {
                 what: what.into(),
                 why: format!(
-                    "no upstream served receipts that match block {number}'s header: {}",
-                    suspects
-                        .iter()
-                        .map(|(u, why)| format!("{}: {why}", u.name))
-                        .collect::<Vec<_>>()
-                        .join("; ")
+                    "no upstream served receipts that match block {number}'s header: {why}"
                 ),
             });
         }
     };
-    for (liar, why) in &suspects {
-        verified::ban(chain, liar, "receipts", &format!("served a false {why}"));
-    }
     let Some(found) = receipts.iter().find(|r| r.transaction_hash == tx_hash) else {
         return Err(Unverified::Disputed {
             what: what.into(),
@@ -181,8 +122,94 @@ pub async fn receipt(chain: &Chain, call: &Call<'_>) -> Result<Checked, Unverifi
     })
 }
 
+/// A block's receipts, proven, or why not.
+pub(super) enum BlockReceipts {
+    Proven(Vec<alloy_rpc_types_eth::TransactionReceipt>),
+    /// Transaction types Outlast cannot decode (OP deposits): not proven here.
+    Foreign,
+}
+
+pub(super) enum Failure {
+    /// Nobody served the block's body and receipts.
+    NoneServed,
+    /// What was served does not match the header (the liars are banned): why.
+    Lies(String),
+}
+
+/// The body (full transactions) and receipts of the trusted block `header`, from the
+/// first upstream whose both match it (transactions root, senders, receipts root); one
+/// that serves a false body or false receipts is banned once another's check.
+pub(super) async fn block_receipts(
+    chain: &Chain,
+    header: &CheckedHeader,
+) -> Result<BlockReceipts, Failure> {
+    let by_hash = raw(&serde_json::json!([header.hash, true]));
+    let receipts_at = raw(&serde_json::json!([header.hash]));
+    let fetch = [
+        Call {
+            id: None,
+            method: "eth_getBlockByHash".into(),
+            params: by_hash.as_deref(),
+        },
+        Call {
+            id: None,
+            method: "eth_getBlockReceipts".into(),
+            params: receipts_at.as_deref(),
+        },
+    ];
+    let refs: Vec<&Call<'_>> = fetch.iter().collect();
+    let mut suspects: Vec<(Arc<Upstream>, String)> = Vec::new();
+    let plan = select::plan(chain, Need::Block(header.number), Instant::now());
+    let shape = Shape {
+        width: 1,
+        max: BODY_ATTEMPTS,
+        wait_for_late: true,
+    };
+    let proven = ask(chain, plan.order, shape, &refs, |up, reply| {
+        let answers = reply.ok()?;
+        let (Some(Some(Answer::Result(block))), Some(Some(Answer::Result(receipts)))) =
+            (answers.first(), answers.get(1))
+        else {
+            return None;
+        };
+        let txs = match verify::body::transactions(block, header) {
+            Ok(Transactions::Proven(txs)) => txs,
+            Ok(Transactions::ForeignTypes) => return Some(BlockReceipts::Foreign),
+            Ok(Transactions::HashesOnly) => return None,
+            Err(e) => {
+                suspects.push((up.clone(), format!("block body: {e}")));
+                return None;
+            }
+        };
+        match verify::receipts::check(receipts, header, &txs) {
+            Ok(r) => Some(BlockReceipts::Proven(r)),
+            Err(e) => {
+                suspects.push((up.clone(), format!("receipts: {e}")));
+                None
+            }
+        }
+    })
+    .await;
+    match proven {
+        Ok(found) => {
+            for (liar, why) in &suspects {
+                verified::ban(chain, liar, "receipts", &format!("served a false {why}"));
+            }
+            Ok(found)
+        }
+        Err(_) if suspects.is_empty() => Err(Failure::NoneServed),
+        Err(_) => Err(Failure::Lies(
+            suspects
+                .iter()
+                .map(|(u, why)| format!("{}: {why}", u.name))
+                .collect::<Vec<_>>()
+                .join("; "),
+        )),
+    }
+}
+
 /// The `x-outlast-upstream` of answers Outlast built from proven values.
-fn executed_label() -> Arc<str> {
+pub(super) fn executed_label() -> Arc<str> {
     static LABEL: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("proven"));
     LABEL.clone()
 }

@@ -11,6 +11,10 @@ use super::VerifyError;
 pub struct CheckedHeader {
     pub number: u64,
     pub hash: B256,
+    pub parent_hash: B256,
+    /// Which addresses and topics its logs may hold: blocks that cannot match a filter
+    /// are skipped when logs are proven.
+    pub logs_bloom: alloy_primitives::Bloom,
     pub state_root: B256,
     pub transactions_root: B256,
     pub receipts_root: B256,
@@ -47,6 +51,8 @@ pub fn check(json: &[u8]) -> Result<CheckedHeader, VerifyError> {
     Ok(CheckedHeader {
         number: header.inner.number,
         hash: header.hash,
+        parent_hash: header.inner.parent_hash,
+        logs_bloom: header.inner.logs_bloom,
         state_root: header.inner.state_root,
         transactions_root: header.inner.transactions_root,
         receipts_root: header.inner.receipts_root,
