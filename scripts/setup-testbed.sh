@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the test bed's real parts (Anvil, cast, ethers) into testbed/node_modules
+# Installs the test bed's real parts (Anvil, cast, ethers, viem) into testbed/node_modules
 # from the committed testbed/package-lock.json, then checks that the binaries run.
 # Idempotent: when node_modules already matches the lock it only runs the checks.
 set -euo pipefail
@@ -48,3 +48,4 @@ for bin in anvil cast; do
     echo "setup-testbed: $bin OK ($version)"
 done
 node -e 'const e = require(process.argv[1]); console.log(`setup-testbed: ethers OK (${e.version})`)' "$modules/ethers"
+node -e 'const v = require(process.argv[1] + "/package.json"); console.log(`setup-testbed: viem OK (${v.version})`)' "$modules/viem"

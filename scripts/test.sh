@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The one test command: installs the real test bed (system tools, Anvil, cast, ethers),
-# then runs formatting and lint checks and every test — unit and end-to-end.
+# The one test command: installs the real test bed (system tools, Anvil, cast, ethers,
+# viem, web3.py), then runs formatting and lint checks and every test — unit and end-to-end.
 # Usage: scripts/test.sh [extra cargo test args]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -48,6 +48,15 @@ if ! python3 -c 'import feedparser, prometheus_client, kubernetes_validate' 2>/d
     py_pkgs=(feedparser==6.0.14 prometheus_client==0.26.0 kubernetes-validate==1.37.0)
     python3 -m pip install --quiet --disable-pip-version-check "${py_pkgs[@]}" ||
         python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "${py_pkgs[@]}"
+fi
+
+# web3.py for the client compatibility suite (tests/compat.rs). Pinned; skipped when
+# already importable at that version.
+if ! python3 -c 'import web3, sys; sys.exit(web3.__version__ != "8.0.0")' 2>/dev/null; then
+    echo "test: installing web3==8.0.0 for python3"
+    python3 -m pip --version >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq python3-pip; }
+    python3 -m pip install --quiet --disable-pip-version-check web3==8.0.0 ||
+        python3 -m pip install --quiet --disable-pip-version-check --break-system-packages web3==8.0.0
 fi
 
 echo "test: cargo fmt --check"
