@@ -10,7 +10,7 @@ use std::{
 };
 
 use serde_json::json;
-use testbed::{Fleet, free_port, rpc};
+use testbed::{ACCOUNT0_ADDRESS, Fleet, faultproxy::FaultProxy, free_port, rpc};
 
 const BIN: &str = env!("CARGO_BIN_EXE_outlast");
 
@@ -193,7 +193,7 @@ ip link set lo up
 {BIN} serve > "$LOG" 2>&1 &
 pid=$!
 for i in $(seq 1 100); do curl -s -o /dev/null http://127.0.0.1:8545/healthz && break; sleep 0.05; done
-sleep 0.5
+for i in $(seq 1 200); do grep -q "none of 8 upstreams is reachable" "$LOG" && break; sleep 0.05; done
 curl -s http://127.0.0.1:8545/ethereum -H 'content-type: application/json' -d '{{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber"}}'
 echo
 curl -s -o /dev/null -w '%{{http_code}}' http://127.0.0.1:8545/readyz
@@ -235,41 +235,102 @@ wait $pid
 async fn sigterm_lets_in_flight_calls_finish() {
     let mut fleet = Fleet::start(1).await;
     fleet.mine(1).await;
-    let port = free_port();
-    let file = write_config(&format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\n[routing]\nrequest_timeout_ms = 30000\n[[chains]]\nname = \"local\"\nchain_id = 31337\nverify = \"off\"\n[[chains.upstreams]]\nname = \"a\"\nurl = \"{}\"\noperator = \"a\"\n",
-        fleet.url(0)
-    ));
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config", file.as_str()])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn outlast");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    // Wait for the upstream to pass its check.
-    for line in lines.by_ref() {
-        if line.expect("log line").contains("upstream is serving") {
-            break;
-        }
-    }
+    // Through a proxy, so the test sees the call reach the upstream.
+    let proxy = FaultProxy::start(fleet.url(0)).await;
+    let (mut child, mut lines, port) = serve_until_serving(&proxy.url()).await;
     let url = format!("http://127.0.0.1:{port}/local");
     fleet.pause(0);
     let held =
-        tokio::spawn(async move { rpc(&url, "eth_getBlockByNumber", json!(["0x1", false])).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::spawn(
+            async move { rpc(&url, "eth_getBalance", json!([ACCOUNT0_ADDRESS, "0x1"])).await },
+        );
+    // The call is in flight: it reached the hung node.
+    for _ in 0..400 {
+        if proxy.requests_of("eth_getBalance") > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        proxy.requests_of("eth_getBalance") > 0,
+        "the call never reached the upstream"
+    );
     let pid = child.id() as libc::pid_t;
     // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
     unsafe { libc::kill(pid, libc::SIGTERM) };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Shutdown has begun while the call is still held.
+    let mut seen = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), lines.recv()).await {
+            Ok(Some(line)) if line.contains("shutting down") => break,
+            Ok(Some(line)) => seen.push(line),
+            other => panic!("no shutdown line after SIGTERM ({other:?}): {seen:#?}"),
+        }
+    }
+    assert!(
+        !held.is_finished(),
+        "the call was answered before the node resumed"
+    );
     fleet.resume(0);
     let reply = held.await.expect("held call task");
     assert_eq!(
-        reply["result"]["number"], "0x1",
+        reply["result"], "0x21e19e0c9bab2400000",
         "the in-flight call is answered: {reply}"
     );
-    let status = child.wait().expect("wait outlast");
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("join")
+        .expect("wait outlast");
     assert!(status.success(), "{status}");
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let mut rest = Vec::new();
+    while let Some(line) = lines.recv().await {
+        rest.push(line);
+    }
     assert!(rest.iter().any(|l| l.contains("stopped")), "{rest:#?}");
+}
+
+/// `outlast serve` for chain `local` with one upstream at `upstream`, on a free port
+/// (another one when the port was taken meanwhile), once the upstream passed its check.
+/// Returns the process, its log lines as they come, and the port.
+async fn serve_until_serving(
+    upstream: &str,
+) -> (
+    std::process::Child,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+    u16,
+) {
+    let mut attempts = Vec::new();
+    for _ in 0..5 {
+        let port = free_port();
+        let file = write_config(&format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[routing]\nrequest_timeout_ms = 30000\n[[chains]]\nname = \"local\"\nchain_id = 31337\nverify = \"off\"\n[[chains.upstreams]]\nname = \"a\"\nurl = \"{upstream}\"\noperator = \"a\"\n",
+        ));
+        let mut child = Command::new(BIN)
+            .args(["serve", "--config", file.as_str()])
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn outlast");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut log = Vec::new();
+        // Until the upstream passed its check, or the process ended (the port taken).
+        while let Ok(Some(line)) = tokio::time::timeout(Duration::from_secs(30), rx.recv()).await {
+            if line.contains("upstream is serving") {
+                drop(file);
+                return (child, rx, port);
+            }
+            log.push(line);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        attempts.push(log.join("\n"));
+    }
+    panic!("outlast serve never served: {attempts:#?}");
 }

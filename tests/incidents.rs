@@ -13,14 +13,17 @@ use testbed::{
     ACCOUNT1_ADDRESS, Fleet,
     gateway::{FAST_ROUTING, Outlast, scratch_dir},
     incidents::{
-        FAST_STATUS, FIVE_PLACES, get_text, incidents, independent, is_open, labelled_config,
-        of_kind, python, wait_incidents,
+        FAST_STATUS, FIVE_PLACES, evaluations_pass, get_text, incidents, independent, is_open,
+        labelled_config, of_kind, python, wait_incidents,
     },
     receiver::Receiver,
     rpc_result,
 };
 
 const WITHIN: Duration = Duration::from_secs(20);
+/// Evaluations to watch for an incident that must not open: FAST_STATUS opens one
+/// after 500 ms of a problem, evaluating every 100 ms; twice that, and more.
+const SETTLE: usize = 12;
 
 fn open_of_kind(list: &[Value], kind: &str) -> usize {
     of_kind(list, kind)
@@ -63,8 +66,8 @@ async fn killing_the_aws_us_east_1_nodes_opens_one_correlated_incident_until_the
         open_of_kind(l, "correlated_failure") == 1
     })
     .await;
-    // Let a few more evaluations pass: nothing else may appear.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Let more evaluations pass than a problem needs to open one: nothing else may.
+    evaluations_pass(&outlast, "u0", SETTLE, WITHIN).await;
     let list = incidents(&outlast)
         .await
         .into_iter()
@@ -379,8 +382,9 @@ async fn every_upstream_refusing_is_one_incident_about_this_host_and_calls_get_3
         open_of_kind(l, "providers_unreachable") == 1
     })
     .await;
-    // Let a few more evaluations pass: nothing else may open under it.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Let more evaluations pass than a problem needs to open one: nothing else may
+    // open under it.
+    evaluations_pass(&outlast, "u0", SETTLE, WITHIN).await;
     let list = incidents(&outlast)
         .await
         .into_iter()

@@ -22,31 +22,53 @@ struct Redis {
 }
 
 impl Redis {
+    /// On a free port: one that another process takes between our probe and
+    /// redis-server's bind makes it exit, and the next port is tried.
     async fn start() -> Redis {
-        Redis::start_on(free_port()).await
+        let mut failures = Vec::new();
+        for _ in 0..5 {
+            match Redis::try_start_on(free_port()).await {
+                Ok(redis) => return redis,
+                Err(e) => failures.push(e),
+            }
+        }
+        panic!("redis-server did not start: {failures:#?}");
     }
 
     async fn start_on(port: u16) -> Redis {
-        let child = tokio::process::Command::new("redis-server")
+        Redis::try_start_on(port)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts redis-server on `port` and waits until it answers PING — our own server,
+    /// not another process that holds the port.
+    async fn try_start_on(port: u16) -> Result<Redis, String> {
+        let mut child = tokio::process::Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .kill_on_drop(true)
             .spawn()
             .expect("redis-server (apt-get install redis-server; scripts/test.sh does)");
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
+        let url = format!("redis://127.0.0.1:{port}/");
+        for _ in 0..500 {
+            if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+                return Err(format!("redis-server on {port} exited: {status}"));
+            }
+            if let Ok(client) = redis::Client::open(url.as_str())
+                && let Ok(mut conn) = client.get_multiplexed_async_connection().await
+                && redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .is_ok_and(|p| p == "PONG")
+                && child.try_wait().is_ok_and(|s| s.is_none())
             {
-                return Redis {
-                    child,
-                    url: format!("redis://127.0.0.1:{port}/"),
-                };
+                return Ok(Redis { child, url });
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        panic!("redis-server did not listen on {port}");
+        Err(format!("redis-server did not answer on {port} within 5 s"))
     }
 
     async fn kill(&mut self) {
@@ -145,29 +167,37 @@ async fn outlast_keeps_answering_while_redis_dies_and_comes_back() {
     read_final_block(&o).await;
     assert_eq!(readyz_redis(&o).await, (200, json!("up")));
 
-    // Clients keep reading blocks (some cached, most not) while Redis is killed.
-    let reads = async {
-        let mut failed = Vec::new();
-        for k in 0..120u64 {
-            let n = format!("{:#x}", k % 40 + 1);
-            let (r, _) = o
-                .call("/local", "eth_getBlockByNumber", json!([n, false]))
-                .await;
-            if r["result"]["number"] != n.as_str() {
-                failed.push(r);
-            }
+    // A client keeps reading: blocks (cached in memory after their first read) and
+    // balances of accounts never read before (which miss memory, so Redis is asked).
+    // Redis is killed a third of the way through.
+    let mut failed = Vec::new();
+    for k in 0..120u64 {
+        if k == 40 {
+            redis.kill().await;
         }
-        failed
-    };
-    let kill = async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        redis.kill().await;
-    };
-    let (failed, ()) = tokio::join!(reads, kill);
+        let n = format!("{:#x}", k % 40 + 1);
+        let (r, _) = o
+            .call("/local", "eth_getBlockByNumber", json!([n, false]))
+            .await;
+        if r["result"]["number"] != n.as_str() {
+            failed.push(r);
+        }
+        let account = format!("0x{:040x}", 0xdead_0000 + k);
+        let (r, _) = o
+            .call("/local", "eth_getBalance", json!([account, "0x3"]))
+            .await;
+        if r["result"] != "0x0" {
+            failed.push(r);
+        }
+    }
     assert!(failed.is_empty(), "{failed:?}");
     let (status, said) = readyz_redis(&o).await;
     assert_eq!(status, 200, "Redis down never makes Outlast unready");
-    assert_eq!(said, json!("down: caching in memory only"));
+    assert_eq!(
+        said,
+        json!("down: caching in memory only"),
+        "80 reads that asked Redis since it died"
+    );
     let (r, up) = o
         .call("/local", "eth_getBlockByNumber", json!(["0x3", false]))
         .await;
@@ -351,4 +381,70 @@ async fn an_entry_edited_or_forged_in_redis_is_never_served() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no refusals counted:\n{metrics}"));
     assert!(refused >= 4.0, "{refused}");
+}
+
+async fn upstream_state(o: &Outlast, name: &str) -> serde_json::Value {
+    let r = reqwest::get(o.url("/api/v1/status")).await.expect("status");
+    let s: serde_json::Value =
+        serde_json::from_slice(&r.bytes().await.expect("body")).expect("json");
+    s["chains"][0]["upstreams"]
+        .as_array()
+        .and_then(|ups| ups.iter().find(|u| u["name"] == name).cloned())
+        .unwrap_or_default()
+}
+
+/// One judgement everywhere: a provider caught lying by one instance (a false proof
+/// of a zero balance) is banned on a second instance that never asked it anything, with
+/// the evidence, through Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_liar_caught_on_one_instance_is_banned_on_every_instance() {
+    let redis = Redis::start().await;
+    let mut fleet = Fleet::start(3).await;
+    fleet.mine(3).await;
+    let catcher = outlast_verifying(&fleet, &redis, "proofs").await;
+    let other = outlast_verifying(&fleet, &redis, "proofs").await;
+    assert_eq!(upstream_state(&other, "u0").await["state"], "ready");
+
+    testbed::rpc_result(
+        &fleet.url(0),
+        "anvil_setBalance",
+        json!([testbed::ACCOUNT1_ADDRESS, "0x0"]),
+    )
+    .await;
+    // Balance reads through the first instance until it has asked u0 for a proof.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while upstream_state(&catcher, "u0").await["state"] != "banned" {
+        assert!(tokio::time::Instant::now() < deadline, "u0 never caught");
+        let (r, _) = catcher
+            .call(
+                "/local",
+                "eth_getBalance",
+                json!([testbed::ACCOUNT1_ADDRESS, "latest"]),
+            )
+            .await;
+        assert_ne!(r["result"], "0x0", "the lie was served: {r}");
+    }
+    // The second instance hears of it by itself.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let u0 = upstream_state(&other, "u0").await;
+        if u0["state"] == "banned" {
+            let why = u0["last_error"].as_str().unwrap_or_default();
+            assert!(
+                why.contains("on another instance") && why.contains("false proof"),
+                "{u0}"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "u0 not banned on the other: {u0}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        upstream_state(&other, "u1").await["state"],
+        "ready",
+        "only the liar"
+    );
 }

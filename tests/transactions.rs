@@ -144,14 +144,31 @@ async fn own_transaction_is_visible_through_a_node_that_never_saw_it() {
     let hash = keccak_hex(&raw);
     let (r, _) = send(&outlast, &raw).await;
     assert_eq!(r["result"], hash, "{r}");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut lacking = None;
-    for i in 0..2 {
-        if rpc(&fleet.url(i), "eth_getTransactionByHash", json!([hash])).await["result"].is_null() {
-            lacking = Some(format!("u{i}"));
+    // The node that accepted it has it; the other never will (no one else sends it).
+    let known = |i: usize| {
+        let url = fleet.url(i);
+        let hash = hash.clone();
+        async move { !rpc(&url, "eth_getTransactionByHash", json!([hash])).await["result"].is_null() }
+    };
+    let mut holders = Vec::new();
+    for _ in 0..200 {
+        holders = Vec::new();
+        for i in 0..2 {
+            if known(i).await {
+                holders.push(i);
+            }
         }
+        if !holders.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    let lacking = lacking.expect("broadcast_to = 1 leaves one node without the transaction");
+    assert_eq!(
+        holders.len(),
+        1,
+        "broadcast_to = 1 leaves one node without the transaction: held by {holders:?}"
+    );
+    let lacking = format!("u{}", 1 - holders[0]);
     // Only the node that never saw the transaction is left to answer.
     let holder = if lacking == "u0" { 1 } else { 0 };
     fleet.kill(holder);

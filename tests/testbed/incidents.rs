@@ -116,3 +116,40 @@ pub async fn python(script: &str, args: &[&str]) -> String {
     );
     stdout
 }
+
+/// Waits until the incident evaluator has run at least `n` more times, read off the
+/// uptime of upstream `name` of the first chain, which must be down meanwhile: every
+/// evaluation adds observed time it was not up, so its `uptime_24h` falls each time. A
+/// window counted in evaluations, not in wall-clock time: on a busy machine it lasts
+/// longer, never less.
+pub async fn evaluations_pass(outlast: &Outlast, name: &str, n: usize, within: Duration) {
+    let uptime = || async {
+        let text = get_text(outlast, "/api/v1/status").await;
+        let status: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        status["chains"][0]["upstreams"]
+            .as_array()
+            .and_then(|ups| ups.iter().find(|u| u["name"] == name))
+            .and_then(|u| u["uptime_24h"].as_f64())
+    };
+    let deadline = tokio::time::Instant::now() + within;
+    let mut last = uptime().await;
+    let mut seen = 0;
+    while seen < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{seen} of {n} evaluations seen within {within:?} (uptime of {name}: {last:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = uptime().await;
+        if let (Some(a), Some(b)) = (last, now) {
+            assert!(
+                b <= a,
+                "the uptime of {name} rose from {a} to {b}: it is not down"
+            );
+            if b < a {
+                seen += 1;
+            }
+        }
+        last = now.or(last);
+    }
+}
