@@ -85,7 +85,8 @@ impl GoodClient {
                     r.text().await
                 }
                 .await;
-                let parsed = answer.map(|t| serde_json::from_str::<Value>(&t).map_err(|e| format!("{e}: {t}")));
+                let parsed = answer
+                    .map(|t| serde_json::from_str::<Value>(&t).map_err(|e| format!("{e}: {t}")));
                 match parsed {
                     Ok(Ok(v)) if v.get("result").is_some() => {
                         ok2.fetch_add(1, Ordering::Relaxed);
@@ -135,20 +136,27 @@ async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Option<S
         }
     })
     .await;
-    read.ok().map(|()| String::from_utf8_lossy(&got).into_owned())
+    read.ok()
+        .map(|()| String::from_utf8_lossy(&got).into_owned())
 }
 
 async fn post(client: &reqwest::Client, url: &str, body: String) -> (u16, Value) {
     let r = client.post(url).body(body).send().await.expect("post");
     let status = r.status().as_u16();
     let text = r.text().await.expect("body");
-    (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")),
+    )
 }
 
 fn error_of(v: &Value) -> (i64, String) {
     (
         v["error"]["code"].as_i64().unwrap_or_default(),
-        v["error"]["message"].as_str().unwrap_or_default().to_owned(),
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
     )
 }
 
@@ -189,11 +197,18 @@ async fn hostile_clients_get_exact_answers_while_a_good_client_is_served() {
         let body = json!({"jsonrpc":"2.0","id":7,"method":"eth_getLogs","params":[{"fromBlock":from,"toBlock":"0xffffffffffffffff"}]});
         let (status, v) = post(&client, &url, body.to_string()).await;
         let (code, message) = error_of(&v);
-        assert_eq!((status, code, v["id"].clone()), (200, -32005, json!(7)), "{v}");
+        assert_eq!(
+            (status, code, v["id"].clone()),
+            (200, -32005, json!(7)),
+            "{v}"
+        );
         assert!(message.contains("max_logs_range"), "{message}");
     }
     assert_eq!(
-        refusals.iter().map(|r| *r.lock().expect("lock")).sum::<usize>(),
+        refusals
+            .iter()
+            .map(|r| *r.lock().expect("lock"))
+            .sum::<usize>(),
         0,
         "the hostile ranges never reached a provider"
     );
@@ -203,7 +218,10 @@ async fn hostile_clients_get_exact_answers_while_a_good_client_is_served() {
     let (_, v) = post(&client, &url, normal.to_string()).await;
     assert!(v["result"].is_array(), "{v}");
     let direct = testbed::rpc(&fleet.url(0), "eth_getLogs", normal["params"].clone()).await;
-    assert_eq!(v["result"], direct["result"], "merged logs = one node's answer");
+    assert_eq!(
+        v["result"], direct["result"],
+        "merged logs = one node's answer"
+    );
 
     // 2. Half a request header, from many sockets: over the per-address cap they are
     //    refused with a 503 the client can read; the rest are closed at the header
@@ -212,7 +230,9 @@ async fn hostile_clients_get_exact_answers_while_a_good_client_is_served() {
     let mut refused_503 = 0;
     for _ in 0..(PER_IP + 20) {
         let mut s = attacker_socket(addr).await.expect("connect");
-        let _ = s.write_all(b"POST /local HTTP/1.1\r\nHost: x\r\nContent-Ty").await;
+        let _ = s
+            .write_all(b"POST /local HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Ty")
+            .await;
         slow.push(s);
     }
     for s in &mut slow {
@@ -233,9 +253,11 @@ async fn hostile_clients_get_exact_answers_while_a_good_client_is_served() {
 
     // 3. A body that stops half-way: 408 after the body timeout, connection closed.
     let mut s = attacker_socket(addr).await.expect("connect");
-    s.write_all(b"POST /local HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"jsonrpc\"")
-        .await
-        .expect("write");
+    s.write_all(
+        b"POST /local HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{\"jsonrpc\"",
+    )
+    .await
+    .expect("write");
     let seen = read_until_closed(&mut s, Duration::from_secs(15))
         .await
         .expect("closed");
@@ -247,7 +269,7 @@ async fn hostile_clients_get_exact_answers_while_a_good_client_is_served() {
     let call = r#"{"jsonrpc":"2.0","id":1,"method":"eth_chainId"}"#;
     s.write_all(
         format!(
-            "POST /local HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{call}",
+            "POST /local HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{call}",
             call.len()
         )
         .as_bytes(),
@@ -257,22 +279,30 @@ async fn hostile_clients_get_exact_answers_while_a_good_client_is_served() {
     let seen = read_until_closed(&mut s, Duration::from_secs(15))
         .await
         .expect("the idle connection is closed");
-    assert!(seen.starts_with("HTTP/1.1 200") && seen.contains("0x7a69"), "{seen}");
+    assert!(
+        seen.starts_with("HTTP/1.1 200") && seen.contains("0x7a69"),
+        "{seen}"
+    );
 
     // 5. 20 MB written whole before reading (as urllib does): the client reads the 413.
     let mut s = attacker_socket(addr).await.expect("connect");
     let big = 20usize << 20;
-    let head = format!("POST /local HTTP/1.1\r\nHost: x\r\nContent-Length: {big}\r\n\r\n");
+    let head = format!("POST /local HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {big}\r\n\r\n");
     s.write_all(head.as_bytes()).await.expect("head");
     let chunk = vec![b' '; 1 << 20];
     for _ in 0..20 {
-        s.write_all(&chunk).await.expect("the body is read, not refused mid-way");
+        s.write_all(&chunk)
+            .await
+            .expect("the body is read, not refused mid-way");
     }
     let seen = read_until_closed(&mut s, Duration::from_secs(15))
         .await
         .expect("closed after the 413");
     assert!(seen.starts_with("HTTP/1.1 413"), "{seen}");
-    assert!(seen.contains("-32005") && seen.contains("exceeds"), "{seen}");
+    assert!(
+        seen.contains("-32005") && seen.contains("exceeds"),
+        "{seen}"
+    );
 
     // 6. A batch of two million items: refused at the limit while parsing, without
     //    memory proportional to it.
@@ -289,15 +319,19 @@ async fn hostile_clients_get_exact_answers_while_a_good_client_is_served() {
     let (_, v) = post(&client, &url, batch).await;
     let (code, message) = error_of(&v);
     assert_eq!(code, -32005, "{v}");
-    assert!(message.contains("batch of more than 100 calls"), "{message}");
-    let grown = rss_kib(pid).saturating_sub(before);
     assert!(
-        grown < 48 * 1024,
-        "RSS grew {grown} KiB for a 4 MB batch"
+        message.contains("batch of more than 100 calls"),
+        "{message}"
     );
+    let grown = rss_kib(pid).saturating_sub(before);
+    assert!(grown < 48 * 1024, "RSS grew {grown} KiB for a 4 MB batch");
 
     // 7. Denied methods, whatever their case.
-    for method in ["Debug_traceTransaction", "eth_sendtransaction", "ADMIN_peers"] {
+    for method in [
+        "Debug_traceTransaction",
+        "eth_sendtransaction",
+        "ADMIN_peers",
+    ] {
         let body = json!({"jsonrpc":"2.0","id":3,"method":method,"params":[]});
         let (_, v) = post(&client, &url, body.to_string()).await;
         assert_eq!(error_of(&v).0, -32004, "{method}: {v}");
@@ -305,12 +339,18 @@ async fn hostile_clients_get_exact_answers_while_a_good_client_is_served() {
 
     let (served, errors) = good.finish().await;
     assert!(served > 0, "the good client was served");
-    assert!(errors.is_empty(), "the good client failed {} times: {errors:?}", errors.len());
+    assert!(
+        errors.is_empty(),
+        "the good client failed {} times: {errors:?}",
+        errors.len()
+    );
 
     // 8. A client holding a connection open does not hold up shutdown past the drain.
     let _holder = attacker_socket(addr).await.expect("connect");
     let mut held = attacker_socket(addr).await.expect("connect");
-    let _ = held.write_all(b"POST /local HTTP/1.1\r\nHost: x\r\n").await;
+    let _ = held
+        .write_all(b"POST /local HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .await;
     assert!(rss_kib(pid) > 0, "alive at the end");
     outlast.stop().await;
 }

@@ -287,6 +287,7 @@ mod tests {
                         let i = i.index(bytes.len());
                         bytes[i] ^= x;
                     }
+                    Change::Cut(_) if bytes.is_empty() => {}
                     Change::Cut(i) => bytes.truncate(i.index(bytes.len())),
                     Change::Insert(i, b) => {
                         let i = i.index(bytes.len() + 1);
@@ -294,10 +295,21 @@ mod tests {
                     }
                 }
             }
-            let originals: HashMap<Cid, Vec<u8>> = blocks.into_iter().collect();
+            // By multihash: a flipped codec byte makes another CID with the same hash,
+            // whose data (the original's) still verifies — and is never asked for under
+            // the original CID.
+            let originals: HashMap<Vec<u8>, Vec<u8>> = blocks
+                .into_iter()
+                .map(|(c, d)| (c.hash().to_bytes(), d))
+                .collect();
             for (cid, data) in accepted(bytes, piece) {
                 // A block that verifies is one of the CAR's own, byte for byte.
-                prop_assert_eq!(originals.get(&cid).map(Vec::as_slice), Some(&data[..]), "{}", cid);
+                prop_assert_eq!(
+                    originals.get(&cid.hash().to_bytes()).map(Vec::as_slice),
+                    Some(&data[..]),
+                    "{}",
+                    cid
+                );
             }
         }
     }
