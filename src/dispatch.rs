@@ -211,8 +211,13 @@ impl<'g, 'a> Work<'g, 'a> {
                     method: c.method.clone(),
                     params: r.params.as_deref().or(c.params),
                 };
-                let outcome =
-                    local_answer(chain, &call).or_else(|| chain.filters.answer(&chain.subs, &call));
+                let outcome = local_answer(chain, &call).or_else(|| {
+                    chain.filters.answer(
+                        &chain.subs,
+                        &call,
+                        heads.consensus.as_ref().map(|c| c.number),
+                    )
+                });
                 let check = if outcome.is_some() {
                     None
                 } else {

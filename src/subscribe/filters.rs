@@ -198,15 +198,18 @@ impl Filters {
 
     /// Answers a filter method other than a log filter's `eth_getFilterLogs` (which
     /// `logs_queries` turned into `eth_getLogs`); `None` for any other method.
-    pub fn answer(&self, hub: &Hub, call: &Call<'_>) -> Option<Outcome> {
+    /// `head` is the consensus head now: a new filter is owed nothing up to it.
+    pub fn answer(&self, hub: &Hub, call: &Call<'_>, head: Option<u64>) -> Option<Outcome> {
         if !is_filter_method(&call.method) {
             return None;
         }
         let result = match call.method.as_ref() {
-            "eth_newBlockFilter" => self.install(hub, What::Blocks).map(id_json),
-            "eth_newPendingTransactionFilter" => self.install(hub, What::Pending).map(id_json),
+            "eth_newBlockFilter" => self.install(hub, What::Blocks, head).map(id_json),
+            "eth_newPendingTransactionFilter" => {
+                self.install(hub, What::Pending, head).map(id_json)
+            }
             "eth_newFilter" => parse_criteria(call.params)
-                .and_then(|what| self.install(hub, what))
+                .and_then(|what| self.install(hub, what, head))
                 .map(id_json),
             "eth_getFilterChanges" => filter_id(call.params).and_then(|id| self.changes(hub, &id)),
             "eth_uninstallFilter" => filter_id(call.params).map(|id| {
@@ -260,7 +263,7 @@ impl Filters {
         }
     }
 
-    fn install(&self, hub: &Hub, what: What) -> Result<String, FilterError> {
+    fn install(&self, hub: &Hub, what: What, head: Option<u64>) -> Result<String, FilterError> {
         let mut inner = self.lock();
         let now = Instant::now();
         let idle = self.limits.idle;
@@ -291,6 +294,15 @@ impl Filters {
         let (since, epoch) = resubscribe(hub, &inner);
         if let Some(f) = inner.by_id.get_mut(&id) {
             (f.since, f.epoch) = (since, epoch);
+        }
+        // Blocks up to the head are not owed to the new filter: its first polls need
+        // not wait for the feed (which starts at the head when nobody followed it).
+        if let Some(head) = head {
+            self.delivered.send_if_modified(|d| {
+                let behind = *d < head;
+                *d = (*d).max(head);
+                behind
+            });
         }
         Ok(id)
     }
@@ -329,7 +341,13 @@ impl Filters {
     /// `head`, so a poll never runs behind what the client was already told.
     pub async fn caught_up(&self, head: Option<u64>) {
         let Some(head) = head else { return };
-        if self.lock().by_id.is_empty() || *self.delivered.borrow() >= head {
+        // Pending filters are not fed blocks: only block and log filters wait.
+        let fed_blocks = self
+            .lock()
+            .by_id
+            .values()
+            .any(|f| !matches!(f.what, What::Pending));
+        if !fed_blocks || *self.delivered.borrow() >= head {
             return;
         }
         let mut delivered = self.delivered.subscribe();
@@ -666,6 +684,12 @@ mod tests {
         }
     }
 
+    impl Filters {
+        fn answer_now(&self, hub: &Hub, call: &Call<'_>) -> Option<Outcome> {
+            self.answer(hub, call, None)
+        }
+    }
+
     /// A hub with a pump registered (its events are read by hand).
     fn setup(l: &Limits) -> (Hub, Filters) {
         (Hub::new(64), Filters::new(l))
@@ -673,13 +697,13 @@ mod tests {
 
     fn new_filter(filters: &Filters, hub: &Hub, method: &str, params: &str) -> String {
         let p = raw(params);
-        let id = result(filters.answer(hub, &call(method, &p))).expect("created");
+        let id = result(filters.answer_now(hub, &call(method, &p))).expect("created");
         serde_json::from_str(&id).expect("id string")
     }
 
     fn poll(filters: &Filters, hub: &Hub, id: &str) -> Result<String, String> {
         let p = raw(&format!("[\"{id}\"]"));
-        result(filters.answer(hub, &call("eth_getFilterChanges", &p)))
+        result(filters.answer_now(hub, &call("eth_getFilterChanges", &p)))
     }
 
     fn block(n: u64, logs: Option<Vec<Log>>, as_of: u64) -> Event {
@@ -779,7 +803,7 @@ mod tests {
         let id = new_filter(&filters, &hub, "eth_newBlockFilter", "[]");
         new_filter(&filters, &hub, "eth_newPendingTransactionFilter", "[]");
         let p = raw("[]");
-        let third = result(filters.answer(&hub, &call("eth_newBlockFilter", &p)));
+        let third = result(filters.answer_now(&hub, &call("eth_newBlockFilter", &p)));
         assert!(
             third.as_ref().is_err_and(|e| e.starts_with("-32005")),
             "{third:?}"
@@ -822,11 +846,11 @@ mod tests {
             id.to_ascii_uppercase().replacen("0X", "0x", 1)
         ));
         assert_eq!(
-            result(filters.answer(&hub, &call("eth_uninstallFilter", &p))),
+            result(filters.answer_now(&hub, &call("eth_uninstallFilter", &p))),
             Ok("true".into())
         );
         assert_eq!(
-            result(filters.answer(&hub, &call("eth_uninstallFilter", &p))),
+            result(filters.answer_now(&hub, &call("eth_uninstallFilter", &p))),
             Ok("false".into())
         );
     }
@@ -865,7 +889,7 @@ mod tests {
             ["eth_getLogs", "eth_getFilterLogs", "eth_getFilterLogs"]
         );
         assert_eq!(
-            result(filters.answer(&hub, &call("eth_getFilterLogs", &p2))),
+            result(filters.answer_now(&hub, &call("eth_getFilterLogs", &p2))),
             Err("-32000 filter not found".into())
         );
     }
