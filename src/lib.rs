@@ -23,9 +23,11 @@
 //!   `[cors]` origins and hosts, the `[admin]` token
 //! - `admin`    — the admin API: cordons, manual incidents, maintenance windows
 //! - `lockfile` — one Outlast per on-disk store (incident history, pending transactions)
+//! - `bans`     — with `[redis]`, a liar banned on one instance is banned on every one
 
 pub mod admin;
 pub mod auth;
+pub mod bans;
 pub mod cache;
 pub mod config;
 pub mod dispatch;
@@ -96,6 +98,7 @@ pub async fn run(
     tasks.spawn(report_first_checks(gw.clone(), first_checks, stop.clone()));
     subscribe::spawn(&gw, &config, &tasks, &stop);
     tx::rebroadcast::spawn(&gw, &tasks, &stop);
+    tasks.spawn(bans::share(gw.clone(), stop.clone()));
     if let Ok(addr) = listener.local_addr() {
         let chains: Vec<&str> = gw.chains.iter().map(|c| &*c.name).collect();
         tracing::info!(%addr, ?chains, "Outlast is listening: POST /{{chain}} for JSON-RPC, GET /readyz for readiness");

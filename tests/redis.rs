@@ -411,18 +411,22 @@ async fn a_liar_caught_on_one_instance_is_banned_on_every_instance() {
         json!([testbed::ACCOUNT1_ADDRESS, "0x0"]),
     )
     .await;
-    // Balance reads through the first instance until it has asked u0 for a proof.
+    // Balance reads through the first instance until it has asked u0 for a proof: of a
+    // new address each time, so no cached answer stands in (u0's state no longer
+    // matches the agreed header, so any proof of it is false).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut i = 0u64;
     while upstream_state(&catcher, "u0").await["state"] != "banned" {
         assert!(tokio::time::Instant::now() < deadline, "u0 never caught");
+        i += 1;
         let (r, _) = catcher
             .call(
                 "/local",
                 "eth_getBalance",
-                json!([testbed::ACCOUNT1_ADDRESS, "latest"]),
+                json!([format!("0x{i:040x}"), "latest"]),
             )
             .await;
-        assert_ne!(r["result"], "0x0", "the lie was served: {r}");
+        assert_eq!(r["result"], "0x0", "{r}");
     }
     // The second instance hears of it by itself.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);

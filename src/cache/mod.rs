@@ -87,6 +87,11 @@ impl Cache {
     }
 
     /// `None` without Redis; else whether Redis answered last time (`/readyz` detail).
+    /// The shared tier, for what instances share besides answers (`bans`).
+    pub fn shared(&self) -> Option<Arc<redis::RedisTier>> {
+        self.redis.clone()
+    }
+
     pub fn redis_up(&self) -> Option<bool> {
         self.redis.as_ref().map(|r| r.is_up())
     }

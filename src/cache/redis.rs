@@ -180,6 +180,60 @@ impl RedisTier {
     }
 }
 
+impl RedisTier {
+    /// Writes a note every instance may read (a ban), signed like cache entries, kept
+    /// for `keep`.
+    pub async fn put_note(&self, key: &str, value: &[u8], keep: Duration) {
+        let Some(mut conn) = self.manager() else {
+            return;
+        };
+        let full = format!("{}{key}", self.prefix);
+        let tag = tagged_in(&self.mac, NOTE_DOMAIN, &full, value)
+            .finalize()
+            .into_bytes();
+        let mut out = Vec::with_capacity(TAG + value.len());
+        out.extend_from_slice(&tag);
+        out.extend_from_slice(value);
+        let ms = u64::try_from(keep.as_millis()).unwrap_or(u64::MAX).max(1);
+        let done =
+            tokio::time::timeout(self.timeout, conn.pset_ex::<_, _, ()>(full, out, ms)).await;
+        self.report(done);
+    }
+
+    /// Reads notes (one round trip); a missing one, or one whose tag does not verify
+    /// (forged, or written with another secret), is `None` — the latter counted like a
+    /// refused cache entry.
+    pub async fn get_notes(&self, keys: &[String]) -> Vec<Option<Vec<u8>>> {
+        let none = || vec![None; keys.len()];
+        let Some(mut conn) = self.manager() else {
+            return none();
+        };
+        if keys.is_empty() {
+            return Vec::new();
+        }
+        let full: Vec<String> = keys.iter().map(|k| format!("{}{k}", self.prefix)).collect();
+        let got: Option<Vec<Option<Vec<u8>>>> =
+            self.report(tokio::time::timeout(self.timeout, conn.mget(&full)).await);
+        let Some(got) = got.filter(|g| g.len() == keys.len()) else {
+            return none();
+        };
+        got.into_iter()
+            .zip(&full)
+            .map(|(raw, key)| {
+                let raw = raw?;
+                let (tag, value) = raw.split_at_checked(TAG)?;
+                match tagged_in(&self.mac, NOTE_DOMAIN, key, value).verify_slice(tag) {
+                    Ok(()) => Some(value.to_vec()),
+                    Err(_) => {
+                        self.refused(Refused::Tag);
+                        None
+                    }
+                }
+            })
+            .collect()
+    }
+}
+
 /// Why an entry read from Redis is not used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Refused {
@@ -209,8 +263,16 @@ const DOMAIN: &[u8] = b"outlast cache entry v1\0";
 /// The MAC of `value` (everything after the tag) stored under `key` (the full Redis
 /// key). The key's length comes first, so no key/value split can stand for another.
 fn tagged(mac: &Hmac<Sha256>, key: &str, value: &[u8]) -> Hmac<Sha256> {
+    tagged_in(mac, DOMAIN, key, value)
+}
+
+/// Shared notes (not answers: bans) are tagged in a domain of their own, so one can
+/// never pass for the other.
+const NOTE_DOMAIN: &[u8] = b"outlast shared note v1\0";
+
+fn tagged_in(mac: &Hmac<Sha256>, domain: &[u8], key: &str, value: &[u8]) -> Hmac<Sha256> {
     let mut mac = mac.clone();
-    mac.update(DOMAIN);
+    mac.update(domain);
     mac.update(&(key.len() as u64).to_be_bytes());
     mac.update(key.as_bytes());
     mac.update(value);

@@ -81,9 +81,19 @@ pub async fn receipt(chain: &Chain, call: &Call<'_>) -> Result<Checked, Unverifi
     };
     let number = located.block_number.to::<u64>();
     // 2. The block there must be the agreed one.
-    let (header, confirmed) = verified::trusted_header(chain, number)
-        .await
-        .map_err(|u| u.about(what, &format!("no trusted header for block {number}: ")))?;
+    let (header, confirmed) = match verified::trusted_header(chain, number).await {
+        Ok(h) => h,
+        // A block past the consensus head that too few operators have yet: not seen,
+        // as a node that has not seen it says — the client asks again.
+        Err(_) if chain.head.latest().is_none_or(|head| number > head) => {
+            return Ok(Checked {
+                upstream: executed_label(),
+                answer: Answer::Result(Bytes::from_static(b"null")),
+                level: Level::None,
+            });
+        }
+        Err(u) => return Err(u.about(what, &format!("no trusted header for block {number}: "))),
+    };
     if header.hash != located.block_hash {
         // A reorg in between, or a provider placing it in a block nobody else has.
         return verified::agreed(chain, call, Need::Fresh).await;

@@ -484,7 +484,11 @@ pub(super) async fn trusted_header(
     };
     let agreed = ask(chain, voters, shape, &calls, |up, reply| {
         let answer = one(reply).ok()?;
-        answered = true;
+        match answer {
+            // It does not have that block yet: absent, not dissenting.
+            Some(Answer::Result(raw)) if &raw[..] == b"null" => return None,
+            _ => answered = true,
+        }
         match answer {
             Some(Answer::Result(raw)) => match verify::header::check(&raw) {
                 Ok(h) if h.number == number => votes.push((up.operator.clone(), h)),
