@@ -358,27 +358,10 @@ async fn prove(
         }
     })
     .await;
-    match proven {
-        Ok(accounts) => {
-            for (liar, why) in &suspects {
-                verified::ban(
-                    chain,
-                    liar,
-                    "proof",
-                    &format!("served a false proof: {why}"),
-                );
-            }
-            Ok(accounts)
-        }
-        Err(_) if suspects.is_empty() => Err(Unprovable::NoProof),
-        Err(_) => Err(Unprovable::Lies(
-            suspects
-                .iter()
-                .map(|(u, why)| format!("{}: {why}", u.name))
-                .collect::<Vec<_>>()
-                .join("; "),
-        )),
-    }
+    verified::judged(chain, proven, &suspects, "proof").map_err(|lies| match lies {
+        None => Unprovable::NoProof,
+        Some(why) => Unprovable::Lies(why),
+    })
 }
 
 enum Check {

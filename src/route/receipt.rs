@@ -200,22 +200,10 @@ pub(super) async fn block_receipts(
         }
     })
     .await;
-    match proven {
-        Ok(found) => {
-            for (liar, why) in &suspects {
-                verified::ban(chain, liar, "receipts", &format!("served a false {why}"));
-            }
-            Ok(found)
-        }
-        Err(_) if suspects.is_empty() => Err(Failure::NoneServed),
-        Err(_) => Err(Failure::Lies(
-            suspects
-                .iter()
-                .map(|(u, why)| format!("{}: {why}", u.name))
-                .collect::<Vec<_>>()
-                .join("; "),
-        )),
-    }
+    verified::judged(chain, proven, &suspects, "block").map_err(|lies| match lies {
+        None => Failure::NoneServed,
+        Some(why) => Failure::Lies(why),
+    })
 }
 
 /// The `x-outlast-upstream` of answers Outlast built from proven values.

@@ -698,6 +698,34 @@ fn independent(chain: &Chain, need: Need) -> (Vec<Arc<Upstream>>, Vec<Attempt>) 
     (voters, plan.skipped)
 }
 
+/// How a race for something provable ended (`route::call`, `route::receipt`): found —
+/// then each upstream that served a false one before is banned, as `what`; not found —
+/// `Err(None)` when nobody served anything false (nothing to prove with), else
+/// `Err(Some(..))` with what the liars served.
+pub(super) fn judged<T, E>(
+    chain: &Chain,
+    found: Result<T, E>,
+    suspects: &[(Arc<Upstream>, String)],
+    what: &str,
+) -> Result<T, Option<String>> {
+    match found {
+        Ok(found) => {
+            for (liar, why) in suspects {
+                ban(chain, liar, what, &format!("served a false {what}: {why}"));
+            }
+            Ok(found)
+        }
+        Err(_) if suspects.is_empty() => Err(None),
+        Err(_) => Err(Some(
+            suspects
+                .iter()
+                .map(|(u, why)| format!("{}: {why}", u.name))
+                .collect::<Vec<_>>()
+                .join("; "),
+        )),
+    }
+}
+
 /// Takes a liar out of rotation for the chain's ban period, says so loudly, and hands
 /// the evidence to the incident engine.
 pub(super) fn ban(chain: &Chain, up: &Upstream, check: &str, why: &str) {
