@@ -156,23 +156,34 @@ fn max_opt(a: Option<u64>, b: Option<u64>) -> Option<u64> {
 
 /// Drops the views of upstreams that are stuck: behind the newest head reported, with a
 /// head unchanged for `stall_after`. They still serve what they have; they just do not
-/// vote on the head, so one stuck node cannot freeze `latest` for everyone.
+/// vote on the head, so one stuck node cannot freeze `latest` for everyone. Unless the
+/// stuck ones are more operators than the others: then the chain has most likely no new
+/// block, and the few ahead (one upstream on a branch of its own, say) are not believed.
 pub fn without_stalled(
     views: Vec<(&str, HeadView)>,
     stall_after: Duration,
     now: Instant,
 ) -> Vec<(&str, HeadView)> {
     let top = views.iter().filter_map(|(_, v)| v.latest).max();
-    views
-        .into_iter()
-        .filter(|(_, v)| {
-            let behind = v.latest < top;
-            let still = v
-                .changed
-                .is_none_or(|c| now.duration_since(c) > stall_after);
-            !(behind && still)
-        })
-        .collect()
+    let stuck = |v: &HeadView| {
+        let behind = v.latest < top;
+        let still = v
+            .changed
+            .is_none_or(|c| now.duration_since(c) > stall_after);
+        behind && still
+    };
+    let operators = |want_stuck: bool| {
+        views
+            .iter()
+            .filter(|(_, v)| stuck(v) == want_stuck)
+            .map(|(op, _)| *op)
+            .collect::<HashSet<_>>()
+            .len()
+    };
+    if operators(true) > operators(false) {
+        return views;
+    }
+    views.into_iter().filter(|(_, v)| !stuck(v)).collect()
 }
 
 /// The newest (number, hash) that enough distinct operators have reported among their
@@ -323,6 +334,25 @@ mod tests {
         assert_eq!(
             consensus(&[("a", view(&[(4, "x")]))], 2).map(|c| (c.number, c.confirmed)),
             Some((4, false))
+        );
+    }
+
+    #[test]
+    fn a_lone_upstream_ahead_of_a_stuck_majority_does_not_set_the_head() {
+        let now = Instant::now();
+        // b and c see no new block; a alone runs ahead on blocks of its own.
+        let still = view(&[(5, "x")]);
+        let views = vec![
+            ("a", view(&[(5, "x"), (6, "f"), (7, "g")])),
+            ("b", still.clone()),
+            ("c", still),
+        ];
+        let later = now + Duration::from_secs(5);
+        let voting = without_stalled(views, Duration::from_secs(1), later);
+        assert_eq!(voting.len(), 3, "nobody loses a vote");
+        assert_eq!(
+            consensus(&voting, 2).map(|c| (c.number, c.hash, c.confirmed)),
+            Some((5, "x".to_owned(), true))
         );
     }
 
