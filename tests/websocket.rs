@@ -533,7 +533,20 @@ async fn blocks_mined_while_no_upstream_was_reachable_are_backfilled_in_order() 
     for _ in 0..6 {
         emit_block(&mut fleet, &mut ledger, &[0, 1]).await;
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Outlast sees it: with no upstream ready, /readyz says 503.
+    let mut ready = 200;
+    for _ in 0..400 {
+        ready = reqwest::get(outlast.url("/readyz"))
+            .await
+            .expect("GET /readyz")
+            .status()
+            .as_u16();
+        if ready == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(ready, 503, "Outlast never saw every upstream gone");
     for p in &proxies {
         p.set(Fault::None);
     }
@@ -697,8 +710,18 @@ async fn pending_transactions_arrive_once_from_a_polled_filter_and_a_pushed_feed
         let outlast = Outlast::start(&config(&fleet, &[ws_feed, ws_feed], "")).await;
         let mut ws = Ws::connect(&ws_url(&outlast, "/local")).await;
         let sub = ws.subscribe(json!(["newPendingTransactions"])).await;
-        // Let the feed find its source before the transactions are sent.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // The feed has found its source once a transaction is heard of (from another
+        // account, so the ledger's nonces are untouched).
+        let mut warm_up = 0;
+        send_until_heard(
+            &fleet,
+            &mut ws,
+            &sub,
+            0,
+            testbed::ACCOUNT1_ADDRESS,
+            &mut warm_up,
+        )
+        .await;
         let mut ledger = Ledger::default();
         let mut sent = Vec::new();
         for _ in 0..3 {
@@ -811,6 +834,405 @@ async fn a_slow_consumer_is_cut_off_and_the_others_miss_nothing() {
     );
 }
 
+/// A WebSocket client that reads every frame as it comes and answers nothing, not even
+/// pings (tungstenite answers them by itself, so it cannot be this client).
+struct SilentWs {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl SilentWs {
+    async fn connect(outlast: &Outlast, path: &str) -> SilentWs {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = outlast.base.trim_start_matches("http://").to_owned();
+        let mut stream = TcpStream::connect(&addr).await.expect("connect");
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut buf = Vec::new();
+        let blank = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i;
+            }
+            let mut chunk = [0u8; 1024];
+            let n = tokio::time::timeout(WAIT, stream.read(&mut chunk))
+                .await
+                .expect("a handshake answer")
+                .expect("read");
+            assert!(n > 0, "closed during the handshake");
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..blank]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        buf.drain(..blank + 4);
+        SilentWs { stream, buf }
+    }
+
+    /// The next frame (opcode, payload), or `None` when the connection ended.
+    async fn frame(&mut self, deadline: tokio::time::Instant) -> Option<(u8, Vec<u8>)> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if self.buf.len() >= 2 {
+                let opcode = self.buf[0] & 0x0f;
+                let (len, at) = match self.buf[1] & 0x7f {
+                    126 if self.buf.len() >= 4 => {
+                        (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
+                    }
+                    127 if self.buf.len() >= 10 => (
+                        u64::from_be_bytes(self.buf[2..10].try_into().expect("8 bytes")) as usize,
+                        10,
+                    ),
+                    126 | 127 => (usize::MAX, 0),
+                    n => (n as usize, 2),
+                };
+                if len != usize::MAX && self.buf.len() >= at + len {
+                    let payload = self.buf[at..at + len].to_vec();
+                    self.buf.drain(..at + len);
+                    return Some((opcode, payload));
+                }
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            let n = tokio::time::timeout_at(deadline, self.stream.read(&mut chunk))
+                .await
+                .expect("a frame before the deadline")
+                .ok()?;
+            if n == 0 {
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_answers_no_ping_is_closed_with_1011_and_the_others_stay() {
+    let mut fleet = Fleet::start(1).await;
+    fleet.mine(1).await;
+    let outlast = Outlast::start(&config(&fleet, &[false], "[limits]\nws_ping_secs = 1\n")).await;
+    // A client that answers pings (tungstenite does, as it reads) is connected alongside,
+    // reading all the while.
+    let alive = Ws::connect(&ws_url(&outlast, "/local")).await;
+    let (done, mut stop) = tokio::sync::oneshot::channel::<()>();
+    let reading = tokio::spawn(async move {
+        let mut alive = alive;
+        loop {
+            tokio::select! {
+                _ = &mut stop => return alive,
+                msg = alive.socket.next() => match msg {
+                    Some(Ok(Message::Close(frame))) => panic!("the live client was closed: {frame:?}"),
+                    Some(Ok(_)) => {}
+                    other => panic!("the live client's socket ended: {other:?}"),
+                },
+            }
+        }
+    });
+    let mut silent = SilentWs::connect(&outlast, "/local").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut pings = 0;
+    let code = loop {
+        match silent.frame(deadline).await {
+            Some((0x9, _)) => pings += 1,
+            Some((0x8, payload)) => {
+                assert!(payload.len() >= 2, "a close frame without a code");
+                break u16::from_be_bytes([payload[0], payload[1]]);
+            }
+            Some(_) => {}
+            None => panic!("closed without a close frame, after {pings} pings"),
+        }
+    };
+    assert_eq!(code, 1011, "closed with {code} after {pings} pings");
+    assert!(pings >= 1, "closed before any ping went unanswered");
+    // The client that answers its pings was pinged as long, and is still served.
+    let _ = done.send(());
+    let mut alive = reading.await.expect("the live client's reader");
+    let reply = alive.call("eth_chainId", json!([])).await;
+    assert_eq!(reply["result"], "0x7a69", "{reply}");
+}
+
+/// A transfer of 1 wei from `from` to itself with every field fixed.
+fn self_transfer(from: &str, nonce: u64) -> Value {
+    json!({"from": from, "to": from, "value": "0x1", "gas": "0x5208",
+        "gasPrice": "0x77359400", "nonce": format!("{nonce:#x}")})
+}
+
+/// Sends transactions from `from` (nonces from `*nonce` on) to node `node` only, one at a
+/// time, until the subscription `sub` tells of one; returns the hashes sent and heard.
+async fn send_until_heard(
+    fleet: &Fleet,
+    ws: &mut Ws,
+    sub: &str,
+    node: usize,
+    from: &str,
+    nonce: &mut u64,
+) -> (Vec<Value>, Vec<Value>) {
+    let (mut sent, mut heard) = (Vec::new(), Vec::new());
+    for _ in 0..30 {
+        let hash = rpc_result(
+            &fleet.url(node),
+            "eth_sendTransaction",
+            json!([self_transfer(from, *nonce)]),
+        )
+        .await;
+        *nonce += 1;
+        sent.push(hash);
+        while let Some((id, hash)) = ws.notification(Duration::from_secs(1)).await {
+            assert_eq!(id, sub);
+            heard.push(hash);
+        }
+        if !heard.is_empty() {
+            return (sent, heard);
+        }
+    }
+    panic!(
+        "none of {} transactions sent to node {node} was heard of",
+        sent.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_transactions_keep_coming_when_their_source_fails() {
+    let mut fleet = Fleet::start(2).await;
+    fleet.mine(1).await;
+    // u0 (through a proxy, HTTP and WebSocket alike) is the first source: it has the
+    // only WebSocket; u1 can be polled with a filter.
+    let proxy = FaultProxy::start(fleet.url(0)).await;
+    let toml = format!(
+        "{FAST_ROUTING}\n[[chains]]\nname = \"local\"\nchain_id = 31337\nverify = \"off\"\n\
+         [[chains.upstreams]]\nname = \"u0\"\nurl = \"{}\"\nws_url = \"{}\"\noperator = \"op0\"\n\
+         [[chains.upstreams]]\nname = \"u1\"\nurl = \"{}\"\noperator = \"op1\"\n",
+        proxy.url(),
+        proxy.ws_url(),
+        fleet.url(1),
+    );
+    let outlast = Outlast::start(&toml).await;
+    let mut ws = Ws::connect(&ws_url(&outlast, "/local")).await;
+    let sub = ws.subscribe(json!(["newPendingTransactions"])).await;
+    let (mut nonce0, mut nonce1) = (0, 0);
+
+    // Transactions only node 0 has are heard of: u0 is the source.
+    let (sent0, heard0) =
+        send_until_heard(&fleet, &mut ws, &sub, 0, ACCOUNT0_ADDRESS, &mut nonce0).await;
+    // The source fails: u0 is gone, its WebSocket too.
+    proxy.set(Fault::Refuse);
+    // Transactions only node 1 has are heard of: u1 took over.
+    let (sent1, mut heard1) = send_until_heard(
+        &fleet,
+        &mut ws,
+        &sub,
+        1,
+        testbed::ACCOUNT1_ADDRESS,
+        &mut nonce1,
+    )
+    .await;
+    // From then on, each new one arrives, once, in order.
+    let mut last = Vec::new();
+    for _ in 0..3 {
+        let hash = rpc_result(
+            &fleet.url(1),
+            "eth_sendTransaction",
+            json!([self_transfer(testbed::ACCOUNT1_ADDRESS, nonce1)]),
+        )
+        .await;
+        nonce1 += 1;
+        last.push(hash);
+    }
+    while let Some((id, hash)) = ws.notification(Duration::from_secs(3)).await {
+        assert_eq!(id, sub);
+        heard1.push(hash);
+    }
+    assert!(
+        heard1.ends_with(&last),
+        "the last three, in order: heard {heard1:?}, sent {last:?}"
+    );
+    let all: Vec<&Value> = heard0.iter().chain(&heard1).collect();
+    let unique: std::collections::HashSet<String> = all.iter().map(|h| h.to_string()).collect();
+    assert_eq!(unique.len(), all.len(), "a hash was sent twice: {all:?}");
+    assert!(
+        heard0.iter().all(|h| sent0.contains(h)),
+        "{heard0:?} {sent0:?}"
+    );
+    let sent1: Vec<&Value> = sent1.iter().chain(&last).collect();
+    assert!(
+        heard1.iter().all(|h| sent1.contains(&h)),
+        "{heard1:?} {sent1:?}"
+    );
+}
+
+/// `GET /api/v1/status`.
+async fn status_json(outlast: &Outlast) -> Value {
+    let text = reqwest::get(outlast.url("/api/v1/status"))
+        .await
+        .expect("GET /api/v1/status")
+        .text()
+        .await
+        .expect("body");
+    serde_json::from_str(&text).expect("JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_only_one_upstream_pushes_is_never_sent() {
+    let mut fleet = Fleet::start(3).await;
+    fleet.mine(2).await;
+    // Every upstream pushes its heads; quorum 2 (the default).
+    let outlast = Outlast::start(&config(&fleet, &[true, true, true], "")).await;
+    outlast.wait_for_head("/local", fleet.height()).await;
+    // Every upstream has told its head, and a quorum agrees: they all vote. (Before an
+    // upstream's first head, the head is the others' best guess, unconfirmed.)
+    let mut status = Value::Null;
+    for _ in 0..400 {
+        status = status_json(&outlast).await;
+        let chain = &status["chains"][0];
+        let all_told = chain["upstreams"]
+            .as_array()
+            .is_some_and(|ups| ups.iter().all(|u| u["head"] == fleet.height()));
+        if all_told && chain["head"]["confirmed"] == true {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(status["chains"][0]["head"]["confirmed"], true, "{status}");
+    let told = Instant::now();
+    let mut ws = Ws::connect(&ws_url(&outlast, "/local")).await;
+    let heads_id = ws.subscribe(json!(["newHeads"])).await;
+    let h = fleet.height();
+
+    // Node 0 goes its own way: three blocks nobody else has (other timestamps), which it
+    // pushes over its WebSocket.
+    fleet.lag(0);
+    let mut fork = Vec::new();
+    for b in h + 1..=h + 3 {
+        rpc_result(&fleet.url(0), "evm_mine", json!([block_timestamp(b) + 1])).await;
+        let block = rpc_result(
+            &fleet.url(0),
+            "eth_getBlockByNumber",
+            json!([format!("{b:#x}"), false]),
+        )
+        .await;
+        fork.push(block["hash"].clone());
+    }
+    // Outlast has seen them (it is u0's head) and kept them out of the consensus.
+    for _ in 0..400 {
+        status = status_json(&outlast).await;
+        if status["chains"][0]["upstreams"][0]["head"] == h + 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        status["chains"][0]["upstreams"][0]["head"],
+        h + 3,
+        "{status}"
+    );
+    assert_eq!(status["chains"][0]["head"]["number"], h, "{status}");
+    // And still while the others, seeing no new block, count as stuck: a head unchanged
+    // for three block times, at least a second, loses its vote to the ones moving on —
+    // but a majority of operators is never outvoted by one.
+    while told.elapsed() < Duration::from_secs(3) {
+        let status = status_json(&outlast).await;
+        assert_eq!(status["chains"][0]["head"]["number"], h, "{status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The others mine two blocks: agreed by two operators, and sent.
+    fleet.mine(2).await;
+    let (heads, _) = collect(&mut ws, &heads_id, None, h + 2).await;
+    assert_every_block_once(&heads, h + 1, h + 2, &fleet.url(1)).await;
+    for (n, hash) in &heads {
+        assert!(
+            !fork.contains(&json!(hash)),
+            "block {n} {hash} only node 0 has was sent"
+        );
+    }
+    // No block of node 0's arrives late either.
+    let late = ws.notification(Duration::from_millis(500)).await;
+    assert!(
+        late.is_none(),
+        "a late notification: {late:?}; fork {fork:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_costs_outlast_no_more_memory_than_its_queue() {
+    let mut fleet = Fleet::start(1).await;
+    fleet.mine(1).await;
+    let buffer = 64;
+    let served = Outlast::start_process(&config(
+        &fleet,
+        &[true],
+        &format!(
+            "[limits]\nws_client_buffer = {buffer}\nmax_subscriptions = 200\n[cache]\nsize_bytes = 0\n"
+        ),
+    ))
+    .await;
+    let url = ws_url(&served, "/local");
+    // The slow client reads nothing, through a small receive buffer, and turns each
+    // block into 200 notifications.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let addr = url
+        .trim_start_matches("ws://")
+        .split('/')
+        .next()
+        .expect("host:port")
+        .parse()
+        .expect("an address");
+    let stream = socket.connect(addr).await.expect("connect");
+    let (socket, _) = tokio_tungstenite::client_async(url.as_str(), MaybeTlsStream::Plain(stream))
+        .await
+        .expect("handshake");
+    let mut slow = Ws {
+        socket,
+        next_id: 0,
+        notes: VecDeque::new(),
+    };
+    let subscriptions = 200;
+    for _ in 0..subscriptions {
+        slow.subscribe(json!(["newHeads"])).await;
+    }
+    let header = rpc_result(
+        &fleet.url(0),
+        "eth_getBlockByNumber",
+        json!(["latest", false]),
+    )
+    .await
+    .to_string()
+    .len();
+    let before = rss_kib(&served);
+    let blocks = 300;
+    for _ in 0..blocks {
+        fleet.mine(1).await;
+    }
+    served.wait_for_head("/local", fleet.height()).await;
+    let after = rss_kib(&served);
+    // Kept for the slow client, the notifications would weigh this much.
+    let unbounded_kib = (subscriptions * blocks * header / 1024) as u64;
+    let grew = after.saturating_sub(before);
+    println!(
+        "slow client: RSS {before} KiB -> {after} KiB (+{grew} KiB); unbounded it would hold ~{unbounded_kib} KiB"
+    );
+    assert!(
+        grew < unbounded_kib / 4,
+        "Outlast grew {grew} KiB while a slow client fell {} notifications behind (~{unbounded_kib} KiB)",
+        subscriptions * blocks
+    );
+    // It was cut off, and told why.
+    let close = loop {
+        match tokio::time::timeout(WAIT, slow.socket.next())
+            .await
+            .expect("an answer")
+        {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => {}
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    let frame = close.expect("a close code");
+    assert_eq!(frame.code, CloseCode::Policy, "{}", frame.reason);
+    assert!(frame.reason.contains("too slow"), "{}", frame.reason);
+    served.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ethers_and_viem_receive_every_block_through_outlast() {
     let mut fleet = Fleet::start(2).await;
@@ -907,6 +1329,8 @@ impl FanOut {
 /// Outlast process in front of two Anvil nodes that push their heads; `blocks` blocks
 /// are mined `gap` apart. Asserts each client got every block once, in order.
 async fn fan_out(subscribers: usize, blocks: u64, gap: Duration) -> FanOut {
+    // One socket per subscriber here, and as many in Outlast (it raises its own limit).
+    testbed::raise_fd_limit(subscribers as u64 + 256);
     let mut fleet = Fleet::start(2).await;
     fleet.mine(1).await;
     // Every subscriber connects from 127.0.0.1: past the default per-address cap (256).

@@ -134,7 +134,45 @@ fn proc_state(pid: u32) -> Option<char> {
     stat.rsplit_once(')')?.1.trim_start().chars().next()
 }
 
-/// A free 127.0.0.1 port: bind port 0, read it, let it go.
+/// Raises this process's soft limit on open files to at least `need` (up to the hard
+/// limit), for tests that hold many sockets at once; panics, saying what to raise,
+/// when the hard limit is lower.
+pub fn raise_fd_limit(need: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read or write the struct passed to them.
+    unsafe {
+        assert_eq!(
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit),
+            0,
+            "getrlimit: {}",
+            std::io::Error::last_os_error()
+        );
+        if limit.rlim_cur >= need as libc::rlim_t {
+            return;
+        }
+        assert!(
+            limit.rlim_max >= need as libc::rlim_t,
+            "this test needs {need} open files; the hard limit is {} (ulimit -Hn)",
+            limit.rlim_max
+        );
+        let raised = libc::rlimit {
+            rlim_cur: need as libc::rlim_t,
+            rlim_max: limit.rlim_max,
+        };
+        assert_eq!(
+            libc::setrlimit(libc::RLIMIT_NOFILE, &raised),
+            0,
+            "setrlimit: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// A free 127.0.0.1 port: bind port 0, read it, let it go. Someone else may take it
+/// before it is used: callers retry with another.
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     listener
