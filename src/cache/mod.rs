@@ -59,7 +59,11 @@ pub struct Cache {
     pub flights: coalesce::Flights,
     ttl: Duration,
     pub serve_stale: bool,
+    /// The oldest a head-tied answer may be to be served stale (`max_stale_secs`).
     max_stale: Duration,
+    /// How long a head-tied answer is kept: for `ttl_secs`, and for `max_stale_secs`
+    /// when stale answers are served.
+    keep: Duration,
 }
 
 impl Cache {
@@ -77,7 +81,8 @@ impl Cache {
             flights: coalesce::Flights::default(),
             ttl,
             serve_stale: cache.serve_stale,
-            max_stale: keep,
+            max_stale,
+            keep,
         }
     }
 
@@ -155,10 +160,7 @@ impl Cache {
         let entry = Entry::new(lifetime, level, Bytes::copy_from_slice(&body));
         self.memory.insert(full.clone(), entry.clone());
         if let Some(r) = &self.redis {
-            let (r, keep) = (
-                r.clone(),
-                (lifetime == Lifetime::Head).then_some(self.max_stale),
-            );
+            let (r, keep) = (r.clone(), (lifetime == Lifetime::Head).then_some(self.keep));
             tokio::spawn(async move { r.set(&full, &entry, keep).await });
         }
     }
