@@ -346,3 +346,116 @@ async fn a_reorg_at_the_head_is_never_answered_from_the_cache() {
         "the receipt as the nodes now have it, not the orphaned one"
     );
 }
+
+/// One call with its response headers: (reply, x-outlast-upstream, x-outlast-stale-seconds).
+async fn call_with_headers(outlast: &Outlast, body: &str) -> (Value, Option<String>, Option<u64>) {
+    let r = reqwest::Client::new()
+        .post(outlast.url("/local"))
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .expect("post");
+    let header = |name: &str| {
+        r.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap_or_default().to_owned())
+    };
+    let upstream = header("x-outlast-upstream");
+    let age = header("x-outlast-stale-seconds").map(|a| a.parse().expect("seconds"));
+    let reply = serde_json::from_slice(&r.bytes().await.expect("body")).expect("json");
+    (reply, upstream, age)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_latest_answer_ends_after_ttl_secs_though_the_head_stands_still() {
+    let mut fleet = Fleet::start(2).await;
+    fleet.mine(3).await;
+    let ttl = Duration::from_secs(1);
+    let outlast = Outlast::start(&config(
+        &fleet.urls(),
+        &format!("{FAST_ROUTING}\n[cache]\nttl_secs = {}\n", ttl.as_secs()),
+    ))
+    .await;
+    outlast.wait_for_head("/local", 3).await;
+    let balance = json!([ACCOUNT0_ADDRESS, "latest"]);
+    let asked = std::time::Instant::now();
+    let (_, up) = outlast
+        .call("/local", "eth_getBalance", balance.clone())
+        .await;
+    assert_ne!(up.as_deref(), Some("cache"), "the first read goes upstream");
+    let (_, up) = outlast
+        .call("/local", "eth_getBalance", balance.clone())
+        .await;
+    // Kept since after `asked`: younger than the TTL, it must come from the cache.
+    if asked.elapsed() < ttl {
+        assert_eq!(up.as_deref(), Some("cache"), "a fresh answer is cached");
+    }
+    // No block is mined: only its age can end it.
+    let mut missed = None;
+    for _ in 0..400 {
+        let (r, up) = outlast
+            .call("/local", "eth_getBalance", balance.clone())
+            .await;
+        assert!(r["result"].is_string(), "{r}");
+        if up.as_deref() != Some("cache") {
+            missed = Some(asked.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let missed = missed.expect("the answer was still served from the cache after 20 s");
+    assert!(missed >= ttl, "ended after {missed:?}, before its TTL");
+    let (head, _) = outlast.call("/local", "eth_blockNumber", json!([])).await;
+    assert_eq!(head["result"], "0x3", "the head stood still");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_answer_is_served_up_to_max_stale_secs_then_refused() {
+    let mut fleet = Fleet::start(2).await;
+    fleet.mine(3).await;
+    // max_stale_secs below ttl_secs: the stale limit holds by itself.
+    let max_stale = Duration::from_secs(2);
+    let outlast = Outlast::start(&config(
+        &fleet.urls(),
+        &format!(
+            "{FAST_ROUTING}\n[cache]\nttl_secs = 60\nserve_stale = true\nmax_stale_secs = {}\n",
+            max_stale.as_secs()
+        ),
+    ))
+    .await;
+    outlast.wait_for_head("/local", 3).await;
+    let body = json!({"jsonrpc": "2.0", "id": 7, "method": "eth_getBalance",
+        "params": [ACCOUNT0_ADDRESS, "latest"]})
+    .to_string();
+    let asked = std::time::Instant::now();
+    let (fresh, _, _) = call_with_headers(&outlast, &body).await;
+    assert!(fresh["result"].is_string(), "{fresh}");
+
+    fleet.kill(0);
+    fleet.kill(1);
+    wait_all_down(&outlast).await;
+    let mut ages = Vec::new();
+    let mut refused = None;
+    for _ in 0..400 {
+        let (r, up, age) = call_with_headers(&outlast, &body).await;
+        if up.as_deref() == Some("cache") {
+            assert_eq!(r["result"], fresh["result"]);
+            ages.push(age.expect("a stale answer says its age"));
+        } else {
+            assert_eq!(r["error"]["code"], -32002, "{r}");
+            refused = Some(asked.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refused = refused.expect("a stale answer was still served after 20 s");
+    assert!(
+        ages.iter().all(|&a| a < max_stale.as_secs()),
+        "served older than max_stale_secs: ages {ages:?}"
+    );
+    assert!(
+        refused >= max_stale,
+        "refused after {refused:?}, before max_stale_secs"
+    );
+}
