@@ -8,11 +8,28 @@ use serde_json::{Value, json};
 use testbed::{
     ACCOUNT0_ADDRESS, Fleet,
     faultproxy::{Fault, FaultProxy},
+    free_port,
     gateway::{
         FAST_ROUTING, Misbehaviour, Outlast, config, misbehaving_upstream, recording_upstream,
+        switchable_upstream,
     },
     rpc, rpc_result,
 };
+
+/// `GET /api/v1/status`, upstream `name` of the first chain.
+async fn upstream_status(outlast: &Outlast, name: &str) -> Value {
+    let text = reqwest::get(outlast.url("/api/v1/status"))
+        .await
+        .expect("GET /api/v1/status")
+        .text()
+        .await
+        .expect("body");
+    let status: Value = serde_json::from_str(&text).expect("JSON");
+    status["chains"][0]["upstreams"]
+        .as_array()
+        .and_then(|ups| ups.iter().find(|u| u["name"] == name).cloned())
+        .unwrap_or_else(|| panic!("no upstream {name}: {status}"))
+}
 
 /// A mixed set of reads at the fleet's current height, as (method, params).
 fn reads(height: u64) -> Vec<(&'static str, Value)> {
@@ -412,4 +429,134 @@ async fn an_answer_carrying_another_calls_id_is_never_served() {
         back,
         "the provider never served again after the mix-up ended"
     );
+}
+
+/// A provider that starts serving another network mid-run (its endpoint re-pointed):
+/// nothing fails, only the periodic chain-id check (`chain_id_check_secs`) can tell.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_switches_chains_mid_run_is_disabled_by_the_periodic_check() {
+    let mut honest = Fleet::start(2).await;
+    honest.mine(2).await;
+    let mut other = Fleet::start_with(1, 5).await;
+    other.mine(2).await;
+    let (switching, target) = switchable_upstream(honest.url(0)).await;
+    let toml = format!(
+        "{FAST_ROUTING}chain_id_check_secs = 1\n[cache]\nsize_bytes = 0\n[[chains]]\nname = \"local\"\nchain_id = 31337\nverify = \"off\"\n\n[[chains.upstreams]]\nname = \"switching\"\nurl = \"{switching}\"\noperator = \"a\"\ntier = 1\n\n[[chains.upstreams]]\nname = \"steady\"\nurl = \"{}\"\noperator = \"b\"\ntier = 2\n",
+        honest.url(1)
+    );
+    let outlast = Outlast::start(&toml).await;
+    let (reply, upstream) = outlast.call("/local", "eth_chainId", json!([])).await;
+    assert_eq!(reply["result"], "0x7a69", "{reply}");
+    assert_eq!(
+        upstream.as_deref(),
+        Some("switching"),
+        "tier 1 serves first"
+    );
+
+    *target.lock().expect("lock") = other.url(0);
+    let mut state = Value::Null;
+    for _ in 0..400 {
+        state = upstream_status(&outlast, "switching").await;
+        if state["state"] == "wrong-chain" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(state["state"], "wrong-chain", "{state}");
+    for _ in 0..5 {
+        let (reply, upstream) = outlast.call("/local", "eth_chainId", json!([])).await;
+        assert_eq!(reply["result"], "0x7a69", "{reply}");
+        assert_eq!(upstream.as_deref(), Some("steady"));
+    }
+    drop(honest);
+    let (reply, _) = outlast.call("/local", "eth_chainId", json!([])).await;
+    assert!(
+        reply["error"]["data"]["tried"]
+            .to_string()
+            .contains("disabled: serves chain id 5, not 31337"),
+        "{reply}"
+    );
+}
+
+/// Keys in provider URLs (user info, path, query) never leave Outlast: not in a
+/// client's `data.tried`, the status API and page, `/metrics`, nor its log (its own
+/// lines at debug).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_in_upstream_urls_never_show_in_errors_status_metrics_or_logs() {
+    const SECRETS: [&str; 3] = ["PASS-s3cr3t-1", "KEY-s3cr3t-2", "QUERY-s3cr3t-3"];
+    let mut fleet = Fleet::start(1).await;
+    fleet.mine(1).await;
+    let keyed = |hostport: &str| {
+        format!(
+            "http://user:{}@{hostport}/v3/{}?apikey={}",
+            SECRETS[0], SECRETS[1], SECRETS[2]
+        )
+    };
+    // Serving at first, through a relay that takes any path; then pointed at nothing.
+    let (relay, target) = switchable_upstream(fleet.url(0)).await;
+    let relay_hostport = relay
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    // Nothing listens there: connections are refused.
+    let dead = format!("127.0.0.1:{}", free_port());
+    // Answers 502 to everything.
+    let failing = FaultProxy::start(fleet.url(0)).await;
+    failing.set(Fault::Http(502, "<html>502 Bad Gateway</html>".into()));
+    let failing_hostport = failing.addr().to_string();
+    let toml = format!(
+        "{FAST_ROUTING}\n[[chains]]\nname = \"local\"\nchain_id = 31337\nverify = \"off\"\n\
+         [[chains.upstreams]]\nname = \"keyed\"\nurl = \"{}\"\noperator = \"a\"\n\
+         [[chains.upstreams]]\nname = \"dead\"\nurl = \"{}\"\noperator = \"b\"\n\
+         [[chains.upstreams]]\nname = \"failing\"\nurl = \"{}\"\noperator = \"c\"\n",
+        keyed(&relay_hostport),
+        keyed(&dead),
+        keyed(&failing_hostport),
+    );
+    let outlast = Outlast::start_process_logging("info,outlast=debug", &toml).await;
+    let (reply, upstream) = outlast.call("/local", "eth_chainId", json!([])).await;
+    assert_eq!(reply["result"], "0x7a69", "{reply}");
+    assert_eq!(upstream.as_deref(), Some("keyed"));
+
+    *target.lock().expect("lock") = format!("http://{dead}");
+    let (reply, _) = outlast
+        .call("/local", "eth_getBlockByNumber", json!(["0x1", false]))
+        .await;
+    assert_eq!(reply["error"]["code"], -32002, "{reply}");
+    let tried = reply["error"]["data"]["tried"]
+        .as_array()
+        .expect("data.tried");
+    assert_eq!(tried.len(), 3, "{reply}");
+    let mut shown = vec![("the reply".to_owned(), reply.to_string())];
+    for path in ["/api/v1/status", "/status", "/metrics"] {
+        let text = reqwest::get(outlast.url(path))
+            .await
+            .expect("GET")
+            .text()
+            .await
+            .expect("body");
+        assert!(text.contains("keyed"), "{path} names the upstream: {text}");
+        shown.push((path.to_owned(), text));
+    }
+    outlast_stop_and_keep_log(outlast, &mut shown).await;
+    for (place, text) in &shown {
+        for secret in SECRETS
+            .iter()
+            .chain([&dead.as_str(), &failing_hostport.as_str()])
+        {
+            assert!(!text.contains(secret), "{place} shows {secret}:\n{text}");
+        }
+    }
+}
+
+/// Stops `outlast` (a process) and adds its log to `shown`, after checking the log says
+/// what failed, by name.
+async fn outlast_stop_and_keep_log(outlast: Outlast, shown: &mut Vec<(String, String)>) {
+    let log = outlast.log();
+    assert!(
+        log.contains("dead") && log.contains("failing"),
+        "the log names the failing upstreams:\n{log}"
+    );
+    shown.push(("the log".to_owned(), log));
+    outlast.stop().await;
 }

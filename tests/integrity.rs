@@ -7,7 +7,9 @@ mod testbed;
 use serde_json::{Value, json};
 use testbed::{
     ACCOUNT1_ADDRESS, Fleet,
-    gateway::{FAST_ROUTING, Outlast, forging_upstream, header_forging_upstream},
+    gateway::{
+        FAST_ROUTING, Outlast, forging_upstream, header_forging_upstream, proofless_upstream,
+    },
     rpc, rpc_result,
 };
 
@@ -266,4 +268,41 @@ async fn code_storage_nonce_and_absent_accounts_are_proven() {
         );
         assert_eq!(r.verified.as_deref(), Some("proof"), "{method} {params}");
     }
+}
+
+/// State older than full nodes keep: no upstream can give a proof (`eth_getProof`
+/// refused as geth refuses it), so the read is answered when a quorum of operators
+/// agree, marked `quorum`; and when they disagree, it is an error, never an answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_nobody_can_prove_falls_back_to_a_quorum() {
+    let mut fleet = Fleet::start(3).await;
+    fleet.mine(3).await;
+    let pruned =
+        json!({"code": -32000, "message": "distance to target block exceeds maximum proof window"});
+    let mut urls = Vec::new();
+    let mut refusals = Vec::new();
+    for i in 0..3 {
+        let (url, refused) = proofless_upstream(fleet.url(i), pruned.clone()).await;
+        urls.push(url);
+        refusals.push(refused);
+    }
+    let outlast = Outlast::start(&verified(&urls, "proofs")).await;
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "eth_getBalance",
+        "params": [ACCOUNT1_ADDRESS, "0x2"]})
+    .to_string();
+    let r = outlast.post("/local", body.clone()).await;
+    assert_eq!(r.json()["result"], GENESIS_HEX, "{}", r.text);
+    assert_eq!(r.verified.as_deref(), Some("quorum"), "{}", r.text);
+    let asked: usize = refusals.iter().map(|n| *n.lock().expect("lock")).sum();
+    assert!(asked > 0, "no proof was asked for");
+
+    // Node 2 gone, node 1 lying about the latest state (its proofs refused too): the
+    // two left disagree, so nothing is answered.
+    fleet.kill(2);
+    lie(&fleet, 1).await;
+    let latest = json!({"jsonrpc": "2.0", "id": 1, "method": "eth_getBalance",
+        "params": [ACCOUNT1_ADDRESS, "latest"]})
+    .to_string();
+    let r = outlast.post("/local", latest).await;
+    assert_eq!(r.json()["error"]["code"], -33091, "{}", r.text);
 }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use testbed::{
     Fleet,
-    gateway::{FAST_ROUTING, Misbehaviour, config, misbehaving_upstream},
+    gateway::{FAST_ROUTING, Misbehaviour, config, misbehaving_upstream, switchable_upstream},
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_outlast");
@@ -15,6 +15,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_outlast");
 struct Probed {
     ok: bool,
     stdout: String,
+    stderr: String,
 }
 
 impl Probed {
@@ -74,6 +75,7 @@ async fn probe(toml: &str) -> Probed {
     Probed {
         ok: out.status.success(),
         stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
 
@@ -225,4 +227,39 @@ async fn upstream_failing_after_its_chain_id_is_failing_not_unreachable() {
         "{}",
         probed.stdout
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_in_upstream_urls_never_show_in_the_output() {
+    const SECRETS: [&str; 3] = ["PASS-s3cr3t-1", "KEY-s3cr3t-2", "QUERY-s3cr3t-3"];
+    let mut fleet = Fleet::start(1).await;
+    fleet.mine(2).await;
+    let keyed = |hostport: &str| {
+        format!(
+            "http://user:{}@{hostport}/v3/{}?apikey={}",
+            SECRETS[0], SECRETS[1], SECRETS[2]
+        )
+    };
+    // A relay that takes any path, so the key in it reaches a real node.
+    let (relay, _) = switchable_upstream(fleet.url(0)).await;
+    let relay = relay
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let dead = format!("127.0.0.1:{}", testbed::free_port());
+    let probed = probe(&config(&[keyed(&relay), keyed(&dead)], FAST_ROUTING)).await;
+    assert_eq!(probed.row("u0")["why"], "ok", "{}", probed.stdout);
+    assert!(
+        probed.row("u1")["why"].starts_with("unreachable"),
+        "{}",
+        probed.stdout
+    );
+    for secret in SECRETS.iter().chain([&relay.as_str(), &dead.as_str()]) {
+        assert!(
+            !probed.stdout.contains(secret) && !probed.stderr.contains(secret),
+            "{secret} shown:\n{}\n{}",
+            probed.stdout,
+            probed.stderr
+        );
+    }
 }

@@ -85,6 +85,54 @@ impl Outlast {
 
     /// As `start_process`, with further `[server]` keys (`server`, one per line).
     pub async fn start_process_with_server(server: &str, toml: &str) -> Outlast {
+        let o = Outlast::spawn_process(server, "warn", toml).await;
+        o.wait_ready().await;
+        o
+    }
+
+    /// As `start_process`, logging at `rust_log` (e.g. `debug`) into a file that `log`
+    /// reads.
+    pub async fn start_process_logging(rust_log: &str, toml: &str) -> Outlast {
+        let o = Outlast::spawn_process("", rust_log, toml).await;
+        o.wait_ready().await;
+        o
+    }
+
+    /// What the process logged so far (`start_process*`); empty in-process.
+    pub fn log(&self) -> String {
+        self.scratch
+            .as_ref()
+            .and_then(|dir| std::fs::read_to_string(dir.join("outlast.log")).ok())
+            .unwrap_or_default()
+    }
+
+    /// Starts `outlast serve` on a free port; another one when the port was taken
+    /// between the probe and the bind (the process then exits at once).
+    async fn spawn_process(server: &str, rust_log: &str, toml: &str) -> Outlast {
+        let mut exits = Vec::new();
+        for _ in 0..5 {
+            let mut o = Outlast::spawn_process_once(server, rust_log, toml);
+            // Listening, or exited.
+            let mut exited = None;
+            for _ in 0..400 {
+                if reqwest::get(o.url("/healthz")).await.is_ok() {
+                    return o;
+                }
+                exited = o.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+                if exited.is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            match exited {
+                Some(status) => exits.push(format!("{status}: {}", o.log())),
+                None => panic!("outlast serve at {} never listened: {}", o.base, o.log()),
+            }
+        }
+        panic!("outlast serve did not start: {exits:#?}");
+    }
+
+    fn spawn_process_once(server: &str, rust_log: &str, toml: &str) -> Outlast {
         let scratch = scratch_dir();
         std::fs::create_dir_all(&scratch).expect("scratch dir");
         let port = super::free_port();
@@ -98,24 +146,23 @@ impl Outlast {
         // which never starts a process (the fallback is where a debug build puts it).
         let bin = option_env!("CARGO_BIN_EXE_outlast")
             .unwrap_or(concat!(env!("CARGO_MANIFEST_DIR"), "/target/debug/outlast"));
+        let log = std::fs::File::create(scratch.join("outlast.log")).expect("log file");
         let child = tokio::process::Command::new(bin)
             .args(["serve", "--config"])
             .arg(&path)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", rust_log)
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(log)
             .kill_on_drop(true)
             .spawn()
             .expect("spawn outlast serve");
-        let o = Outlast {
+        Outlast {
             base: format!("http://127.0.0.1:{port}"),
             stop: None,
             task: None,
             child: Some(child),
             scratch: Some(scratch),
-        };
-        o.wait_ready().await;
-        o
+        }
     }
 
     /// The process id, when started as a process.
@@ -513,4 +560,72 @@ pub async fn forging_upstream(target: String, forge: fn(&mut Value)) -> String {
         }),
     );
     serve(app).await
+}
+
+/// A provider whose backend can be switched while it runs (a provider re-pointing its
+/// endpoint at another network, or going away): relays every call, whatever its path,
+/// to the URL in the returned cell (a dead URL makes it answer "relay failed", not
+/// JSON).
+pub async fn switchable_upstream(target: String) -> (String, Arc<Mutex<String>>) {
+    let cell = Arc::new(Mutex::new(target));
+    let current = cell.clone();
+    let client = reqwest::Client::new();
+    let handler = post(move |body: Bytes| {
+        let (client, current) = (client.clone(), current.clone());
+        async move {
+            let target = current.lock().expect("lock").clone();
+            relay(&client, &target, body).await
+        }
+    });
+    // Any path: a provider's URL often carries a key in it.
+    let app = Router::new()
+        .route("/", handler.clone())
+        .route("/{*path}", handler);
+    (serve(app).await, cell)
+}
+
+/// A provider that relays every call to `target` (a real node) but answers every
+/// `eth_getProof` with `error` (a JSON-RPC error object), as a full node does for state
+/// it no longer keeps. Returns its URL and how many proofs it refused.
+pub async fn proofless_upstream(target: String, error: Value) -> (String, Arc<Mutex<usize>>) {
+    let refused = Arc::new(Mutex::new(0usize));
+    let count = refused.clone();
+    let client = reqwest::Client::new();
+    let app = Router::new().route(
+        "/",
+        post(move |body: Bytes| {
+            let (client, target, count, error) =
+                (client.clone(), target.clone(), count.clone(), error.clone());
+            async move {
+                let refuse = |call: &Value| {
+                    serde_json::json!({"jsonrpc": "2.0", "id": call["id"], "error": error})
+                };
+                match serde_json::from_slice::<Value>(&body) {
+                    Ok(call) if call["method"] == "eth_getProof" => {
+                        *count.lock().expect("lock") += 1;
+                        refuse(&call).to_string()
+                    }
+                    Ok(Value::Array(calls))
+                        if calls.iter().any(|c| c["method"] == "eth_getProof") =>
+                    {
+                        // A batch with proofs: each answered alone, in order.
+                        let mut replies = Vec::new();
+                        for call in calls {
+                            if call["method"] == "eth_getProof" {
+                                *count.lock().expect("lock") += 1;
+                                replies.push(refuse(&call));
+                            } else {
+                                let reply =
+                                    relay(&client, &target, Bytes::from(call.to_string())).await;
+                                replies.push(serde_json::from_str(&reply).unwrap_or(Value::Null));
+                            }
+                        }
+                        Value::Array(replies).to_string()
+                    }
+                    _ => relay(&client, &target, body).await,
+                }
+            }
+        }),
+    );
+    (serve(app).await, refused)
 }
