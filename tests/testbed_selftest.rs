@@ -96,11 +96,19 @@ async fn paused_node_answers_after_resume() {
         "a paused node answered: {short:?}"
     );
 
-    // A call made while paused is held, then answered at SIGCONT.
-    let url = fleet.url(1);
+    // A call made while paused is held, then answered at SIGCONT. Through a proxy, to
+    // see it reach the node.
+    let proxy = testbed::faultproxy::FaultProxy::start(fleet.url(1)).await;
+    let url = proxy.url();
     let held = tokio::spawn(async move { try_rpc(&url, "eth_chainId", json!([])).await });
     fleet.mine(2).await; // skips the paused node
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..400 {
+        if proxy.forwarded() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(proxy.forwarded(), 1, "the call reached the paused node");
     assert!(
         !held.is_finished(),
         "the paused node answered before resume"
