@@ -188,9 +188,9 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         match counts.admit(peer.ip(), &hygiene) {
-            Err(limit) => {
-                crate::metrics::limit_exceeded(limit);
-                conns.spawn(refuse(stream, limit));
+            Err(cap) => {
+                crate::metrics::limit_exceeded(cap.label());
+                conns.spawn(refuse(stream, cap));
             }
             Ok(guard) => {
                 let conn = Connection {
@@ -222,6 +222,25 @@ pub async fn serve(
     Ok(())
 }
 
+/// Which connection cap a new connection is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cap {
+    /// `[server] max_connections` (held below the file-descriptor limit).
+    Total,
+    /// `[server] max_connections_per_ip`.
+    PerAddress,
+}
+
+impl Cap {
+    /// Its `limit` label in `outlast_limits_exceeded_total`.
+    fn label(self) -> &'static str {
+        match self {
+            Cap::Total => "connections",
+            Cap::PerAddress => "connections_per_ip",
+        }
+    }
+}
+
 /// Connections open, in total and per address.
 #[derive(Default)]
 struct Counts {
@@ -231,7 +250,7 @@ struct Counts {
 
 impl Counts {
     /// Counts a new connection from `ip`, or says which cap it is over.
-    fn admit(self: &Arc<Self>, ip: IpAddr, hygiene: &Hygiene) -> Result<Slot, &'static str> {
+    fn admit(self: &Arc<Self>, ip: IpAddr, hygiene: &Hygiene) -> Result<Slot, Cap> {
         let total = self.total.fetch_add(1, Ordering::AcqRel) + 1;
         // Counted first, so a refused connection is uncounted by the slot's drop.
         let mut slot = Slot {
@@ -239,13 +258,13 @@ impl Counts {
             ip: None,
         };
         if total > hygiene.max_connections {
-            return Err("connections");
+            return Err(Cap::Total);
         }
         if !hygiene.trusts(ip) {
             let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
             let n = per_ip.entry(ip).or_insert(0);
             if *n >= hygiene.max_connections_per_ip {
-                return Err("connections_per_ip");
+                return Err(Cap::PerAddress);
             }
             *n += 1;
             slot.ip = Some(ip);
@@ -283,10 +302,10 @@ impl Drop for Slot {
 }
 
 /// Over a cap: a 503 the client can read, then the connection is closed.
-async fn refuse(mut stream: TcpStream, limit: &'static str) {
-    let what = match limit {
-        "connections_per_ip" => "too many connections from your address",
-        _ => "too many connections",
+async fn refuse(mut stream: TcpStream, cap: Cap) {
+    let what = match cap {
+        Cap::PerAddress => "too many connections from your address",
+        Cap::Total => "too many connections",
     };
     let body = format!(
         r#"{{"jsonrpc":"2.0","id":null,"error":{{"code":-32005,"message":"limit exceeded: {what}; retry shortly, or reuse one keep-alive connection"}}}}"#
@@ -586,14 +605,14 @@ mod tests {
         let a: IpAddr = "192.0.2.1".parse().expect("ip");
         let first = counts.admit(a, &h).expect("1st");
         let _second = counts.admit(a, &h).expect("2nd");
-        assert_eq!(counts.admit(a, &h).err(), Some("connections_per_ip"));
+        assert_eq!(counts.admit(a, &h).err(), Some(Cap::PerAddress));
         drop(first);
         let _again = counts.admit(a, &h).expect("a slot was freed");
         let proxy: IpAddr = "10.0.0.1".parse().expect("ip");
         let _p = counts
             .admit(proxy, &h)
             .expect("a trusted proxy is not capped per address");
-        assert_eq!(counts.admit(proxy, &h).err(), Some("connections"));
+        assert_eq!(counts.admit(proxy, &h).err(), Some(Cap::Total));
         assert_eq!(
             counts.total.load(Ordering::Relaxed),
             3,
