@@ -483,6 +483,7 @@ pub fn upstream_error_label(e: &crate::upstream::UpstreamError) -> &'static str 
         E::Malformed(_) => "malformed",
         E::Transport(_) => "transport",
         E::Slow(_) => "slow",
+        E::ForeignReply(_) => "foreign_reply",
     }
 }
 

@@ -210,3 +210,24 @@ async fn one_lying_upstream_is_never_believed_in_proofs_mode() {
         report.shares
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_to_other_calls_are_never_served_and_their_provider_is_banned() {
+    let report = run_and_publish(Scenario::new(
+        "mixed-up replies on one",
+        Chaos::Proxies(vec![(0, Fault::SwapReplies)]),
+    ))
+    .await;
+    report.assert_no_failed_or_wrong();
+    report.assert_served_before(&[0]);
+    // Every answer it gives carries another call's id: none can be taken.
+    report.assert_none_during(&[0]);
+    // Three in a row and it is banned like a liar (liar_ban_secs, 600 s by default).
+    assert_eq!(
+        report.states_at_end.first().map(String::as_str),
+        Some("banned"),
+        "{}: upstream states at the end: {:?}",
+        report.name,
+        report.states_at_end
+    );
+}

@@ -327,8 +327,9 @@ async fn status_api_explains_each_upstreams_state_and_rank() {
 
 /// A provider (or the load balancer in front of it) that answers each call with the
 /// answer to the call before it: every such answer is well-formed and carries that other
-/// call's id. None is ever served: each call moves on to the honest upstream, and the
-/// mixed-up one's health says why.
+/// call's id. None is ever served: each call moves on to the honest upstream; after
+/// three in a row the provider is banned like a liar (for liar_ban_secs), and it is
+/// back once the ban ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_carrying_another_calls_id_is_never_served() {
     let mut fleet = Fleet::start(2).await;
@@ -338,14 +339,16 @@ async fn an_answer_carrying_another_calls_id_is_never_served() {
         fleet.mine(1).await;
     }
     let mixer = FaultProxy::start(fleet.url(0)).await;
-    // The mixed-up provider is tier 1, so calls are asked there first, and it does not
-    // cool down after two failures, so it stays in play.
-    let toml = format!(
-        "{}\n[cache]\nsize_bytes = 0\n[[chains]]\nname = \"local\"\nchain_id = 31337\nverify = \"off\"\n\n[[chains.upstreams]]\nname = \"mixed\"\nurl = \"{}\"\noperator = \"a\"\ntier = 1\n\n[[chains.upstreams]]\nname = \"honest\"\nurl = \"{}\"\noperator = \"b\"\ntier = 2\n",
-        FAST_ROUTING.replace(
+    // The mixed-up provider is tier 1, so calls are asked there first. Head polls are
+    // rare, so client calls are the ones that meet the mix-up.
+    let routing = FAST_ROUTING
+        .replace(
             "failures_before_cooldown = 2",
-            "failures_before_cooldown = 1000"
-        ),
+            "failures_before_cooldown = 1000",
+        )
+        .replace("head_poll_ms = 100", "head_poll_ms = 60000");
+    let toml = format!(
+        "{routing}liar_ban_secs = 2\n[cache]\nsize_bytes = 0\n[[chains]]\nname = \"local\"\nchain_id = 31337\nverify = \"off\"\n\n[[chains.upstreams]]\nname = \"mixed\"\nurl = \"{}\"\noperator = \"a\"\ntier = 1\n\n[[chains.upstreams]]\nname = \"honest\"\nurl = \"{}\"\noperator = \"b\"\ntier = 2\n",
         mixer.url(),
         fleet.url(1)
     );
@@ -388,47 +391,34 @@ async fn an_answer_carrying_another_calls_id_is_never_served() {
             );
         }
     }
-    // It was in play: calls were asked there, and its answers refused.
+    // The first calls were asked there, their answers refused; the third refusal in a
+    // row banned it.
     assert!(
-        mixer.requests_of("eth_getBalance") > asked_before,
-        "no call was asked of the mixed-up provider"
+        mixer.requests_of("eth_getBalance") - asked_before >= 3,
+        "calls asked of the mixed-up provider: {}",
+        mixer.requests_of("eth_getBalance") - asked_before
     );
-    let status: Value = serde_json::from_str(
-        &reqwest::get(outlast.url("/api/v1/status"))
-            .await
-            .expect("GET /api/v1/status")
-            .text()
-            .await
-            .expect("body"),
-    )
-    .expect("JSON");
-    let last_error = status["chains"][0]["upstreams"]
-        .as_array()
-        .expect("upstreams")
-        .iter()
-        .find(|u| u["name"] == "mixed")
-        .map(|u| u["last_error"].to_string())
-        .unwrap_or_default();
+    let state = upstream_status(&outlast, "mixed").await;
+    assert_eq!(state["state"], "banned", "{state}");
     assert!(
-        last_error.contains("is not the id sent") || last_error.contains("did not send"),
-        "health records the mix-up: {status}"
+        state["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("answers to other calls in a row")),
+        "{state}"
     );
 
-    // Lifted: the same provider serves again.
+    // Lifted: once its ban ends, the same provider serves again.
     mixer.set(Fault::None);
     let mut back = false;
-    for _ in 0..200 {
+    for _ in 0..400 {
         let (_, upstream) = outlast.call("/local", "eth_getBalance", balance(2)).await;
         if upstream.as_deref() == Some("mixed") {
             back = true;
             break;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert!(
-        back,
-        "the provider never served again after the mix-up ended"
-    );
+    assert!(back, "the provider never served again after its ban");
 }
 
 /// A provider that starts serving another network mid-run (its endpoint re-pointed):

@@ -325,6 +325,7 @@ pub(crate) fn note_failure(up: &Upstream, e: &UpstreamError) {
         UpstreamError::RateLimited { retry_after } => {
             up.health.record_rate_limited(*retry_after, now)
         }
+        UpstreamError::ForeignReply(_) => up.health.record_foreign_reply(&e.to_string(), now),
         _ => up.health.record_failure(&e.to_string(), e.cause(), now),
     };
     tracing::debug!(chain = %up.chain, upstream = %up.name, error = %e, "attempt failed");

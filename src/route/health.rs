@@ -92,6 +92,8 @@ impl Cause {
 /// once: a hung upstream should cost a call or two, not `failures_before_cooldown`
 /// request timeouts.
 const SILENCES_BEFORE_COOLDOWN: u32 = 2;
+/// Answers to other calls in a row (mixed-up replies) that get an upstream banned.
+pub const FOREIGN_REPLIES_BEFORE_BAN: u32 = 3;
 
 /// What changed, so the caller can log transitions once instead of every event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,6 +119,8 @@ pub enum Transition {
 
 pub struct Health {
     state: Mutex<State>,
+    /// `[routing] liar_ban_secs`: how long a repeat offender is banned.
+    liar_ban: Duration,
     failures_before_cooldown: u32,
     first_cooldown: Duration,
     max_cooldown: Duration,
@@ -138,6 +142,8 @@ struct State {
     stats: Stats,
     /// Times it was caught lying.
     bans: u32,
+    /// Answers to other calls in a row, without a good answer in between.
+    foreign_replies: u32,
 }
 
 impl Health {
@@ -153,7 +159,9 @@ impl Health {
                 silences: 0,
                 stats: Stats::default(),
                 bans: 0,
+                foreign_replies: 0,
             }),
+            liar_ban: Duration::from_secs(routing.liar_ban_secs),
             failures_before_cooldown: routing.failures_before_cooldown.max(1),
             first_cooldown: first,
             max_cooldown: Duration::from_millis(routing.max_cooldown_ms).max(first),
@@ -189,6 +197,7 @@ impl Health {
         s.stats.record_success(latency);
         s.consecutive_failures = 0;
         s.silences = 0;
+        s.foreign_replies = 0;
         s.last_success = Some(Instant::now());
         s.next_cooldown = self.first_cooldown;
         match s.status {
@@ -232,6 +241,31 @@ impl Health {
             return self.cool_down(&mut s, &why, cause, None, now);
         }
         Transition::None
+    }
+
+    /// A reply to another call (`UpstreamError::ForeignReply`): a failure, and after
+    /// `FOREIGN_REPLIES_BEFORE_BAN` in a row a lie (banned for `liar_ban_secs`): a
+    /// provider that keeps mixing answers up cannot be trusted with the next one.
+    pub fn record_foreign_reply(&self, why: &str, now: Instant) -> Transition {
+        self.count_foreign_reply(why, now)
+            .unwrap_or_else(|| self.record_failure(why, Cause::Failing, now))
+    }
+
+    /// Counts a reply to another call (probes' too: a cool-down must not reset the
+    /// count); the ban when it is one too many in a row, else `None` (the caller
+    /// records the failure its own way).
+    pub fn count_foreign_reply(&self, why: &str, now: Instant) -> Option<Transition> {
+        let repeat = {
+            let mut s = self.lock();
+            s.foreign_replies += 1;
+            s.foreign_replies >= FOREIGN_REPLIES_BEFORE_BAN
+        };
+        repeat.then(|| {
+            let why = format!(
+                "{FOREIGN_REPLIES_BEFORE_BAN} answers to other calls in a row, last: {why}"
+            );
+            self.record_lie(&why, self.liar_ban, now)
+        })
     }
 
     /// Caught lying (a false proof or header, or an answer against a quorum): banned for
@@ -311,6 +345,7 @@ impl Health {
         match result {
             Ok(got) if got == expected => {
                 s.consecutive_failures = 0;
+                s.foreign_replies = 0;
                 s.next_cooldown = self.first_cooldown;
                 if s.status == Status::Ready {
                     Transition::None
@@ -398,6 +433,33 @@ mod tests {
         let h = Health::new(&routing);
         h.record_probe(Ok(1), 1, Instant::now());
         h
+    }
+
+    #[test]
+    fn answers_to_other_calls_in_a_row_get_an_upstream_banned() {
+        let routing = Routing::default();
+        let h = Health::new(&routing);
+        let now = Instant::now();
+        h.record_probe(Ok(1), 1, now);
+        // Two, then a good answer: the count starts again.
+        for _ in 0..2 {
+            h.record_foreign_reply("reply id 7 is not the id sent (9)", now);
+        }
+        h.record_success(Duration::from_millis(1));
+        assert!(h.is_ready());
+        for i in 1..=FOREIGN_REPLIES_BEFORE_BAN {
+            let t = h.record_foreign_reply("reply id 7 is not the id sent (9)", now);
+            if i < FOREIGN_REPLIES_BEFORE_BAN {
+                assert!(!matches!(t, Transition::Banned { .. }), "{t:?}");
+            } else {
+                assert!(
+                    matches!(&t, Transition::Banned { for_, .. } if *for_ == Duration::from_secs(routing.liar_ban_secs)),
+                    "{t:?}"
+                );
+            }
+        }
+        assert_eq!(h.bans(), 1);
+        assert!(!h.is_ready());
     }
 
     #[test]

@@ -32,6 +32,10 @@ pub enum UpstreamError {
     /// Answered too late to matter: another upstream's answer was used.
     #[error("{0}")]
     Slow(String),
+    /// A well-formed reply to another call (an id this request did not send, or sent
+    /// once and answered twice): the provider or its load balancer mixed answers up.
+    #[error("answer to another call: {0}")]
+    ForeignReply(String),
 }
 
 impl UpstreamError {
@@ -44,7 +48,8 @@ impl UpstreamError {
             UpstreamError::RateLimited { .. } => Cause::RateLimited,
             UpstreamError::Status(_)
             | UpstreamError::Malformed(_)
-            | UpstreamError::Transport(_) => Cause::Failing,
+            | UpstreamError::Transport(_)
+            | UpstreamError::ForeignReply(_) => Cause::Failing,
         }
     }
 }
@@ -229,7 +234,7 @@ fn decode(bytes: &Bytes, base: u64, expected: usize) -> Result<Vec<Option<Answer
         // The answer to another request (a provider's or its load balancer's mix-up) is
         // never this call's: the call moves on to another upstream.
         if slot_of(&reply, base, 1).is_none() {
-            return Err(malformed(&format!(
+            return Err(UpstreamError::ForeignReply(format!(
                 "reply id {} is not the id sent ({base})",
                 reply.id.map_or("(none)", |id| id.get())
             )));
@@ -252,10 +257,11 @@ fn decode(bytes: &Bytes, base: u64, expected: usize) -> Result<Vec<Option<Answer
         serde_json::from_slice(bytes).map_err(|e| malformed(&e.to_string()))?;
     let mut answers: Vec<Option<Answer>> = vec![None; expected];
     for reply in &replies {
-        let slot = slot_of(reply, base, expected)
-            .ok_or_else(|| malformed("batch reply with an id Outlast did not send"))?;
+        let slot = slot_of(reply, base, expected).ok_or_else(|| {
+            UpstreamError::ForeignReply("batch reply with an id Outlast did not send".into())
+        })?;
         if answers[slot].is_some() {
-            return Err(malformed(&format!(
+            return Err(UpstreamError::ForeignReply(format!(
                 "batch reply with id {} twice",
                 base + slot as u64
             )));
@@ -335,7 +341,7 @@ mod tests {
             assert!(
                 matches!(
                     decode(&Bytes::copy_from_slice(body), 0, 1),
-                    Err(UpstreamError::Malformed(_))
+                    Err(UpstreamError::ForeignReply(_))
                 ),
                 "{}",
                 String::from_utf8_lossy(body)
@@ -346,7 +352,7 @@ mod tests {
         );
         assert!(matches!(
             decode(&twice, 0, 2),
-            Err(UpstreamError::Malformed(_))
+            Err(UpstreamError::ForeignReply(_))
         ));
         let ok = Bytes::from_static(br#"{"jsonrpc":"2.0","id":0,"result":"0x1"}"#);
         assert!(
@@ -365,7 +371,7 @@ mod tests {
         ));
         assert!(matches!(
             decode(&earlier, second, 1),
-            Err(UpstreamError::Malformed(m)) if m.contains("is not the id sent")
+            Err(UpstreamError::ForeignReply(m)) if m.contains("is not the id sent")
         ));
         let batch = format!(
             r#"[{{"jsonrpc":"2.0","id":{},"result":"0x2"}},{{"jsonrpc":"2.0","id":{},"result":"0x0"}}]"#,

@@ -18,9 +18,20 @@ pub async fn watch(up: Arc<Upstream>, expected: u64, every: Duration, stop: Canc
     loop {
         let result = tokio::select! {
             _ = stop.cancelled() => return,
-            r = up.chain_id() => r.map_err(|e| (e.to_string(), e.cause())),
+            r = up.chain_id() => r,
         };
-        let transition = up.health.record_probe(result, expected, Instant::now());
+        let now = Instant::now();
+        // A mixed-up answer counts towards a ban whatever the upstream's state.
+        let banned = match &result {
+            Err(e @ UpstreamError::ForeignReply(_)) => up
+                .health
+                .count_foreign_reply(&format!("chain-id probe: {e}"), now),
+            _ => None,
+        };
+        let transition = banned.unwrap_or_else(|| {
+            let result = result.map_err(|e| (e.to_string(), e.cause()));
+            up.health.record_probe(result, expected, now)
+        });
         log_transition(&up, &transition);
         // Sleep until the next probe is due; a cool-down started by live traffic wakes
         // us early only to re-plan that time, not to probe at once.

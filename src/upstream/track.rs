@@ -54,11 +54,13 @@ pub async fn track(up: Arc<Upstream>, chain: Arc<Chain>, stop: CancellationToken
                     chain.refresh_head();
                 }
                 Err(e) => {
-                    let transition = up.health.record_failure(
-                        &format!("head poll: {e}"),
-                        e.cause(),
-                        Instant::now(),
-                    );
+                    let why = format!("head poll: {e}");
+                    let transition = match e {
+                        UpstreamError::ForeignReply(_) => {
+                            up.health.record_foreign_reply(&why, Instant::now())
+                        }
+                        _ => up.health.record_failure(&why, e.cause(), Instant::now()),
+                    };
                     log_transition(&up, &transition);
                 }
             }
