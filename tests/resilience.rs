@@ -175,7 +175,8 @@ async fn a_429_backs_the_upstream_off_for_its_retry_after() {
     proxies[0].set(Fault::RateLimit {
         retry_after_secs: 30,
     });
-    for _ in 0..20 {
+    // Calls go on until the upstream was asked (by a call or a head poll) and said 429.
+    for _ in 0..400 {
         let (r, _) = outlast
             .call("/local", "eth_getBalance", balance_at_1())
             .await;
@@ -183,10 +184,26 @@ async fn a_429_backs_the_upstream_off_for_its_retry_after() {
             r["result"], "0x21e19e0c9bab2400000",
             "no client saw the 429: {r}"
         );
+        if proxies[0].requests() > asked {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    // One 429 (to a call or a head poll) was enough: 30 s of silence follow.
+    assert!(
+        proxies[0].requests() > asked,
+        "the rate-limited upstream was never asked"
+    );
+    // Once Outlast has its 429, it backs off: 30 s of silence follow.
+    let mut state = serde_json::Value::Null;
+    for _ in 0..400 {
+        state = upstream_status(&outlast, "u0").await;
+        if state["state"] != "ready" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_ne!(state["state"], "ready", "{state}");
     let first = proxies[0].requests();
-    assert!(first > asked, "the rate-limited upstream was never asked");
     for _ in 0..20 {
         outlast
             .call("/local", "eth_getBalance", balance_at_1())
