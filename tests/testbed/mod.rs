@@ -411,8 +411,25 @@ async fn start_node(port: u16, chain_id: u64) -> Result<(Child, Arc<Mutex<Vec<u8
             ));
         }
         if let Ok(resp) = post(&probe, &url, &request("eth_chainId", json!([]))).await {
+            // An Outlast of another test on this port (serving chain 31337 too) answers
+            // eth_chainId alike, but denies anvil_*: only Anvil itself answers this.
+            let anvil = post(&probe, &url, &request("anvil_nodeInfo", json!([])))
+                .await
+                .is_ok_and(|r| r.get("result").is_some());
             match resp.get("result") {
-                Some(id) if quantity(id) == chain_id => return Ok((child, log)),
+                Some(id) if quantity(id) == chain_id && anvil => {
+                    // And it is ours: an Anvil of another test answers the same, while
+                    // ours, unable to bind, exits within moments.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if child
+                        .try_wait()
+                        .map_err(|e| format!("try_wait: {e}"))?
+                        .is_none()
+                    {
+                        return Ok((child, log));
+                    }
+                    continue;
+                }
                 _ => {
                     let _ = child.kill();
                     let _ = child.wait();
