@@ -546,10 +546,10 @@ async fn requests_are_counted_per_method_with_their_peak_in_flight() {
     assert_eq!(proxy.requests_of("eth_blockNumber"), 1);
     assert_eq!(proxy.requests_of("eth_getBalance"), 0);
 
-    // Three held at once: each read, none answered. Held long enough that all three
-    // overlap even when the machine is busy (a start delayed past the first's end would
-    // make the peak 2).
-    proxy.set(Fault::Latency(Duration::from_secs(6)));
+    // Three held at once: each read, none answered. Held long enough (4 s, under the
+    // client's 5 s timeout) that all three overlap even when the machine is busy (a start
+    // delayed past the first's end would make the peak 2).
+    proxy.set(Fault::Latency(Duration::from_secs(4)));
     let calls: Vec<_> = (0..3)
         .map(|_| {
             let url = proxy.url();
