@@ -546,14 +546,19 @@ async fn requests_are_counted_per_method_with_their_peak_in_flight() {
     assert_eq!(proxy.requests_of("eth_blockNumber"), 1);
     assert_eq!(proxy.requests_of("eth_getBalance"), 0);
 
-    // Three held at once: each read, none answered. Held long enough (4 s, under the
-    // client's 5 s timeout) that all three overlap even when the machine is busy (a start
-    // delayed past the first's end would make the peak 2).
-    proxy.set(Fault::Latency(Duration::from_secs(4)));
+    // Three held at once: each read, none answered. Held long enough (3 s before and 3 s
+    // after the node, with a client that waits 20 s) that all three overlap even when the
+    // machine is busy (a start delayed past the first's end would make the peak 2).
+    proxy.set(Fault::Latency(Duration::from_secs(3)));
     let calls: Vec<_> = (0..3)
         .map(|_| {
             let url = proxy.url();
-            tokio::spawn(async move { chain_id(&url).await })
+            tokio::spawn(async move {
+                let reply = try_rpc_within(&url, "eth_chainId", json!([]), Duration::from_secs(20))
+                    .await
+                    .expect("answered");
+                reply["result"].as_str().unwrap_or_default().to_owned()
+            })
         })
         .collect();
     eventually("three chain-id calls in flight", || {
