@@ -11,13 +11,19 @@
 //! only drains the filter's queue; `eth_getFilterLogs` runs the filter's criteria as an
 //! `eth_getLogs` through the normal path (its limits included: see `dispatch`).
 //!
-//! Bounded: `[limits] max_filters` per chain, `max_filter_items` queued per filter
-//! between polls (more: the next poll gets -32005 and the filter is removed, so a gap
-//! is never silent), and a filter not polled for `filter_timeout_secs` is dropped (as
-//! geth does after 5 minutes). Ids are 128 random bits from the OS.
+//! Bounded: `[limits] max_filters` per chain, `max_filters_per_client` per client (its
+//! API key, else its address: `Owner`), `max_filter_items` queued per filter between
+//! polls (more: the next poll gets -32005 and the filter is removed, so a gap is never
+//! silent), and a filter not polled for `filter_timeout_secs` is dropped (as geth does
+//! after 5 minutes). Ids are 128 random bits from the OS.
 //!
-//! Per instance: a filter lives in the Outlast that created it (Redis is not used).
-//! Never does I/O itself and never waits on the hub: the hub never waits on it either.
+//! Where a filter lives: with `[redis]`, block and log filters live in Redis
+//! (`shared`), so any instance behind a load balancer answers their polls; their
+//! bounds are counted there, across instances. Pending-transaction filters, and every
+//! filter without Redis (or while Redis does not answer at creation), live in the
+//! instance that made them, here. `handle` is the one entry from `dispatch`: it finds
+//! each id here first, then in Redis. The local part never does I/O and never waits on
+//! the hub: the hub never waits on it either.
 
 use std::{
     collections::HashMap,
@@ -34,13 +40,17 @@ use tokio_util::sync::CancellationToken;
 use super::{
     filter::{HEADS, LOGS, LogFilter, PENDING},
     hub::{Event, Hub, Log, Published},
+    shared::{Kind, Shared},
 };
 use crate::{
+    auth::Caller,
+    cache::redis::RedisTier,
     config::Limits,
-    gateway::Chain,
+    route::Chain,
     route::Outcome,
-    rpc::{Call, RpcError, parse::Rejected},
+    rpc::{Call, RpcError, errors::Attempt, parse::Rejected},
     upstream::Answer,
+    upstream::heads::Consensus,
 };
 
 /// How often the pump looks for filters nobody polled for too long.
@@ -53,6 +63,7 @@ const CATCH_UP: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone, Copy)]
 pub struct FilterLimits {
     pub max_filters: usize,
+    pub max_per_client: usize,
     pub max_items: usize,
     pub idle: Duration,
 }
@@ -61,14 +72,71 @@ impl FilterLimits {
     pub fn of(limits: &Limits) -> FilterLimits {
         FilterLimits {
             max_filters: limits.max_filters,
+            max_per_client: limits.max_filters_per_client,
             max_items: limits.max_filter_items,
             idle: Duration::from_secs(limits.filter_timeout_secs),
         }
     }
+
+    /// The chain holds `max_filters` (`shared`: counted in Redis, across instances).
+    pub fn total_error(&self, shared: bool) -> FilterError {
+        crate::metrics::limit_exceeded("filters");
+        let across = if shared {
+            ", counted across the instances sharing Redis"
+        } else {
+            ""
+        };
+        FilterError::Limit(format!(
+            "this chain has {} filters open ([limits] max_filters{across}); uninstall some (eth_uninstallFilter), or subscribe over WebSocket",
+            self.max_filters
+        ))
+    }
+
+    /// The caller holds `max_filters_per_client`.
+    pub fn per_client_error(&self, shared: bool) -> FilterError {
+        crate::metrics::limit_exceeded("filters");
+        let across = if shared {
+            ", counted across the instances sharing Redis"
+        } else {
+            ""
+        };
+        FilterError::Limit(format!(
+            "you have {} filters open on this chain ([limits] max_filters_per_client, per API key, or per address without one{across}); uninstall those you no longer poll (eth_uninstallFilter), or let them expire ({} s unpolled)",
+            self.max_per_client,
+            self.idle.as_secs()
+        ))
+    }
+}
+
+/// Whom a filter counts against for `max_filters_per_client`: the caller's API key, or
+/// without one its address (an IPv6 client's /64, which one host usually holds whole).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Owner(Arc<str>);
+
+impl Owner {
+    pub fn of(caller: &Caller, address: std::net::IpAddr) -> Owner {
+        use std::net::IpAddr;
+        let name = match (caller, address) {
+            (Caller::Key(key), _) => format!("key:{}", key.name),
+            (_, IpAddr::V4(a)) => format!("ip:{a}"),
+            (_, IpAddr::V6(a)) => match a.to_ipv4_mapped() {
+                Some(v4) => format!("ip:{v4}"),
+                None => {
+                    let s = a.segments();
+                    format!("ip:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+                }
+            },
+        };
+        Owner(Arc::from(name))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 #[derive(Debug)]
-enum What {
+pub(super) enum What {
     Blocks,
     Logs {
         filter: LogFilter,
@@ -93,6 +161,7 @@ impl What {
 
 struct Filter {
     what: What,
+    owner: Owner,
     /// Events from this sequence number on are its own.
     since: u64,
     /// Its subscription epoch: block logs fetched for an older one may lack its logs.
@@ -128,6 +197,12 @@ pub enum FilterError {
     BadParams(String),
     #[error("{0}")]
     Limit(String),
+    /// Redis (where shared filters live) did not answer.
+    #[error("filters are shared through Redis, which did not answer; retry shortly")]
+    Unreachable,
+    /// Other instances kept changing the filter while this one tried to.
+    #[error("this filter is being polled elsewhere at the same moment; retry")]
+    Busy,
 }
 
 impl FilterError {
@@ -147,8 +222,21 @@ impl FilterError {
             }
             FilterError::BadParams(why) => Outcome::Refused(RpcError::InvalidParams(why)),
             FilterError::Limit(why) => Outcome::Refused(RpcError::LimitExceeded(why)),
+            FilterError::Unreachable | FilterError::Busy => Outcome::Unavailable(vec![Attempt {
+                upstream: "redis".into(),
+                error: self.to_string(),
+            }]),
         }
     }
+}
+
+/// What `Filters::handle` made of a request's calls: one item per accepted call each.
+#[derive(Default)]
+pub struct Handled {
+    /// The answer of each filter call answered here.
+    pub answers: Vec<Option<Outcome>>,
+    /// For each `eth_getFilterLogs` of a log filter, renamed `eth_getLogs`: its params.
+    pub queries: Vec<Option<Box<RawValue>>>,
 }
 
 /// The `x-outlast-upstream` of answers about filters: Outlast itself.
@@ -196,27 +284,166 @@ impl Filters {
         out
     }
 
-    /// Answers a filter method other than a log filter's `eth_getFilterLogs` (which
-    /// `logs_queries` turned into `eth_getLogs`); `None` for any other method.
-    /// `head` is the consensus head now: a new filter is owed nothing up to it.
-    pub fn answer(&self, hub: &Hub, call: &Call<'_>, head: Option<u64>) -> Option<Outcome> {
+    /// Step 3 of `dispatch`: answers every filter call of `entries`, in order (one batch
+    /// may make a filter and poll it). Block and log filters are made in Redis when
+    /// there is one (`redis`), else (or while it does not answer) here; an id is looked
+    /// for here first, then in Redis. A poll of a filter held here first lets the
+    /// filters catch up with the consensus head, so it never runs behind a receipt.
+    pub async fn handle(
+        &self,
+        chain: &Chain,
+        hub: &Hub,
+        redis: Option<&RedisTier>,
+        owner: &Owner,
+        entries: &mut [Result<Call<'_>, Rejected<'_>>],
+    ) -> Handled {
+        let mut out = Handled::default();
+        let mut waited = false;
+        for call in entries.iter_mut().filter_map(|e| e.as_mut().ok()) {
+            let (answer, query) = if is_filter_method(&call.method) {
+                let shared = redis.map(|redis| Shared {
+                    redis,
+                    chain,
+                    limits: self.limits,
+                });
+                let head = chain.head.get().consensus;
+                let number = head.as_ref().map(|h| h.number);
+                if call.method == "eth_getFilterChanges"
+                    && !waited
+                    && filter_id(call.params).is_ok_and(|id| self.holds(&id))
+                {
+                    waited = true;
+                    self.caught_up(number).await;
+                }
+                self.answer_one(hub, shared.as_ref(), call, head.as_ref(), owner)
+                    .await
+            } else {
+                (None, None)
+            };
+            out.answers.push(answer);
+            out.queries.push(query);
+        }
+        out
+    }
+
+    /// One filter call: its answer, or for `eth_getFilterLogs` of a log filter the
+    /// `eth_getLogs` params it becomes (the call renamed).
+    async fn answer_one(
+        &self,
+        hub: &Hub,
+        shared: Option<&Shared<'_>>,
+        call: &mut Call<'_>,
+        head: Option<&Consensus>,
+        owner: &Owner,
+    ) -> (Option<Outcome>, Option<Box<RawValue>>) {
+        let number = head.map(|h| h.number);
+        let local = |call: &Call<'_>| (self.answer(hub, call, number, owner), None);
+        let Some(shared) = shared else {
+            return match self.local_query(call) {
+                Some(query) => (None, Some(query)),
+                None => local(call),
+            };
+        };
+        let done = |result: Result<Bytes, FilterError>| {
+            let outcome = match result {
+                Ok(raw) => Outcome::Answered {
+                    upstream: label(),
+                    answer: Answer::Result(raw),
+                },
+                Err(e) => e.outcome(),
+            };
+            (Some(outcome), None)
+        };
+        match call.method.as_ref() {
+            "eth_newBlockFilter" | "eth_newFilter" => {
+                let (kind, criteria) = if call.method == "eth_newFilter" {
+                    match parse_criteria(call.params) {
+                        Ok(What::Logs { criteria, .. }) => (Kind::Logs, Some(criteria)),
+                        Ok(_) => return local(call),
+                        Err(e) => return done(Err(e)),
+                    }
+                } else {
+                    (Kind::Blocks, None)
+                };
+                // No consensus head yet: nothing to start a shared cursor at.
+                let Some(head) = head else { return local(call) };
+                match shared.create(kind, criteria, owner, head).await {
+                    Err(FilterError::Unreachable) => {
+                        tracing::debug!(method = %call.method, "Redis does not answer: this filter is held by this instance only");
+                        local(call)
+                    }
+                    made => done(made.map(id_json)),
+                }
+            }
+            "eth_getFilterChanges" | "eth_uninstallFilter" | "eth_getFilterLogs" => {
+                let id = match filter_id(call.params) {
+                    Ok(id) if !self.holds(&id) => id,
+                    // Held here, or not an id at all: answered here.
+                    _ => {
+                        return match self.local_query(call) {
+                            Some(query) => (None, Some(query)),
+                            None => local(call),
+                        };
+                    }
+                };
+                match call.method.as_ref() {
+                    "eth_getFilterChanges" => done(shared.changes(&id, head).await),
+                    "eth_uninstallFilter" => done(
+                        shared
+                            .uninstall(&id)
+                            .await
+                            .map(|gone| Bytes::from_static(if gone { b"true" } else { b"false" })),
+                    ),
+                    _ => match shared.criteria(&id).await {
+                        Ok(criteria) => {
+                            match RawValue::from_string(format!("[{}]", criteria.get())) {
+                                Ok(query) => {
+                                    call.method = std::borrow::Cow::Borrowed("eth_getLogs");
+                                    (None, Some(query))
+                                }
+                                Err(_) => done(Err(FilterError::NotFound)),
+                            }
+                        }
+                        Err(e) => done(Err(e)),
+                    },
+                }
+            }
+            _ => local(call),
+        }
+    }
+
+    /// Whether the filter `id` is held by this instance.
+    fn holds(&self, id: &str) -> bool {
+        self.lock().by_id.contains_key(id)
+    }
+
+    /// Answers a filter method from the filters held here, other than a log filter's
+    /// `eth_getFilterLogs` (`local_query`); `None` for any other method. `head` is the
+    /// consensus head now: a new filter is owed nothing up to it.
+    pub fn answer(
+        &self,
+        hub: &Hub,
+        call: &Call<'_>,
+        head: Option<u64>,
+        owner: &Owner,
+    ) -> Option<Outcome> {
         if !is_filter_method(&call.method) {
             return None;
         }
         let result = match call.method.as_ref() {
-            "eth_newBlockFilter" => self.install(hub, What::Blocks, head).map(id_json),
+            "eth_newBlockFilter" => self.install(hub, What::Blocks, head, owner).map(id_json),
             "eth_newPendingTransactionFilter" => {
-                self.install(hub, What::Pending, head).map(id_json)
+                self.install(hub, What::Pending, head, owner).map(id_json)
             }
             "eth_newFilter" => parse_criteria(call.params)
-                .and_then(|what| self.install(hub, what, head))
+                .and_then(|what| self.install(hub, what, head, owner))
                 .map(id_json),
             "eth_getFilterChanges" => filter_id(call.params).and_then(|id| self.changes(hub, &id)),
             "eth_uninstallFilter" => filter_id(call.params).map(|id| {
                 let gone = self.remove(hub, &id);
                 Bytes::from_static(if gone { b"true" } else { b"false" })
             }),
-            // A log filter's was rewritten: this is an unknown id or another kind.
+            // A log filter's became eth_getLogs: this is an unknown id or another kind.
             _ => filter_id(call.params).and_then(|_| Err(FilterError::NotFound)),
         };
         Some(match result {
@@ -228,26 +455,19 @@ impl Filters {
         })
     }
 
-    /// For each call of `entries` that is `eth_getFilterLogs` of a log filter: renames
-    /// it `eth_getLogs` and returns its criteria as the params to send (`[criteria]`),
-    /// so it takes the eth_getLogs path with its limits. One item per accepted call.
-    pub fn logs_queries(
-        &self,
-        entries: &mut [Result<Call<'_>, Rejected<'_>>],
-    ) -> Vec<Option<Box<RawValue>>> {
-        let mut out = Vec::new();
-        for call in entries.iter_mut().filter_map(|e| e.as_mut().ok()) {
-            let query = (call.method == "eth_getFilterLogs")
-                .then(|| filter_id(call.params).ok())
-                .flatten()
-                .and_then(|id| self.criteria(&id))
-                .and_then(|c| RawValue::from_string(format!("[{}]", c.get())).ok());
-            if query.is_some() {
-                call.method = std::borrow::Cow::Borrowed("eth_getLogs");
-            }
-            out.push(query);
+    /// When `call` is `eth_getFilterLogs` of a log filter held here: renames it
+    /// `eth_getLogs` and returns its criteria as the params to send (`[criteria]`), so
+    /// it takes the eth_getLogs path with its limits.
+    fn local_query(&self, call: &mut Call<'_>) -> Option<Box<RawValue>> {
+        let query = (call.method == "eth_getFilterLogs")
+            .then(|| filter_id(call.params).ok())
+            .flatten()
+            .and_then(|id| self.criteria(&id))
+            .and_then(|c| RawValue::from_string(format!("[{}]", c.get())).ok());
+        if query.is_some() {
+            call.method = std::borrow::Cow::Borrowed("eth_getLogs");
         }
-        out
+        query
     }
 
     fn criteria(&self, id: &str) -> Option<Box<RawValue>> {
@@ -263,25 +483,32 @@ impl Filters {
         }
     }
 
-    fn install(&self, hub: &Hub, what: What, head: Option<u64>) -> Result<String, FilterError> {
+    fn install(
+        &self,
+        hub: &Hub,
+        what: What,
+        head: Option<u64>,
+        owner: &Owner,
+    ) -> Result<String, FilterError> {
         let mut inner = self.lock();
         let now = Instant::now();
         let idle = self.limits.idle;
         inner
             .by_id
             .retain(|_, f| now.duration_since(f.polled) <= idle);
+        let owned = inner.by_id.values().filter(|f| f.owner == *owner).count();
+        if owned >= self.limits.max_per_client {
+            return Err(self.limits.per_client_error(false));
+        }
         if inner.by_id.len() >= self.limits.max_filters {
-            crate::metrics::limit_exceeded("filters");
-            return Err(FilterError::Limit(format!(
-                "this chain has {} filters open ([limits] max_filters); uninstall some (eth_uninstallFilter), or subscribe over WebSocket",
-                self.limits.max_filters
-            )));
+            return Err(self.limits.total_error(false));
         }
         let id = new_id();
         inner.by_id.insert(
             id.clone(),
             Filter {
                 what,
+                owner: owner.clone(),
                 since: u64::MAX,
                 epoch: u64::MAX,
                 queue: Vec::new(),
@@ -468,9 +695,9 @@ fn resubscribe(hub: &Hub, inner: &Inner) -> (u64, u64) {
 }
 
 /// Feeds a chain's filters from its hub until `stop`. Spawned once per chain.
-pub async fn pump(chain: Arc<Chain>, stop: CancellationToken) {
-    let hub = &chain.subs;
-    let filters = &chain.filters;
+pub async fn pump(chain: Arc<Chain>, live: Arc<super::Live>, stop: CancellationToken) {
+    let hub = &live.hub;
+    let filters = &live.filters;
     let mut sweep = tokio::time::interval(SWEEP);
     loop {
         let mut client = hub.join();
@@ -540,7 +767,7 @@ fn hash_of(header: &[u8]) -> Option<Bytes> {
     serde_json::to_vec(s.hash).ok().map(Bytes::from)
 }
 
-fn json_array(items: &[Bytes]) -> Bytes {
+pub(super) fn json_array(items: &[Bytes]) -> Bytes {
     let mut out = Vec::with_capacity(2 + items.iter().map(|i| i.len() + 1).sum::<usize>());
     out.push(b'[');
     for (i, item) in items.iter().enumerate() {
@@ -559,7 +786,7 @@ fn id_json(id: String) -> Bytes {
 
 /// `0x` and 32 hex digits: 128 bits from the OS's random source, so nobody can guess
 /// (and poll or uninstall) another client's filter.
-fn new_id() -> String {
+pub(super) fn new_id() -> String {
     let mut bytes = [0u8; 16];
     if getrandom::fill(&mut bytes).is_err() {
         // The OS source failed (it does not on Linux): keyed SipHash of a counter,
@@ -588,7 +815,7 @@ fn filter_id(params: Option<&RawValue>) -> Result<String, FilterError> {
 }
 
 /// `eth_newFilter`'s `[{fromBlock, toBlock, address, topics}]`.
-fn parse_criteria(params: Option<&RawValue>) -> Result<What, FilterError> {
+pub(super) fn parse_criteria(params: Option<&RawValue>) -> Result<What, FilterError> {
     #[derive(Deserialize)]
     struct Bounds<'a> {
         #[serde(borrow, default, rename = "fromBlock")]
@@ -684,9 +911,13 @@ mod tests {
         }
     }
 
+    fn owner(name: &str) -> Owner {
+        Owner(Arc::from(name))
+    }
+
     impl Filters {
         fn answer_now(&self, hub: &Hub, call: &Call<'_>) -> Option<Outcome> {
-            self.answer(hub, call, None)
+            self.answer(hub, call, None, &owner("ip:127.0.0.1"))
         }
     }
 
@@ -826,6 +1057,45 @@ mod tests {
     }
 
     #[test]
+    fn each_client_holds_at_most_max_filters_per_client() {
+        let l = Limits {
+            max_filters_per_client: 2,
+            ..Limits::default()
+        };
+        let (hub, filters) = setup(&l);
+        let p = raw("[]");
+        let make = |who: &str| {
+            result(filters.answer(&hub, &call("eth_newBlockFilter", &p), None, &owner(who)))
+        };
+        assert!(make("key:a").is_ok());
+        assert!(make("key:a").is_ok());
+        let third = make("key:a");
+        assert!(
+            third
+                .as_ref()
+                .is_err_and(|e| e.starts_with("-32005") && e.contains("max_filters_per_client")),
+            "{third:?}"
+        );
+        assert!(make("key:b").is_ok(), "another client still may");
+    }
+
+    #[test]
+    fn owners_are_the_key_else_the_address_or_its_64() {
+        use std::net::IpAddr;
+        let ip = |s: &str| s.parse::<IpAddr>().expect("address");
+        let open = Caller::Open;
+        assert_eq!(Owner::of(&open, ip("10.0.0.7")).as_str(), "ip:10.0.0.7");
+        assert_eq!(
+            Owner::of(&open, ip("2001:db8:1:2:aaaa::1")),
+            Owner::of(&open, ip("2001:db8:1:2:bbbb::9"))
+        );
+        assert_eq!(
+            Owner::of(&open, ip("::ffff:10.0.0.7")).as_str(),
+            "ip:10.0.0.7"
+        );
+    }
+
+    #[test]
     fn unpolled_filters_expire_and_uninstall_says_whether_one_was_there() {
         let l = Limits {
             filter_timeout_secs: 0,
@@ -867,23 +1137,17 @@ mod tests {
             raw(&format!("[\"{blocks}\"]")),
             raw("[\"0x01\"]"),
         );
-        let mut entries = vec![
-            Ok(call("eth_getFilterLogs", &p1)),
-            Ok(call("eth_getFilterLogs", &p2)),
-            Ok(call("eth_getFilterLogs", &p3)),
+        let mut calls = vec![
+            call("eth_getFilterLogs", &p1),
+            call("eth_getFilterLogs", &p2),
+            call("eth_getFilterLogs", &p3),
         ];
-        let queries = filters.logs_queries(&mut entries);
-        assert_eq!(
-            queries
-                .iter()
-                .map(|q| q.as_ref().map(|q| q.get().to_owned()))
-                .collect::<Vec<_>>(),
-            vec![Some(format!("[{criteria}]")), None, None]
-        );
-        let methods: Vec<String> = entries
-            .iter()
-            .filter_map(|e| e.as_ref().ok().map(|c| c.method.to_string()))
+        let queries: Vec<Option<String>> = calls
+            .iter_mut()
+            .map(|c| filters.local_query(c).map(|q| q.get().to_owned()))
             .collect();
+        assert_eq!(queries, vec![Some(format!("[{criteria}]")), None, None]);
+        let methods: Vec<String> = calls.iter().map(|c| c.method.to_string()).collect();
         assert_eq!(
             methods,
             ["eth_getLogs", "eth_getFilterLogs", "eth_getFilterLogs"]

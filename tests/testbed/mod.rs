@@ -22,6 +22,7 @@ pub mod faultproxy;
 pub mod gateway;
 pub mod incidents;
 pub mod receiver;
+pub mod redis_server;
 
 use std::io::Read;
 use std::net::TcpListener;
