@@ -11,11 +11,14 @@
 //!   shown on `/status`, in the feed and webhooks, quieting automatic incidents' webhooks
 //!   for what it covers while it runs
 //! - `GET keys`, `GET upstreams`: what is configured and cordoned (key names, never keys)
+//! - `POST reload`: re-reads the config file, as SIGHUP does (`reload`); 200 with what
+//!   changed and what needs a restart, or 422 with every problem of an invalid file
+//!   (the running config keeps serving), 409 when there is no file to re-read
 //!
 //! Everything goes through `incidents` (kept in its history, sent to webhooks) or the
 //! upstream's `Cordon`; nothing here touches a provider URL.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::{
     Json, Router,
@@ -30,25 +33,6 @@ use crate::{
     gateway::Gateway,
     incidents::{Announcement, ManualError, Time, Window},
 };
-
-/// A hand-made hold on an upstream: while set, `route::select` does not choose it.
-#[derive(Debug, Default)]
-pub struct Cordon(Mutex<Option<String>>);
-
-impl Cordon {
-    /// Why it is cordoned, if it is.
-    pub fn reason(&self) -> Option<String> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    pub fn is_set(&self) -> bool {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).is_some()
-    }
-
-    fn set(&self, reason: Option<String>) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = reason;
-    }
-}
 
 pub fn router() -> Router<Arc<Gateway>> {
     Router::new()
@@ -66,6 +50,7 @@ pub fn router() -> Router<Arc<Gateway>> {
         .route("/api/v1/admin/incidents/{id}/updates", post(update))
         .route("/api/v1/admin/incidents/{id}/resolve", post(resolve))
         .route("/api/v1/admin/maintenance", post(maintenance))
+        .route("/api/v1/admin/reload", post(reload))
 }
 
 fn answer(status: StatusCode, body: serde_json::Value) -> Response {
@@ -99,7 +84,7 @@ fn bad_body(action: &'static str, e: &JsonRejection) -> Response {
 async fn keys(State(gw): State<Arc<Gateway>>) -> Response {
     answer(
         StatusCode::OK,
-        serde_json::json!({ "keys": gw.access.key_summaries() }),
+        serde_json::json!({ "keys": gw.access().key_summaries() }),
     )
 }
 
@@ -108,13 +93,16 @@ async fn upstreams(State(gw): State<Arc<Gateway>>) -> Response {
         .chains
         .iter()
         .flat_map(|c| {
-            c.upstreams.iter().map(|u| {
-                serde_json::json!({
-                    "chain": &*c.name,
-                    "name": &*u.name,
-                    "cordoned": u.cordon.reason(),
+            c.upstreams()
+                .iter()
+                .map(|u| {
+                    serde_json::json!({
+                        "chain": &*c.name,
+                        "name": &*u.name,
+                        "cordoned": u.cordon.reason(),
+                    })
                 })
-            })
+                .collect::<Vec<_>>()
         })
         .collect();
     answer(StatusCode::OK, serde_json::json!({ "upstreams": list }))
@@ -156,7 +144,7 @@ fn set_cordon(
 ) -> Response {
     let Some(up) = gw
         .chain(Some(chain))
-        .and_then(|c| c.upstreams.iter().find(|u| &*u.name == name))
+        .and_then(|c| c.upstreams().iter().find(|u| &*u.name == name).cloned())
     else {
         return refused(
             action,
@@ -180,6 +168,23 @@ fn set_cordon(
         StatusCode::OK,
         serde_json::json!({ "chain": chain, "name": name, "cordoned": reason }),
     )
+}
+
+/// Re-reads the config file (the same as SIGHUP, and serialized with it).
+async fn reload(State(gw): State<Arc<Gateway>>) -> Response {
+    let Some(trigger) = gw.reload.get() else {
+        return refused(
+            "reload",
+            StatusCode::CONFLICT,
+            crate::reload::AskError::NoFile.to_string(),
+        );
+    };
+    match trigger.ask().await {
+        // Counted by the reload itself (SIGHUP's too).
+        Ok(report) if report.applied => answer(StatusCode::OK, serde_json::json!(report)),
+        Ok(report) => answer(StatusCode::UNPROCESSABLE_ENTITY, serde_json::json!(report)),
+        Err(e) => refused("reload", StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
 }
 
 async fn open(
@@ -288,7 +293,7 @@ fn unknown_targets(gw: &Gateway, a: &Announcement) -> Option<String> {
     for u in &a.upstreams {
         let known = gw
             .chain(Some(&u.chain))
-            .is_some_and(|c| c.upstreams.iter().any(|x| *x.name == u.name));
+            .is_some_and(|c| c.upstreams().iter().any(|x| *x.name == u.name));
         if !known {
             return Some(format!("no upstream `{}` in chain `{}`", u.name, u.chain));
         }

@@ -1,38 +1,45 @@
 //! The gateway's long-lived state, built once from the config: each chain with its
 //! upstreams, and the request limits. Shared by the server and the background tasks.
+//!
+//! What a reload changes is swapped, never edited in place: each chain's upstream set
+//! (`route::Chain::swap_upstreams`) and the `Settings` here (`[limits]`, the method
+//! policy, `[auth]`/`[cors]`/`[admin]`), one snapshot for all three. A request reads
+//! them when it needs them; one that started keeps what it loaded.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
-    sync::{Arc, Mutex, atomic::AtomicUsize},
-    time::{Duration, Instant},
+    collections::HashMap,
+    sync::{Arc, OnceLock},
+    time::Duration,
 };
+
+use arc_swap::ArcSwap;
 
 use crate::{
-    config::{Config, Limits, Verify},
+    config::{Config, Limits},
     incidents::Incidents,
-    route::{
-        budget::RetryBudget,
-        heads::{self, ChainHead, HeadView},
-        health::Status,
-    },
+    route::Chain,
     rpc::{MethodPolicy, ParseLimits},
-    upstream::{self, Upstream},
-    verify::header::CheckedHeader,
+    upstream,
 };
-
-/// Fastest head poll, however fast the chain's blocks.
-const MIN_POLL: Duration = Duration::from_millis(100);
 
 pub struct Gateway {
     /// Set when shutdown begins: `/readyz` answers 503 from then on.
     pub draining: std::sync::atomic::AtomicBool,
     pub chains: Vec<Arc<Chain>>,
+    /// Per chain (same order as `chains`): its subscriptions and HTTP filters.
+    live: Vec<Arc<crate::subscribe::Live>>,
     /// By name and by decimal chain id: both are valid URL paths.
     by_path: HashMap<String, Arc<Chain>>,
-    pub limits: Limits,
+    /// `[limits]`, the method policy and the access rules: read with `limits()`,
+    /// `policy()`, `access()`; replaced together by `swap_settings` (hot reload).
+    settings: ArcSwap<Settings>,
+    /// The HTTP client of every upstream, for the ones a reload adds.
+    pub http: upstream::HttpClient,
+    /// Asks for a reload (`POST /api/v1/admin/reload`); unset when Outlast was started
+    /// without a config file, or outside `run` (`outlast probe`, tests).
+    pub reload: OnceLock<crate::reload::Trigger>,
     /// `[server] body_timeout_ms`: a request body must arrive within this long.
     pub body_timeout: Duration,
-    pub policy: MethodPolicy,
     pub chain_id_check: Duration,
     /// Incidents, uptime and webhooks (`incidents`), shared with every chain.
     pub incidents: Arc<Incidents>,
@@ -46,167 +53,24 @@ pub struct Gateway {
     pub broadcast_to: usize,
     /// `[tx] rebroadcast`: accepted transactions kept and re-sent until mined (`tx`).
     pub rebroadcast: Option<Arc<crate::tx::Pending>>,
+}
+
+/// What a reload replaces at once: one snapshot, so no request sees new limits with
+/// old keys.
+pub struct Settings {
+    pub limits: Arc<Limits>,
+    pub policy: Arc<MethodPolicy>,
     /// `[auth]`, `[cors]`, `[admin]`: keys, rate limits, browsers, the admin token.
-    pub access: crate::auth::Access,
+    /// Rebuilt on reload, so per-key and per-address budgets start full again.
+    pub access: Arc<crate::auth::Access>,
 }
 
-pub struct Chain {
-    pub name: Arc<str>,
-    pub chain_id: u64,
-    pub upstreams: Vec<Arc<Upstream>>,
-    pub max_attempts: usize,
-    /// Distinct operators that must agree on the consensus head.
-    pub quorum: usize,
-    pub head: ChainHead,
-    /// Hedge delay bounds (min, max) for reads; `None` when hedging is off.
-    pub hedge: Option<(Duration, Duration)>,
-    pub budget: RetryBudget,
-    /// Spreads calls over equally good upstreams.
-    pub rotation: AtomicUsize,
-    /// Seconds per block, learned from the consensus head: sets the head poll interval.
-    block_time: Mutex<BlockTime>,
-    max_poll: Duration,
-    pub verify: Verify,
-    pub quorum_methods: Vec<String>,
-    /// How long a liar stays banned.
-    pub ban_for: Duration,
-    /// Distinct operators among the configured upstreams.
-    operators: usize,
-    /// Headers whose hash a quorum agreed on, by number (see `trusted_header`).
-    trusted: Mutex<BTreeMap<u64, (CheckedHeader, Instant)>>,
-    /// Where to report a liar with its evidence: `incidents.upstream_lied(..)`.
-    pub incidents: Arc<Incidents>,
-    /// WebSocket subscriptions: the fan-out hub, told of every consensus head move.
-    pub subs: crate::subscribe::Hub,
-    /// HTTP filters (`eth_newFilter` & co.), held here and fed from `subs`.
-    pub filters: crate::subscribe::filters::Filters,
-    /// `[tx] rebroadcast`: where `tx::broadcast` keeps what an upstream accepted (the
-    /// gateway's one store, shared by every chain); `None` when off.
-    pub rebroadcast: Option<Arc<crate::tx::Pending>>,
-}
-
-/// Trusted headers kept for verified reads.
-const TRUSTED_HEADERS: usize = 256;
-/// A trusted header above the finalized block is reused only this long: it may reorg.
-const UNFINALIZED_TRUST: Duration = Duration::from_secs(2);
-
-#[derive(Default)]
-struct BlockTime {
-    last: Option<(u64, Instant)>,
-    estimate: Option<Duration>,
-}
-
-/// How many of a chain's upstreams may be chosen now, for `/readyz`.
-#[derive(Debug, serde::Serialize)]
-pub struct Readiness {
-    pub chain: Arc<str>,
-    pub upstreams: usize,
-    pub ready_upstreams: usize,
-    /// Not yet past their first `eth_chainId` check.
-    pub unchecked_upstreams: usize,
-    /// The consensus head, once any upstream's head is known.
-    pub head: Option<u64>,
-}
-
-impl Chain {
-    /// Operators that must agree: the configured quorum, or every configured operator
-    /// when there are fewer (`outlast check` warns about that).
-    pub fn effective_quorum(&self) -> usize {
-        self.quorum.min(self.operators).max(1)
-    }
-
-    /// A header a quorum agreed on, if known and still safe to reuse.
-    pub fn trusted_header(&self, number: u64) -> Option<CheckedHeader> {
-        let finalized = self.head.get().finalized;
-        let trusted = self.trusted.lock().unwrap_or_else(|e| e.into_inner());
-        let (h, at) = trusted.get(&number)?;
-        (finalized.is_some_and(|f| number <= f) || at.elapsed() < UNFINALIZED_TRUST).then_some(*h)
-    }
-
-    pub fn remember_header(&self, h: CheckedHeader) {
-        let mut trusted = self.trusted.lock().unwrap_or_else(|e| e.into_inner());
-        trusted.insert(h.number, (h, Instant::now()));
-        while trusted.len() > TRUSTED_HEADERS {
-            trusted.pop_first();
-        }
-    }
-
-    /// Recomputes the consensus head from the ready upstreams' views.
-    pub fn refresh_head(&self) {
-        let views: Vec<(&str, HeadView)> = self
-            .upstreams
-            .iter()
-            .filter(|u| u.health.is_ready())
-            .map(|u| (u.operator.as_str(), u.head.view()))
-            .collect();
-        let views = heads::without_stalled(views, self.stall_after(), Instant::now());
-        let Some(moved) = self.head.update(&views, self.quorum) else {
-            return;
-        };
-        tracing::debug!(chain = %self.name, number = moved.number, hash = %moved.hash, confirmed = moved.confirmed, "consensus head");
-        self.subs.head_moved(&moved);
-        let now = Instant::now();
-        let mut bt = self.block_time.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((n0, t0)) = bt.last
-            && moved.number > n0
-        {
-            let sample =
-                now.duration_since(t0) / u32::try_from(moved.number - n0).unwrap_or(u32::MAX);
-            bt.estimate = Some(bt.estimate.map_or(sample, |e| (e * 3 + sample) / 4));
-        }
-        bt.last = Some((moved.number, now));
-    }
-
-    /// How long a head may stand still behind the others before it loses its vote:
-    /// three block times, and at least a second.
-    fn stall_after(&self) -> Duration {
-        let estimate = self
-            .block_time
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .estimate;
-        (estimate.unwrap_or(self.max_poll) * 3).max(Duration::from_secs(1))
-    }
-
-    pub fn poll_interval(&self) -> Duration {
-        let estimate = self
-            .block_time
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .estimate;
-        upstream::poll_interval(estimate, MIN_POLL.min(self.max_poll), self.max_poll)
-    }
-
-    /// Remembers that `upstream` refused log ranges larger than `size`.
-    pub fn learn_logs_range(&self, upstream: &str, size: u64) {
-        if let Some(up) = self.upstreams.iter().find(|u| &*u.name == upstream)
-            && let Some(size) = up.logs_range.learn(size, Instant::now())
-        {
-            tracing::info!(chain = %self.name, upstream, size, "learned the upstream's eth_getLogs range limit");
-        }
-    }
-
-    /// Blocks behind the consensus head (0 when unknown).
-    pub fn lag(&self, up: &Upstream) -> u64 {
-        match (self.head.latest(), up.head.latest()) {
-            (Some(consensus), Some(own)) => consensus.saturating_sub(own),
-            _ => 0,
-        }
-    }
-
-    pub fn readiness(&self) -> Readiness {
-        let count = |f: fn(&Status) -> bool| {
-            self.upstreams
-                .iter()
-                .filter(|u| f(&u.health.status()))
-                .count()
-        };
-        Readiness {
-            chain: self.name.clone(),
-            upstreams: self.upstreams.len(),
-            ready_upstreams: count(|s| *s == Status::Ready),
-            unchecked_upstreams: count(|s| *s == Status::Unchecked),
-            head: self.head.latest(),
+impl Settings {
+    pub fn new(config: &Config) -> Settings {
+        Settings {
+            limits: Arc::new(config.limits.clone()),
+            policy: Arc::new(MethodPolicy::new(&config.limits.denied_methods)),
+            access: Arc::new(crate::auth::Access::new(config)),
         }
     }
 }
@@ -227,48 +91,11 @@ impl Gateway {
         let chains: Vec<Arc<Chain>> = config
             .chains
             .iter()
-            .map(|c| {
-                let name: Arc<str> = Arc::from(c.name.as_str());
-                Arc::new(Chain {
-                    upstreams: c
-                        .upstreams
-                        .iter()
-                        .map(|u| Arc::new(Upstream::new(&name, u, &config.routing, http.clone())))
-                        .collect(),
-                    name,
-                    chain_id: c.chain_id,
-                    max_attempts: config.routing.max_attempts,
-                    quorum: c.quorum,
-                    head: ChainHead::default(),
-                    hedge: config.routing.hedge.then(|| {
-                        (
-                            Duration::from_millis(config.routing.hedge_min_ms),
-                            Duration::from_millis(config.routing.request_timeout_ms),
-                        )
-                    }),
-                    budget: RetryBudget::new(
-                        config.routing.retry_budget_ratio,
-                        config.routing.retry_budget_per_sec,
-                    ),
-                    rotation: AtomicUsize::new(0),
-                    block_time: Mutex::new(BlockTime::default()),
-                    max_poll: Duration::from_millis(config.routing.head_poll_ms),
-                    subs: crate::subscribe::Hub::new(config.limits.ws_client_buffer),
-                    filters: crate::subscribe::filters::Filters::new(&config.limits),
-                    verify: c.verify,
-                    quorum_methods: c.quorum_methods.clone(),
-                    ban_for: Duration::from_secs(config.routing.liar_ban_secs),
-                    operators: c
-                        .upstreams
-                        .iter()
-                        .map(|u| u.operator.as_str())
-                        .collect::<HashSet<_>>()
-                        .len(),
-                    trusted: Mutex::new(BTreeMap::new()),
-                    incidents: incidents.clone(),
-                    rebroadcast: rebroadcast.clone(),
-                })
-            })
+            .map(|c| Arc::new(Chain::new(c, &config.routing, &http)))
+            .collect();
+        let live = chains
+            .iter()
+            .map(|_| Arc::new(crate::subscribe::Live::new(&config.limits)))
             .collect();
         let mut by_path = HashMap::new();
         for chain in &chains {
@@ -278,10 +105,12 @@ impl Gateway {
         Ok(Gateway {
             draining: std::sync::atomic::AtomicBool::new(false),
             chains,
+            live,
             by_path,
-            limits: config.limits.clone(),
+            settings: ArcSwap::from_pointee(Settings::new(config)),
+            http,
+            reload: OnceLock::new(),
             body_timeout: Duration::from_millis(config.server.body_timeout_ms),
-            policy: MethodPolicy::new(&config.limits.denied_methods),
             chain_id_check: Duration::from_secs(config.routing.chain_id_check_secs),
             incidents,
             storage: Arc::new(crate::storage::Storage::new(&config.storage)?),
@@ -289,7 +118,6 @@ impl Gateway {
             ledger: crate::tx::Ledger::new(Duration::from_secs(config.tx.remember_secs)),
             broadcast_to: config.tx.broadcast_to,
             rebroadcast,
-            access: crate::auth::Access::new(config),
         })
     }
 
@@ -303,19 +131,56 @@ impl Gateway {
         }
     }
 
+    /// The subscriptions and HTTP filters of `chain` (one of `chains`).
+    pub fn live(&self, chain: &Chain) -> &Arc<crate::subscribe::Live> {
+        let i = self
+            .chains
+            .iter()
+            .position(|c| std::ptr::eq(&**c, chain))
+            .unwrap_or_default();
+        &self.live[i]
+    }
+
+    /// Every chain with its subscriptions and HTTP filters.
+    pub fn chains_live(&self) -> impl Iterator<Item = (&Arc<Chain>, &Arc<crate::subscribe::Live>)> {
+        self.chains.iter().zip(&self.live)
+    }
+
+    /// `[limits]` now in force.
+    pub fn limits(&self) -> Arc<Limits> {
+        self.settings.load().limits.clone()
+    }
+
+    /// Methods denied to everyone (`[limits] denied_methods`).
+    pub fn policy(&self) -> Arc<MethodPolicy> {
+        self.settings.load().policy.clone()
+    }
+
+    /// Keys, budgets, browsers and the admin token now in force.
+    pub fn access(&self) -> Arc<crate::auth::Access> {
+        self.settings.load().access.clone()
+    }
+
+    /// Replaces limits, policy and access rules at once (hot reload).
+    pub fn swap_settings(&self, settings: Settings) {
+        self.settings.store(Arc::new(settings));
+    }
+
     /// `[limits]` on what one client's `eth_getLogs` may cost.
     pub fn log_limits(&self) -> crate::route::logs::LogLimits {
+        let limits = self.limits();
         crate::route::logs::LogLimits {
-            max_range: self.limits.max_logs_range,
-            max_pieces: self.limits.max_logs_pieces,
-            max_bytes: self.limits.max_logs_bytes,
+            max_range: limits.max_logs_range,
+            max_pieces: limits.max_logs_pieces,
+            max_bytes: limits.max_logs_bytes,
         }
     }
 
     pub fn parse_limits(&self) -> ParseLimits {
+        let limits = self.limits();
         ParseLimits {
-            max_batch: self.limits.max_batch,
-            max_depth: self.limits.max_depth,
+            max_batch: limits.max_batch,
+            max_depth: limits.max_depth,
         }
     }
 }

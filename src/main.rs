@@ -63,9 +63,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // `serve` sets up logging once its config is read: `[tracing]` adds an exporter.
+    if !matches!(cli.command, Command::Serve { .. }) {
+        init_logging(cli.log_format, None);
+    }
     let result = match cli.command {
-        Command::Serve { config } => serve(config),
+        Command::Serve { config } => serve(cli.log_format, config),
         Command::Check { config } => return check(&config),
         Command::Probe { config } => return probe(config.as_ref()),
         Command::DefaultConfig => {
@@ -82,15 +85,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs to stderr, filtered by RUST_LOG; with `export`, request spans also go to the
+/// OTLP exporter, which has its own filter (its spans only), so RUST_LOG never hides
+/// them from the collector and they never crowd the logs.
+fn init_logging(format: LogFormat, export: Option<outlast::telemetry::ExportLayer>) {
+    use tracing_subscriber::{Layer as _, layer::SubscriberExt as _, util::SubscriberInitExt as _};
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(export);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => registry.with(logs.with_filter(filter)).init(),
+        LogFormat::Json => registry.with(logs.json().with_filter(filter)).init(),
     }
 }
 
@@ -103,8 +109,14 @@ fn load(path: Option<&PathBuf>) -> anyhow::Result<Config> {
     }
 }
 
-fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
-    let config = load(path.as_ref())?;
+fn serve(log_format: LogFormat, path: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = match load(path.as_ref()) {
+        Ok(c) => c,
+        Err(e) => {
+            init_logging(log_format, None);
+            return Err(e);
+        }
+    };
     let runtime = match config.server.worker_threads {
         1 => tokio::runtime::Builder::new_current_thread(),
         n => {
@@ -118,12 +130,34 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     .enable_all()
     .build()
     .context("cannot start the async runtime")?;
+    let (export, exporter) =
+        match outlast::telemetry::install(&config.tracing, runtime.handle().clone()) {
+            Ok(Some((layer, exporter))) => (Some(layer), Some(exporter)),
+            Ok(None) => (None, None),
+            Err(e) => {
+                init_logging(log_format, None);
+                return Err(e.into());
+            }
+        };
+    init_logging(log_format, export);
+    if let Some(endpoint) = &config.tracing.otlp_endpoint {
+        tracing::info!(%endpoint, service = %config.tracing.service_name, sample_ratio = config.tracing.sample_ratio, "exporting request traces over OTLP/HTTP");
+    }
     runtime.block_on(async {
         let listen = config.server.listen;
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("cannot listen on {listen} ([server] listen)"))?;
-        outlast::run(config, listener, shutdown_signal()).await?;
+        let reloading = reload_on_hangup(path);
+        let served = match tokio::net::TcpListener::bind(listen).await {
+            Ok(listener) => outlast::run_reloading(config, reloading, listener, shutdown_signal())
+                .await
+                .map_err(anyhow::Error::from),
+            Err(e) => Err(anyhow::Error::from(e)
+                .context(format!("cannot listen on {listen} ([server] listen)"))),
+        };
+        // The last requests' spans, before the runtime that sends them stops.
+        if let Some(exporter) = exporter {
+            exporter.shutdown().await;
+        }
+        served?;
         tracing::info!("stopped");
         Ok(())
     })
@@ -150,6 +184,50 @@ fn probe(path: Option<&PathBuf>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// SIGHUP re-reads the config file (`outlast::reload`). Installed at once, before
+/// listening: SIGHUP's default action ends the process, and a supervisor may send it
+/// as soon as the process exists. Without a file, SIGHUP is logged and ignored.
+fn reload_on_hangup(path: Option<PathBuf>) -> Option<outlast::Reloading> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot watch SIGHUP ({e}); reload through the admin API");
+            return path.map(|path| {
+                let (trigger, inbox) = outlast::reload::channel();
+                outlast::Reloading {
+                    path,
+                    trigger,
+                    inbox,
+                }
+            });
+        }
+    };
+    let Some(path) = path else {
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                tracing::warn!(
+                    "SIGHUP ignored: started without --config, there is no file to re-read"
+                );
+            }
+        });
+        return None;
+    };
+    let (trigger, inbox) = outlast::reload::channel();
+    let on_signal = trigger.clone();
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: re-reading the config");
+            on_signal.hangup();
+        }
+    });
+    Some(outlast::Reloading {
+        path,
+        trigger,
+        inbox,
+    })
 }
 
 /// SIGINT or SIGTERM: stop accepting, finish what is in flight.
@@ -225,6 +303,13 @@ fn check(path: &Path) -> ExitCode {
             for (i, hook) in config.webhooks.iter().enumerate() {
                 let name = hook.name.clone().unwrap_or_else(|| format!("webhook-{i}"));
                 println!("{name} ({:?}): {}", hook.format, hook.url);
+            }
+            if let Some(endpoint) = &config.tracing.otlp_endpoint {
+                let t = &config.tracing;
+                println!(
+                    "tracing: OTLP/HTTP to {endpoint} as {}, sample ratio {}",
+                    t.service_name, t.sample_ratio
+                );
             }
             ExitCode::SUCCESS
         }

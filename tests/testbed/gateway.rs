@@ -165,6 +165,13 @@ impl Outlast {
         }
     }
 
+    /// The config file `outlast serve` reads (`start_process*`): a test may rewrite it
+    /// and send SIGHUP.
+    pub fn config_path(&self) -> Option<std::path::PathBuf> {
+        self.child.as_ref()?;
+        self.scratch.as_ref().map(|dir| dir.join("outlast.toml"))
+    }
+
     /// The process id, when started as a process.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().and_then(|c| c.id())
