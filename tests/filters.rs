@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use testbed::{
-    ACCOUNT0_ADDRESS, ACCOUNT1_ADDRESS, Fleet,
+    ACCOUNT0_ADDRESS, ACCOUNT1_ADDRESS, BLOCK_TIME, Fleet, block_timestamp,
     gateway::{FAST_ROUTING, Outlast},
     quantity,
     redis_server::RedisServer,
@@ -403,6 +403,101 @@ async fn filters_made_on_one_instance_are_answered_by_another_through_redis() {
     );
     let gone = rpc(&urls[1], "eth_getFilterChanges", json!([blocks])).await;
     assert_eq!(gone["error"]["code"], -32000, "{gone}");
+}
+
+/// Polls `ids` on A and B in turn until each has `want` items (or `WAIT`).
+async fn poll_in_turn(urls: &[String; 2], ids: &[&str], want: &[usize]) -> Vec<Vec<Value>> {
+    let mut got = vec![Vec::new(); ids.len()];
+    let start = Instant::now();
+    let mut turn = 0;
+    while got.iter().zip(want).any(|(g, w)| g.len() < *w) && start.elapsed() < WAIT {
+        for (id, sink) in ids.iter().zip(&mut got) {
+            sink.extend(changes(&urls[turn % 2], id).await);
+        }
+        turn += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_filter_tells_a_reorg_as_removed_logs_then_the_new_branch() {
+    let redis = RedisServer::start().await;
+    let mut fleet = Fleet::start(2).await;
+    fleet.mine(1).await;
+    let token = deploy(&mut fleet, 0).await;
+    let (a, b) = two_instances(&fleet, &shared_mode(&fleet, &redis, ""), "/local").await;
+    let urls = [a.url("/local"), b.url("/local")];
+    let logs = id_of(&rpc_result(&urls[0], "eth_newFilter", json!([{"address": token}])).await);
+    let blocks = id_of(&rpc_result(&urls[0], "eth_newBlockFilter", json!([])).await);
+    for nonce in 1..=3u64 {
+        transfer(&fleet, &token, nonce, nonce).await;
+        fleet.mine(1).await;
+    }
+    let top = fleet.height();
+    let old = poll_in_turn(&urls, &[&logs, &blocks], &[3, 3]).await;
+    assert_eq!((old[0].len(), old[1].len()), (3, 3), "{old:?}");
+
+    // Both nodes drop their last two blocks (Anvil forgets them at once) and mine three
+    // others, with transfers in the first and the third: blocks top-1 and top change
+    // hash, top+1 is new.
+    let fork = top - 1;
+    for i in 0..2 {
+        rpc_result(&fleet.url(i), "anvil_rollback", json!([2])).await;
+    }
+    let mut new_txs = Vec::new();
+    for (k, n) in (fork..=top + 1).enumerate() {
+        if k != 1 {
+            new_txs.push(json!(
+                transfer(&fleet, &token, 2 + new_txs.len() as u64, 50 + n).await
+            ));
+        }
+        for i in 0..2 {
+            // Another timestamp than before, so even an empty block differs.
+            rpc_result(
+                &fleet.url(i),
+                "evm_mine",
+                json!([block_timestamp(n) + BLOCK_TIME / 2]),
+            )
+            .await;
+        }
+    }
+    let new = poll_in_turn(&urls, &[&logs, &blocks], &[4, 3]).await;
+    let summary: Vec<(u64, bool)> = new[0]
+        .iter()
+        .map(|l| (quantity(&l["blockNumber"]), l["removed"] == json!(true)))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![(fork, true), (top, true), (fork, false), (top + 1, false)],
+        "first the orphaned logs, removed, oldest first; then the new branch's: {:?}",
+        new[0]
+    );
+    assert_eq!(new[0][0]["transactionHash"], old[0][1]["transactionHash"]);
+    assert_eq!(new[0][1]["transactionHash"], old[0][2]["transactionHash"]);
+    let tx_hashes: Vec<Value> = new[0][2..]
+        .iter()
+        .map(|l| l["transactionHash"].clone())
+        .collect();
+    assert_eq!(tx_hashes, new_txs);
+    let mut branch = Vec::new();
+    for n in fork..=top + 1 {
+        let block = rpc_result(
+            &fleet.url(0),
+            "eth_getBlockByNumber",
+            json!([format!("{n:#x}"), false]),
+        )
+        .await;
+        branch.push(block["hash"].clone());
+    }
+    assert_eq!(new[1], branch, "the new branch's hashes, in order");
+    for url in &urls {
+        assert_eq!(
+            changes(url, &logs).await,
+            Vec::<Value>::new(),
+            "nothing twice"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

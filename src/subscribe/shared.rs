@@ -4,14 +4,19 @@
 //!
 //! A filter is one signed note (`[redis] secret`, like shared bans) under
 //! `filter:{chain id}:{id}`: its kind, the client's criteria, its owner, and its cursor
-//! — the last block delivered (number and hash; at creation, the consensus head). A
-//! poll computes the changes from the chain, not from a queue: the blocks between the
-//! cursor and this instance's consensus head, fetched by number through routing
-//! (`follow`'s fetches: failover, and the chain's header checks), linked by parent hash
-//! from the cursor up to the agreed head hash; their logs by block hash. When the links
-//! break the chain reorganised: both branches are walked back by hash to where they
-//! meet, and the old branch's logs come back with `"removed": true` before the new
-//! branch's (as geth sends them).
+//! — the last block delivered (at creation, the consensus head), with the hashes of the
+//! `KEEP` blocks up to it and, for a log filter, the logs it delivered of the newest of
+//! them (up to `LOG_MEMORY` bytes). A poll computes the changes from the chain, not from a
+//! queue: the blocks between the cursor and this instance's consensus head, fetched by
+//! number through routing (`follow`'s fetches: failover, and the chain's header
+//! checks), linked by parent hash from the cursor up to the agreed head hash; their
+//! logs by block hash. When the links break the chain reorganised: the new branch is
+//! walked back by hash to a block the note remembers, and the logs delivered of the
+//! blocks above it, which left the chain, come back with `"removed": true` before the
+//! new branch's (as geth sends them). Only the canonical branch is fetched: nodes may
+//! forget an orphaned block (Anvil does at once), so its logs come from the note, and
+//! only past `LOG_MEMORY` from a node by block hash (if none has them any more, the new
+//! branch is sent without those removals, as `follow` does past its history).
 //!
 //! The cursor moves by compare-and-swap (one Lua script): the new note is written only
 //! while the stored one is still the one the changes were computed from. Two instances
@@ -49,9 +54,13 @@ use crate::{
 /// Blocks one poll moves a cursor at most (a filter idle for minutes on a fast chain
 /// catches up over a few polls, each bounded in time and memory).
 const STEP: u64 = 50;
-/// The deepest reorg below a filter's cursor that is followed; deeper, the filter is
-/// removed with an error saying so (never a silent gap).
-const REORG_DEPTH: usize = 64;
+/// Hashes of the newest blocks delivered that a note remembers: the deepest reorg below
+/// a filter's cursor that is followed. Deeper, the filter is removed with an error
+/// saying so (never a silent gap).
+const KEEP: usize = 32;
+/// Bytes of delivered logs a log filter's note remembers (newest blocks first), to send
+/// them back removed after a reorg. Every poll rewrites the note: kept small.
+const LOG_MEMORY: usize = 16 << 10;
 /// Attempts at moving a cursor another instance moved first.
 const ATTEMPTS: usize = 3;
 
@@ -115,13 +124,75 @@ struct Note {
     criteria: Option<Box<RawValue>>,
     /// The cursor: the last block delivered, on the chain as it was then.
     number: u64,
+    /// Blocks `number - len + 1 ..= number` (at most `KEEP`), oldest first: the last is
+    /// the cursor.
+    recent: Vec<Seen>,
+}
+
+/// A block a filter was told of.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Seen {
     hash: String,
+    /// The logs delivered of it (a log filter's, while within `LOG_MEMORY`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    logs: Option<Vec<Box<RawValue>>>,
 }
 
 impl Note {
     fn encode(&self) -> Vec<u8> {
         // A struct of strings, numbers and raw JSON always serializes.
         serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// The block delivered at height `n`, if remembered.
+    fn at(&self, n: u64) -> Option<&Seen> {
+        let back = usize::try_from(self.number.checked_sub(n)?).ok()?;
+        let i = self.recent.len().checked_sub(back + 1)?;
+        self.recent.get(i)
+    }
+
+    fn hash_at(&self, n: u64) -> Option<&str> {
+        self.at(n).map(|s| s.hash.as_str())
+    }
+
+    /// The cursor moved to the newest of `added`, whose branch meets the delivered one
+    /// at block `fork`; `logs`: what was delivered of each added block (log filters).
+    fn advance(&mut self, fork: u64, added: &[Fetched], logs: Option<Vec<Vec<Bytes>>>) {
+        let Some(last) = added.last() else { return };
+        // The blocks above the fork left the chain: forgotten.
+        let gone = usize::try_from(self.number.saturating_sub(fork)).unwrap_or(usize::MAX);
+        self.recent.truncate(self.recent.len().saturating_sub(gone));
+        let mut logs = logs.map(Vec::into_iter);
+        for b in added {
+            let delivered = logs.as_mut().and_then(Iterator::next).map(|of_block| {
+                of_block
+                    .iter()
+                    .filter_map(|raw| {
+                        let text = std::str::from_utf8(raw).ok()?;
+                        RawValue::from_string(text.to_owned()).ok()
+                    })
+                    .collect()
+            });
+            self.recent.push(Seen {
+                hash: b.hash.clone(),
+                logs: delivered,
+            });
+        }
+        let over = self.recent.len().saturating_sub(KEEP);
+        self.recent.drain(..over);
+        self.number = last.number;
+        // Logs are remembered for the newest blocks only, within `LOG_MEMORY`.
+        let mut room = LOG_MEMORY;
+        for seen in self.recent.iter_mut().rev() {
+            let size: usize = seen.logs.iter().flatten().map(|l| l.get().len() + 1).sum();
+            if size > room {
+                seen.logs = None;
+                room = 0;
+            } else {
+                room -= size;
+            }
+        }
     }
 }
 
@@ -133,14 +204,14 @@ pub struct Shared<'a> {
 }
 
 /// The changes of one move of a cursor.
+#[derive(Default)]
 struct Step {
-    /// The cursor it started from.
-    from: (u64, String),
-    /// The new cursor: the newest block of `added` (or the old cursor).
-    cursor: (u64, String),
-    /// Blocks that left the chain since the cursor, oldest first.
-    removed: Vec<Fetched>,
-    /// Blocks new to the filter, oldest first, linked by parent hash.
+    /// The newest block the delivered branch and the chain share (the cursor itself,
+    /// unless the chain reorganised).
+    fork: u64,
+    /// Heights of blocks delivered before that left the chain, oldest first.
+    removed: Vec<u64>,
+    /// Blocks new to the filter, oldest first, linked by parent hash from `fork`.
     added: Vec<Fetched>,
 }
 
@@ -174,7 +245,11 @@ impl Shared<'_> {
             owner: owner.as_str().to_owned(),
             criteria,
             number: head.number,
-            hash: head.hash.to_ascii_lowercase(),
+            // Nothing of the head's block is owed to a new filter: none to remove.
+            recent: vec![Seen {
+                hash: head.hash.to_ascii_lowercase(),
+                logs: (kind == Kind::Logs).then(Vec::new),
+            }],
         };
         let signed = self.redis.signed_note(&keys[0], &note.encode());
         let made = self
@@ -288,24 +363,31 @@ impl Shared<'_> {
                 (Kind::Blocks, _) => None,
             };
             let step = match head {
-                Some(head) => step(self.chain, (note.number, &note.hash), head).await,
-                None => Ok(Step::none(&note)),
+                Some(head) => step(self.chain, &note, head).await,
+                None => Ok(Step::default()),
             };
-            let (items, cursor) = match step {
-                Ok(step) => self.items(&step, filter.as_ref()).await,
+            let items = match step {
+                Ok(step) => match self.items(&note, &step, filter.as_ref()).await {
+                    Some(told) => {
+                        let added = &step.added[..told.blocks];
+                        note.advance(step.fork, added, told.logs);
+                        told.items
+                    }
+                    None => Vec::new(),
+                },
                 Err(StepError::TooDeep) => {
                     self.uninstall(id).await?;
                     return Err(FilterError::Limit(format!(
-                        "the chain reorganised more than {REORG_DEPTH} blocks below this filter's last poll, so its changes cannot be told; the filter was removed: create a new one (eth_getLogs fills the gap)"
+                        "the chain reorganised more than {KEEP} blocks below this filter's last poll, so its changes cannot be told; the filter was removed: create a new one (eth_getLogs fills the gap)"
                     )));
                 }
                 Err(StepError::Fetch(e)) => {
                     // Nothing is lost: the cursor stays, and the next poll tries again.
                     tracing::debug!(chain = %self.chain.name, error = %e, "shared filter: cannot fetch the blocks since its cursor yet");
-                    (Vec::new(), (note.number, note.hash.clone()))
+                    Vec::new()
                 }
             };
-            (note.number, note.hash) = cursor;
+            // Written even unmoved: a poll renews the filter's expiry.
             if self.swap(id, &read, &note).await? {
                 return Ok(json_array(&items));
             }
@@ -314,21 +396,22 @@ impl Shared<'_> {
         Ok(json_array(&[]))
     }
 
-    /// The items a step delivers to a filter (block hashes, or matching logs), and the
-    /// cursor after them: at most `max_items` logs, cut at a block boundary (the rest
-    /// comes at the next poll).
-    async fn items(
-        &self,
-        step: &Step,
-        filter: Option<&LogFilterIn>,
-    ) -> (Vec<Bytes>, (u64, String)) {
+    /// What a step tells a filter (block hashes, or matching logs: first those of
+    /// removed blocks, marked so): logs are cut at a block boundary past `max_items`
+    /// (the rest comes at the next poll). `None`: the new blocks' logs could not be
+    /// fetched; the cursor stays.
+    async fn items(&self, note: &Note, step: &Step, filter: Option<&LogFilterIn>) -> Option<Told> {
         let Some(f) = filter else {
-            let hashes = step
+            let items = step
                 .added
                 .iter()
                 .map(|b| Bytes::from(format!("\"{}\"", b.hash)))
                 .collect();
-            return (hashes, step.cursor.clone());
+            return Some(Told {
+                items,
+                blocks: step.added.len(),
+                logs: None,
+            });
         };
         let scope = if f.filter.addresses.is_empty() {
             LogScope::All
@@ -336,52 +419,97 @@ impl Shared<'_> {
             LogScope::Addresses(f.filter.addresses.clone())
         };
         let mut items = Vec::new();
-        let removed: Vec<&Fetched> = step.removed.iter().filter(|b| f.covers(b.number)).collect();
-        if !removed.is_empty() {
-            match follow::fetch_logs(self.chain, &owned(&removed), &scope).await {
-                Ok(logs) => {
-                    for log in logs.iter().flatten().flat_map(|l| l.iter()) {
-                        if f.matches(log) {
-                            items.push(follow::removed_log(log).raw);
-                        }
-                    }
-                }
-                Err(e) => {
-                    // A node may no longer serve a side branch's logs: the new branch is
-                    // still told, without the removals (as `follow` does past its history).
-                    tracing::warn!(chain = %self.chain.name, error = %e, "shared filter: the logs of blocks that left the chain could not be fetched; sending the new branch without removals");
-                }
-            }
+        for &n in step.removed.iter().filter(|&&n| f.covers(n)) {
+            let Some(seen) = note.at(n) else { continue };
+            let logs = match &seen.logs {
+                Some(logs) => logs
+                    .iter()
+                    .map(|raw| Bytes::copy_from_slice(raw.get().as_bytes()))
+                    .collect(),
+                None => self.orphaned_logs(n, &seen.hash, &scope, f).await,
+            };
+            items.extend(logs.into_iter().map(|raw| {
+                follow::removed_log(&Log {
+                    address: String::new(),
+                    topics: Vec::new(),
+                    raw,
+                })
+                .raw
+            }));
         }
-        let added: Vec<&Fetched> = step.added.iter().filter(|b| f.covers(b.number)).collect();
-        let logs = match follow::fetch_logs(self.chain, &owned(&added), &scope).await {
+        let wanted: Vec<Fetched> = step
+            .added
+            .iter()
+            .filter(|b| f.covers(b.number))
+            .cloned()
+            .collect();
+        let fetched = match follow::fetch_logs(self.chain, &wanted, &scope).await {
             Ok(logs) => logs,
             Err(e) => {
-                tracing::debug!(chain = %self.chain.name, error = %e, "shared filter: cannot fetch logs yet");
-                // Keep the cursor: removals (if any) and these come at the next poll.
-                return (Vec::new(), step.from.clone());
+                tracing::debug!(chain = %self.chain.name, error = %e, "shared filter: cannot fetch the new blocks' logs yet");
+                return None;
             }
         };
-        let mut cursor = step.from.clone();
-        let mut logs = added.iter().zip(logs).peekable();
+        let mut fetched = wanted.iter().map(|b| b.number).zip(fetched).peekable();
+        let mut per_block = Vec::new();
         for b in &step.added {
             let mut of_block = Vec::new();
-            if logs.peek().is_some_and(|(a, _)| a.number == b.number)
-                && let Some((_, Some(found))) = logs.next()
+            if fetched.peek().is_some_and(|(n, _)| *n == b.number)
+                && let Some((_, Some(found))) = fetched.next()
             {
                 of_block.extend(found.iter().filter(|l| f.matches(l)).map(|l| l.raw.clone()));
             }
-            if cursor != step.from && items.len() + of_block.len() > self.limits.max_items {
+            if !per_block.is_empty() && items.len() + of_block.len() > self.limits.max_items {
                 break;
             }
-            items.extend(of_block);
-            cursor = (b.number, b.hash.clone());
+            items.extend(of_block.iter().cloned());
+            per_block.push(of_block);
         }
-        if step.added.is_empty() {
-            cursor = step.cursor.clone();
-        }
-        (items, cursor)
+        Some(Told {
+            items,
+            blocks: per_block.len(),
+            logs: Some(per_block),
+        })
     }
+
+    /// The matching logs of block `n` (`hash`), which left the chain and whose logs the
+    /// note no longer holds: from a node that still has it, else none (logged).
+    async fn orphaned_logs(
+        &self,
+        n: u64,
+        hash: &str,
+        scope: &LogScope,
+        f: &LogFilterIn,
+    ) -> Vec<Bytes> {
+        let block = Fetched {
+            number: n,
+            hash: hash.to_owned(),
+            parent: String::new(),
+            header: Bytes::new(),
+        };
+        match follow::fetch_logs(self.chain, &[block], scope).await {
+            Ok(logs) => logs
+                .iter()
+                .flatten()
+                .flat_map(|l| l.iter())
+                .filter(|l| f.matches(l))
+                .map(|l| l.raw.clone())
+                .collect(),
+            Err(e) => {
+                tracing::warn!(chain = %self.chain.name, block = n, error = %e, "shared filter: the logs of a block that left the chain are no longer served; the new branch is sent without their removal");
+                Vec::new()
+            }
+        }
+    }
+}
+
+/// What one poll tells a filter.
+struct Told {
+    items: Vec<Bytes>,
+    /// How many of the step's added blocks that covers.
+    blocks: usize,
+    /// A log filter's logs of each of those blocks.
+    logs: Option<Vec<Vec<Bytes>>>,
 }
 
 /// A log filter as a poll applies it.
@@ -414,10 +542,6 @@ fn log_filter(criteria: &RawValue) -> Result<LogFilterIn, FilterError> {
     }
 }
 
-fn owned(blocks: &[&Fetched]) -> Vec<Fetched> {
-    blocks.iter().map(|b| (*b).clone()).collect()
-}
-
 fn now_ms() -> String {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -429,37 +553,24 @@ fn now_ms() -> String {
 enum StepError {
     #[error(transparent)]
     Fetch(#[from] FollowError),
-    #[error("reorg deeper than {REORG_DEPTH} blocks below the cursor")]
+    #[error("reorg deeper than {KEEP} blocks below the cursor")]
     TooDeep,
 }
 
-impl Step {
-    fn none(note: &Note) -> Step {
-        let cursor = (note.number, note.hash.clone());
-        Step {
-            from: cursor.clone(),
-            cursor,
-            removed: Vec::new(),
-            added: Vec::new(),
-        }
-    }
-}
-
-/// The move of a cursor `from` towards the consensus `head`, at most `STEP` blocks.
-async fn step(chain: &Chain, from: (u64, &str), head: &Consensus) -> Result<Step, StepError> {
-    let (n, hash) = (from.0, from.1.to_ascii_lowercase());
+/// How the cursor of `note` moves towards the consensus `head`, at most `STEP` blocks.
+async fn step(chain: &Chain, note: &Note, head: &Consensus) -> Result<Step, StepError> {
+    let n = note.number;
+    let cursor = note.hash_at(n).unwrap_or_default().to_ascii_lowercase();
     let head = Consensus {
         hash: head.hash.to_ascii_lowercase(),
         ..head.clone()
     };
     let unmoved = Step {
-        from: (n, hash.clone()),
-        cursor: (n, hash.clone()),
-        removed: Vec::new(),
-        added: Vec::new(),
+        fork: n,
+        ..Step::default()
     };
-    // Behind this filter (another instance's head is ahead of ours): nothing new here.
-    if head.number < n || (head.number == n && head.hash == hash) {
+    // Ahead of this instance (another instance's head was): nothing new here.
+    if head.number < n || (head.number == n && head.hash == cursor) {
         return Ok(unmoved);
     }
     let to = head.number.min(n + STEP);
@@ -469,19 +580,16 @@ async fn step(chain: &Chain, from: (u64, &str), head: &Consensus) -> Result<Step
         Vec::new()
     };
     let reaches = to < head.number || fetched.last().is_some_and(|b| b.hash == head.hash);
-    if reaches && follow::links(&hash, &fetched) {
-        if let Some(last) = fetched.last() {
-            return Ok(Step {
-                cursor: (last.number, last.hash.clone()),
-                added: fetched,
-                ..unmoved
-            });
-        }
+    if reaches && !fetched.is_empty() && follow::links(&cursor, &fetched) {
+        return Ok(Step {
+            added: fetched,
+            ..unmoved
+        });
     }
     // The links break: a reorg. Walk the new branch back by hash from this step's tip
-    // (the agreed head when it is within reach) to the cursor's height, reusing what
-    // was fetched by number where it is on that branch.
-    let (tip_number, tip_hash) = if to == head.number {
+    // (the agreed head when it is within reach), reusing what was fetched by number
+    // where it is on that branch, down to a block the note remembers delivering.
+    let (mut number, mut expect) = if to == head.number {
         (head.number, head.hash.clone())
     } else {
         match fetched.last() {
@@ -489,9 +597,15 @@ async fn step(chain: &Chain, from: (u64, &str), head: &Consensus) -> Result<Step
             None => return Ok(unmoved),
         }
     };
-    let mut new_branch: Vec<Fetched> = Vec::new(); // newest first
-    let (mut number, mut expect) = (tip_number, tip_hash);
-    while number > n {
+    let mut branch: Vec<Fetched> = Vec::new(); // newest first
+    loop {
+        if number <= n {
+            match note.hash_at(number) {
+                Some(h) if h.eq_ignore_ascii_case(&expect) => break,
+                Some(_) => {}
+                None => return Err(StepError::TooDeep),
+            }
+        }
         let block = match fetched
             .iter()
             .find(|b| b.number == number && b.hash == expect)
@@ -500,34 +614,15 @@ async fn step(chain: &Chain, from: (u64, &str), head: &Consensus) -> Result<Step
             None => follow::fetch_by_hash(chain, number, &expect).await?,
         };
         expect = block.parent.clone();
-        number -= 1;
-        new_branch.push(block);
+        branch.push(block);
+        number = number.checked_sub(1).ok_or(StepError::TooDeep)?;
     }
-    // Below the cursor: both branches back until they meet.
-    let mut old_branch: Vec<Fetched> = Vec::new(); // newest first
-    let mut old = hash.clone();
-    while expect != old {
-        if old_branch.len() >= REORG_DEPTH || number == 0 {
-            return Err(StepError::TooDeep);
-        }
-        let gone = follow::fetch_by_hash(chain, number, &old).await?;
-        let kept = follow::fetch_by_hash(chain, number, &expect).await?;
-        old = gone.parent.clone();
-        expect = kept.parent.clone();
-        old_branch.push(gone);
-        new_branch.push(kept);
-        number -= 1;
-    }
-    old_branch.reverse();
-    new_branch.reverse();
-    let cursor = new_branch
-        .last()
-        .map_or((n, hash.clone()), |b| (b.number, b.hash.clone()));
+    branch.reverse();
+    let removed = (number + 1..=n).collect();
     Ok(Step {
-        cursor,
-        removed: old_branch,
-        added: new_branch,
-        ..unmoved
+        fork: number,
+        removed,
+        added: branch,
     })
 }
 
@@ -535,19 +630,105 @@ async fn step(chain: &Chain, from: (u64, &str), head: &Consensus) -> Result<Step
 mod tests {
     use super::*;
 
-    #[test]
-    fn notes_round_trip_and_refuse_unknown_fields() {
-        let note = Note {
+    fn seen(hash: &str) -> Seen {
+        Seen {
+            hash: hash.into(),
+            logs: None,
+        }
+    }
+
+    fn note(number: u64, hashes: &[&str]) -> Note {
+        Note {
             kind: Kind::Logs,
             owner: "ip:127.0.0.1".into(),
             criteria: Some(RawValue::from_string(r#"{"address":"0xab"}"#.into()).expect("JSON")),
-            number: 7,
-            hash: "0x07".into(),
-        };
-        let bytes = note.encode();
+            number,
+            recent: hashes.iter().map(|h| seen(h)).collect(),
+        }
+    }
+
+    fn block(number: u64, hash: &str) -> Fetched {
+        Fetched {
+            number,
+            hash: hash.into(),
+            parent: String::new(),
+            header: Bytes::new(),
+        }
+    }
+
+    fn hashes(note: &Note) -> Vec<&str> {
+        note.recent.iter().map(|s| s.hash.as_str()).collect()
+    }
+
+    #[test]
+    fn notes_round_trip_and_refuse_unknown_fields() {
+        let n = note(7, &["0x06", "0x07"]);
+        let bytes = n.encode();
         let back: Note = serde_json::from_slice(&bytes).expect("reads back");
         assert_eq!(back.encode(), bytes);
-        let extra = br#"{"kind":"blocks","owner":"x","number":1,"hash":"0x1","more":1}"#;
+        let extra =
+            br#"{"kind":"blocks","owner":"x","number":1,"recent":[{"hash":"0x1"}],"more":1}"#;
         assert!(serde_json::from_slice::<Note>(extra).is_err());
+    }
+
+    #[test]
+    fn a_note_remembers_the_newest_blocks_and_forgets_a_branch_that_left() {
+        let mut n = note(10, &["0x09", "0x0a"]);
+        assert_eq!(
+            (n.hash_at(10), n.hash_at(9), n.hash_at(8), n.hash_at(11)),
+            (Some("0x0a"), Some("0x09"), None, None)
+        );
+        n.advance(10, &[block(11, "0x0b"), block(12, "0x0c")], None);
+        assert_eq!(n.number, 12);
+        assert_eq!(hashes(&n), ["0x09", "0x0a", "0x0b", "0x0c"]);
+        // A reorg above block 10: 11 and 12 are replaced by 11', 12', 13'.
+        n.advance(
+            10,
+            &[block(11, "0xb1"), block(12, "0xc1"), block(13, "0xd1")],
+            None,
+        );
+        assert_eq!(n.number, 13);
+        assert_eq!(hashes(&n), ["0x09", "0x0a", "0xb1", "0xc1", "0xd1"]);
+        let many: Vec<Fetched> = (14..14 + KEEP as u64)
+            .map(|k| block(k, &format!("{k:#x}")))
+            .collect();
+        n.advance(13, &many, None);
+        assert_eq!(n.recent.len(), KEEP);
+        let top = format!("{:#x}", n.number);
+        assert_eq!(n.hash_at(n.number), Some(top.as_str()));
+        n.advance(n.number, &[], None);
+        assert_eq!(n.recent.len(), KEEP, "nothing added: unchanged");
+    }
+
+    #[test]
+    fn delivered_logs_are_remembered_for_the_newest_blocks_only() {
+        let mut n = note(1, &["0x01"]);
+        let log = Bytes::from(format!(r#"{{"data":"0x{}"}}"#, "ab".repeat(1000)));
+        let blocks: Vec<Fetched> = (2..=20).map(|k| block(k, &format!("{k:#x}"))).collect();
+        let logs = blocks
+            .iter()
+            .map(|_| vec![log.clone(), log.clone()])
+            .collect();
+        n.advance(1, &blocks, Some(logs));
+        let kept: Vec<bool> = n.recent.iter().map(|s| s.logs.is_some()).collect();
+        let remembered = kept.iter().filter(|k| **k).count();
+        assert!(remembered > 0 && remembered < kept.len(), "{kept:?}");
+        assert!(
+            kept.ends_with(&vec![true; remembered]),
+            "newest first: {kept:?}"
+        );
+        let size: usize = n
+            .recent
+            .iter()
+            .flat_map(|s| s.logs.iter().flatten())
+            .map(|l| l.get().len())
+            .sum();
+        assert!(size <= LOG_MEMORY);
+        assert_eq!(
+            n.at(20)
+                .and_then(|s| s.logs.as_ref())
+                .map(|l| l[0].get().to_owned()),
+            Some(String::from_utf8_lossy(&log).into_owned())
+        );
     }
 }
