@@ -18,9 +18,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     cache::redis::RedisTier,
-    gateway::Gateway,
-    route::health::{Cause, Status},
-    upstream::{Upstream, log_transition},
+    route::Chain,
+    upstream::{
+        Upstream,
+        health::{Evidence, Status},
+        log_transition,
+    },
 };
 
 /// How often bans are published and read.
@@ -31,7 +34,7 @@ const EVERY: Duration = Duration::from_secs(1);
 struct Note {
     /// Until when (Unix ms): clocks of instances agree well enough for bans of minutes.
     until_ms: u64,
-    why: String,
+    evidence: Evidence,
 }
 
 fn key(chain: &str, upstream: &str) -> String {
@@ -44,19 +47,7 @@ fn unix_ms(t: SystemTime) -> u64 {
 }
 
 /// Runs until `stop`, when the gateway has a shared tier.
-pub async fn share(gw: Arc<Gateway>, stop: CancellationToken) {
-    let Some(redis) = gw.cache.shared() else {
-        return;
-    };
-    let upstreams: Vec<(String, Arc<Upstream>)> = gw
-        .chains
-        .iter()
-        .flat_map(|c| {
-            c.upstreams
-                .iter()
-                .map(|u| (key(&c.name, &u.name), u.clone()))
-        })
-        .collect();
+pub async fn share(redis: Arc<RedisTier>, chains: Vec<Arc<Chain>>, stop: CancellationToken) {
     // The ban (its end) each note was written for, so each is published once.
     let mut published: HashMap<String, Instant> = HashMap::new();
     let mut tick = tokio::time::interval(EVERY);
@@ -65,6 +56,16 @@ pub async fn share(gw: Arc<Gateway>, stop: CancellationToken) {
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
+        // Read each round: a reload may have added or removed upstreams.
+        let upstreams: Vec<(String, Arc<Upstream>)> = chains
+            .iter()
+            .flat_map(|c| {
+                c.upstreams()
+                    .iter()
+                    .map(|u| (key(&c.name, &u.name), u.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
         publish(&redis, &upstreams, &mut published).await;
         adopt(&redis, &upstreams, &mut published).await;
     }
@@ -78,12 +79,7 @@ async fn publish(
 ) {
     let now = Instant::now();
     for (key, up) in upstreams {
-        let Status::CoolingDown {
-            until,
-            why,
-            cause: Cause::Lied,
-        } = up.health.status()
-        else {
+        let Status::Banned { until, evidence } = up.health.status() else {
             continue;
         };
         let left = until.saturating_duration_since(now);
@@ -92,7 +88,7 @@ async fn publish(
         }
         let note = Note {
             until_ms: unix_ms(SystemTime::now() + left),
-            why,
+            evidence,
         };
         if let Ok(bytes) = serde_json::to_vec(&note) {
             redis.put_note(key, &bytes, left).await;
@@ -115,28 +111,18 @@ async fn adopt(
             continue;
         };
         let left = Duration::from_millis(note.until_ms.saturating_sub(now_ms));
-        let banned_here = matches!(
-            up.health.status(),
-            Status::CoolingDown {
-                cause: Cause::Lied,
-                ..
-            }
-        );
+        let banned_here = matches!(up.health.status(), Status::Banned { .. });
         if left.is_zero() || banned_here {
             continue;
         }
-        let why = note
-            .why
-            .strip_prefix("banned for lying: ")
-            .unwrap_or(&note.why);
-        let transition = up.health.record_lie(
-            &format!("(on another instance) {why}"),
-            left,
-            Instant::now(),
-        );
+        let evidence = Evidence {
+            summary: format!("(on another instance) {}", note.evidence.summary),
+            ..note.evidence
+        };
+        let transition = up.health.record_lie(evidence, left, Instant::now());
         log_transition(up, &transition);
         // Published already: it is the same ban, not one to tell the others about.
-        if let Status::CoolingDown { until, .. } = up.health.status() {
+        if let Status::Banned { until, .. } = up.health.status() {
             published.insert(key.clone(), until);
         }
     }

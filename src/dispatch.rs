@@ -1,11 +1,14 @@
-//! One JSON-RPC request's way through Outlast, the design's steps in order:
-//! parse → classify → resolve (pin tags to the consensus head) → answer locally what
-//! the head tracker knows → cache (answer from it, or join an identical call in flight;
-//! raw transactions are broadcast by `tx`) → select + send (`route::forward`), or for
-//! calls to check, prove or agree (`route::verified`) → keep in cache, read-your-writes
-//! → answer (`rpc::respond`, which restores each client id).
-//! Limits on the body, the chain lookup, keys and rate limits (`auth`) happen before,
-//! in `server::http`; a key's method allow-list is applied at classify.
+//! One JSON-RPC request's way through Outlast, numbered as the design's request flow
+//! (step 1, listen — limits on the body, the chain lookup, keys and rate limits — is
+//! `server`'s):
+//! 2 parse → 3 classify (denied methods, a key's allow-list; what Outlast answers
+//! itself: filters, the block number; each call's cache key and check, from the method
+//! table `rpc::methods`) → 4 resolve (pin tags to the consensus head) → 5 cache (answer
+//! from it, or join an identical call in flight) → 6-7 select + send
+//! (`route::forward`; raw transactions broadcast by `tx`) → 8 verify (calls to check
+//! are proven or agreed, `route::verified`) → 9 answer (keep in cache, hold answers
+//! from above the head, read-your-writes, then `rpc::respond`, which restores each
+//! client id).
 
 use std::{sync::Arc, time::Duration};
 
@@ -15,16 +18,17 @@ use crate::{
         policy,
     },
     config::Verify,
-    gateway::{Chain, Gateway},
+    gateway::Gateway,
+    route::Chain,
     route::{
-        self, Outcome,
-        heads::ChainHeadState,
-        logs,
+        self, Outcome, logs,
         resolve::{Need, Resolved, resolve},
         verified::{self, BlockId, Checked, Level, StateRead, Unverified},
     },
-    rpc::{self, Call, ReplyBody, Request, RpcError, parse::Rejected},
+    rpc::{self, Call, ReplyBody, Request, RpcError, methods, parse::Rejected},
+    subscribe::filters::Owner,
     upstream::Answer,
+    upstream::heads::ChainHeadState,
 };
 
 /// What the HTTP layer sends back.
@@ -41,22 +45,28 @@ pub struct Reply {
 }
 
 pub async fn handle(gw: &Gateway, chain: &Chain, body: &[u8]) -> Reply {
-    handle_as(gw, chain, body, None).await
+    let nobody = Owner::of(
+        &crate::auth::Caller::Open,
+        std::net::Ipv4Addr::UNSPECIFIED.into(),
+    );
+    handle_as(gw, chain, body, None, &nobody).await
 }
 
-/// As `handle`, for a caller whose key may call only `methods` (`auth`), named `key`.
+/// As `handle`, for a caller whose key may call only `methods` (`auth`), named `key`;
+/// the filters it makes count against `owner` (`[limits] max_filters_per_client`).
 pub async fn handle_as(
     gw: &Gateway,
     chain: &Chain,
     body: &[u8],
     methods: Option<(&crate::auth::glob::Methods, &str)>,
+    owner: &Owner,
 ) -> Reply {
-    // 1. parse
+    // 2. parse
     let (batch, entries) = match rpc::parse::parse(body, gw.parse_limits()) {
         Ok(Request::Single(e)) => (false, vec![e]),
         Ok(Request::Batch(es)) => (true, es),
         Err(e) => {
-            crate::metrics::rejected(&chain.name, &e);
+            count_rejected(&chain.name, &e);
             return Reply {
                 body: Some(rpc::respond::whole_request_error(&e)),
                 upstreams: Vec::new(),
@@ -65,18 +75,19 @@ pub async fn handle_as(
             };
         }
     };
-    // 2. classify: refuse what is not allowed here.
+    // 3. classify: refuse what is not allowed here.
     let mut entries = classify(gw, entries, methods);
-    // 3. filters are held here (`subscribe::filters`): a log filter's eth_getFilterLogs
-    // is the eth_getLogs of its criteria, with that path's limits; a poll first lets
-    // the filters catch up with the head, so it never runs behind a receipt.
-    let queries = chain.filters.logs_queries(&mut entries);
-    if entries
-        .iter()
-        .any(|e| e.as_ref().is_ok_and(|c| c.method == "eth_getFilterChanges"))
-    {
-        chain.filters.caught_up(chain.head.latest()).await;
-    }
+    // 3. classify: filters are held by Outlast (`subscribe::filters`; with Redis, block and log
+    // filters are shared by the instances): answered here, except a log filter's
+    // eth_getFilterLogs, which becomes the eth_getLogs of its criteria, with that
+    // path's limits. A poll never runs behind a receipt the client was given.
+    let live = gw.live(chain);
+    let shared = gw.cache.shared();
+    let filtered = live
+        .filters
+        .handle(chain, &live.hub, shared.as_deref(), owner, &mut entries)
+        .await;
+    let queries = filtered.queries;
 
     // 4. resolve: pin block tags to the consensus head; learn which block each call needs.
     let heads = chain.head.get();
@@ -94,7 +105,7 @@ pub async fn handle_as(
         })
         .collect();
 
-    let mut work = Work::new(gw, chain, &heads, &calls, &resolved);
+    let mut work = Work::new(gw, chain, &heads, &calls, &resolved, filtered.answers);
     work.send_transactions().await;
     work.answer_from_cache().await;
     work.join_flights();
@@ -111,7 +122,7 @@ pub async fn handle_as(
     answer(chain, batch, &entries, work.slots, stale_seconds)
 }
 
-/// Step 2: denied methods, and subscriptions (which need a WebSocket: over one,
+/// Step 3, classify: denied methods, and subscriptions (which need a WebSocket: over one,
 /// `server::ws` answers them before dispatch), become errors; everything else goes on.
 fn classify<'a>(
     gw: &Gateway,
@@ -129,7 +140,7 @@ fn classify<'a>(
                     key: methods.map_or_else(String::new, |(_, k)| k.to_owned()),
                 },
             }),
-            Ok(call) if gw.policy.is_denied(&call.method) => Err(Rejected {
+            Ok(call) if gw.policy().is_denied(&call.method) => Err(Rejected {
                 id: call.id.or(Some(rpc::parse::null())),
                 error: RpcError::Denied {
                     method: call.method.into_owned(),
@@ -192,7 +203,8 @@ struct Work<'g, 'a> {
 }
 
 impl<'g, 'a> Work<'g, 'a> {
-    /// Step 5: what the gateway itself knows best is answered here; each call's cache
+    /// Step 3, classify (after 4 pinned the blocks): what the gateway itself knows best
+    /// is answered here; each call's cache
     /// key, check and (for log ranges known to be too big) split are decided.
     fn new(
         gw: &'g Gateway,
@@ -200,24 +212,20 @@ impl<'g, 'a> Work<'g, 'a> {
         heads: &'g ChainHeadState,
         calls: &[&Call<'a>],
         resolved: &'a [Resolved],
+        filtered: Vec<Option<Outcome>>,
     ) -> Work<'g, 'a> {
         let limit = logs::known_limit(chain);
         let slots = calls
             .iter()
             .zip(resolved)
-            .map(|(c, r)| {
+            .zip(filtered)
+            .map(|((c, r), filtered)| {
                 let call = Call {
                     id: c.id,
                     method: c.method.clone(),
                     params: r.params.as_deref().or(c.params),
                 };
-                let outcome = local_answer(chain, &call).or_else(|| {
-                    chain.filters.answer(
-                        &chain.subs,
-                        &call,
-                        heads.consensus.as_ref().map(|c| c.number),
-                    )
-                });
+                let outcome = local_answer(chain, &call).or(filtered);
                 let check = if outcome.is_some() {
                     None
                 } else {
@@ -257,7 +265,7 @@ impl<'g, 'a> Work<'g, 'a> {
             gw,
             chain,
             heads,
-            live: chain.upstreams.iter().any(|u| u.health.is_ready()),
+            live: chain.upstreams().iter().any(|u| u.health.is_ready()),
             slots,
         }
     }
@@ -266,7 +274,8 @@ impl<'g, 'a> Work<'g, 'a> {
         self.heads.consensus.as_ref().map(|c| c.hash.as_str())
     }
 
-    /// Raw transactions are broadcast to distinct operators, not forwarded (`tx`).
+    /// Step 7, send: raw transactions are broadcast to distinct operators, not
+    /// forwarded (`tx`).
     async fn send_transactions(&mut self) {
         for slot in &mut self.slots {
             if slot.outcome.is_none() && slot.call.method == "eth_sendRawTransaction" {
@@ -275,6 +284,7 @@ impl<'g, 'a> Work<'g, 'a> {
                         self.chain,
                         &self.gw.ledger,
                         self.gw.broadcast_to,
+                        self.gw.rebroadcast.as_deref(),
                         &slot.call,
                     )
                     .await,
@@ -283,7 +293,7 @@ impl<'g, 'a> Work<'g, 'a> {
         }
     }
 
-    /// Step 5b: what is cached for good, or for this very head, is answered here. A call
+    /// Step 5, cache: what is cached for good, or for this very head, is answered here. A call
     /// that must be verified takes only an answer that was.
     async fn answer_from_cache(&mut self) {
         let head = self.head_hash();
@@ -298,7 +308,11 @@ impl<'g, 'a> Work<'g, 'a> {
                 .await
                 .filter(|e| slot.check.is_none() || e.level > Level::None);
             if let Some(entry) = hit {
-                crate::metrics::cache_lookup(&self.chain.name, &slot.call.method, "hit");
+                crate::metrics::cache_lookup(
+                    &self.chain.name,
+                    methods::label(&slot.call.method),
+                    "hit",
+                );
                 slot.level = entry.level;
                 slot.outcome = Some(Outcome::Answered {
                     upstream: cache_label(),
@@ -309,7 +323,7 @@ impl<'g, 'a> Work<'g, 'a> {
         }
     }
 
-    /// Step 5c: a call identical to one in flight waits for that one's answer.
+    /// Step 5, cache: a call identical to one in flight waits for that one's answer.
     fn join_flights(&mut self) {
         let head = self.head_hash().unwrap_or("");
         for slot in &mut self.slots {
@@ -330,11 +344,15 @@ impl<'g, 'a> Work<'g, 'a> {
                 }
                 None => "miss",
             };
-            crate::metrics::cache_lookup(&self.chain.name, &slot.call.method, counted);
+            crate::metrics::cache_lookup(
+                &self.chain.name,
+                methods::label(&slot.call.method),
+                counted,
+            );
         }
     }
 
-    /// Steps 6-7: select and send the calls that need no check, with failover, as one
+    /// Steps 6-7, select and send the calls that need no check, with failover, as one
     /// batch (each upstream attempt carries all of them).
     async fn forward(&mut self) {
         let ready = |s: &Slot<'_>| s.open() && s.check.is_none();
@@ -354,7 +372,7 @@ impl<'g, 'a> Work<'g, 'a> {
         }
     }
 
-    /// Step 7b: a provider refused a log range as too big: remember its limit, then
+    /// Step 7, send: a provider refused a log range as too big: remember its limit, then
     /// fetch the range in pieces it takes.
     async fn split_logs(&mut self) {
         for slot in &mut self.slots {
@@ -374,7 +392,7 @@ impl<'g, 'a> Work<'g, 'a> {
         }
     }
 
-    /// Step 8: calls to check are proven from Merkle proofs or agreed by a quorum.
+    /// Step 8, verify: calls to check are proven from Merkle proofs or agreed by a quorum.
     async fn verify(&mut self) {
         let chain = self.chain;
         let checked = futures_util::future::join_all(
@@ -395,7 +413,7 @@ impl<'g, 'a> Work<'g, 'a> {
         }
     }
 
-    /// Step 8b: keep what may be cached (answers, never errors; a call that was to be
+    /// Step 9, answer: keep what may be cached (answers, never errors; a call that was to be
     /// verified only once it was), and hand each answer to the calls that joined it.
     fn keep(&mut self) {
         let head = self.head_hash();
@@ -429,7 +447,7 @@ impl<'g, 'a> Work<'g, 'a> {
         }
     }
 
-    /// The calls that joined another's flight take its answer; when it had none, they
+    /// Step 5, cache: the calls that joined another's flight take its answer; when it had none, they
     /// go their own way (checked like any other).
     async fn follow(&mut self) {
         for slot in &mut self.slots {
@@ -448,7 +466,7 @@ impl<'g, 'a> Work<'g, 'a> {
         }
     }
 
-    /// No upstream could answer: a head-tied answer may be served stale, if configured
+    /// Step 9, answer: no upstream could answer: a head-tied answer may be served stale, if configured
     /// (`[cache] serve_stale`). Returns the oldest served one's age.
     async fn serve_stale(&mut self) -> Option<u64> {
         let head = self.head_hash();
@@ -458,7 +476,11 @@ impl<'g, 'a> Work<'g, 'a> {
                 && let Some(entry) = self.gw.cache.stale(key, head).await
                 && (slot.check.is_none() || entry.level > Level::None)
             {
-                crate::metrics::cache_lookup(&self.chain.name, &slot.call.method, "stale");
+                crate::metrics::cache_lookup(
+                    &self.chain.name,
+                    methods::label(&slot.call.method),
+                    "stale",
+                );
                 oldest = oldest.max(Some(entry.age().as_secs()));
                 slot.level = entry.level;
                 slot.outcome = Some(Outcome::Answered {
@@ -470,7 +492,7 @@ impl<'g, 'a> Work<'g, 'a> {
         oldest
     }
 
-    /// Step 8c: a receipt, transaction or block found in block N above the consensus
+    /// Step 9, answer: a receipt, transaction or block found in block N above the consensus
     /// head (one upstream is ahead) is held until the head reaches N, so a client told
     /// "mined in N" never reads `latest` below N afterwards; if the head does not get
     /// there within a couple of head polls, the answer is `null`, as from a node that
@@ -491,7 +513,7 @@ impl<'g, 'a> Work<'g, 'a> {
                 continue;
             };
             if self.chain.head.latest().is_none_or(|head| head >= number)
-                || self.chain.subs.reached(number, within).await
+                || self.chain.reached(number, within).await
             {
                 continue;
             }
@@ -503,7 +525,7 @@ impl<'g, 'a> Work<'g, 'a> {
         }
     }
 
-    /// Step 8d: read-your-writes: the pending nonce and transactions Outlast broadcast.
+    /// Step 9, answer: read-your-writes: the pending nonce and transactions Outlast broadcast.
     fn read_your_writes(&mut self) {
         for slot in &mut self.slots {
             if let Some(outcome) = &mut slot.outcome {
@@ -556,7 +578,12 @@ fn settle(
         Err(Unverified::Disputed { .. }) => "unverifiable",
         Err(Unverified::Unreachable(_)) => "unavailable",
     };
-    crate::metrics::verification(&chain.name, &slot.call.method, mode, counted);
+    crate::metrics::verification(
+        &chain.name,
+        methods::label(&slot.call.method),
+        mode,
+        counted,
+    );
     match result {
         Ok(c) => (
             Some(Outcome::Answered {
@@ -572,7 +599,7 @@ fn settle(
     }
 }
 
-/// Step 9: every entry's answer or error in request order, with who answered.
+/// Step 9, answer: every entry's answer or error in request order, with who answered.
 fn answer(
     chain: &Chain,
     batch: bool,
@@ -584,10 +611,12 @@ fn answer(
     let mut outcomes = slots.into_iter().map(|s| s.outcome);
     let mut reply = ReplyBody::new(batch, 256);
     let mut upstreams: Vec<Arc<str>> = Vec::new();
+    let mut traced = crate::telemetry::Summary::start();
     for entry in entries {
         match entry {
             Err(rejected) => {
-                crate::metrics::rejected(&chain.name, &rejected.error);
+                count_rejected(&chain.name, &rejected.error);
+                traced.rejected(&rejected.error);
                 if let Some(id) = rejected.id {
                     reply.error(id, &rejected.error);
                 }
@@ -597,7 +626,9 @@ fn answer(
                     .next()
                     .flatten()
                     .unwrap_or(Outcome::Unavailable(Vec::new()));
-                crate::metrics::answered(&chain.name, &call.method, &outcome);
+                let (upstream, label) = outcome.labels();
+                crate::metrics::call(&chain.name, methods::label(&call.method), upstream, label);
+                traced.answered(&call.method, &outcome);
                 if let Outcome::Answered { upstream, .. } = &outcome
                     && !upstreams.contains(upstream)
                 {
@@ -628,6 +659,7 @@ fn answer(
             }
         }
     }
+    traced.finish();
     Reply {
         body: reply.finish(),
         upstreams,
@@ -721,7 +753,7 @@ fn log_range(call: &Call<'_>) -> Option<(u64, u64)> {
 /// whichever upstream would have been asked. Only while some upstream is serving, so
 /// an outage is not hidden behind a frozen number.
 fn local_answer(chain: &Chain, call: &Call<'_>) -> Option<Outcome> {
-    if call.method != "eth_blockNumber" || !chain.upstreams.iter().any(|u| u.health.is_ready()) {
+    if call.method != "eth_blockNumber" || !chain.upstreams().iter().any(|u| u.health.is_ready()) {
         return None;
     }
     let number = chain.head.latest()?;
@@ -745,4 +777,109 @@ fn consensus_label() -> Arc<str> {
     static LABEL: std::sync::LazyLock<Arc<str>> =
         std::sync::LazyLock::new(|| Arc::from("consensus"));
     LABEL.clone()
+}
+
+/// A call refused before it was sent (denied, over a limit, not a valid call), counted.
+fn count_rejected(chain: &str, error: &RpcError) {
+    use crate::metrics;
+    match error {
+        RpcError::Denied { method } => {
+            metrics::call(chain, methods::label(method), "none", "denied")
+        }
+        RpcError::NotForKey { method, key } => {
+            metrics::auth(key, "method", 1);
+            metrics::call(chain, methods::label(method), "none", "denied")
+        }
+        RpcError::LimitExceeded(_) => {
+            metrics::limit_exceeded("request");
+            metrics::call(chain, "other", "none", "limited")
+        }
+        _ => metrics::call(chain, "other", "none", "invalid"),
+    }
+}
+
+#[cfg(test)]
+mod seam_tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::upstream::fake::{self, Act, Fake};
+
+    /// A gateway with one chain `test` (verify off) served by `fakes`.
+    fn gateway(fakes: &[&Fake]) -> Gateway {
+        let config = crate::config::load_str(
+            "[[chains]]\nname = \"test\"\nchain_id = 1\nverify = \"off\"\n\n\
+             [[chains.upstreams]]\nname = \"placeholder\"\nurl = \"http://127.0.0.1:9\"\noperator = \"x\"\n",
+        )
+        .expect("valid config");
+        let gw = Gateway::new(&config).expect("gateway");
+        gw.chains[0].swap_upstreams(fakes.iter().map(|f| f.upstream.clone()).collect());
+        gw
+    }
+
+    async fn ask(gw: &Gateway, body: Value) -> (Reply, Value) {
+        let reply = handle(gw, &gw.chains[0], body.to_string().as_bytes()).await;
+        let parsed = reply.body.as_deref().map_or(Value::Null, |b| {
+            serde_json::from_slice(b).expect("a JSON reply")
+        });
+        (reply, parsed)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_comes_back_in_request_order_with_each_clients_id() {
+        // Each call asks for its own address back, so a mix-up would show.
+        let up = fake::upstream("test", "a", "op-a", |method, params| match method {
+            "eth_getBalance" => Act::result(json!(params[0])),
+            _ => Act::Error(-32601, "method not found".into()),
+        });
+        let gw = gateway(&[&up]);
+        let (reply, body) = ask(
+            &gw,
+            json!([
+                {"jsonrpc": "2.0", "id": "first", "method": "eth_getBalance", "params": ["0x01", "0x1"]},
+                {"jsonrpc": "2.0", "method": "eth_getBalance", "params": ["0x02", "0x1"]},
+                {"jsonrpc": "2.0", "id": 7, "method": "eth_madeUp", "params": []},
+                {"jsonrpc": "2.0", "id": {"odd": true}, "method": "eth_getBalance", "params": ["0x03", "0x1"]},
+            ]),
+        )
+        .await;
+        assert_eq!(
+            body,
+            json!([
+                {"jsonrpc": "2.0", "id": "first", "result": "0x01"},
+                {"jsonrpc": "2.0", "id": 7, "error": {"code": -32601, "message": "method not found"}},
+                {"jsonrpc": "2.0", "id": null, "error": {
+                    "code": -32600,
+                    "message": "invalid request: `id` must be a string, a number or null"
+                }},
+            ]),
+            "the notification gets nothing; the rest keep their order and ids (an object id \
+             is not one)"
+        );
+        assert_eq!(reply.upstreams, [Arc::<str>::from("a")]);
+        assert_eq!(reply.verified, Level::None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_denied_method_is_refused_and_no_upstream_hears_of_it() {
+        let up = fake::upstream("test", "a", "op-a", |_, _| Act::result(json!("0x")));
+        let gw = gateway(&[&up]);
+        let (_, body) = ask(
+            &gw,
+            json!({"jsonrpc": "2.0", "id": 1, "method": "eth_sign", "params": ["0x01", "0x"]}),
+        )
+        .await;
+        assert_eq!(body["error"]["code"], json!(-32004), "{body}");
+        assert_eq!(up.requests(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unparsable_body_is_one_error_and_sends_nothing() {
+        let up = fake::upstream("test", "a", "op-a", |_, _| Act::result(json!("0x")));
+        let gw = gateway(&[&up]);
+        let reply = handle(&gw, &gw.chains[0], b"{\"jsonrpc\": \"2.0\", \"id\": 1,").await;
+        let body: Value = serde_json::from_slice(&reply.body.expect("an error")).expect("JSON");
+        assert_eq!(body["error"]["code"], json!(-32700), "{body}");
+        assert_eq!(up.requests(), 0);
+    }
 }

@@ -6,15 +6,18 @@
 //!   into the one recorder of the process ([`install`], idempotent). Use the functions
 //!   below, not the macros, so names and labels stay as documented here.
 //! - **state** (upstream health, breaker, lag, heads, open incidents) is read from the
-//!   gateway at scrape time by [`render`]: never stale, and only this gateway's.
+//!   gateway at scrape time by `status::scrape`: never stale, and only this gateway's.
+//!
+//! Imports nothing of the crate: callers pass labels as values, so every layer can
+//! count what happens in it.
 //!
 //! Label values are names from the config (chain, upstream, operator, webhook) or fixed
-//! words; a method name comes from clients, so only known methods are used as labels
-//! and every other one is `other` (a client cannot grow the series without bound).
+//! words; a method name comes from clients, so callers pass `rpc::methods::label`:
+//! known methods by name, every other one as `other` (a client cannot grow the series
+//! without bound).
 
 use std::{
     collections::HashMap,
-    fmt::Write as _,
     hash::{DefaultHasher, Hash, Hasher},
     sync::{LazyLock, OnceLock, RwLock},
     time::Duration,
@@ -26,12 +29,6 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
-
-use crate::{
-    gateway::Gateway,
-    incidents::{Kind, Severity, Time},
-    route::health::Status,
-};
 
 // Counters and histograms (events). `_total` and `_seconds` per Prometheus conventions.
 /// Every JSON-RPC call answered: `chain`, `method`, `upstream` (or `consensus`,
@@ -65,7 +62,8 @@ pub const TX_REBROADCASTS: &str = "outlast_tx_rebroadcasts_total";
 /// Client requests refused or cut off by a limit: `limit` (`body`, `request` (batch
 /// size or nesting), `logs_range`, `logs_pieces`, `logs_budget`, `logs_bytes`, `connections`,
 /// `connections_per_ip`, `header_timeout`, `body_timeout`, `idle_timeout`,
-/// `request_timeout`, `drain`, `filters` (max_filters), `filter_items`).
+/// `request_timeout`, `drain`, `filters` (max_filters, max_filters_per_client),
+/// `filter_items`).
 pub const LIMITS_EXCEEDED: &str = "outlast_limits_exceeded_total";
 /// Client connections open now (HTTP and WebSocket).
 pub const CONNECTIONS: &str = "outlast_http_connections";
@@ -246,48 +244,14 @@ fn histogram_of(name: &'static str, labels: &[(&'static str, &str)]) -> Histogra
 }
 
 /// One JSON-RPC call answered.
-pub fn call(chain: &str, method: &str, upstream: &str, outcome: &'static str) {
+pub fn call(chain: &str, method: &'static str, upstream: &str, outcome: &'static str) {
     let labels = [
         ("chain", chain),
-        ("method", method_label(method)),
+        ("method", method),
         ("upstream", upstream),
         ("outcome", outcome),
     ];
     counter_of(REQUESTS, &labels).increment(1);
-}
-
-/// The final outcome of one call (`dispatch`, step 9).
-pub fn answered(chain: &str, method: &str, outcome: &crate::route::Outcome) {
-    use crate::{route::Outcome, upstream::Answer};
-    let (upstream, label) = match outcome {
-        Outcome::Answered { upstream, answer } => (
-            &**upstream,
-            match answer {
-                Answer::Result(_) => "result",
-                Answer::Error { .. } => "error",
-            },
-        ),
-        Outcome::Unavailable(_) => ("none", "unavailable"),
-        Outcome::Unverified { .. } => ("none", "unverified"),
-        Outcome::Refused(_) => ("none", "limited"),
-    };
-    call(chain, method, upstream, label);
-}
-
-/// A call refused before it was sent: denied, or not a valid call.
-pub fn rejected(chain: &str, error: &crate::rpc::RpcError) {
-    match error {
-        crate::rpc::RpcError::Denied { method } => call(chain, method, "none", "denied"),
-        crate::rpc::RpcError::NotForKey { method, key } => {
-            auth(key, "method", 1);
-            call(chain, method, "none", "denied")
-        }
-        crate::rpc::RpcError::LimitExceeded(_) => {
-            limit_exceeded("request");
-            call(chain, "", "none", "limited")
-        }
-        _ => call(chain, "", "none", "invalid"),
-    }
 }
 
 /// One HTTP JSON-RPC request served on `chain`.
@@ -315,12 +279,8 @@ pub fn upstream_attempt(
 
 /// For the cache: one lookup of `method` on `chain`; `result` is `hit`, `miss`,
 /// `coalesced` (joined a call in flight) or `stale` (served stale by configuration).
-pub fn cache_lookup(chain: &str, method: &str, result: &'static str) {
-    let labels = [
-        ("chain", chain),
-        ("method", method_label(method)),
-        ("result", result),
-    ];
+pub fn cache_lookup(chain: &str, method: &'static str, result: &'static str) {
+    let labels = [("chain", chain), ("method", method), ("result", result)];
     counter_of(CACHE_REQUESTS, &labels).increment(1);
 }
 
@@ -334,18 +294,17 @@ pub fn cache_redis_rejected(reason: &'static str) {
 
 /// For verification: one answer checked; `mode` is `proof` or `quorum`, `outcome` is
 /// `verified`, `unconfirmed` (fewer operators reachable than the quorum), `failed` (an upstream lied) or `unverifiable`.
-pub fn verification(chain: &str, method: &str, mode: &'static str, outcome: &'static str) {
+pub fn verification(chain: &str, method: &'static str, mode: &'static str, outcome: &'static str) {
     counter!(VERIFICATIONS,
         "chain" => chain.to_owned(),
-        "method" => method_label(method),
+        "method" => method,
         "mode" => mode,
         "outcome" => outcome)
     .increment(1);
 }
 
-pub fn incident_opened(kind: Kind, severity: Severity) {
-    counter!(INCIDENTS_OPENED, "kind" => kind.as_str(), "severity" => severity.to_string())
-        .increment(1);
+pub fn incident_opened(kind: &'static str, severity: &'static str) {
+    counter!(INCIDENTS_OPENED, "kind" => kind, "severity" => severity).increment(1);
 }
 
 pub fn webhook(name: &str, outcome: &'static str) {
@@ -386,109 +345,9 @@ pub fn connections(open: usize) {
 }
 
 /// Standard methods, sorted: the only method names used as label values.
-const KNOWN_METHODS: [&str; 75] = [
-    "debug_traceBlockByHash",
-    "debug_traceBlockByNumber",
-    "debug_traceCall",
-    "debug_traceTransaction",
-    "eth_accounts",
-    "eth_blobBaseFee",
-    "eth_blockNumber",
-    "eth_call",
-    "eth_callMany",
-    "eth_chainId",
-    "eth_coinbase",
-    "eth_createAccessList",
-    "eth_estimateGas",
-    "eth_feeHistory",
-    "eth_gasPrice",
-    "eth_getAccount",
-    "eth_getBalance",
-    "eth_getBlockByHash",
-    "eth_getBlockByNumber",
-    "eth_getBlockReceipts",
-    "eth_getBlockTransactionCountByHash",
-    "eth_getBlockTransactionCountByNumber",
-    "eth_getCode",
-    "eth_getFilterChanges",
-    "eth_getFilterLogs",
-    "eth_getHeaderByHash",
-    "eth_getHeaderByNumber",
-    "eth_getLogs",
-    "eth_getProof",
-    "eth_getRawTransactionByHash",
-    "eth_getStorageAt",
-    "eth_getTransactionByBlockHashAndIndex",
-    "eth_getTransactionByBlockNumberAndIndex",
-    "eth_getTransactionByHash",
-    "eth_getTransactionCount",
-    "eth_getTransactionReceipt",
-    "eth_getUncleByBlockHashAndIndex",
-    "eth_getUncleByBlockNumberAndIndex",
-    "eth_getUncleCountByBlockHash",
-    "eth_getUncleCountByBlockNumber",
-    "eth_hashrate",
-    "eth_maxPriorityFeePerGas",
-    "eth_mining",
-    "eth_newBlockFilter",
-    "eth_newFilter",
-    "eth_newPendingTransactionFilter",
-    "eth_protocolVersion",
-    "eth_sendRawTransaction",
-    "eth_sendRawTransactionSync",
-    "eth_sendTransaction",
-    "eth_sign",
-    "eth_signTransaction",
-    "eth_signTypedData_v4",
-    "eth_simulateV1",
-    "eth_subscribe",
-    "eth_syncing",
-    "eth_uninstallFilter",
-    "eth_unsubscribe",
-    "net_listening",
-    "net_peerCount",
-    "net_version",
-    "trace_block",
-    "trace_call",
-    "trace_callMany",
-    "trace_filter",
-    "trace_rawTransaction",
-    "trace_replayBlockTransactions",
-    "trace_replayTransaction",
-    "trace_transaction",
-    "txpool_content",
-    "txpool_inspect",
-    "txpool_status",
-    "web3_clientVersion",
-    "web3_sha3",
-    "zks_getProof",
-];
-
-/// `method` itself when it is a known method, else `other`.
-pub fn method_label(method: &str) -> &'static str {
-    KNOWN_METHODS
-        .binary_search(&method)
-        .map_or("other", |i| KNOWN_METHODS[i])
-}
-
-/// Outcome label of a failed upstream attempt, from its error's `Display` prefix-free
-/// kind (see `upstream::UpstreamError`).
-pub fn upstream_error_label(e: &crate::upstream::UpstreamError) -> &'static str {
-    use crate::upstream::UpstreamError as E;
-    match e {
-        E::Connect(_) => "connect",
-        E::Timeout(_) => "timeout",
-        E::RateLimited { .. } => "rate_limited",
-        E::Status(_) => "http_status",
-        E::Malformed(_) => "malformed",
-        E::Transport(_) => "transport",
-        E::Slow(_) => "slow",
-        E::ForeignReply(_) => "foreign_reply",
-    }
-}
-
-/// The whole `/metrics` text: the recorded events, then this gateway's state.
-pub fn render(gw: &Gateway) -> String {
+/// The recorded events in the text format (empty before `install`), ending in a
+/// newline; `status::scrape` appends the state read at scrape time.
+pub fn recorded() -> String {
     let mut out = match HANDLE.get() {
         Some(Some(h)) => h.render(),
         _ => String::new(),
@@ -496,301 +355,5 @@ pub fn render(gw: &Gateway) -> String {
     if !out.is_empty() && !out.ends_with('\n') {
         out.push('\n');
     }
-    state(gw, &mut out);
     out
-}
-
-/// One gauge family: HELP and TYPE lines, then its samples.
-struct Family<'a> {
-    out: &'a mut String,
-}
-
-impl<'a> Family<'a> {
-    fn new(out: &'a mut String, name: &str, help: &str) -> Self {
-        Family::typed(out, name, help, "gauge")
-    }
-
-    fn typed(out: &'a mut String, name: &str, help: &str, kind: &str) -> Self {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        Family { out }
-    }
-
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
-        self.out.push_str(name);
-        if !labels.is_empty() {
-            self.out.push('{');
-            for (i, (k, v)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.out.push(',');
-                }
-                let _ = write!(self.out, "{k}=\"{}\"", escape(v));
-            }
-            self.out.push('}');
-        }
-        let _ = writeln!(self.out, " {value}");
-    }
-}
-
-fn escape(v: &str) -> String {
-    v.replace('\\', r"\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-const BREAKER_STATES: [&str; 3] = ["closed", "open", "half-open"];
-const KINDS: [Kind; 8] = [
-    Kind::UpstreamDown,
-    Kind::UpstreamLagging,
-    Kind::UpstreamLying,
-    Kind::ChainDegraded,
-    Kind::ChainDown,
-    Kind::HeadStalled,
-    Kind::CorrelatedFailure,
-    Kind::ProvidersUnreachable,
-];
-const SEVERITIES: [Severity; 3] = [Severity::Minor, Severity::Major, Severity::Critical];
-
-fn state(gw: &Gateway, out: &mut String) {
-    let now = std::time::Instant::now();
-    let ups: Vec<_> = gw
-        .chains
-        .iter()
-        .flat_map(|c| c.upstreams.iter().map(move |u| (c, u)))
-        .collect();
-
-    let name = "outlast_upstream_up";
-    let mut f = Family::new(
-        out,
-        name,
-        "1 while the upstream is in rotation (ready), else 0.",
-    );
-    for (c, u) in &ups {
-        let labels = [
-            ("chain", &*c.name),
-            ("upstream", &*u.name),
-            ("operator", u.operator.as_str()),
-            ("cloud", u.cloud.as_deref().unwrap_or("")),
-            ("region", u.region.as_deref().unwrap_or("")),
-        ];
-        f.sample(name, &labels, f64::from(u8::from(u.health.is_ready())));
-    }
-
-    let name = "outlast_upstream_state";
-    let mut f = Family::new(out, name, "1 for the upstream's current health state.");
-    for (c, u) in &ups {
-        let current = u.health.status().state();
-        for s in Status::STATES {
-            let labels = [("chain", &*c.name), ("upstream", &*u.name), ("state", s)];
-            f.sample(name, &labels, f64::from(u8::from(s == current)));
-        }
-    }
-
-    let name = "outlast_upstream_breaker_state";
-    let mut f = Family::new(out, name, "1 for the circuit breaker's current state.");
-    for (c, u) in &ups {
-        let current = u.health.breaker(now);
-        for s in BREAKER_STATES {
-            let labels = [("chain", &*c.name), ("upstream", &*u.name), ("state", s)];
-            f.sample(name, &labels, f64::from(u8::from(s == current)));
-        }
-    }
-
-    let name = "outlast_upstream_lag_blocks";
-    let mut f = Family::new(
-        out,
-        name,
-        "Blocks the upstream's head is behind the consensus head.",
-    );
-    for (c, u) in &ups {
-        if u.head.latest().is_some() {
-            let labels = [("chain", &*c.name), ("upstream", &*u.name)];
-            f.sample(name, &labels, c.lag(u) as f64);
-        }
-    }
-
-    let name = "outlast_upstream_head_block";
-    let mut f = Family::new(out, name, "The newest block the upstream reported.");
-    for (c, u) in &ups {
-        if let Some(h) = u.head.latest() {
-            let labels = [("chain", &*c.name), ("upstream", &*u.name)];
-            f.sample(name, &labels, h as f64);
-        }
-    }
-
-    let name = "outlast_upstream_latency_seconds";
-    let mut f = Family::new(
-        out,
-        name,
-        "The upstream's smoothed latency, as used for ranking.",
-    );
-    for (c, u) in &ups {
-        if let Some(l) = u.health.stats().latency() {
-            let labels = [("chain", &*c.name), ("upstream", &*u.name)];
-            f.sample(name, &labels, l.as_secs_f64());
-        }
-    }
-
-    let name = "outlast_upstream_error_ratio";
-    let mut f = Family::new(
-        out,
-        name,
-        "Share of the upstream's recent calls that failed.",
-    );
-    for (c, u) in &ups {
-        let labels = [("chain", &*c.name), ("upstream", &*u.name)];
-        f.sample(name, &labels, u.health.stats().error_rate());
-    }
-
-    let name = UPSTREAM_BANS;
-    let mut f = Family::typed(
-        out,
-        name,
-        "Times the upstream was banned for lying.",
-        "counter",
-    );
-    for (c, u) in &ups {
-        let labels = [("chain", &*c.name), ("upstream", &*u.name)];
-        f.sample(name, &labels, f64::from(u.health.bans()));
-    }
-
-    let name = "outlast_upstream_in_flight";
-    let mut f = Family::new(out, name, "Calls in flight at the upstream.");
-    for (c, u) in &ups {
-        let labels = [("chain", &*c.name), ("upstream", &*u.name)];
-        f.sample(name, &labels, u.limits.in_flight() as f64);
-    }
-
-    let name = "outlast_chain_head_block";
-    let mut f = Family::new(
-        out,
-        name,
-        "The consensus head: newest block a quorum agrees on.",
-    );
-    for c in &gw.chains {
-        if let Some(h) = c.head.latest() {
-            f.sample(name, &[("chain", &*c.name)], h as f64);
-        }
-    }
-
-    let name = "outlast_chain_finalized_block";
-    let mut f = Family::new(out, name, "The chain's finalized block, by quorum.");
-    for c in &gw.chains {
-        if let Some(h) = c.head.get().finalized {
-            f.sample(name, &[("chain", &*c.name)], h as f64);
-        }
-    }
-
-    let name = "outlast_filters";
-    let mut f = Family::new(
-        out,
-        name,
-        "HTTP filters held by Outlast now, by chain and kind (blocks, logs, pending).",
-    );
-    for c in &gw.chains {
-        for (kind, n) in c.filters.counts() {
-            f.sample(name, &[("chain", &*c.name), ("kind", kind)], n as f64);
-        }
-    }
-
-    let name = "outlast_chain_serving_operators";
-    let mut f = Family::new(
-        out,
-        name,
-        "Distinct operators with an upstream in rotation.",
-    );
-    for c in &gw.chains {
-        let serving: std::collections::HashSet<&str> = c
-            .upstreams
-            .iter()
-            .filter(|u| u.health.is_ready())
-            .map(|u| u.operator.as_str())
-            .collect();
-        f.sample(name, &[("chain", &*c.name)], serving.len() as f64);
-    }
-
-    let name = "outlast_chain_quorum";
-    let mut f = Family::new(out, name, "Distinct operators the chain's quorum needs.");
-    for c in &gw.chains {
-        f.sample(name, &[("chain", &*c.name)], c.quorum as f64);
-    }
-
-    let open = gw.incidents.open();
-    let name = "outlast_incidents_open";
-    let mut f = Family::new(out, name, "Incidents open now, by kind and severity.");
-    for kind in KINDS {
-        for severity in SEVERITIES {
-            let n = open
-                .iter()
-                .filter(|i| i.kind == kind && i.severity == severity)
-                .count();
-            let sev = severity.to_string();
-            f.sample(
-                name,
-                &[("kind", kind.as_str()), ("severity", &sev)],
-                n as f64,
-            );
-        }
-    }
-
-    let name = "outlast_uptime_ratio_24h";
-    let mut f = Family::new(
-        out,
-        name,
-        "Share of the last 24 h the upstream or chain was up (observed time only).",
-    );
-    let t = Time::now();
-    for c in &gw.chains {
-        if let Some(r) = gw.incidents.uptime(&c.name, t).ratio_24h {
-            f.sample(name, &[("chain", &*c.name), ("upstream", "")], r);
-        }
-        for u in &c.upstreams {
-            let key = format!("{}/{}", c.name, u.name);
-            if let Some(r) = gw.incidents.uptime(&key, t).ratio_24h {
-                f.sample(name, &[("chain", &*c.name), ("upstream", &*u.name)], r);
-            }
-        }
-    }
-
-    let (entries, bytes) = gw.cache.usage();
-    let name = "outlast_cache_entries";
-    let mut f = Family::new(out, name, "Answers held in the memory cache.");
-    f.sample(name, &[], entries as f64);
-    let name = "outlast_cache_bytes";
-    let mut f = Family::new(
-        out,
-        name,
-        "Weight of the memory cache: keys, answers and per-entry bookkeeping.",
-    );
-    f.sample(name, &[], bytes as f64);
-    if let Some(up) = gw.cache.redis_up() {
-        let name = "outlast_cache_redis_up";
-        let mut f = Family::new(out, name, "1 while the shared Redis tier answers.");
-        f.sample(name, &[], f64::from(u8::from(up)));
-    }
-
-    let name = "outlast_build_info";
-    let mut f = Family::new(out, name, "Always 1; the version as a label.");
-    f.sample(name, &[("version", env!("CARGO_PKG_VERSION"))], 1.0);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_known_methods_become_labels() {
-        let mut sorted = KNOWN_METHODS;
-        sorted.sort_unstable();
-        assert_eq!(sorted, KNOWN_METHODS, "KNOWN_METHODS must stay sorted");
-        assert_eq!(method_label("eth_getBalance"), "eth_getBalance");
-        assert_eq!(method_label("eth_getBalance\n"), "other");
-        assert_eq!(method_label("made_up_by_a_client_123"), "other");
-    }
-
-    #[test]
-    fn label_values_are_escaped() {
-        let mut out = String::new();
-        Family::new(&mut out, "x", "help").sample("x", &[("a", "q\"\\\n")], 1.0);
-        assert!(out.ends_with("x{a=\"q\\\"\\\\\\n\"} 1\n"), "{out}");
-    }
 }

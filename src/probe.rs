@@ -21,7 +21,6 @@ use tokio::time::timeout_at;
 use crate::{
     Config, RunError,
     config::UpstreamUrl,
-    gateway::Gateway,
     rpc::Call,
     upstream::{Answer, Capability, Upstream, UpstreamError},
 };
@@ -212,7 +211,7 @@ impl Report {
 /// Measures every upstream of every chain in `config` at once and ranks them. Takes at
 /// most the `[routing]` connect plus request timeout, and never more than `MAX_BUDGET`.
 pub async fn probe(config: &Config) -> Result<Report, RunError> {
-    let gw = Gateway::new(config).map_err(RunError::HttpClient)?;
+    let http = crate::upstream::http_client(&config.routing);
     let total = Duration::from_millis(
         config.routing.connect_timeout_ms + config.routing.request_timeout_ms,
     )
@@ -222,17 +221,18 @@ pub async fn probe(config: &Config) -> Result<Report, RunError> {
         total,
     };
     let mut pending = Vec::new();
-    for (chain, cfg) in gw.chains.iter().zip(&config.chains) {
+    for chain in &config.chains {
+        let name: Arc<str> = Arc::from(chain.name.as_str());
         let handles: Vec<_> = chain
             .upstreams
             .iter()
-            .zip(&cfg.upstreams)
-            .map(|(up, up_cfg)| {
-                let task = measure(up.clone(), chain.chain_id, up_cfg.ws_url.clone(), clock);
-                (up.clone(), tokio::spawn(task))
+            .map(|cfg| {
+                let up = Arc::new(Upstream::new(&name, cfg, &config.routing, http.clone()));
+                let task = measure(up.clone(), chain.chain_id, cfg.ws_url.clone(), clock);
+                (up, tokio::spawn(task))
             })
             .collect();
-        pending.push((chain.clone(), handles));
+        pending.push((chain, handles));
     }
     let mut chains = Vec::new();
     for (chain, handles) in pending {

@@ -11,7 +11,7 @@ use std::{
 
 use tokio::sync::watch;
 
-use crate::{route::verified::Level, upstream::Answer};
+use crate::{upstream::Answer, verify::Level};
 
 /// What a leader hands its followers: who answered, what, and how it was checked; or
 /// `None` (ask yourself).

@@ -21,7 +21,7 @@ use std::{
 
 use bytes::Bytes;
 
-use crate::{config, route::verified::Level};
+use crate::{config, verify::Level};
 use policy::Lifetime;
 
 /// One cached answer.

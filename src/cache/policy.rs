@@ -8,7 +8,11 @@ use std::fmt::Write as _;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
-use crate::route::{heads::ChainHeadState, resolve::Need};
+use crate::{
+    route::resolve::Need,
+    rpc::methods::{self, About},
+    upstream::heads::ChainHeadState,
+};
 
 /// How long a cached answer stays true.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,48 +24,11 @@ pub enum Lifetime {
     Head,
 }
 
-/// Methods whose answer depends only on their params and the block they name.
-fn block_addressed(method: &str) -> bool {
-    matches!(
-        method,
-        "eth_getBlockByNumber"
-            | "eth_getBlockTransactionCountByNumber"
-            | "eth_getUncleCountByBlockNumber"
-            | "eth_getTransactionByBlockNumberAndIndex"
-            | "eth_getUncleByBlockNumberAndIndex"
-            | "eth_getBlockReceipts"
-            | "eth_getBalance"
-            | "eth_getCode"
-            | "eth_getTransactionCount"
-            | "eth_call"
-            | "eth_estimateGas"
-            | "eth_createAccessList"
-            | "eth_feeHistory"
-            | "eth_getStorageAt"
-            | "eth_getProof"
-            | "eth_getLogs"
-    )
-}
-
-/// Methods addressed by a block or transaction hash: the answer says which block it is
-/// in, and so whether it is final.
-fn hash_addressed(method: &str) -> bool {
-    matches!(
-        method,
-        "eth_getBlockByHash"
-            | "eth_getBlockTransactionCountByHash"
-            | "eth_getTransactionByBlockHashAndIndex"
-            | "eth_getTransactionByHash"
-            | "eth_getTransactionReceipt"
-    )
-}
-
-/// Methods about the head itself, with no block parameter.
-fn head_tied(method: &str) -> bool {
-    matches!(
-        method,
-        "eth_gasPrice" | "eth_maxPriorityFeePerGas" | "eth_blobBaseFee"
-    )
+/// What a cacheable method's answer is about (`rpc::methods`); `None`: never cached.
+fn cached_about(method: &str) -> Option<About> {
+    methods::lookup(method)
+        .filter(|m| m.cached)
+        .map(|m| m.about)
 }
 
 /// The key a call may be cached (and coalesced) under, or `None` when the method is
@@ -69,9 +36,7 @@ fn head_tied(method: &str) -> bool {
 /// whitespace dropped, so equal questions share one key. Built in one pass over the
 /// raw bytes: this runs for every cacheable call, hits included.
 pub fn key(chain_id: u64, method: &str, params: Option<&RawValue>) -> Option<String> {
-    if !(block_addressed(method) || hash_addressed(method) || head_tied(method)) {
-        return None;
-    }
+    cached_about(method)?;
     let raw = params.map_or("null", |p| p.get());
     let mut key = String::with_capacity(24 + method.len() + raw.len());
     let _ = write!(key, "{chain_id}:{method}:");
@@ -131,20 +96,16 @@ pub fn lifetime(
             Lifetime::Head
         }
     };
-    if head_tied(method) {
-        return Some(Lifetime::Head);
-    }
-    if block_addressed(method) {
-        return match need {
+    match cached_about(method)? {
+        About::Head => Some(Lifetime::Head),
+        About::Block(_) | About::Range => match need {
             Need::Block(n) => Some(final_or_head(n)),
             _ => None,
-        };
-    }
-    if hash_addressed(method) {
+        },
         // Pending transactions have `blockNumber: null`: never cached.
-        return block_of(result).map(final_or_head);
+        About::Hash => block_of(result).map(final_or_head),
+        About::Nothing => None,
     }
-    None
 }
 
 /// The block a by-hash answer is in: `blockNumber` (transactions, receipts) or

@@ -26,7 +26,7 @@ use redis::{AsyncCommands, aio::ConnectionManager};
 use sha2::Sha256;
 
 use super::{Entry, policy::Lifetime};
-use crate::{config, route::verified::Level};
+use crate::{config, verify::Level};
 
 pub struct RedisTier {
     client: redis::Client,
@@ -231,6 +231,72 @@ impl RedisTier {
                 }
             })
             .collect()
+    }
+}
+
+/// Redis did not answer (down, slow past `timeout_ms`, or never set up).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("Redis did not answer")]
+pub struct RedisDown;
+
+/// Signed notes that change in place (shared HTTP filters, `subscribe::shared`): read
+/// one, sign one, and change several keys at once in a Lua script, so that a read,
+/// compare and write is atomic across instances.
+impl RedisTier {
+    /// The note under `key`; `Ok(None)` when there is none or its tag does not verify
+    /// (forged, edited, moved from another key, another secret: counted as refused).
+    pub async fn note(&self, key: &str) -> Result<Option<Vec<u8>>, RedisDown> {
+        let mut conn = self.manager().ok_or(RedisDown)?;
+        let full = format!("{}{key}", self.prefix);
+        let got: Option<Vec<u8>> = self
+            .report(tokio::time::timeout(self.timeout, conn.get(&full)).await)
+            .ok_or(RedisDown)?;
+        let Some(raw) = got else { return Ok(None) };
+        let verified = raw.split_at_checked(TAG).filter(|(tag, value)| {
+            tagged_in(&self.mac, NOTE_DOMAIN, &full, value)
+                .verify_slice(tag)
+                .is_ok()
+        });
+        match verified {
+            Some((_, value)) => Ok(Some(value.to_vec())),
+            None => {
+                self.refused(Refused::Tag);
+                Ok(None)
+            }
+        }
+    }
+
+    /// The bytes `put_note` would store for `value` under `key` (tag, then value): what a
+    /// script writes, or compares with what is stored.
+    pub fn signed_note(&self, key: &str, value: &[u8]) -> Vec<u8> {
+        let full = format!("{}{key}", self.prefix);
+        let tag = tagged_in(&self.mac, NOTE_DOMAIN, &full, value)
+            .finalize()
+            .into_bytes();
+        let mut out = Vec::with_capacity(TAG + value.len());
+        out.extend_from_slice(&tag);
+        out.extend_from_slice(value);
+        out
+    }
+
+    /// Runs a Lua `script` on `keys` (prefixed here) with `args`; its integer answer.
+    pub async fn eval(
+        &self,
+        script: &str,
+        keys: &[&str],
+        args: &[&[u8]],
+    ) -> Result<i64, RedisDown> {
+        let mut conn = self.manager().ok_or(RedisDown)?;
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(script).arg(keys.len());
+        for key in keys {
+            cmd.arg(format!("{}{key}", self.prefix));
+        }
+        for arg in args {
+            cmd.arg(*arg);
+        }
+        self.report(tokio::time::timeout(self.timeout, cmd.query_async::<i64>(&mut conn)).await)
+            .ok_or(RedisDown)
     }
 }
 

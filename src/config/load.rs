@@ -12,8 +12,8 @@ use toml::{
 };
 
 use super::{
-    Admin, Auth, Cache, Chain, Config, Cors, Limits, Redis, Routing, Server, Status, Tx, Upstream,
-    Webhook,
+    Admin, Auth, Cache, Chain, Config, Cors, Limits, Redis, Routing, Server, Status, Tracing, Tx,
+    Upstream, Webhook,
 };
 
 /// One thing wrong with a config file, located for a person with an editor.
@@ -124,6 +124,7 @@ pub fn load_str(text: &str) -> Result<Config, Problems> {
         auth: None,
         cors: Cors::default(),
         admin: Admin::default(),
+        tracing: Tracing::default(),
     };
     for (key, value) in root.iter() {
         match key.get_ref().as_ref() {
@@ -140,10 +141,11 @@ pub fn load_str(text: &str) -> Result<Config, Problems> {
             "auth" => config.auth = Some(ctx.section::<Auth>(value, "auth").unwrap_or_default()),
             "cors" => config.cors = ctx.section(value, "cors").unwrap_or_default(),
             "admin" => config.admin = ctx.section(value, "admin").unwrap_or_default(),
+            "tracing" => config.tracing = ctx.section(value, "tracing").unwrap_or_default(),
             other => ctx.push(
                 Some(key.span()),
                 other,
-                "unknown section; expected one of `server`, `limits`, `routing`, `chains`, `status`, `webhooks`, `storage`, `cache`, `redis`, `tx`, `auth`, `cors`, `admin`".into(),
+                "unknown section; expected one of `server`, `limits`, `routing`, `chains`, `status`, `webhooks`, `storage`, `cache`, `redis`, `tx`, `auth`, `cors`, `admin`, `tracing`".into(),
             ),
         }
     }
@@ -378,6 +380,7 @@ fn validate(config: &Config) -> Vec<(Vec<Seg>, String)> {
         ("max_logs_pieces", limits.max_logs_pieces as usize),
         ("max_logs_bytes", limits.max_logs_bytes),
         ("max_filters", limits.max_filters),
+        ("max_filters_per_client", limits.max_filters_per_client),
         ("max_filter_items", limits.max_filter_items),
         ("filter_timeout_secs", limits.filter_timeout_secs as usize),
     ] {
@@ -550,6 +553,9 @@ fn validate(config: &Config) -> Vec<(Vec<Seg>, String)> {
     }
     out.extend(validate_redis_secret(&config.redis));
     out.extend(validate_access(config));
+    for (key, message) in config.tracing.problems() {
+        out.push((vec![Key("tracing"), Key(key)], message));
+    }
     out
 }
 

@@ -8,13 +8,15 @@
 mod env;
 mod load;
 mod secret;
+mod telemetry;
 
-use std::net::SocketAddr;
+use std::{fmt, net::SocketAddr};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub use load::{LoadError, Problem, Problems, load_file, load_str};
 pub use secret::{Secret, UpstreamUrl};
+pub use telemetry::Tracing;
 
 /// The embedded default: public endpoints of many independent operators, so that
 /// `outlast serve` with no file is already useful and already resilient.
@@ -37,6 +39,8 @@ pub struct Config {
     pub auth: Option<Auth>,
     pub cors: Cors,
     pub admin: Admin,
+    /// `[tracing]`: request spans over OTLP; off without `otlp_endpoint`.
+    pub tracing: Tracing,
 }
 
 impl Config {
@@ -126,8 +130,12 @@ pub struct Limits {
     pub max_logs_pieces: u64,
     /// `eth_getLogs`: bytes of a result merged from pieces.
     pub max_logs_bytes: usize,
-    /// HTTP filters (`eth_newFilter` & co., held by Outlast): open at once per chain.
+    /// HTTP filters (`eth_newFilter` & co., held by Outlast): open at once per chain
+    /// (with `[redis]`, block and log filters are counted across the instances).
     pub max_filters: usize,
+    /// HTTP filters: open at once per chain for one client (its API key, or its address
+    /// without one), so one client cannot take them all.
+    pub max_filters_per_client: usize,
     /// HTTP filters: changes queued for one filter between two polls; more and the next
     /// poll gets -32005 (the filter is removed, so the gap is never silent).
     pub max_filter_items: usize,
@@ -165,6 +173,7 @@ impl Default for Limits {
             max_logs_pieces: 100,
             max_logs_bytes: 64 << 20,
             max_filters: 1_000,
+            max_filters_per_client: 100,
             max_filter_items: 10_000,
             filter_timeout_secs: 300,
         }
@@ -293,7 +302,7 @@ pub struct Webhook {
     pub format: WebhookFormat,
     /// Incidents below this severity are not sent.
     #[serde(default)]
-    pub min_severity: crate::incidents::Severity,
+    pub min_severity: Severity,
     #[serde(default = "default_webhook_timeout_ms")]
     pub timeout_ms: u64,
     /// Tries per message, the first included; waits `backoff_ms`, doubling, in between.
@@ -663,5 +672,38 @@ impl Default for Admin {
             protect_metrics: true,
             protect_api: true,
         }
+    }
+}
+
+/// How bad an incident is for users. Lives here, not in `incidents`, because the
+/// config names it (`[[webhooks]] min_severity`) and config imports nothing.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// One upstream out of several: users notice nothing, operators should.
+    #[default]
+    Minor,
+    /// Guarantees weakened: quorum lost, a liar, a correlated failure, a stalled head.
+    Major,
+    /// A chain cannot be served.
+    Critical,
+}
+
+impl Severity {
+    /// The word for it, as the config, webhooks and metrics write it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Severity::Minor => "minor",
+            Severity::Major => "major",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
     }
 }

@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::{Ban, Evidence, Incident, Kind, Severity, Time, UpstreamRef};
-use crate::{config, route::health::Cause};
+use crate::{config, upstream::health::Cause};
 
 /// Thresholds, in milliseconds and blocks.
 #[derive(Debug, Clone, Copy)]

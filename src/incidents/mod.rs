@@ -10,8 +10,8 @@
 //! - `notify` — webhooks (JSON, Slack, Discord), each with its own queue and retries
 //!
 //! [`Incidents`] ties them together. `evaluate` is called by the background task
-//! [`watch`], never on the request path; the only call others make is
-//! [`Incidents::upstream_lied`] (from verification). Reads only what health and heads
+//! [`watch`], never on the request path. A ban for lying is read from the upstream's
+//! health (`Status::Banned`, with its evidence). Reads only what health and heads
 //! expose; never sees a provider URL, and never waits on the network while holding its lock.
 
 pub mod detect;
@@ -31,36 +31,13 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     config,
-    gateway::{Chain, Gateway},
-    route::health::{Cause, Status},
+    route::Chain,
+    upstream::health::{Cause, Status},
 };
 use detect::{Change, Detector, Finding};
 use uptime::Uptime;
 
-/// How bad it is for users.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    /// One upstream out of several: users notice nothing, operators should.
-    #[default]
-    Minor,
-    /// Guarantees weakened: quorum lost, a liar, a correlated failure, a stalled head.
-    Major,
-    /// A chain cannot be served.
-    Critical,
-}
-
-impl fmt::Display for Severity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Severity::Minor => "minor",
-            Severity::Major => "major",
-            Severity::Critical => "critical",
-        })
-    }
-}
+pub use crate::config::Severity;
 
 /// What kind of problem an incident is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -165,24 +142,7 @@ impl fmt::Display for UpstreamRef {
     }
 }
 
-/// What an upstream was caught at: enough for a person to check the claim.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Evidence {
-    /// What happened, in words.
-    pub summary: String,
-    /// The check it failed: `proof`, `header hash`, `quorum`…
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub check: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub method: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub block: Option<u64>,
-    /// What it answered, and what the verified answer is (each cut to 200 characters).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub answered: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expected: Option<String>,
-}
+pub use crate::upstream::health::Evidence;
 
 /// One entry of an incident's timeline.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -287,7 +247,6 @@ struct Inner {
     /// Key of each open incident → its id.
     open: HashMap<String, u64>,
     next_id: u64,
-    bans: HashMap<UpstreamRef, Ban>,
     uptime: Uptime,
     last_evaluation: Option<Time>,
     /// Incidents people changed (admin API) since the last evaluation: stored with its
@@ -346,7 +305,6 @@ impl Incidents {
                 incidents: BTreeMap::new(),
                 open: HashMap::new(),
                 next_id: 1,
-                bans: HashMap::new(),
                 uptime: Uptime::default(),
                 last_evaluation: None,
                 touched: Vec::new(),
@@ -364,47 +322,6 @@ impl Incidents {
         // Every change is made in one step under the lock; a panic elsewhere cannot leave
         // it half-written, so a poisoned lock still holds consistent data.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Called by verification when `upstream` of `chain` gave a provably wrong answer and
-    /// is banned for `banned_for`: opens a major "caught lying" incident at once (no
-    /// waiting, a lie is a fact) that resolves once the ban is over. Cheap and never
-    /// blocks: safe on the request path. Another report while banned extends the ban.
-    pub fn upstream_lied(
-        &self,
-        chain: &str,
-        upstream: &str,
-        mut evidence: Evidence,
-        banned_for: Duration,
-    ) {
-        for text in [&mut evidence.answered, &mut evidence.expected]
-            .into_iter()
-            .flatten()
-        {
-            if text.chars().count() > 200 {
-                *text = text.chars().take(199).chain(['…']).collect();
-            }
-        }
-        if evidence.summary.chars().count() > 2000 {
-            evidence.summary = evidence.summary.chars().take(1999).chain(['…']).collect();
-        }
-        let until = Time(Time::now().0 + u64::try_from(banned_for.as_millis()).unwrap_or(0));
-        let who = UpstreamRef {
-            chain: chain.to_owned(),
-            name: upstream.to_owned(),
-        };
-        let mut inner = self.lock();
-        let until = inner.bans.get(&who).map_or(until, |b| b.until.max(until));
-        inner.bans.insert(who, Ban { until, evidence });
-    }
-
-    /// Whether `upstream` of `chain` is banned for lying now.
-    pub fn is_banned(&self, chain: &str, upstream: &str) -> bool {
-        let now = Time::now();
-        self.lock()
-            .bans
-            .iter()
-            .any(|(who, ban)| who.chain == chain && who.name == upstream && ban.until > now)
     }
 
     /// Loads history from the store: past incidents, open ones (which continue if the
@@ -428,10 +345,9 @@ impl Incidents {
     /// Looks at every chain and upstream once: records uptime, opens, updates and
     /// resolves incidents, queues webhooks. Returns the incidents that changed, for the
     /// store. Called by `watch` every `evaluate_ms`.
-    pub fn evaluate(&self, gw: &Gateway, now: Time) -> Vec<Incident> {
+    pub fn evaluate(&self, chains: &[Arc<Chain>], now: Time) -> Vec<Incident> {
+        let sample = sample(chains, now);
         let mut inner = self.lock();
-        inner.bans.retain(|_, b| b.until.0 + 60_000 > now.0);
-        let sample = sample(gw, &inner.bans, now);
         let observed = inner
             .last_evaluation
             .map_or(0, |t| now.0.saturating_sub(t.0).min(MAX_OBSERVED_GAP));
@@ -555,7 +471,7 @@ impl Incidents {
         inner.incidents.insert(id, incident.clone());
         inner.open.insert(key, id);
         inner.touched.push(id);
-        crate::metrics::incident_opened(kind, a.severity);
+        crate::metrics::incident_opened(kind.as_str(), a.severity.label());
         log(&incident, Event::Opened);
         self.notifier.send(Event::Opened, &incident);
         Ok(incident)
@@ -757,7 +673,7 @@ impl Inner {
                     },
                 );
                 self.open.insert(f.key, id);
-                crate::metrics::incident_opened(f.kind, f.severity);
+                crate::metrics::incident_opened(f.kind.as_str(), f.severity.label());
                 Some((id, Event::Opened))
             }
             Change::Update(f) => {
@@ -828,23 +744,15 @@ fn log(incident: &Incident, event: Event) {
     }
 }
 
-/// What the detector needs to know, read from the gateway without waiting.
-fn sample(gw: &Gateway, bans: &HashMap<UpstreamRef, Ban>, now: Time) -> detect::Sample {
+/// What the detector needs to know, read from the chains without waiting.
+fn sample(chains: &[Arc<Chain>], now: Time) -> detect::Sample {
     detect::Sample {
         at: now.0,
-        chains: gw
-            .chains
-            .iter()
-            .map(|c| chain_sample(c, bans, now))
-            .collect(),
+        chains: chains.iter().map(|c| chain_sample(c, now)).collect(),
     }
 }
 
-/// How `route::health` words a ban for lying (`Health::record_lie`), taken off the
-/// evidence.
-const BANNED_FOR_LYING: &str = "banned for lying";
-
-fn chain_sample(c: &Chain, bans: &HashMap<UpstreamRef, Ban>, now: Time) -> detect::ChainSample {
+fn chain_sample(c: &Chain, now: Time) -> detect::ChainSample {
     let head = c.head.latest();
     let instant = std::time::Instant::now();
     detect::ChainSample {
@@ -852,7 +760,7 @@ fn chain_sample(c: &Chain, bans: &HashMap<UpstreamRef, Ban>, now: Time) -> detec
         quorum: c.quorum,
         head,
         upstreams: c
-            .upstreams
+            .upstreams()
             .iter()
             .map(|u| {
                 let who = UpstreamRef {
@@ -860,39 +768,26 @@ fn chain_sample(c: &Chain, bans: &HashMap<UpstreamRef, Ban>, now: Time) -> detec
                     name: u.name.to_string(),
                 };
                 let status = u.health.status();
-                // A ban reported with its evidence, or one seen in the health state.
-                let ban = bans
-                    .get(&who)
-                    .filter(|b| b.until > now)
-                    .cloned()
-                    .or_else(|| {
-                        let Status::CoolingDown {
-                            until,
-                            why,
-                            cause: Cause::Lied,
-                        } = &status
-                        else {
-                            return None;
-                        };
-                        let summary = why.strip_prefix(BANNED_FOR_LYING).unwrap_or(why);
+                // A ban is over at its end, even before the probe takes it back in.
+                let ban = match &status {
+                    Status::Banned { until, evidence } if *until > instant => {
                         let left = until.saturating_duration_since(instant).as_millis();
                         Some(Ban {
                             until: Time(now.0 + u64::try_from(left).unwrap_or(0)),
-                            evidence: Evidence {
-                                summary: summary
-                                    .trim_start_matches([':', ' '])
-                                    .chars()
-                                    .take(2000)
-                                    .collect(),
-                                ..Evidence::default()
-                            },
+                            evidence: evidence.clone(),
                         })
-                    });
+                    }
+                    _ => None,
+                };
                 detect::UpstreamSample {
                     health: match status {
                         Status::Ready => detect::Health::Up,
                         Status::Unchecked => detect::Health::Unknown,
                         Status::CoolingDown { why, cause, .. } => detect::Health::Down(why, cause),
+                        Status::Banned { evidence, .. } => detect::Health::Down(
+                            format!("banned for lying: {}", evidence.summary),
+                            Cause::Failing,
+                        ),
                         Status::WrongChain { got, expected } => detect::Health::Down(
                             format!("it serves chain id {got}, not {expected}"),
                             Cause::Failing,
@@ -935,16 +830,21 @@ pub fn data_dir(settings: &config::Status) -> std::path::PathBuf {
 /// Opens the store and loads history, then spawns the evaluation loop and the webhook
 /// senders on `tasks`. A store that cannot be opened (unwritable, or in use by another
 /// Outlast) is logged and history is kept in memory only: serving matters more.
-pub fn spawn(gw: Arc<Gateway>, tasks: &TaskTracker, stop: CancellationToken) {
-    let dir = data_dir(&gw.incidents.settings);
-    let store = match store::Store::open(&dir, gw.incidents.settings.history_days) {
+pub fn spawn(
+    incidents: Arc<Incidents>,
+    chains: Vec<Arc<Chain>>,
+    tasks: &TaskTracker,
+    stop: CancellationToken,
+) {
+    let dir = data_dir(&incidents.settings);
+    let store = match store::Store::open(&dir, incidents.settings.history_days) {
         Ok((store, loaded)) => {
             tracing::info!(
                 dir = %dir.display(),
                 incidents = loaded.incidents.len(),
                 "incident history loaded"
             );
-            gw.incidents.restore(loaded, Time::now());
+            incidents.restore(loaded, Time::now());
             Some(store)
         }
         Err(e) => {
@@ -952,8 +852,8 @@ pub fn spawn(gw: Arc<Gateway>, tasks: &TaskTracker, stop: CancellationToken) {
             None
         }
     };
-    gw.incidents.notifier.spawn(tasks, stop.clone());
-    tasks.spawn(watch(gw, store, stop));
+    incidents.notifier.spawn(tasks, stop.clone());
+    tasks.spawn(watch(incidents, chains, store, stop));
 }
 
 /// How often uptime is written to disk (incidents are written as they change).
@@ -961,9 +861,14 @@ const UPTIME_SAVE_EVERY: Duration = Duration::from_secs(60);
 
 /// Evaluates every `evaluate_ms` until `stop`; writes changes to the store off the
 /// async threads, and uptime once a minute and on the way out.
-async fn watch(gw: Arc<Gateway>, store: Option<store::Store>, stop: CancellationToken) {
+async fn watch(
+    incidents: Arc<Incidents>,
+    chains: Vec<Arc<Chain>>,
+    store: Option<store::Store>,
+    stop: CancellationToken,
+) {
     let store = store.map(|s| Arc::new(Mutex::new(s)));
-    let every = Duration::from_millis(gw.incidents.settings.evaluate_ms.max(1));
+    let every = Duration::from_millis(incidents.settings.evaluate_ms.max(1));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_save = tokio::time::Instant::now();
@@ -972,26 +877,26 @@ async fn watch(gw: Arc<Gateway>, store: Option<store::Store>, stop: Cancellation
             _ = stop.cancelled() => break,
             _ = tick.tick() => {}
         }
-        let changed = gw.incidents.evaluate(&gw, Time::now());
+        let changed = incidents.evaluate(&chains, Time::now());
         let Some(store) = &store else { continue };
         let save_uptime = last_save.elapsed() >= UPTIME_SAVE_EVERY;
         if changed.is_empty() && !save_uptime {
             continue;
         }
-        let uptime = save_uptime.then(|| gw.incidents.uptime_snapshot());
+        let uptime = save_uptime.then(|| incidents.uptime_snapshot());
         if save_uptime {
             last_save = tokio::time::Instant::now();
         }
-        persist(gw.clone(), store.clone(), changed, uptime).await;
+        persist(incidents.clone(), store.clone(), changed, uptime).await;
     }
     if let Some(store) = store {
-        let uptime = Some(gw.incidents.uptime_snapshot());
-        persist(gw, store, Vec::new(), uptime).await;
+        let uptime = Some(incidents.uptime_snapshot());
+        persist(incidents, store, Vec::new(), uptime).await;
     }
 }
 
 async fn persist(
-    gw: Arc<Gateway>,
+    incidents: Arc<Incidents>,
     store: Arc<Mutex<store::Store>>,
     changed: Vec<Incident>,
     uptime: Option<Uptime>,
@@ -1003,7 +908,7 @@ async fn persist(
             store.append(&changed)?;
         }
         if store.needs_compaction() {
-            store.compact(&gw.incidents.list())?;
+            store.compact(&incidents.list())?;
         }
         if let Some(u) = uptime {
             store.save_uptime(&u)?;
@@ -1045,7 +950,13 @@ operator = "y"
     #[test]
     fn a_reported_lie_opens_at_once_with_its_evidence_and_ends_with_the_ban() {
         let config = config::load_str(CONFIG).expect("valid");
-        let gw = Gateway::new(&config).expect("gateway");
+        let http = crate::upstream::http_client(&config.routing);
+        let chains = vec![Arc::new(Chain::new(
+            &config.chains[0],
+            &config.routing,
+            &http,
+        ))];
+        let incidents = Incidents::new(&config.status, &config.webhooks);
         let evidence = Evidence {
             summary: "its eth_getProof does not match the agreed state root".into(),
             check: Some("proof".into()),
@@ -1054,15 +965,16 @@ operator = "y"
             answered: Some("0x0".into()),
             expected: Some("0x21e19e0c9bab2400000".into()),
         };
-        gw.chains[0].incidents.upstream_lied(
-            "local",
-            "b",
+        let upstreams = chains[0].upstreams();
+        let b = &upstreams[1];
+        assert_eq!(&*b.name, "b");
+        b.health.record_lie(
             evidence.clone(),
-            Duration::from_secs(2),
+            Duration::from_secs(1),
+            std::time::Instant::now(),
         );
-        assert!(gw.incidents.is_banned("local", "b"));
         let now = Time::now();
-        let changed = gw.incidents.evaluate(&gw, now);
+        let changed = incidents.evaluate(&chains, now);
         let [lie] = &changed[..] else {
             panic!("{changed:#?}")
         };
@@ -1077,10 +989,11 @@ operator = "y"
             "{}",
             lie.updates[0].message
         );
-        // Still banned 1.5 s later; the ban ends at 2 s, and a quiet second later (from
-        // the last time it was seen) the incident is resolved.
-        assert!(gw.incidents.evaluate(&gw, Time(now.0 + 1_500)).is_empty());
-        let changed = gw.incidents.evaluate(&gw, Time(now.0 + 2_600));
+        // Still banned a moment later; the ban ends after 1 s, and a quiet second later
+        // (from the last time it was seen) the incident is resolved.
+        assert!(incidents.evaluate(&chains, Time(now.0 + 100)).is_empty());
+        std::thread::sleep(Duration::from_millis(1_100));
+        let changed = incidents.evaluate(&chains, Time(now.0 + 2_200));
         assert!(
             changed.first().is_some_and(|i| i.resolved.is_some()),
             "{changed:#?}"

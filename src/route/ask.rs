@@ -23,7 +23,7 @@ use futures_util::{StreamExt, stream::FuturesUnordered};
 
 use super::forward::note_failure;
 use crate::{
-    gateway::Chain,
+    route::Chain,
     rpc::{Attempt, Call},
     upstream::{self, Answer, Upstream, UpstreamError},
 };

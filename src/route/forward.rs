@@ -18,9 +18,10 @@ use std::{
 
 use futures_util::{StreamExt, stream::FuturesUnordered};
 
-use super::{health::Transition, resolve::Need, select};
+use super::{resolve::Need, select};
+use crate::upstream::health::Transition;
 use crate::{
-    gateway::Chain,
+    route::Chain,
     rpc::{Attempt, Blame, Call},
     upstream::{self, Answer, Upstream, UpstreamError},
 };
@@ -41,6 +42,24 @@ pub enum Outcome {
     /// Outlast itself refused the call: it would cost more than a client may ask
     /// (`[limits]`); the client's error, never sent upstream.
     Refused(crate::rpc::RpcError),
+}
+
+impl Outcome {
+    /// Who answered and how, as `outlast_requests_total`'s `upstream` and `outcome`.
+    pub fn labels(&self) -> (&str, &'static str) {
+        match self {
+            Outcome::Answered { upstream, answer } => (
+                upstream,
+                match answer {
+                    Answer::Result(_) => "result",
+                    Answer::Error { .. } => "error",
+                },
+            ),
+            Outcome::Unavailable(_) => ("none", "unavailable"),
+            Outcome::Unverified { .. } => ("none", "unverified"),
+            Outcome::Refused(_) => ("none", "limited"),
+        }
+    }
 }
 
 /// How many upstreams may be working on the same calls at once (the first + hedges).
@@ -329,13 +348,105 @@ pub(crate) fn note_failure(up: &Upstream, e: &UpstreamError) {
         _ => up.health.record_failure(&e.to_string(), e.cause(), now),
     };
     tracing::debug!(chain = %up.chain, upstream = %up.name, error = %e, "attempt failed");
-    crate::metrics::upstream_attempt(
-        &up.chain,
-        &up.name,
-        crate::metrics::upstream_error_label(e),
-        None,
-    );
+    crate::metrics::upstream_attempt(&up.chain, &up.name, e.label(), None);
     if transition != Transition::None {
         upstream::log_transition(up, &transition);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::{
+        route::testing::{call, chain, params},
+        upstream::fake::{self, Act},
+    };
+
+    fn answered_by(outcome: &Outcome) -> (&str, String) {
+        match outcome {
+            Outcome::Answered {
+                upstream,
+                answer: Answer::Result(raw),
+            } => (upstream, String::from_utf8_lossy(raw).into_owned()),
+            other => panic!("not a result: {other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_upstream_is_left_for_the_next_one() {
+        let a = fake::upstream("test", "a", "op-a", |_, _| Act::Status(502));
+        let b = fake::upstream("test", "b", "op-b", |_, _| Act::result(json!("0x1")));
+        let chain = chain("off", 1, &[&a, &b]);
+        let p = params("[]");
+        let out = forward(&chain, &[&call("eth_chainId", &p)], Need::Any).await;
+        assert_eq!(answered_by(&out[0]), ("b", "\"0x1\"".to_owned()));
+        assert_eq!(b.requests(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_read_is_hedged_and_the_fast_answer_wins() {
+        let slow = fake::in_tier("test", "slow", "op-a", 1, |_, _| {
+            Act::after(10_000, Act::result(json!("0xa")))
+        });
+        let fast = fake::in_tier("test", "fast", "op-b", 2, |_, _| {
+            Act::after(5, Act::result(json!("0xb")))
+        });
+        let chain = chain("off", 1, &[&slow, &fast]);
+        let p = params(r#"["0x0000000000000000000000000000000000000001", "0x1"]"#);
+        let started = tokio::time::Instant::now();
+        let out = forward(&chain, &[&call("eth_getBalance", &p)], Need::Block(1)).await;
+        // The slow one (preferred tier) was asked first; the hedge went to the fast one.
+        assert_eq!(slow.requests(), 1);
+        assert_eq!(answered_by(&out[0]), ("fast", "\"0xb\"".to_owned()));
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_callers_error_is_the_answer_and_goes_nowhere_else() {
+        let revert = |_: &str, _: &serde_json::Value| Act::Error(3, "execution reverted".into());
+        let a = fake::upstream("test", "a", "op-a", revert);
+        let b = fake::upstream("test", "b", "op-b", revert);
+        let chain = chain("off", 1, &[&a, &b]);
+        let p = params(r#"[{"to": "0x0000000000000000000000000000000000000001"}, "0x1"]"#);
+        let out = forward(&chain, &[&call("eth_call", &p)], Need::Block(1)).await;
+        assert!(
+            matches!(
+                &out[0],
+                Outcome::Answered {
+                    answer: Answer::Error { code: 3, .. },
+                    ..
+                }
+            ),
+            "{:?}",
+            out[0]
+        );
+        assert_eq!(
+            a.requests() + b.requests(),
+            1,
+            "a revert is not retried elsewhere"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn when_nothing_answers_every_attempt_is_reported() {
+        let a = fake::upstream("test", "a", "op-a", |_, _| Act::Status(503));
+        let b = fake::upstream("test", "b", "op-b", |_, _| Act::Hang);
+        let chain = chain("off", 1, &[&a, &b]);
+        let p = params("[]");
+        let out = forward(&chain, &[&call("eth_chainId", &p)], Need::Any).await;
+        let Outcome::Unavailable(tried) = &out[0] else {
+            panic!("{:?}", out[0])
+        };
+        let mut who: Vec<&str> = tried.iter().map(|t| &*t.upstream).collect();
+        who.sort_unstable();
+        assert_eq!(who, ["a", "b"], "{tried:?}");
     }
 }

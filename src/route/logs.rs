@@ -13,7 +13,7 @@ use super::{
     resolve::Need,
 };
 use crate::{
-    gateway::Chain,
+    route::Chain,
     rpc::{Call, RpcError},
     upstream::{Answer, MIN_LEARNED_LOGS_RANGE},
 };
@@ -76,7 +76,7 @@ pub fn check_range(from: u64, to: u64, limits: &LogLimits) -> Result<(), RpcErro
 pub fn known_limit(chain: &Chain) -> Option<u64> {
     let now = Instant::now();
     chain
-        .upstreams
+        .upstreams()
         .iter()
         .filter(|u| u.health.is_ready())
         .filter_map(|u| u.logs_range.get(now))

@@ -7,15 +7,19 @@
 pub mod ask;
 pub mod budget;
 pub mod call;
+pub mod chain;
 pub mod forward;
-pub mod heads;
-pub mod health;
+
 pub mod logs;
 pub mod proven_logs;
 pub mod receipt;
 pub mod resolve;
-pub mod score;
+
 pub mod select;
+#[cfg(test)]
+pub mod testing;
+pub mod track;
 pub mod verified;
 
+pub use chain::{Chain, Readiness};
 pub use forward::{Outcome, forward};

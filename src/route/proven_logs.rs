@@ -24,7 +24,7 @@ use super::{
     verified::{self, Checked, Level, Unverified},
 };
 use crate::{
-    gateway::Chain,
+    route::Chain,
     rpc::Call,
     upstream::Answer,
     verify::{self, header::CheckedHeader},

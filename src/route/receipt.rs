@@ -22,7 +22,7 @@ use super::{
     verified::{self, Checked, Level, Unverified},
 };
 use crate::{
-    gateway::Chain,
+    route::Chain,
     rpc::Call,
     upstream::{Answer, Upstream},
     verify::{self, body::Transactions, header::CheckedHeader},

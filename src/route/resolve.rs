@@ -5,7 +5,10 @@
 
 use serde_json::value::RawValue;
 
-use super::heads::ChainHeadState;
+use crate::{
+    rpc::methods::{self, About},
+    upstream::heads::ChainHeadState,
+};
 
 /// What an upstream must have to answer a call correctly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,54 +41,14 @@ pub struct Resolved {
     pub need: Need,
 }
 
-/// Methods whose block parameter sits at a fixed position of the params array.
-fn block_param(method: &str) -> Option<usize> {
-    Some(match method {
-        "eth_getBlockByNumber"
-        | "eth_getBlockTransactionCountByNumber"
-        | "eth_getUncleCountByBlockNumber"
-        | "eth_getTransactionByBlockNumberAndIndex"
-        | "eth_getUncleByBlockNumberAndIndex"
-        | "eth_getBlockReceipts" => 0,
-        "eth_getBalance"
-        | "eth_getCode"
-        | "eth_getTransactionCount"
-        | "eth_call"
-        | "eth_estimateGas"
-        | "eth_createAccessList"
-        | "eth_feeHistory" => 1,
-        "eth_getStorageAt" | "eth_getProof" => 2,
-        _ => return None,
-    })
-}
-
-/// Methods about recent state that name no block.
-fn is_fresh(method: &str) -> bool {
-    matches!(
-        method,
-        "eth_getTransactionByHash"
-            | "eth_getTransactionReceipt"
-            | "eth_getBlockByHash"
-            | "eth_getBlockTransactionCountByHash"
-            | "eth_getTransactionByBlockHashAndIndex"
-            | "eth_blockNumber"
-            | "eth_gasPrice"
-            | "eth_maxPriorityFeePerGas"
-            | "eth_blobBaseFee"
-    )
-}
-
 pub fn resolve(method: &str, params: Option<&RawValue>, heads: &ChainHeadState) -> Resolved {
     let unpinned = |need| Resolved { params: None, need };
-    if method == "eth_getLogs" {
-        return resolve_logs(params, heads);
-    }
-    let Some(index) = block_param(method) else {
-        return unpinned(if is_fresh(method) {
-            Need::Fresh
-        } else {
-            Need::Any
-        });
+    let index = match methods::about(method) {
+        About::Range => return resolve_logs(params, heads),
+        About::Block(index) => index,
+        // About recent state without a block number: prefer caught-up upstreams.
+        About::Hash | About::Head => return unpinned(Need::Fresh),
+        About::Nothing => return unpinned(Need::Any),
     };
     let Some(mut items) = params.and_then(|p| serde_json::from_str::<Vec<&RawValue>>(p.get()).ok())
     else {
@@ -230,7 +193,7 @@ fn join(items: &[&RawValue]) -> Box<RawValue> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::route::heads::Consensus;
+    use crate::upstream::heads::Consensus;
 
     fn heads() -> ChainHeadState {
         ChainHeadState {

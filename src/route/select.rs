@@ -10,8 +10,9 @@ use std::{
     time::Instant,
 };
 
-use super::{health::Status, resolve::Need, score};
-use crate::{gateway::Chain, rpc::Attempt, upstream::Upstream};
+use super::resolve::Need;
+use crate::upstream::{health::Status, score};
+use crate::{route::Chain, rpc::Attempt, upstream::Upstream};
 
 pub struct Plan {
     pub order: Vec<Arc<Upstream>>,
@@ -21,8 +22,9 @@ pub struct Plan {
 
 pub fn plan(chain: &Chain, need: Need, now: Instant) -> Plan {
     // Cordoned by a person (admin API): never chosen; the reason is reported.
+    let upstreams = chain.upstreams();
     let (cordoned, open): (Vec<&Arc<Upstream>>, Vec<&Arc<Upstream>>) =
-        chain.upstreams.iter().partition(|u| u.cordon.is_set());
+        upstreams.iter().partition(|u| u.cordon.is_set());
     let candidates: Vec<Candidate> = open
         .iter()
         .map(|u| Candidate {
@@ -78,7 +80,9 @@ fn order(
     for (i, c) in upstreams.iter().enumerate() {
         match &c.status {
             Status::Ready => ready.push(i),
-            Status::CoolingDown { until, .. } => cooling.push((*until, i)),
+            Status::CoolingDown { until, .. } | Status::Banned { until, .. } => {
+                cooling.push((*until, i))
+            }
             Status::Unchecked => {
                 skipped.push((i, "not yet checked (eth_chainId pending)".to_owned()))
             }
@@ -124,7 +128,7 @@ fn order(
     }
     cooling.sort();
     for (until, i) in cooling {
-        let Status::CoolingDown { why, .. } = &upstreams[i].status else {
+        let Some(why) = upstreams[i].status.why_out() else {
             continue;
         };
         let left = until.saturating_duration_since(now).as_millis();
@@ -212,7 +216,7 @@ mod tests {
             Status::CoolingDown {
                 until: now + Duration::from_millis(ms),
                 why: "refused".into(),
-                cause: super::super::health::Cause::Unreachable,
+                cause: crate::upstream::health::Cause::Unreachable,
             },
             Some(10),
         )

@@ -21,34 +21,17 @@ use serde_json::{Value, value::RawValue};
 
 use super::{
     ask::{Reply, Shape, ask},
-    health::Transition,
     resolve::Need,
     select,
 };
 use crate::{
-    gateway::Chain,
+    route::Chain,
     rpc::{Attempt, Call},
     upstream::{self, Answer, Upstream},
     verify::{self, body::Body, header::CheckedHeader},
 };
 
-/// How an answer was checked, weakest first (a batch is as strong as its weakest).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Level {
-    None,
-    Quorum,
-    Proof,
-}
-
-impl Level {
-    pub fn header_value(self) -> &'static str {
-        match self {
-            Level::None => "none",
-            Level::Quorum => "quorum",
-            Level::Proof => "proof",
-        }
-    }
-}
+pub use crate::verify::Level;
 
 /// A checked answer: who gave it and its raw JSON result (or error object).
 pub struct Checked {
@@ -726,24 +709,71 @@ pub(super) fn judged<T, E>(
     }
 }
 
-/// Takes a liar out of rotation for the chain's ban period, says so loudly, and hands
-/// the evidence to the incident engine.
+/// Takes a liar out of rotation for the chain's ban period, with the evidence in its
+/// health state (incidents and the shared bans read it there), and says so loudly.
 pub(super) fn ban(chain: &Chain, up: &Upstream, check: &str, why: &str) {
-    let transition = up.health.record_lie(why, chain.ban_for, Instant::now());
-    if transition == Transition::None {
-        return;
-    }
-    upstream::log_transition(up, &transition);
-    let evidence = crate::incidents::Evidence {
+    let evidence = upstream::health::Evidence {
         summary: why.to_owned(),
         check: Some(check.to_owned()),
         ..Default::default()
     };
-    chain
-        .incidents
-        .upstream_lied(&chain.name, &up.name, evidence, chain.ban_for);
+    let transition = up
+        .health
+        .record_lie(evidence, chain.ban_for, Instant::now());
+    upstream::log_transition(up, &transition);
 }
 
 fn raw(value: &Value) -> Option<Box<RawValue>> {
     serde_json::value::to_raw_value(value).ok()
+}
+
+#[cfg(test)]
+mod seam_tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::{
+        route::testing::{call, chain, params},
+        upstream::{
+            fake::{self, Act},
+            health::Status,
+        },
+    };
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quorum_answers_and_the_dissenter_is_banned_with_evidence() {
+        // The dissenter is in the preferred tier, so it is among the first two asked:
+        // the vote needs the third, which sides with the honest one.
+        let liar = fake::in_tier("test", "liar", "op-c", 1, |_, _| Act::result(json!("0x6")));
+        let a = fake::in_tier("test", "a", "op-a", 2, |_, _| Act::result(json!("0x5")));
+        let b = fake::in_tier("test", "b", "op-b", 2, |_, _| Act::result(json!("0x5")));
+        let chain = chain("quorum", 2, &[&liar, &a, &b]);
+        let p = params(r#"["0x0000000000000000000000000000000000000001", "0x1"]"#);
+        let checked = agreed(&chain, &call("eth_getBalance", &p), Need::Block(1))
+            .await
+            .unwrap_or_else(|e| panic!("no quorum: {e:?}"));
+        assert_eq!(checked.level, Level::Quorum);
+        assert!(matches!(&checked.answer, Answer::Result(r) if &r[..] == b"\"0x5\""));
+        assert_eq!(liar.requests(), 1);
+        let Status::Banned { evidence, .. } = liar.upstream.health.status() else {
+            panic!(
+                "the dissenter is not banned: {:?}",
+                liar.upstream.health.status()
+            )
+        };
+        assert_eq!(evidence.check.as_deref(), Some("quorum"));
+        assert!(a.upstream.health.is_ready() && b.upstream.health.is_ready());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn operators_that_disagree_with_no_majority_get_no_answer() {
+        let a = fake::upstream("test", "a", "op-a", |_, _| Act::result(json!("0x5")));
+        let b = fake::upstream("test", "b", "op-b", |_, _| Act::result(json!("0x6")));
+        let chain = chain("quorum", 2, &[&a, &b]);
+        let p = params(r#"["0x0000000000000000000000000000000000000001", "0x1"]"#);
+        match agreed(&chain, &call("eth_getBalance", &p), Need::Block(1)).await {
+            Err(Unverified::Disputed { why, .. }) => assert!(why.contains("disagree"), "{why}"),
+            other => panic!("{:?}", other.map(|c| c.upstream)),
+        }
+    }
 }

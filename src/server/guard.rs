@@ -28,7 +28,7 @@ const EXPOSE_HEADERS: &str =
     "x-outlast-upstream, x-outlast-verified, x-outlast-stale-seconds, retry-after";
 
 pub async fn browser(State(gw): State<Arc<Gateway>>, req: Request, next: Next) -> Response {
-    let rules = &gw.access.browser;
+    let rules = &gw.access().browser;
     let host = request_host(&req);
     if !rules.host_allowed(host.as_deref()) {
         crate::metrics::limit_exceeded("host");
@@ -99,7 +99,7 @@ fn request_host(req: &Request) -> Option<String> {
 }
 
 fn allow_origin(h: &mut HeaderMap, gw: &Gateway, origin: &str) {
-    let value = if gw.access.browser.any_origin() {
+    let value = if gw.access().browser.any_origin() {
         HeaderValue::from_static("*")
     } else {
         match HeaderValue::from_str(origin) {
@@ -136,7 +136,7 @@ fn preflight(
             );
             h.insert(
                 header::ACCESS_CONTROL_MAX_AGE,
-                HeaderValue::from(gw.access.browser.max_age_secs),
+                HeaderValue::from(gw.access().browser.max_age_secs),
             );
             // Chrome's Private Network Access: a public page calling a local Outlast.
             if headers.contains_key("access-control-request-private-network") {
@@ -158,11 +158,11 @@ fn preflight(
 pub async fn operator(State(gw): State<Arc<Gateway>>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
     let protected = if path == "/metrics" {
-        gw.access.protect_metrics
+        gw.access().protect_metrics
     } else {
-        gw.access.protect_api
+        gw.access().protect_api
     };
-    if protected && !gw.access.is_admin(req.headers()) {
+    if protected && !gw.access().is_admin(req.headers()) {
         return unauthorized();
     }
     next.run(req).await
@@ -170,13 +170,13 @@ pub async fn operator(State(gw): State<Arc<Gateway>>, req: Request, next: Next) 
 
 /// The admin API: off without `[admin] token`, else the token on every call.
 pub async fn admin(State(gw): State<Arc<Gateway>>, req: Request, next: Next) -> Response {
-    if !gw.access.admin_enabled() {
+    if !gw.access().admin_enabled() {
         return error_json(
             StatusCode::NOT_FOUND,
             "the admin API is off: set [admin] token to turn it on",
         );
     }
-    if !gw.access.is_admin(req.headers()) {
+    if !gw.access().is_admin(req.headers()) {
         crate::metrics::admin_action("auth", "refused");
         return unauthorized();
     }

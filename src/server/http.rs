@@ -101,14 +101,14 @@ async fn rpc(
     };
     // Who calls, before the body is read: a request without a valid key costs nothing.
     let caller = match gw
-        .access
+        .access()
         .identify(key, headers, client)
         .and_then(|c| c.may_use(&chain.name).map(|()| c))
     {
         Ok(c) => c,
         Err(r) => return refused(&r),
     };
-    let max = gw.limits.max_body_bytes;
+    let max = gw.limits().max_body_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -133,17 +133,19 @@ async fn rpc(
             return json(StatusCode::BAD_REQUEST, whole_request_error(&e));
         }
     };
-    let calls = auth::calls_in(&bytes, gw.limits.max_batch as u64 + 1);
-    if let Err(r) = gw.access.charge(&caller, calls).await {
+    let calls = auth::calls_in(&bytes, gw.limits().max_batch as u64 + 1);
+    if let Err(r) = gw.access().charge(&caller, calls).await {
         return refused(&r);
     }
     let started = std::time::Instant::now();
     // Its own task: a client that goes away, or the request deadline, never cancels a
     // call half-way (a broadcast already sent is recorded and re-sent all the same).
     let (gw_task, chain_task) = (gw.clone(), chain.clone());
-    let dispatched = tokio::spawn(async move {
-        dispatch::handle_as(&gw_task, &chain_task, &bytes, caller.methods()).await
-    })
+    let owner = crate::subscribe::filters::Owner::of(&caller, client);
+    let traced = crate::telemetry::Request::http(&chain.name, caller.label(), client, headers);
+    let dispatched = tokio::spawn(traced.run(async move {
+        dispatch::handle_as(&gw_task, &chain_task, &bytes, caller.methods(), &owner).await
+    }))
     .await;
     let reply = match dispatched {
         Ok(reply) => reply,
@@ -277,7 +279,7 @@ pub async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
         }
     });
     // Where rate-limit budgets are kept now: shared through Redis, or each instance's own.
-    let rate_limits = gw.access.limits_state();
+    let rate_limits = gw.access().limits_state();
     let body = serde_json::json!({
         "ready": ready, "draining": draining, "chains": chains, "redis": redis,
         "rate_limits": rate_limits,

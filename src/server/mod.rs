@@ -33,7 +33,8 @@ pub fn router(gw: Arc<Gateway>) -> Router {
     let storage = Router::new()
         .route("/ipfs/{*rest}", get(crate::storage::http::ipfs))
         .route("/ar/{*rest}", get(crate::storage::http::arweave))
-        .layer(map_response(guard::sandbox));
+        .layer(map_response(guard::sandbox))
+        .with_state(gw.storage.clone());
     Router::new()
         .route("/", post(http::rpc_root).get(ws::upgrade_root))
         .route("/{chain}", post(http::rpc_chain).get(ws::upgrade_chain))

@@ -72,7 +72,7 @@ pub async fn feed(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Respons
 pub async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
     respond(
         "text/plain; version=0.0.4; charset=utf-8",
-        crate::metrics::render(&gw),
+        crate::status::scrape::render(&gw),
     )
 }
 

@@ -36,10 +36,13 @@ use super::listen::ClientAddr;
 use crate::{
     auth::{self, Caller},
     dispatch,
-    gateway::{Chain, Gateway},
+    gateway::Gateway,
+    route::Chain,
     rpc::{self, Call, ReplyBody, Request, RpcError, respond::whole_request_error},
     subscribe::{
+        Live,
         filter::{self, Kind},
+        filters::Owner,
         hub::{Event, Published},
     },
 };
@@ -112,14 +115,16 @@ fn upgrade(
         return json(StatusCode::NOT_FOUND, whole_request_error(&error));
     };
     // The key is checked once, at the handshake; every message is charged to it.
+    let address = super::http::address(client);
     let caller = match gw
-        .access
-        .identify(key, headers, super::http::address(client))
+        .access()
+        .identify(key, headers, address)
         .and_then(|c| c.may_use(&chain.name).map(|()| c))
     {
         Ok(c) => c,
         Err(r) => return super::http::refused(&r),
     };
+    let owner = Owner::of(&caller, address);
     let ws = match ws {
         Ok(ws) => ws,
         Err(rejection) => {
@@ -131,18 +136,21 @@ fn upgrade(
     };
     // A token keeps the hub's tracker open until the session ends, so shutdown can
     // wait for close frames; after shutdown began, new connections are turned away.
-    if chain.subs.closing().is_cancelled() {
+    let live = gw.live(&chain).clone();
+    if live.hub.closing().is_cancelled() {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }
-    let token = chain.subs.sessions.token();
-    let max = gw.limits.max_frame_bytes;
+    let token = live.hub.sessions.token();
+    let max = gw.limits().max_frame_bytes;
     ws.max_message_size(max)
         .max_frame_size(max)
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .on_upgrade(move |socket| async move {
             let _token = token;
-            Session::new(gw, chain, caller).run(socket).await;
+            Session::new(gw, chain, live, caller, owner)
+                .run(socket)
+                .await;
         })
 }
 
@@ -169,9 +177,13 @@ struct Sub {
 struct Session {
     gw: Arc<Gateway>,
     chain: Arc<Chain>,
+    /// The chain's subscription hub (`subscribe::Live`).
+    live: Arc<Live>,
     subs: Vec<Sub>,
     /// Who opened it (`auth`): each message is charged to it, its methods checked.
     caller: Caller,
+    /// Whom the HTTP filters it makes count against (its key, else its address).
+    owner: Owner,
 }
 
 /// Why a session ends, and what the client is told.
@@ -182,21 +194,29 @@ enum End {
 }
 
 impl Session {
-    fn new(gw: Arc<Gateway>, chain: Arc<Chain>, caller: Caller) -> Session {
+    fn new(
+        gw: Arc<Gateway>,
+        chain: Arc<Chain>,
+        live: Arc<Live>,
+        caller: Caller,
+        owner: Owner,
+    ) -> Session {
         Session {
             gw,
             chain,
+            live,
             subs: Vec::new(),
             caller,
+            owner,
         }
     }
 
     async fn run(mut self, mut socket: WebSocket) {
-        let chain = self.chain.clone();
-        let hub = &chain.subs;
+        let (chain, live) = (self.chain.clone(), self.live.clone());
+        let hub = &live.hub;
         let mut client = hub.join();
-        let buffer = self.gw.limits.ws_client_buffer;
-        let ping_every = Duration::from_secs(self.gw.limits.ws_ping_secs.max(1));
+        let buffer = self.gw.limits().ws_client_buffer;
+        let ping_every = Duration::from_secs(self.gw.limits().ws_ping_secs.max(1));
         let mut ping =
             tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -239,7 +259,7 @@ impl Session {
                 }
                 msg = socket.recv(), if calls.len() < MAX_IN_FLIGHT => match msg {
                     None | Some(Ok(Message::Close(_))) => break End::Gone,
-                    Some(Err(e)) => break read_error(e, self.gw.limits.max_frame_bytes),
+                    Some(Err(e)) => break read_error(e, self.gw.limits().max_frame_bytes),
                     Some(Ok(msg)) => {
                         // Anything from the client shows it is alive, not only a pong.
                         last_pong = Instant::now();
@@ -250,8 +270,8 @@ impl Session {
                         };
                         let charged = match body {
                             Some(body) => {
-                                let n = auth::calls_in(body, self.gw.limits.max_batch as u64 + 1);
-                                self.gw.access.charge(&self.caller, n).await
+                                let n = auth::calls_in(body, self.gw.limits().max_batch as u64 + 1);
+                                self.gw.access().charge(&self.caller, n).await
                             }
                             None => Ok(()),
                         };
@@ -314,11 +334,12 @@ impl Session {
     ) {
         if !mentions_subscriptions(body) {
             let (gw, chain, body) = (self.gw.clone(), self.chain.clone(), body.to_vec());
-            let caller = self.caller.clone();
-            calls.spawn(async move {
-                let reply = dispatch::handle_as(&gw, &chain, &body, caller.methods()).await;
+            let (caller, owner) = (self.caller.clone(), self.owner.clone());
+            let traced = crate::telemetry::Request::websocket(&chain.name, caller.label());
+            calls.spawn(traced.run(async move {
+                let reply = dispatch::handle_as(&gw, &chain, &body, caller.methods(), &owner).await;
                 (reply.body, Vec::new())
-            });
+            }));
             return;
         }
         let request = match rpc::parse::parse(body, self.gw.parse_limits()) {
@@ -375,7 +396,7 @@ impl Session {
             return;
         }
         let (gw, chain) = (self.gw.clone(), self.chain.clone());
-        let caller = self.caller.clone();
+        let (caller, owner) = (self.caller.clone(), self.owner.clone());
         let reply = async move {
             let mut objects = Vec::with_capacity(parts.len());
             for part in parts {
@@ -383,7 +404,8 @@ impl Session {
                     Part::Ready(o) => objects.push(o),
                     Part::Nothing => {}
                     Part::Dispatch(body) => {
-                        let reply = dispatch::handle_as(&gw, &chain, &body, caller.methods()).await;
+                        let reply =
+                            dispatch::handle_as(&gw, &chain, &body, caller.methods(), &owner).await;
                         if let Some(o) = reply.body {
                             objects.push(o);
                         }
@@ -392,7 +414,8 @@ impl Session {
             }
             (join(batch, objects), created)
         };
-        calls.spawn(reply);
+        let traced = crate::telemetry::Request::websocket(&self.chain.name, self.caller.label());
+        calls.spawn(traced.run(reply));
     }
 
     /// `eth_subscribe` / `eth_unsubscribe`: the result's raw JSON, or the error. A new
@@ -402,7 +425,7 @@ impl Session {
         call: &Call<'_>,
         client: &crate::subscribe::hub::Client<'_>,
     ) -> Result<String, RpcError> {
-        if self.gw.policy.is_denied(&call.method) {
+        if self.gw.policy().is_denied(&call.method) {
             return Err(RpcError::Denied {
                 method: call.method.to_string(),
             });
@@ -415,7 +438,7 @@ impl Session {
                 key: key.to_owned(),
             });
         }
-        let hub = &self.chain.subs;
+        let hub = &self.live.hub;
         if call.method == "eth_unsubscribe" {
             let id = unsubscribe_id(call.params)?;
             let before = self.subs.len();
@@ -426,7 +449,7 @@ impl Session {
             return Ok((self.subs.len() != before).to_string());
         }
         let kind = filter::kind(call.params).map_err(|e| RpcError::InvalidParams(e.0))?;
-        let max = self.gw.limits.max_subscriptions;
+        let max = self.gw.limits().max_subscriptions;
         if self.subs.len() >= max {
             return Err(RpcError::LimitExceeded(format!(
                 "this connection has {max} subscriptions ([limits] max_subscriptions); unsubscribe one or open another connection"
@@ -447,7 +470,7 @@ impl Session {
         if ids.is_empty() {
             return;
         }
-        let hub = &self.chain.subs;
+        let hub = &self.live.hub;
         let (since, epoch) = hub.set_subscriptions(client.id, self.kinds(), self.log_addresses());
         for sub in self.subs.iter_mut().filter(|s| ids.contains(&s.id)) {
             (sub.since, sub.epoch) = (since, epoch);

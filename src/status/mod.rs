@@ -7,16 +7,18 @@
 
 pub mod feed;
 pub mod page;
+pub mod scrape;
 
 use std::time::Instant;
 
 use serde::Serialize;
 
 use crate::{
-    gateway::{Chain, Gateway},
+    gateway::Gateway,
     incidents::{Incidents, Kind, Severity, Time},
-    route::score,
+    route::Chain,
     upstream::Upstream,
+    upstream::score,
 };
 
 #[derive(Debug, Serialize)]
@@ -122,7 +124,7 @@ pub fn snapshot(gw: &Gateway) -> Snapshot {
 fn chain(c: &Chain, incidents: &Incidents, now: Time) -> ChainStatus {
     let heads = c.head.get();
     let upstreams: Vec<UpstreamStatus> = c
-        .upstreams
+        .upstreams()
         .iter()
         .map(|u| upstream(c, u, incidents, now))
         .collect();

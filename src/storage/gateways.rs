@@ -1,5 +1,5 @@
 //! The configured gateways of one kind (IPFS or Arweave) and what is known of each:
-//! latency and error rate (the same `route::score::Stats` RPC upstreams keep), a
+//! latency and error rate (the same `upstream::score::Stats` RPC upstreams keep), a
 //! cool-down after failures in a row, and a ban after a lie. `order` says whom to ask
 //! first; it never waits. The only place that sees a gateway's real URL.
 
@@ -14,7 +14,7 @@ use url::Url;
 use super::race::GatewayError;
 use crate::{
     config::{self, UpstreamUrl},
-    route::score::{self, Stats},
+    upstream::score::{self, Stats},
 };
 
 /// Lies kept for the incident view.
@@ -154,11 +154,7 @@ impl Gateway {
 
     /// After how long an unanswered request here is worth asking elsewhere too.
     pub fn hedge_delay(&self, min: Duration, max: Duration) -> Duration {
-        self.lock()
-            .stats
-            .tail()
-            .unwrap_or(min)
-            .clamp(min, max.max(min))
+        self.lock().stats.hedge_delay(min, max)
     }
 
     fn score(&self) -> score::Score {

@@ -23,7 +23,6 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 
 use super::{Storage, StorageError, address, arweave, ipfs, range::ByteRange};
-use crate::gateway::Gateway;
 
 /// Pieces the body task fetches ahead of the client.
 const AHEAD: usize = 4;
@@ -31,8 +30,7 @@ const AHEAD: usize = 4;
 const SNIFF: u64 = 512;
 const IMMUTABLE: &str = "public, max-age=29030400, immutable";
 
-pub async fn ipfs(State(gw): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap) -> Response {
-    let storage = gw.storage.clone();
+pub async fn ipfs(State(storage): State<Arc<Storage>>, uri: Uri, headers: HeaderMap) -> Response {
     // The path as sent (`..` and `%2e%2e` included): axum and hyper normalize nothing.
     let rest = uri.path().strip_prefix("/ipfs/").unwrap_or_default();
     let path = match address::parse_path(rest) {
@@ -110,8 +108,11 @@ pub async fn ipfs(State(gw): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap) 
     response
 }
 
-pub async fn arweave(State(gw): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap) -> Response {
-    let storage = gw.storage.clone();
+pub async fn arweave(
+    State(storage): State<Arc<Storage>>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
     let rest = uri.path().strip_prefix("/ar/").unwrap_or_default();
     let id = match arweave::parse_path(rest) {
         Ok(id) => id,

@@ -21,7 +21,7 @@
 //! their check (a block's hash against its CID; a chunk's proof against a signed
 //! `data_root`); the cache holds only checked bytes. Every position and size from a
 //! client, a gateway or content is added and subtracted checked. Nothing here talks to
-//! chain upstreams; gateways are ranked with the same `route::score` numbers.
+//! chain upstreams; gateways are ranked with the same `upstream::score` numbers.
 
 mod address;
 mod arweave;

@@ -24,10 +24,14 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
-use super::{filter::PENDING, hub::Event};
+use super::{
+    Live,
+    filter::PENDING,
+    hub::{Event, Hub},
+};
 use crate::{
     config::UpstreamUrl,
-    gateway::Chain,
+    route::Chain,
     rpc::Call,
     upstream::{Answer, Upstream, UpstreamError},
 };
@@ -148,10 +152,11 @@ impl Recent {
 
 pub async fn pending(
     chain: Arc<Chain>,
+    live: Arc<Live>,
     ws_urls: Vec<(Arc<Upstream>, UpstreamUrl)>,
     stop: CancellationToken,
 ) {
-    let hub = &chain.subs;
+    let hub = &live.hub;
     let mut wanted = hub.wanted();
     let mut recent = Recent::new();
     let mut turn: usize = 0;
@@ -173,8 +178,8 @@ pub async fn pending(
         let started = Instant::now();
         let run = async {
             match &ws_url {
-                Some(url) => from_ws(&chain, &up, url, &mut recent).await,
-                None => from_filter(&chain, &up, &mut recent).await,
+                Some(url) => from_ws(&chain, hub, &up, url, &mut recent).await,
+                None => from_filter(&chain, hub, &up, &mut recent).await,
             }
         };
         let ended = tokio::select! {
@@ -208,7 +213,7 @@ fn pick(
         .map(|(u, url)| (u.clone(), Some(url.clone())))
         .chain(
             chain
-                .upstreams
+                .upstreams()
                 .iter()
                 .filter(|u| u.health.is_ready())
                 .map(|u| (u.clone(), None)),
@@ -224,11 +229,11 @@ fn pick(
 /// Reads an upstream's `newPendingTransactions` until it fails or nobody listens.
 async fn from_ws(
     chain: &Chain,
+    hub: &Hub,
     up: &Upstream,
     ws_url: &UpstreamUrl,
     recent: &mut Recent,
 ) -> Result<(), UpstreamError> {
-    let hub = &chain.subs;
     let mut wanted = hub.wanted();
     let mut feed = up
         .ws_subscribe(ws_url, r#"["newPendingTransactions"]"#)
@@ -243,7 +248,7 @@ async fn from_ws(
             }
         };
         match note {
-            Ok(raw) => publish(chain, &raw, recent),
+            Ok(raw) => publish(hub, &raw, recent),
             // Quiet is normal on a quiet chain: dial again, without counting a failure.
             Err(UpstreamError::Timeout(_)) => return Ok(()),
             Err(e) => return Err(e),
@@ -254,10 +259,10 @@ async fn from_ws(
 /// Polls a pending-transaction filter on `up` until it fails or nobody listens.
 async fn from_filter(
     chain: &Chain,
+    hub: &Hub,
     up: &Upstream,
     recent: &mut Recent,
 ) -> Result<(), UpstreamError> {
-    let hub = &chain.subs;
     let created = ask(up, "eth_newPendingTransactionFilter", None).await?;
     let id: Box<RawValue> =
         RawValue::from_string(format!("[{}]", String::from_utf8_lossy(&created)))
@@ -268,7 +273,7 @@ async fn from_filter(
         let hashes: Vec<&RawValue> = serde_json::from_slice(&changes)
             .map_err(|e| UpstreamError::Malformed(format!("filter changes: {e}")))?;
         for h in hashes {
-            publish(chain, h.get().as_bytes(), recent);
+            publish(hub, h.get().as_bytes(), recent);
         }
         tokio::time::sleep(FILTER_POLL).await;
     }
@@ -296,12 +301,12 @@ async fn ask(
     }
 }
 
-fn publish(chain: &Chain, raw: &[u8], recent: &mut Recent) {
+fn publish(hub: &Hub, raw: &[u8], recent: &mut Recent) {
     let Ok(hash) = serde_json::from_slice::<&str>(raw) else {
         return; // a full transaction object or garbage: not what was asked for
     };
     if recent.first(hash) {
-        chain.subs.publish(Event::Pending {
+        hub.publish(Event::Pending {
             hash: Bytes::copy_from_slice(raw),
         });
     }

@@ -1137,7 +1137,7 @@ mod tests {
             raw(&format!("[\"{blocks}\"]")),
             raw("[\"0x01\"]"),
         );
-        let mut calls = vec![
+        let mut calls = [
             call("eth_getFilterLogs", &p1),
             call("eth_getFilterLogs", &p2),
             call("eth_getFilterLogs", &p3),

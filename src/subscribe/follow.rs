@@ -1,7 +1,7 @@
 //! Follows the chain's consensus head and turns each move into `Block` events, every
 //! block of the consensus chain once and in order, with its logs.
 //!
-//! The consensus head (`route::heads`, fed by every upstream's head polls and pushes)
+//! The consensus head (`upstream::heads`, fed by every upstream's head polls and pushes)
 //! says *which* block is the newest a quorum agrees on; this task fetches what lies
 //! between the last block it sent and that head — by number, in batches, through
 //! `route::forward` (so with the normal failover, hedging and block-aware selection) —
@@ -25,15 +25,17 @@ use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
 use super::{
+    Live,
     filter::{HEADS, LOGS},
-    hub::{Event, Log, LogScope},
+    hub::{Event, Hub, Log, LogScope},
 };
 use crate::{
     config::Verify,
-    gateway::Chain,
-    route::{Outcome, forward, heads::Consensus, resolve::Need},
+    route::Chain,
+    route::{Outcome, forward, resolve::Need},
     rpc::Call,
     upstream::Answer,
+    upstream::heads::Consensus,
 };
 
 /// Blocks remembered after they were sent: the deepest reorg that can be undone.
@@ -72,12 +74,12 @@ struct Seen {
 }
 
 /// One block as fetched: what chaining needs, and the header as `newHeads` sends it.
-#[derive(Debug)]
-struct Fetched {
-    number: u64,
-    hash: String,
-    parent: String,
-    header: Bytes,
+#[derive(Debug, Clone)]
+pub(super) struct Fetched {
+    pub(super) number: u64,
+    pub(super) hash: String,
+    pub(super) parent: String,
+    pub(super) header: Bytes,
 }
 
 /// The blocks seen, oldest first; the last is the tip.
@@ -86,9 +88,9 @@ struct Follower {
     seen: VecDeque<Seen>,
 }
 
-pub async fn follow(chain: Arc<Chain>, stop: CancellationToken) {
-    let hub = &chain.subs;
-    let mut heads = hub.heads();
+pub async fn follow(chain: Arc<Chain>, live: Arc<Live>, stop: CancellationToken) {
+    let hub = &live.hub;
+    let mut heads = chain.moves();
     let mut wanted = hub.wanted();
     let mut follower = Follower::default();
     let mut retry: Option<Duration> = None;
@@ -97,7 +99,7 @@ pub async fn follow(chain: Arc<Chain>, stop: CancellationToken) {
         if let Some(target) = target {
             let round = tokio::select! {
                 _ = stop.cancelled() => break,
-                r = follower.advance(&chain, &target) => r,
+                r = follower.advance(&chain, hub, &target) => r,
             };
             match round {
                 Ok(true) => continue, // more blocks to fetch before waiting
@@ -147,8 +149,12 @@ impl Follower {
     }
 
     /// One round towards `target`. `Ok(true)`: more to fetch at once.
-    async fn advance(&mut self, chain: &Chain, target: &Consensus) -> Result<bool, FollowError> {
-        let hub = &chain.subs;
+    async fn advance(
+        &mut self,
+        chain: &Chain,
+        hub: &Hub,
+        target: &Consensus,
+    ) -> Result<bool, FollowError> {
         // Fetched hashes are compared lowercased.
         let target = &Consensus {
             hash: target.hash.to_ascii_lowercase(),
@@ -196,7 +202,7 @@ impl Follower {
             Some((scope, epoch)) => (fetch_logs(chain, &fetched, scope).await?, *epoch),
             None => (vec![None; fetched.len()], 0),
         };
-        self.emit(chain, ancestor, fetched, logs, logs_as_of);
+        self.emit(chain, hub, ancestor, fetched, logs, logs_as_of);
         Ok(to < target.number)
     }
 
@@ -233,12 +239,12 @@ impl Follower {
     fn emit(
         &mut self,
         chain: &Chain,
+        hub: &Hub,
         ancestor: u64,
         blocks: Vec<Fetched>,
         logs: Vec<Option<Arc<[Log]>>>,
         logs_as_of: u64,
     ) {
-        let hub = &chain.subs;
         let first = self.seen.front().map_or(0, |s| s.number);
         let keep = usize::try_from((ancestor + 1).saturating_sub(first)).unwrap_or(usize::MAX);
         let orphaned: Vec<Seen> = self.seen.drain(keep.min(self.seen.len())..).collect();
@@ -283,7 +289,7 @@ impl Follower {
 }
 
 /// Each block's parent is the one before it, the first's is `tip`.
-fn links(tip: &str, blocks: &[Fetched]) -> bool {
+pub(super) fn links(tip: &str, blocks: &[Fetched]) -> bool {
     let mut parent = tip;
     for b in blocks {
         if b.parent != parent {
@@ -344,7 +350,7 @@ async fn ask(
 }
 
 /// Blocks `from..=to` by number, except `target` itself, which is asked for by hash.
-async fn fetch_range(
+pub(super) async fn fetch_range(
     chain: &Chain,
     from: u64,
     to: u64,
@@ -373,7 +379,11 @@ async fn fetch_range(
     Ok(out)
 }
 
-async fn fetch_by_hash(chain: &Chain, number: u64, hash: &str) -> Result<Fetched, FollowError> {
+pub(super) async fn fetch_by_hash(
+    chain: &Chain,
+    number: u64,
+    hash: &str,
+) -> Result<Fetched, FollowError> {
     let calls = [("eth_getBlockByHash", raw(format!("[\"{hash}\",false]"))?)];
     let answer = ask(chain, &calls, Need::Block(number))
         .await
@@ -391,7 +401,7 @@ async fn fetch_by_hash(chain: &Chain, number: u64, hash: &str) -> Result<Fetched
 
 /// The logs of each block within `scope`, by `blockHash` so they belong to exactly
 /// that block.
-async fn fetch_logs(
+pub(super) async fn fetch_logs(
     chain: &Chain,
     blocks: &[Fetched],
     scope: &LogScope,
@@ -558,7 +568,7 @@ fn parse_logs(answer: &[u8], block_hash: &str) -> Result<Arc<[Log]>, String> {
 }
 
 /// The same log with `"removed": true`.
-fn removed_log(log: &Log) -> Log {
+pub(super) fn removed_log(log: &Log) -> Log {
     let parsed = serde_json::from_slice::<Fields<'_>>(&log.raw);
     let yes = serde_json::from_str::<&RawValue>("true");
     let raw = match (parsed, yes) {

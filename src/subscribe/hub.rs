@@ -19,7 +19,6 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::filter::{HEADS, LOGS, PENDING};
-use crate::route::heads::Consensus;
 
 /// One log of a block, as the upstream sent it, with what filters look at.
 #[derive(Debug)]
@@ -104,8 +103,6 @@ pub enum LogScope {
 const MAX_SCOPE_ADDRESSES: usize = 1_000;
 
 pub struct Hub {
-    /// The consensus head, published by `Chain::refresh_head`; followed by `follow`.
-    heads: watch::Sender<Option<Consensus>>,
     /// Union of the kinds any client subscribes to: feeders work only while wanted.
     wanted: watch::Sender<u8>,
     clients: Mutex<HashMap<u64, Entry>>,
@@ -142,7 +139,6 @@ impl Drop for Client<'_> {
 impl Hub {
     pub fn new(buffer: usize) -> Hub {
         Hub {
-            heads: watch::Sender::new(None),
             wanted: watch::Sender::new(0),
             clients: Mutex::new(HashMap::new()),
             next_client: AtomicU64::new(0),
@@ -160,25 +156,7 @@ impl Hub {
         self.clients.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Called by `Chain::refresh_head` whenever the consensus head moved.
-    pub fn head_moved(&self, head: &Consensus) {
-        self.heads.send_replace(Some(head.clone()));
-    }
-
-    pub fn heads(&self) -> watch::Receiver<Option<Consensus>> {
-        self.heads.subscribe()
-    }
-
-    /// Waits (at most `within`) until the consensus head is at block `number` or
-    /// above; true when it is.
-    pub async fn reached(&self, number: u64, within: std::time::Duration) -> bool {
-        let mut heads = self.heads.subscribe();
-        let at = |h: &Option<Consensus>| h.as_ref().is_some_and(|c| c.number >= number);
-        tokio::time::timeout(within, heads.wait_for(at))
-            .await
-            .is_ok_and(|r| r.is_ok())
-    }
-
+    /// The union of the kinds subscribed to, as it changes.
     pub fn wanted(&self) -> watch::Receiver<u8> {
         self.wanted.subscribe()
     }

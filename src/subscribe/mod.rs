@@ -9,6 +9,8 @@
 //!   the same consensus head as the polls), and pending transaction hashes (an
 //!   upstream WebSocket, or a polled filter where there is none)
 //! - `filters` — HTTP filters (`eth_newFilter` & co.) held by Outlast, fed from the hub
+//! - `shared` — with `[redis]`: block and log filters kept in Redis (definition and
+//!   cursor), answered by any instance from the chain itself
 //!
 //! Clients never talk to an upstream directly: whichever upstream dies, the feed goes on
 //! from the consensus head, so a subscription has no gap and no duplicate. Never sees
@@ -19,6 +21,7 @@ pub mod filter;
 pub mod filters;
 pub mod follow;
 pub mod hub;
+pub mod shared;
 
 use std::sync::Arc;
 
@@ -26,36 +29,61 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use hub::Hub;
 
-use crate::{config::Config, gateway::Gateway};
+use crate::{
+    config::{Config, Limits},
+    route::Chain,
+};
+
+/// One chain's live side, held beside its `route::Chain`: the WebSocket subscriptions
+/// (`hub`) and the HTTP filters, both fed from the chain's consensus head moves.
+pub struct Live {
+    pub hub: Hub,
+    pub filters: filters::Filters,
+}
+
+impl Live {
+    pub fn new(limits: &Limits) -> Live {
+        Live {
+            hub: Hub::new(limits.ws_client_buffer),
+            filters: filters::Filters::new(limits),
+        }
+    }
+}
 
 /// How long shutdown waits for sessions to send their close frames.
 const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Starts every chain's feeds on `tasks`; they stop with `stop`, closing the sessions.
-pub fn spawn(gw: &Arc<Gateway>, config: &Config, tasks: &TaskTracker, stop: &CancellationToken) {
-    for (chain, chain_cfg) in gw.chains.iter().zip(&config.chains) {
+/// `chains` are the configured chains, in `config`'s order, each with its `Live`.
+pub fn spawn(
+    chains: &[(Arc<Chain>, Arc<Live>)],
+    config: &Config,
+    tasks: &TaskTracker,
+    stop: &CancellationToken,
+) {
+    for ((chain, live), chain_cfg) in chains.iter().zip(&config.chains) {
+        // Head pushes (`feeds::push_heads`) are each upstream's own task, started and
+        // stopped with it (`reload::UpstreamTasks`). Pending transactions read the
+        // WebSockets configured at start.
         let ws_urls: Vec<_> = chain
-            .upstreams
+            .upstreams()
             .iter()
             .zip(&chain_cfg.upstreams)
             .filter_map(|(up, cfg)| cfg.ws_url.clone().map(|url| (up.clone(), url)))
             .collect();
-        for (up, url) in &ws_urls {
-            tasks.spawn(feeds::push_heads(
-                chain.clone(),
-                up.clone(),
-                url.clone(),
-                stop.clone(),
-            ));
-        }
-        tasks.spawn(feeds::pending(chain.clone(), ws_urls, stop.clone()));
-        tasks.spawn(follow::follow(chain.clone(), stop.clone()));
-        tasks.spawn(filters::pump(chain.clone(), stop.clone()));
-        let (chain, stop) = (chain.clone(), stop.clone());
+        tasks.spawn(feeds::pending(
+            chain.clone(),
+            live.clone(),
+            ws_urls,
+            stop.clone(),
+        ));
+        tasks.spawn(follow::follow(chain.clone(), live.clone(), stop.clone()));
+        tasks.spawn(filters::pump(chain.clone(), live.clone(), stop.clone()));
+        let (live, stop) = (live.clone(), stop.clone());
         tasks.spawn(async move {
             stop.cancelled().await;
-            chain.subs.close();
-            let _ = tokio::time::timeout(CLOSE_WAIT, chain.subs.sessions.wait()).await;
+            live.hub.close();
+            let _ = tokio::time::timeout(CLOSE_WAIT, live.hub.sessions.wait()).await;
         });
     }
 }

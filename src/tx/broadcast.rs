@@ -16,9 +16,9 @@ use alloy_primitives::{B256, keccak256};
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
-use super::Ledger;
+use super::{Ledger, Pending};
 use crate::{
-    gateway::Chain,
+    route::Chain,
     route::{Outcome, forward::note_failure, resolve::Need, select},
     rpc::{Attempt, Blame, Call},
     upstream::{Answer, Upstream},
@@ -41,7 +41,14 @@ const DUPLICATE: [&str; 4] = [
     "known transaction",
 ];
 
-pub async fn broadcast(chain: &Chain, ledger: &Ledger, to: usize, call: &Call<'_>) -> Outcome {
+/// `rebroadcast` is the `[tx] rebroadcast` store (shared by every chain), `None` when off.
+pub async fn broadcast(
+    chain: &Chain,
+    ledger: &Ledger,
+    to: usize,
+    rebroadcast: Option<&Pending>,
+    call: &Call<'_>,
+) -> Outcome {
     let raw_hex = call
         .params
         .and_then(|p| serde_json::from_str::<Vec<String>>(p.get()).ok())
@@ -64,7 +71,7 @@ pub async fn broadcast(chain: &Chain, ledger: &Ledger, to: usize, call: &Call<'_
             }
             // Kept for re-sending before the client hears of it: a crash right after
             // the answer must not lose the transaction.
-            if let Some(pending) = &chain.rebroadcast {
+            if let Some(pending) = rebroadcast {
                 pending
                     .accepted(chain, bytes.as_deref(), hash, tx.as_ref())
                     .await;
@@ -171,7 +178,7 @@ fn spawn_send(
     hash: Option<B256>,
     report: mpsc::UnboundedSender<(Arc<Upstream>, Verdict)>,
 ) {
-    tokio::spawn(async move {
+    tokio::spawn(crate::telemetry::carry(async move {
         let verdict = send_one(&up, &params, hash).await;
         match &verdict {
             Verdict::Accepted => {}
@@ -184,7 +191,7 @@ fn spawn_send(
             }
         }
         let _ = report.send((up, verdict));
-    });
+    }));
 }
 
 async fn send_one(up: &Arc<Upstream>, params: &RawValue, hash: Option<B256>) -> Verdict {
@@ -252,4 +259,82 @@ async fn has_transaction(up: &Upstream, hash: B256) -> bool {
         up.send(&[&call]).await.ok().and_then(|mut a| a.pop().flatten()),
         Some(Answer::Result(raw)) if &raw[..] != b"null"
     )
+}
+
+#[cfg(test)]
+mod seam_tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::{
+        route::testing::chain,
+        upstream::fake::{self, Act},
+    };
+
+    const HASH: &str = "0x1111111111111111111111111111111111111111111111111111111111111111";
+
+    fn raw_params() -> Arc<RawValue> {
+        Arc::from(RawValue::from_string(r#"["0x02f8"]"#.into()).expect("JSON"))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_operator_hears_of_it_and_an_acceptance_beats_a_faster_rejection() {
+        let slow_yes = fake::upstream("test", "yes", "op-a", |_, _| {
+            Act::after(200, Act::result(json!(HASH)))
+        });
+        let quick_no = fake::upstream("test", "no", "op-b", |_, _| {
+            Act::Error(-32000, "insufficient funds for gas".into())
+        });
+        let broken = fake::upstream("test", "broken", "op-c", |_, _| Act::Status(502));
+        let chain = chain("off", 1, &[&slow_yes, &quick_no, &broken]);
+        let hash: B256 = HASH.parse().expect("hash");
+        let sent = send(&chain, 3, raw_params(), Some(hash)).await;
+        assert!(matches!(&sent, Sent::Accepted(up) if &**up == "yes"));
+        for f in [&slow_yes, &quick_no, &broken] {
+            assert_eq!(
+                f.requests(),
+                1,
+                "{} was sent the transaction once",
+                f.upstream.name
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_made_up_hash_is_not_an_acceptance() {
+        let liar = fake::upstream("test", "liar", "op-a", |_, _| {
+            Act::result(json!(
+                "0x2222222222222222222222222222222222222222222222222222222222222222"
+            ))
+        });
+        let chain = chain("off", 1, &[&liar]);
+        let hash: B256 = HASH.parse().expect("hash");
+        let Sent::Unavailable(tried) = send(&chain, 2, raw_params(), Some(hash)).await else {
+            panic!("a wrong hash was taken as an acceptance")
+        };
+        assert!(
+            tried.iter().any(|t| t.error.contains("answered hash")),
+            "{tried:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rejection_by_everyone_comes_back_with_their_reason() {
+        let no = |_: &str, _: &serde_json::Value| Act::Error(-32000, "nonce too low".into());
+        let a = fake::upstream("test", "a", "op-a", no);
+        let b = fake::upstream("test", "b", "op-b", no);
+        let chain = chain("off", 1, &[&a, &b]);
+        // Neither knows the transaction (eth_getTransactionByHash is answered with the
+        // same error): a real rejection, not a duplicate.
+        let sent = send(&chain, 2, raw_params(), Some(HASH.parse().expect("hash"))).await;
+        assert!(
+            matches!(&sent, Sent::Rejected(_, Answer::Error { message, .. }) if message == "nonce too low"),
+            "{}",
+            match &sent {
+                Sent::Accepted(u) => format!("accepted by {u}"),
+                Sent::Rejected(u, _) => format!("rejected by {u}"),
+                Sent::Unavailable(t) => format!("unavailable: {t:?}"),
+            }
+        );
+    }
 }

@@ -29,11 +29,12 @@ use serde_json::value::RawValue;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::{
+    Ledger,
     broadcast::{self, Sent},
     store::{Entry, Store, StoreError},
 };
 use crate::{
-    gateway::{Chain, Gateway},
+    route::Chain,
     route::{Outcome, forward::forward, resolve::Need},
     rpc::Call,
     upstream::Answer,
@@ -168,14 +169,18 @@ impl Pending {
 /// Puts the stored transactions back into the ledger (read-your-writes: the pending
 /// nonce survives a restart) and spawns one [`watch`] per chain on `tasks`. Stored
 /// transactions of chains no longer configured stay in the store, untouched.
-pub fn spawn(gw: &Arc<Gateway>, tasks: &TaskTracker, stop: &CancellationToken) {
-    let Some(pending) = &gw.rebroadcast else {
-        return;
-    };
+pub fn spawn(
+    pending: &Arc<Pending>,
+    chains: &[Arc<Chain>],
+    ledger: &Ledger,
+    broadcast_to: usize,
+    tasks: &TaskTracker,
+    stop: &CancellationToken,
+) {
     let now = unix_now();
     let mut orphans: BTreeMap<u64, usize> = BTreeMap::new();
     for entry in pending.lock().iter() {
-        if !gw.chains.iter().any(|c| c.chain_id == entry.chain_id) {
+        if !chains.iter().any(|c| c.chain_id == entry.chain_id) {
             *orphans.entry(entry.chain_id).or_default() += 1;
             continue;
         }
@@ -184,7 +189,7 @@ pub fn spawn(gw: &Arc<Gateway>, tasks: &TaskTracker, stop: &CancellationToken) {
         };
         let age = Duration::from_secs(now.saturating_sub(entry.first_sent));
         let since = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
-        gw.ledger.record_since(entry.chain_id, &tx, since);
+        ledger.record_since(entry.chain_id, &tx, since);
     }
     for (chain_id, count) in orphans {
         tracing::warn!(
@@ -193,11 +198,11 @@ pub fn spawn(gw: &Arc<Gateway>, tasks: &TaskTracker, stop: &CancellationToken) {
             "the transaction store holds pending transactions of a chain that is not configured; they are kept, not re-sent"
         );
     }
-    for chain in &gw.chains {
+    for chain in chains {
         tasks.spawn(watch(
             chain.clone(),
             pending.clone(),
-            gw.broadcast_to,
+            broadcast_to,
             stop.clone(),
         ));
     }

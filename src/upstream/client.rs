@@ -39,9 +39,24 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// Its kind as a metrics label and span field (`outlast_upstream_requests_total`'s
+    /// `outcome`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            UpstreamError::Connect(_) => "connect",
+            UpstreamError::Timeout(_) => "timeout",
+            UpstreamError::RateLimited { .. } => "rate_limited",
+            UpstreamError::Status(_) => "http_status",
+            UpstreamError::Malformed(_) => "malformed",
+            UpstreamError::Transport(_) => "transport",
+            UpstreamError::Slow(_) => "slow",
+            UpstreamError::ForeignReply(_) => "foreign_reply",
+        }
+    }
+
     /// The kind of failure, for health: hung, unreachable, failing or rate limited.
-    pub fn cause(&self) -> crate::route::health::Cause {
-        use crate::route::health::Cause;
+    pub fn cause(&self) -> super::health::Cause {
+        use super::health::Cause;
         match self {
             UpstreamError::Connect(_) => Cause::Unreachable,
             UpstreamError::Timeout(_) | UpstreamError::Slow(_) => Cause::Unresponsive,
@@ -82,10 +97,25 @@ impl Upstream {
     }
 
     /// As `send`, giving up after `timeout` (background checks wait less than callers).
+    /// Within a client's request this is one traced attempt (`telemetry`).
     pub async fn send_within(
         &self,
         calls: &[&Call<'_>],
         timeout: Duration,
+    ) -> Result<Vec<Option<Answer>>, UpstreamError> {
+        let attempt = crate::telemetry::attempt(&self.name, calls);
+        let result = self.exchange(calls, timeout, attempt.as_ref()).await;
+        if let Some(attempt) = attempt {
+            attempt.finish(&result);
+        }
+        result
+    }
+
+    async fn exchange(
+        &self,
+        calls: &[&Call<'_>],
+        timeout: Duration,
+        attempt: Option<&crate::telemetry::Attempt>,
     ) -> Result<Vec<Option<Answer>>, UpstreamError> {
         use http::header::{AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
         use http_body_util::BodyExt as _;
@@ -100,9 +130,20 @@ impl Upstream {
         if let Some(auth) = &target.authorization {
             request = request.header(AUTHORIZATION, auth.clone());
         }
+        if let (Some(attempt), Some(headers)) = (attempt, request.headers_mut()) {
+            attempt.inject(headers);
+        }
         let base = next_ids(calls.len());
+        let payload = Bytes::from(encode(calls, base));
+        #[cfg(test)]
+        if let Some(script) = &self.script {
+            let (status, bytes) = tokio::time::timeout(timeout, script.reply(payload))
+                .await
+                .map_err(|_| UpstreamError::Timeout(timeout))??;
+            return read(status, &bytes, base, calls.len());
+        }
         let request = request
-            .body(http_body_util::Full::new(Bytes::from(encode(calls, base))))
+            .body(http_body_util::Full::new(payload))
             .map_err(|e| UpstreamError::Transport(e.to_string()))?;
         let exchange = async {
             let reply = self.http.request(request).await.map_err(|e| {
@@ -141,12 +182,22 @@ impl Upstream {
         let (status, bytes) = tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| UpstreamError::Timeout(timeout))??;
-        match decode(&bytes, base, calls.len()) {
-            Ok(answers) => Ok(answers),
-            // A non-2xx status without a readable JSON-RPC body is the upstream's fault.
-            Err(_) if !status.is_success() => Err(UpstreamError::Status(status.as_u16())),
-            Err(e) => Err(e),
-        }
+        read(status, &bytes, base, calls.len())
+    }
+}
+
+/// One reply's answers, per call; its status decides whose fault an unreadable one is.
+fn read(
+    status: http::StatusCode,
+    bytes: &Bytes,
+    base: u64,
+    expected: usize,
+) -> Result<Vec<Option<Answer>>, UpstreamError> {
+    match decode(bytes, base, expected) {
+        Ok(answers) => Ok(answers),
+        // A non-2xx status without a readable JSON-RPC body is the upstream's fault.
+        Err(_) if !status.is_success() => Err(UpstreamError::Status(status.as_u16())),
+        Err(e) => Err(e),
     }
 }
 

@@ -5,8 +5,13 @@
 
 mod capabilities;
 mod client;
+#[cfg(test)]
+pub mod fake;
+pub mod heads;
+pub mod health;
 mod limits;
 mod probe;
+pub mod score;
 mod track;
 mod transport;
 mod ws;
@@ -17,14 +22,13 @@ pub use capabilities::Capability;
 pub use client::{Answer, UpstreamError};
 pub use limits::{InFlight, Limits, LogsRange, MIN_LEARNED_LOGS_RANGE};
 pub use probe::{log_transition, watch};
-pub use track::{poll_interval, track};
+pub use track::{PolledHead, poll_interval};
 pub use transport::{HttpClient, http_client};
 pub use ws::WsFeed;
 
-use crate::{
-    config::{self, UpstreamUrl},
-    route::{heads::UpstreamHead, health::Health},
-};
+use crate::config::{self, UpstreamUrl};
+use heads::UpstreamHead;
+use health::Health;
 
 pub struct Upstream {
     pub name: Arc<str>,
@@ -44,17 +48,27 @@ pub struct Upstream {
     timeout: Duration,
     /// `[routing] max_reply_bytes`.
     max_reply: usize,
-    pub health: Health,
-    pub head: UpstreamHead,
+    /// Shared with the upstream that replaces this one when a reload only relabels it
+    /// (`relabelled`), so health and head outlive a reload.
+    pub health: Arc<Health>,
+    pub head: Arc<UpstreamHead>,
     pub limits: Limits,
     /// Largest `eth_getLogs` block range it takes: from config, or learned from its
     /// refusals (with a floor and an expiry).
     pub logs_range: LogsRange,
     /// Set by a person through the admin API: not chosen while set (`route::select`).
-    pub cordon: crate::admin::Cordon,
+    pub cordon: Arc<health::Cordon>,
+    /// In unit tests: replies come from this script instead of the network.
+    #[cfg(test)]
+    script: Option<fake::Script>,
 }
 
 impl Upstream {
+    /// What the HTTP client waits for one attempt.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     pub fn new(
         chain: &Arc<str>,
         cfg: &config::Upstream,
@@ -73,11 +87,30 @@ impl Upstream {
             http,
             timeout: Duration::from_millis(routing.request_timeout_ms),
             max_reply: usize::try_from(routing.max_reply_bytes).unwrap_or(usize::MAX),
-            health: Health::new(routing),
-            head: UpstreamHead::default(),
+            health: Arc::new(Health::new(routing)),
+            head: Arc::default(),
             limits: Limits::new(cfg.max_rps, cfg.max_concurrency),
             logs_range: LogsRange::new(cfg.max_logs_range),
-            cordon: crate::admin::Cordon::default(),
+            cordon: Arc::default(),
+            #[cfg(test)]
+            script: None,
+        }
+    }
+
+    /// This upstream with the labels and limits of `cfg` (same name and URLs; a reload
+    /// changed its tier, operator, cloud, region or limits): health, head and cordon
+    /// are shared, so the new one serves on what the old one learned.
+    pub fn relabelled(
+        &self,
+        cfg: &config::Upstream,
+        routing: &config::Routing,
+        http: HttpClient,
+    ) -> Self {
+        Upstream {
+            health: self.health.clone(),
+            head: self.head.clone(),
+            cordon: self.cordon.clone(),
+            ..Upstream::new(&self.chain, cfg, routing, http)
         }
     }
 

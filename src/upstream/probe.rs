@@ -11,7 +11,7 @@ use std::{
 use tokio_util::sync::CancellationToken;
 
 use super::{Answer, Upstream, UpstreamError};
-use crate::{route::health::Transition, rpc::Call};
+use crate::{rpc::Call, upstream::health::Transition};
 
 /// Runs until `stop` is cancelled.
 pub async fn watch(up: Arc<Upstream>, expected: u64, every: Duration, stop: CancellationToken) {

@@ -10,6 +10,24 @@ pub mod proof;
 pub mod quorum;
 pub mod receipts;
 
+/// How an answer was checked, weakest first (a batch is as strong as its weakest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    None,
+    Quorum,
+    Proof,
+}
+
+impl Level {
+    pub fn header_value(self) -> &'static str {
+        match self {
+            Level::None => "none",
+            Level::Quorum => "quorum",
+            Level::Proof => "proof",
+        }
+    }
+}
+
 /// Why an answer could not be trusted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VerifyError {

@@ -32,6 +32,13 @@ pub enum Status {
         why: String,
         cause: Cause,
     },
+    /// Caught serving a false answer: out of rotation until `until`, with what it was
+    /// caught at. The one record of a ban: incidents, `/status` and the bans shared
+    /// through Redis all read it here.
+    Banned {
+        until: Instant,
+        evidence: Evidence,
+    },
     WrongChain {
         got: u64,
         expected: u64,
@@ -44,8 +51,28 @@ impl Status {
         match self {
             Status::Ready => "ready",
             Status::CoolingDown { cause, .. } => cause.state(),
+            Status::Banned { .. } => "banned",
             Status::Unchecked => "unchecked",
             Status::WrongChain { .. } => "wrong-chain",
+        }
+    }
+
+    /// Until when it is out of rotation (cooling down or banned), if it is.
+    pub fn out_until(&self) -> Option<Instant> {
+        match self {
+            Status::CoolingDown { until, .. } | Status::Banned { until, .. } => Some(*until),
+            _ => None,
+        }
+    }
+
+    /// Why it is out of rotation (cooling down or banned), in words.
+    pub fn why_out(&self) -> Option<String> {
+        match self {
+            Status::CoolingDown { why, .. } => Some(why.clone()),
+            Status::Banned { evidence, .. } => {
+                Some(format!("banned for lying: {}", evidence.summary))
+            }
+            _ => None,
         }
     }
 
@@ -62,7 +89,7 @@ impl Status {
 
 /// Why an upstream failed, as a kind: the status page says "not answering" for a hung
 /// one and "unreachable" for a refused one; incidents group upstreams that fail alike;
-/// a ban is known as a ban, not by its wording.
+/// a ban is its own state (`Status::Banned`), not a cause.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cause {
     /// Could not connect: refused, no route, name not resolved.
@@ -73,8 +100,6 @@ pub enum Cause {
     Failing,
     /// HTTP 429.
     RateLimited,
-    /// Caught serving a false answer: banned.
-    Lied,
 }
 
 impl Cause {
@@ -82,7 +107,6 @@ impl Cause {
     pub fn state(self) -> &'static str {
         match self {
             Cause::Unresponsive => "unresponsive",
-            Cause::Lied => "banned",
             Cause::Unreachable | Cause::Failing | Cause::RateLimited => "cooling-down",
         }
     }
@@ -94,6 +118,44 @@ impl Cause {
 const SILENCES_BEFORE_COOLDOWN: u32 = 2;
 /// Answers to other calls in a row (mixed-up replies) that get an upstream banned.
 pub const FOREIGN_REPLIES_BEFORE_BAN: u32 = 3;
+
+/// What an upstream was caught at: enough for a person to check the claim. Kept in
+/// its `Status::Banned`, shown on incidents, shared with other instances.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Evidence {
+    /// What happened, in words.
+    pub summary: String,
+    /// The check it failed: `proof`, `header hash`, `quorum`…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block: Option<u64>,
+    /// What it answered, and what the verified answer is (each cut to 200 characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answered: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected: Option<String>,
+}
+
+impl Evidence {
+    /// Keeps what a provider wrote into the evidence to a size fit for a status page
+    /// and a webhook: the answers to 200 characters, the summary to 2,000.
+    fn bound(&mut self) {
+        for text in [&mut self.answered, &mut self.expected]
+            .into_iter()
+            .flatten()
+        {
+            if text.chars().count() > 200 {
+                *text = text.chars().take(199).chain(['…']).collect();
+            }
+        }
+        if self.summary.chars().count() > 2000 {
+            self.summary = self.summary.chars().take(1999).chain(['…']).collect();
+        }
+    }
+}
 
 /// What changed, so the caller can log transitions once instead of every event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -201,8 +263,8 @@ impl Health {
         s.last_success = Some(Instant::now());
         s.next_cooldown = self.first_cooldown;
         match s.status {
-            // Answered while cooling down (tried as a last resort): it is back.
-            Status::CoolingDown { .. } => {
+            // Answered while out (tried as a last resort): it is back.
+            Status::CoolingDown { .. } | Status::Banned { .. } => {
                 s.status = Status::Ready;
                 Transition::Ready
             }
@@ -264,27 +326,35 @@ impl Health {
             let why = format!(
                 "{FOREIGN_REPLIES_BEFORE_BAN} answers to other calls in a row, last: {why}"
             );
-            self.record_lie(&why, self.liar_ban, now)
+            self.record_lie(
+                Evidence {
+                    summary: why,
+                    check: Some("reply ids".to_owned()),
+                    ..Evidence::default()
+                },
+                self.liar_ban,
+                now,
+            )
         })
     }
 
     /// Caught lying (a false proof or header, or an answer against a quorum): banned for
-    /// `ban`, whatever its state; the probe brings it back after that.
-    pub fn record_lie(&self, why: &str, ban: Duration, now: Instant) -> Transition {
+    /// `ban`, whatever its state (a ban already longer stays); the probe brings it back
+    /// after that.
+    pub fn record_lie(&self, mut evidence: Evidence, ban: Duration, now: Instant) -> Transition {
+        evidence.bound();
         let mut s = self.lock();
         s.bans += 1;
         s.stats.record_failure();
-        s.last_error = Some(format!("banned: {why}"));
-        s.status = Status::CoolingDown {
-            until: now + ban,
-            why: format!("banned for lying: {why}"),
-            cause: Cause::Lied,
+        s.last_error = Some(format!("banned: {}", evidence.summary));
+        let until = match &s.status {
+            Status::Banned { until, .. } => (*until).max(now + ban),
+            _ => now + ban,
         };
+        let why = evidence.summary.clone();
+        s.status = Status::Banned { until, evidence };
         self.changed.notify_one();
-        Transition::Banned {
-            why: why.to_owned(),
-            for_: ban,
-        }
+        Transition::Banned { why, for_: ban }
     }
 
     pub fn bans(&self) -> u32 {
@@ -299,11 +369,7 @@ impl Health {
     /// After how long an unanswered call here is worth asking elsewhere too: its tail
     /// latency, within `[min, max]` (`min` until it has been measured).
     pub fn hedge_delay(&self, min: Duration, max: Duration) -> Duration {
-        self.lock()
-            .stats
-            .tail()
-            .unwrap_or(min)
-            .clamp(min, max.max(min))
+        self.lock().stats.hedge_delay(min, max)
     }
 
     /// The circuit breaker's state in the usual words: `closed` (serving), `open`
@@ -311,8 +377,10 @@ impl Health {
     pub fn breaker(&self, now: Instant) -> &'static str {
         match &self.lock().status {
             Status::Ready => "closed",
-            Status::CoolingDown { until, .. } if *until > now => "open",
-            Status::CoolingDown { .. } => "half-open",
+            Status::CoolingDown { until, .. } | Status::Banned { until, .. } if *until > now => {
+                "open"
+            }
+            Status::CoolingDown { .. } | Status::Banned { .. } => "half-open",
             Status::Unchecked | Status::WrongChain { .. } => "open",
         }
     }
@@ -352,7 +420,7 @@ impl Health {
                 } else {
                     // Back from a cool-down: its old error rate is history; let new
                     // answers rank it, or it would never be chosen to show it recovered.
-                    if matches!(s.status, Status::CoolingDown { .. }) {
+                    if s.status.out_until().is_some() {
                         s.stats = Stats::default();
                     }
                     s.status = Status::Ready;
@@ -390,7 +458,7 @@ impl Health {
         now: Instant,
     ) -> Transition {
         let for_ = wanted.unwrap_or(s.next_cooldown).min(self.max_cooldown);
-        let was_cooling = matches!(s.status, Status::CoolingDown { .. });
+        let was_cooling = s.status.out_until().is_some();
         s.next_cooldown = (s.next_cooldown * 2).min(self.max_cooldown);
         s.status = Status::CoolingDown {
             until: now + for_,
@@ -410,12 +478,33 @@ impl Health {
     /// When the probe should next look at this upstream.
     pub fn next_probe(&self, now: Instant, regular: Duration) -> Duration {
         match &self.lock().status {
-            Status::CoolingDown { until, .. } => until.saturating_duration_since(now),
+            Status::CoolingDown { until, .. } | Status::Banned { until, .. } => {
+                until.saturating_duration_since(now)
+            }
             Status::Unchecked => Duration::ZERO,
             Status::Ready => regular,
             // A wrong chain id may have been a garbled answer: look again soon.
             Status::WrongChain { .. } => regular.min(WRONG_CHAIN_RECHECK),
         }
+    }
+}
+
+/// A hand-made hold on an upstream: while set, `route::select` does not choose it.
+#[derive(Debug, Default)]
+pub struct Cordon(Mutex<Option<String>>);
+
+impl Cordon {
+    /// Why it is cordoned, if it is.
+    pub fn reason(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
+    pub fn set(&self, reason: Option<String>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = reason;
     }
 }
 

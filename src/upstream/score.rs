@@ -61,6 +61,13 @@ impl Stats {
     pub fn latency(&self) -> Option<Duration> {
         self.latency_ms.map(|m| Duration::from_secs_f64(m / 1000.0))
     }
+
+    /// After how long an unanswered request is worth asking elsewhere too: the tail
+    /// latency, within `[min, max]` (`min` until it has been measured). One rule for
+    /// RPC upstreams (`Health::hedge_delay`) and storage gateways.
+    pub fn hedge_delay(&self, min: Duration, max: Duration) -> Duration {
+        self.tail().unwrap_or(min).clamp(min, max.max(min))
+    }
 }
 
 /// A score and the words that explain it.

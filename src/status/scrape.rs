@@ -1,0 +1,309 @@
+//! The state half of `GET /metrics`: upstream health, breaker, lag, heads, filters,
+//! open incidents and uptime, read from the gateway at scrape time (never stale, only
+//! this gateway's), after the events `metrics` recorded.
+
+use std::fmt::Write as _;
+
+use crate::{
+    gateway::Gateway,
+    incidents::{Kind, Severity, Time},
+    metrics::{self, UPSTREAM_BANS},
+    upstream::health::Status,
+};
+
+/// The whole `/metrics` text: the recorded events, then this gateway's state.
+pub fn render(gw: &Gateway) -> String {
+    let mut out = metrics::recorded();
+    state(gw, &mut out);
+    out
+}
+
+/// One gauge family: HELP and TYPE lines, then its samples.
+struct Family<'a> {
+    out: &'a mut String,
+}
+
+impl<'a> Family<'a> {
+    fn new(out: &'a mut String, name: &str, help: &str) -> Self {
+        Family::typed(out, name, help, "gauge")
+    }
+
+    fn typed(out: &'a mut String, name: &str, help: &str, kind: &str) -> Self {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        Family { out }
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                let _ = write!(self.out, "{k}=\"{}\"", escape(v));
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {value}");
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', r"\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+const BREAKER_STATES: [&str; 3] = ["closed", "open", "half-open"];
+const KINDS: [Kind; 8] = [
+    Kind::UpstreamDown,
+    Kind::UpstreamLagging,
+    Kind::UpstreamLying,
+    Kind::ChainDegraded,
+    Kind::ChainDown,
+    Kind::HeadStalled,
+    Kind::CorrelatedFailure,
+    Kind::ProvidersUnreachable,
+];
+const SEVERITIES: [Severity; 3] = [Severity::Minor, Severity::Major, Severity::Critical];
+
+fn state(gw: &Gateway, out: &mut String) {
+    let now = std::time::Instant::now();
+    let ups: Vec<_> = gw
+        .chains
+        .iter()
+        .flat_map(|c| {
+            c.upstreams()
+                .iter()
+                .map(|u| (c, u.clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+
+    let name = "outlast_upstream_up";
+    let mut f = Family::new(
+        out,
+        name,
+        "1 while the upstream is in rotation (ready), else 0.",
+    );
+    for (c, u) in &ups {
+        let labels = [
+            ("chain", &*c.name),
+            ("upstream", &*u.name),
+            ("operator", u.operator.as_str()),
+            ("cloud", u.cloud.as_deref().unwrap_or("")),
+            ("region", u.region.as_deref().unwrap_or("")),
+        ];
+        f.sample(name, &labels, f64::from(u8::from(u.health.is_ready())));
+    }
+
+    let name = "outlast_upstream_state";
+    let mut f = Family::new(out, name, "1 for the upstream's current health state.");
+    for (c, u) in &ups {
+        let current = u.health.status().state();
+        for s in Status::STATES {
+            let labels = [("chain", &*c.name), ("upstream", &*u.name), ("state", s)];
+            f.sample(name, &labels, f64::from(u8::from(s == current)));
+        }
+    }
+
+    let name = "outlast_upstream_breaker_state";
+    let mut f = Family::new(out, name, "1 for the circuit breaker's current state.");
+    for (c, u) in &ups {
+        let current = u.health.breaker(now);
+        for s in BREAKER_STATES {
+            let labels = [("chain", &*c.name), ("upstream", &*u.name), ("state", s)];
+            f.sample(name, &labels, f64::from(u8::from(s == current)));
+        }
+    }
+
+    let name = "outlast_upstream_lag_blocks";
+    let mut f = Family::new(
+        out,
+        name,
+        "Blocks the upstream's head is behind the consensus head.",
+    );
+    for (c, u) in &ups {
+        if u.head.latest().is_some() {
+            let labels = [("chain", &*c.name), ("upstream", &*u.name)];
+            f.sample(name, &labels, c.lag(u) as f64);
+        }
+    }
+
+    let name = "outlast_upstream_head_block";
+    let mut f = Family::new(out, name, "The newest block the upstream reported.");
+    for (c, u) in &ups {
+        if let Some(h) = u.head.latest() {
+            let labels = [("chain", &*c.name), ("upstream", &*u.name)];
+            f.sample(name, &labels, h as f64);
+        }
+    }
+
+    let name = "outlast_upstream_latency_seconds";
+    let mut f = Family::new(
+        out,
+        name,
+        "The upstream's smoothed latency, as used for ranking.",
+    );
+    for (c, u) in &ups {
+        if let Some(l) = u.health.stats().latency() {
+            let labels = [("chain", &*c.name), ("upstream", &*u.name)];
+            f.sample(name, &labels, l.as_secs_f64());
+        }
+    }
+
+    let name = "outlast_upstream_error_ratio";
+    let mut f = Family::new(
+        out,
+        name,
+        "Share of the upstream's recent calls that failed.",
+    );
+    for (c, u) in &ups {
+        let labels = [("chain", &*c.name), ("upstream", &*u.name)];
+        f.sample(name, &labels, u.health.stats().error_rate());
+    }
+
+    let name = UPSTREAM_BANS;
+    let mut f = Family::typed(
+        out,
+        name,
+        "Times the upstream was banned for lying.",
+        "counter",
+    );
+    for (c, u) in &ups {
+        let labels = [("chain", &*c.name), ("upstream", &*u.name)];
+        f.sample(name, &labels, f64::from(u.health.bans()));
+    }
+
+    let name = "outlast_upstream_in_flight";
+    let mut f = Family::new(out, name, "Calls in flight at the upstream.");
+    for (c, u) in &ups {
+        let labels = [("chain", &*c.name), ("upstream", &*u.name)];
+        f.sample(name, &labels, u.limits.in_flight() as f64);
+    }
+
+    let name = "outlast_chain_head_block";
+    let mut f = Family::new(
+        out,
+        name,
+        "The consensus head: newest block a quorum agrees on.",
+    );
+    for c in &gw.chains {
+        if let Some(h) = c.head.latest() {
+            f.sample(name, &[("chain", &*c.name)], h as f64);
+        }
+    }
+
+    let name = "outlast_chain_finalized_block";
+    let mut f = Family::new(out, name, "The chain's finalized block, by quorum.");
+    for c in &gw.chains {
+        if let Some(h) = c.head.get().finalized {
+            f.sample(name, &[("chain", &*c.name)], h as f64);
+        }
+    }
+
+    let name = "outlast_filters";
+    let mut f = Family::new(
+        out,
+        name,
+        "HTTP filters held by Outlast now, by chain and kind (blocks, logs, pending).",
+    );
+    for (c, live) in gw.chains_live() {
+        for (kind, n) in live.filters.counts() {
+            f.sample(name, &[("chain", &*c.name), ("kind", kind)], n as f64);
+        }
+    }
+
+    let name = "outlast_chain_serving_operators";
+    let mut f = Family::new(
+        out,
+        name,
+        "Distinct operators with an upstream in rotation.",
+    );
+    for c in &gw.chains {
+        let upstreams = c.upstreams();
+        let serving: std::collections::HashSet<&str> = upstreams
+            .iter()
+            .filter(|u| u.health.is_ready())
+            .map(|u| u.operator.as_str())
+            .collect();
+        f.sample(name, &[("chain", &*c.name)], serving.len() as f64);
+    }
+
+    let name = "outlast_chain_quorum";
+    let mut f = Family::new(out, name, "Distinct operators the chain's quorum needs.");
+    for c in &gw.chains {
+        f.sample(name, &[("chain", &*c.name)], c.quorum as f64);
+    }
+
+    let open = gw.incidents.open();
+    let name = "outlast_incidents_open";
+    let mut f = Family::new(out, name, "Incidents open now, by kind and severity.");
+    for kind in KINDS {
+        for severity in SEVERITIES {
+            let n = open
+                .iter()
+                .filter(|i| i.kind == kind && i.severity == severity)
+                .count();
+            let sev = severity.to_string();
+            f.sample(
+                name,
+                &[("kind", kind.as_str()), ("severity", &sev)],
+                n as f64,
+            );
+        }
+    }
+
+    let name = "outlast_uptime_ratio_24h";
+    let mut f = Family::new(
+        out,
+        name,
+        "Share of the last 24 h the upstream or chain was up (observed time only).",
+    );
+    let t = Time::now();
+    for c in &gw.chains {
+        if let Some(r) = gw.incidents.uptime(&c.name, t).ratio_24h {
+            f.sample(name, &[("chain", &*c.name), ("upstream", "")], r);
+        }
+        for u in c.upstreams().iter() {
+            let key = format!("{}/{}", c.name, u.name);
+            if let Some(r) = gw.incidents.uptime(&key, t).ratio_24h {
+                f.sample(name, &[("chain", &*c.name), ("upstream", &*u.name)], r);
+            }
+        }
+    }
+
+    let (entries, bytes) = gw.cache.usage();
+    let name = "outlast_cache_entries";
+    let mut f = Family::new(out, name, "Answers held in the memory cache.");
+    f.sample(name, &[], entries as f64);
+    let name = "outlast_cache_bytes";
+    let mut f = Family::new(
+        out,
+        name,
+        "Weight of the memory cache: keys, answers and per-entry bookkeeping.",
+    );
+    f.sample(name, &[], bytes as f64);
+    if let Some(up) = gw.cache.redis_up() {
+        let name = "outlast_cache_redis_up";
+        let mut f = Family::new(out, name, "1 while the shared Redis tier answers.");
+        f.sample(name, &[], f64::from(u8::from(up)));
+    }
+
+    let name = "outlast_build_info";
+    let mut f = Family::new(out, name, "Always 1; the version as a label.");
+    f.sample(name, &[("version", env!("CARGO_PKG_VERSION"))], 1.0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut out = String::new();
+        Family::new(&mut out, "x", "help").sample("x", &[("a", "q\"\\\n")], 1.0);
+        assert!(out.ends_with("x{a=\"q\\\"\\\\\\n\"} 1\n"), "{out}");
+    }
+}
