@@ -739,7 +739,7 @@ fn included_in(method: &str, body: &[u8]) -> Option<u64> {
     } else {
         shape.block_number
     }?;
-    u64::from_str_radix(n.strip_prefix("0x")?, 16).ok()
+    rpc::quantity::parse(n)
 }
 
 /// The block range of an `eth_getLogs` call with numeric (or pinned) bounds.

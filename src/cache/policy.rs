@@ -120,7 +120,7 @@ fn block_of(result: &[u8]) -> Option<u64> {
     }
     let located: Located<'_> = serde_json::from_slice(result).ok()?;
     let n = located.block_number.or(located.number)?;
-    u64::from_str_radix(n.strip_prefix("0x")?, 16).ok()
+    crate::rpc::quantity::parse(n)
 }
 
 #[cfg(test)]

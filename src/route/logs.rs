@@ -35,7 +35,7 @@ pub fn range(params: Option<&RawValue>) -> Option<(u64, u64)> {
     }
     let items: Vec<&RawValue> = serde_json::from_str(params?.get()).ok()?;
     let f: Filter<'_> = serde_json::from_str(items.first()?.get()).ok()?;
-    let num = |s: &str| u64::from_str_radix(s.strip_prefix("0x")?, 16).ok();
+    let num = crate::rpc::quantity::parse;
     let (from, to) = (num(f.from?)?, num(f.to?)?);
     (from <= to).then_some((from, to))
 }
@@ -278,7 +278,7 @@ fn with_range(params: Option<&RawValue>, from: u64, to: u64) -> Option<Box<RawVa
 }
 
 fn quantity(n: u64) -> Option<Box<RawValue>> {
-    RawValue::from_string(format!("\"{n:#x}\"")).ok()
+    Some(crate::rpc::quantity::raw(n))
 }
 
 #[cfg(test)]

@@ -165,15 +165,7 @@ fn resolve_logs(params: Option<&RawValue>, heads: &ChainHeadState) -> Resolved {
     }
 }
 
-fn quantity(n: u64) -> Box<RawValue> {
-    // A quoted hex number is always valid JSON.
-    RawValue::from_string(format!("\"{n:#x}\""))
-        .unwrap_or_else(|_| unreachable!("hex quantity is JSON"))
-}
-
-fn parse_quantity(s: &str) -> Option<u64> {
-    u64::from_str_radix(s.strip_prefix("0x")?, 16).ok()
-}
+use crate::rpc::quantity::{parse as parse_quantity, raw as quantity};
 
 /// Re-joins array items; each item's own bytes are kept.
 fn join(items: &[&RawValue]) -> Box<RawValue> {

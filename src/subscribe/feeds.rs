@@ -116,7 +116,7 @@ fn header(raw: &[u8]) -> Option<(u64, String)> {
         hash: String,
     }
     let h: Header = serde_json::from_slice(raw).ok()?;
-    let number = u64::from_str_radix(h.number.strip_prefix("0x")?, 16).ok()?;
+    let number = crate::rpc::quantity::parse(&h.number)?;
     Some((number, h.hash))
 }
 

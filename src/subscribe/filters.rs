@@ -866,9 +866,7 @@ pub(super) fn parse_criteria(params: Option<&RawValue>) -> Result<What, FilterEr
     })
 }
 
-fn quantity(s: &str) -> Option<u64> {
-    u64::from_str_radix(s.strip_prefix("0x")?, 16).ok()
-}
+use crate::rpc::quantity::parse as quantity;
 
 #[cfg(test)]
 mod tests {

@@ -481,9 +481,7 @@ fn read_block(number: u64, raw: &[u8]) -> Result<Fetched, String> {
     })
 }
 
-fn parse_quantity(s: &str) -> Option<u64> {
-    u64::from_str_radix(s.strip_prefix("0x")?, 16).ok()
-}
+use crate::rpc::quantity::parse as parse_quantity;
 
 /// A block's members in their order; values stay raw.
 struct Fields<'a>(Vec<(String, &'a RawValue)>);

@@ -121,7 +121,7 @@ impl Ledger {
                 };
                 let Some(told) = serde_json::from_slice::<String>(raw)
                     .ok()
-                    .and_then(|q| u64::from_str_radix(q.strip_prefix("0x")?, 16).ok())
+                    .and_then(|q| crate::rpc::quantity::parse(&q))
                 else {
                     return;
                 };

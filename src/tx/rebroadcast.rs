@@ -347,7 +347,7 @@ async fn latest_nonce(chain: &Chain, sender: Address) -> Option<u64> {
     )
     .await?;
     let text: String = serde_json::from_slice(&raw).ok()?;
-    u64::from_str_radix(text.strip_prefix("0x")?, 16).ok()
+    crate::rpc::quantity::parse(&text)
 }
 
 /// Whether transaction `hash` has a receipt in a block; `None` when no upstream said.

@@ -86,8 +86,8 @@ impl Upstream {
             Some(Answer::Result(raw)) => {
                 let hex: String =
                     serde_json::from_slice(&raw).map_err(|e| malformed(e.to_string()))?;
-                u64::from_str_radix(hex.trim_start_matches("0x"), 16)
-                    .map_err(|e| malformed(format!("{hex:?}: {e}")))
+                crate::rpc::quantity::parse(&hex)
+                    .ok_or_else(|| malformed(format!("{hex:?} is not a quantity")))
             }
             Some(Answer::Error { message, .. }) => Err(malformed(message)),
             None => Err(malformed("no answer".into())),

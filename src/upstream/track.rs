@@ -75,7 +75,7 @@ fn header(answer: &Answer) -> Option<(u64, String)> {
         return None;
     };
     let h: BlockHeader = serde_json::from_slice(raw).ok()?;
-    let number = u64::from_str_radix(h.number.strip_prefix("0x")?, 16).ok()?;
+    let number = crate::rpc::quantity::parse(&h.number)?;
     Some((number, h.hash))
 }
 
