@@ -1,6 +1,8 @@
 //! What Outlast knows about its chains and upstreams right now, as one serializable
-//! snapshot: served as `GET /api/v1/status`, and the source for any page that shows
-//! health. Reads only; never names a URL.
+//! snapshot: served as `GET /api/v1/status`, and the one source of the status page, the
+//! Atom feed and the state half of `/metrics` (`scrape`). Reads only; never names a URL.
+//! (The incident detector keeps its own, smaller sample: it sits a layer below and is
+//! a pure function of it.)
 //!
 //! `page` renders the status page (`GET /status`) and `feed` the Atom feed of incidents
 //! (`GET /feed.atom`), both from this snapshot and the incident history.
@@ -84,6 +86,8 @@ pub struct UpstreamStatus {
     pub score: f64,
     pub reasons: Vec<String>,
     pub last_error: Option<String>,
+    /// Times it was caught lying since Outlast started.
+    pub bans: u32,
     pub cloud: Option<String>,
     pub region: Option<String>,
     /// Share of observed time serving and caught up (`null`: no data).
@@ -184,6 +188,7 @@ fn upstream(c: &Chain, u: &Upstream, incidents: &Incidents, now: Time) -> Upstre
         score: (s.value * 10.0).round() / 10.0,
         reasons: s.reasons,
         last_error: u.health.last_error(),
+        bans: u.health.bans(),
         cloud: u.cloud.clone(),
         region: u.region.clone(),
         uptime_24h: uptime.ratio_24h,

@@ -1,12 +1,14 @@
-//! The state half of `GET /metrics`: upstream health, breaker, lag, heads, filters,
-//! open incidents and uptime, read from the gateway at scrape time (never stale, only
-//! this gateway's), after the events `metrics` recorded.
+//! The state half of `GET /metrics`: upstream health, breaker, lag, heads, open
+//! incidents and uptime from the status snapshot (`status::snapshot`, the same one
+//! `/api/v1/status` serves), plus filters and cache size, read at scrape time (never
+//! stale, only this gateway's), after the events `metrics` recorded.
 
 use std::fmt::Write as _;
 
+use super::{ChainStatus, UpstreamStatus};
 use crate::{
     gateway::Gateway,
-    incidents::{Kind, Severity, Time},
+    incidents::{Kind, Severity},
     metrics::{self, UPSTREAM_BANS},
     upstream::health::Status,
 };
@@ -69,16 +71,11 @@ const KINDS: [Kind; 8] = [
 const SEVERITIES: [Severity; 3] = [Severity::Minor, Severity::Major, Severity::Critical];
 
 fn state(gw: &Gateway, out: &mut String) {
-    let now = std::time::Instant::now();
-    let ups: Vec<_> = gw
+    let snapshot = super::snapshot(gw);
+    let ups: Vec<(&ChainStatus, &UpstreamStatus)> = snapshot
         .chains
         .iter()
-        .flat_map(|c| {
-            c.upstreams()
-                .iter()
-                .map(|u| (c, u.clone()))
-                .collect::<Vec<_>>()
-        })
+        .flat_map(|c| c.upstreams.iter().map(move |u| (c, u)))
         .collect();
 
     let name = "outlast_upstream_up";
@@ -89,80 +86,80 @@ fn state(gw: &Gateway, out: &mut String) {
     );
     for (c, u) in &ups {
         let labels = [
-            ("chain", &*c.name),
-            ("upstream", &*u.name),
+            ("chain", c.name.as_str()),
+            ("upstream", u.name.as_str()),
             ("operator", u.operator.as_str()),
             ("cloud", u.cloud.as_deref().unwrap_or("")),
             ("region", u.region.as_deref().unwrap_or("")),
         ];
-        f.sample(name, &labels, f64::from(u8::from(u.health.is_ready())));
+        f.sample(name, &labels, f64::from(u8::from(u.state == "ready")));
     }
 
     let name = "outlast_upstream_state";
     let mut f = Family::new(out, name, "1 for the upstream's current health state.");
     for (c, u) in &ups {
-        let current = u.health.status().state();
         for s in Status::STATES {
-            let labels = [("chain", &*c.name), ("upstream", &*u.name), ("state", s)];
-            f.sample(name, &labels, f64::from(u8::from(s == current)));
+            let labels = [
+                ("chain", c.name.as_str()),
+                ("upstream", u.name.as_str()),
+                ("state", s),
+            ];
+            f.sample(name, &labels, f64::from(u8::from(s == u.state)));
         }
     }
 
     let name = "outlast_upstream_breaker_state";
     let mut f = Family::new(out, name, "1 for the circuit breaker's current state.");
     for (c, u) in &ups {
-        let current = u.health.breaker(now);
         for s in BREAKER_STATES {
-            let labels = [("chain", &*c.name), ("upstream", &*u.name), ("state", s)];
-            f.sample(name, &labels, f64::from(u8::from(s == current)));
+            let labels = [
+                ("chain", c.name.as_str()),
+                ("upstream", u.name.as_str()),
+                ("state", s),
+            ];
+            f.sample(name, &labels, f64::from(u8::from(s == u.breaker)));
         }
     }
 
-    let name = "outlast_upstream_lag_blocks";
-    let mut f = Family::new(
+    let per_upstream = |out: &mut String,
+                        name: &str,
+                        help: &str,
+                        value: &dyn Fn(&UpstreamStatus) -> Option<f64>| {
+        let mut f = Family::new(out, name, help);
+        for (c, u) in &ups {
+            if let Some(v) = value(u) {
+                f.sample(
+                    name,
+                    &[("chain", c.name.as_str()), ("upstream", u.name.as_str())],
+                    v,
+                );
+            }
+        }
+    };
+    per_upstream(
         out,
-        name,
+        "outlast_upstream_lag_blocks",
         "Blocks the upstream's head is behind the consensus head.",
+        &|u| u.lag.map(|l| l as f64),
     );
-    for (c, u) in &ups {
-        if u.head.latest().is_some() {
-            let labels = [("chain", &*c.name), ("upstream", &*u.name)];
-            f.sample(name, &labels, c.lag(u) as f64);
-        }
-    }
-
-    let name = "outlast_upstream_head_block";
-    let mut f = Family::new(out, name, "The newest block the upstream reported.");
-    for (c, u) in &ups {
-        if let Some(h) = u.head.latest() {
-            let labels = [("chain", &*c.name), ("upstream", &*u.name)];
-            f.sample(name, &labels, h as f64);
-        }
-    }
-
-    let name = "outlast_upstream_latency_seconds";
-    let mut f = Family::new(
+    per_upstream(
         out,
-        name,
+        "outlast_upstream_head_block",
+        "The newest block the upstream reported.",
+        &|u| u.head.map(|h| h as f64),
+    );
+    per_upstream(
+        out,
+        "outlast_upstream_latency_seconds",
         "The upstream's smoothed latency, as used for ranking.",
+        &|u| u.latency_ms.map(|ms| ms / 1000.0),
     );
-    for (c, u) in &ups {
-        if let Some(l) = u.health.stats().latency() {
-            let labels = [("chain", &*c.name), ("upstream", &*u.name)];
-            f.sample(name, &labels, l.as_secs_f64());
-        }
-    }
-
-    let name = "outlast_upstream_error_ratio";
-    let mut f = Family::new(
+    per_upstream(
         out,
-        name,
+        "outlast_upstream_error_ratio",
         "Share of the upstream's recent calls that failed.",
+        &|u| Some(u.error_rate),
     );
-    for (c, u) in &ups {
-        let labels = [("chain", &*c.name), ("upstream", &*u.name)];
-        f.sample(name, &labels, u.health.stats().error_rate());
-    }
 
     let name = UPSTREAM_BANS;
     let mut f = Family::typed(
@@ -172,16 +169,16 @@ fn state(gw: &Gateway, out: &mut String) {
         "counter",
     );
     for (c, u) in &ups {
-        let labels = [("chain", &*c.name), ("upstream", &*u.name)];
-        f.sample(name, &labels, f64::from(u.health.bans()));
+        let labels = [("chain", c.name.as_str()), ("upstream", u.name.as_str())];
+        f.sample(name, &labels, f64::from(u.bans));
     }
 
-    let name = "outlast_upstream_in_flight";
-    let mut f = Family::new(out, name, "Calls in flight at the upstream.");
-    for (c, u) in &ups {
-        let labels = [("chain", &*c.name), ("upstream", &*u.name)];
-        f.sample(name, &labels, u.limits.in_flight() as f64);
-    }
+    per_upstream(
+        out,
+        "outlast_upstream_in_flight",
+        "Calls in flight at the upstream.",
+        &|u| Some(u.in_flight as f64),
+    );
 
     let name = "outlast_chain_head_block";
     let mut f = Family::new(
@@ -189,17 +186,17 @@ fn state(gw: &Gateway, out: &mut String) {
         name,
         "The consensus head: newest block a quorum agrees on.",
     );
-    for c in &gw.chains {
-        if let Some(h) = c.head.latest() {
-            f.sample(name, &[("chain", &*c.name)], h as f64);
+    for c in &snapshot.chains {
+        if let Some(h) = &c.head {
+            f.sample(name, &[("chain", c.name.as_str())], h.number as f64);
         }
     }
 
     let name = "outlast_chain_finalized_block";
     let mut f = Family::new(out, name, "The chain's finalized block, by quorum.");
-    for c in &gw.chains {
-        if let Some(h) = c.head.get().finalized {
-            f.sample(name, &[("chain", &*c.name)], h as f64);
+    for c in &snapshot.chains {
+        if let Some(h) = c.finalized {
+            f.sample(name, &[("chain", c.name.as_str())], h as f64);
         }
     }
 
@@ -221,35 +218,34 @@ fn state(gw: &Gateway, out: &mut String) {
         name,
         "Distinct operators with an upstream in rotation.",
     );
-    for c in &gw.chains {
-        let upstreams = c.upstreams();
-        let serving: std::collections::HashSet<&str> = upstreams
+    for c in &snapshot.chains {
+        let serving: std::collections::HashSet<&str> = c
+            .upstreams
             .iter()
-            .filter(|u| u.health.is_ready())
+            .filter(|u| u.state == "ready")
             .map(|u| u.operator.as_str())
             .collect();
-        f.sample(name, &[("chain", &*c.name)], serving.len() as f64);
+        f.sample(name, &[("chain", c.name.as_str())], serving.len() as f64);
     }
 
     let name = "outlast_chain_quorum";
     let mut f = Family::new(out, name, "Distinct operators the chain's quorum needs.");
-    for c in &gw.chains {
-        f.sample(name, &[("chain", &*c.name)], c.quorum as f64);
+    for c in &snapshot.chains {
+        f.sample(name, &[("chain", c.name.as_str())], c.quorum as f64);
     }
 
-    let open = gw.incidents.open();
     let name = "outlast_incidents_open";
     let mut f = Family::new(out, name, "Incidents open now, by kind and severity.");
     for kind in KINDS {
         for severity in SEVERITIES {
-            let n = open
+            let n = snapshot
+                .incidents
                 .iter()
                 .filter(|i| i.kind == kind && i.severity == severity)
                 .count();
-            let sev = severity.to_string();
             f.sample(
                 name,
-                &[("kind", kind.as_str()), ("severity", &sev)],
+                &[("kind", kind.as_str()), ("severity", severity.label())],
                 n as f64,
             );
         }
@@ -261,15 +257,17 @@ fn state(gw: &Gateway, out: &mut String) {
         name,
         "Share of the last 24 h the upstream or chain was up (observed time only).",
     );
-    let t = Time::now();
-    for c in &gw.chains {
-        if let Some(r) = gw.incidents.uptime(&c.name, t).ratio_24h {
-            f.sample(name, &[("chain", &*c.name), ("upstream", "")], r);
+    for c in &snapshot.chains {
+        if let Some(r) = c.uptime_24h {
+            f.sample(name, &[("chain", c.name.as_str()), ("upstream", "")], r);
         }
-        for u in c.upstreams().iter() {
-            let key = format!("{}/{}", c.name, u.name);
-            if let Some(r) = gw.incidents.uptime(&key, t).ratio_24h {
-                f.sample(name, &[("chain", &*c.name), ("upstream", &*u.name)], r);
+        for u in &c.upstreams {
+            if let Some(r) = u.uptime_24h {
+                f.sample(
+                    name,
+                    &[("chain", c.name.as_str()), ("upstream", u.name.as_str())],
+                    r,
+                );
             }
         }
     }
