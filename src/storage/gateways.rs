@@ -1,11 +1,16 @@
-//! The configured gateways of one kind (IPFS or Arweave) and what is known of each:
-//! latency and error rate (the same `upstream::score::Stats` RPC upstreams keep), a
-//! cool-down after failures in a row, and a ban after a lie. `order` says whom to ask
-//! first; it never waits. The only place that sees a gateway's real URL.
+//! The configured gateways of one kind (IPFS or Arweave) and what is known of each, in
+//! the same breaker RPC upstreams have (`upstream::health::Health`, with `[storage]`'s
+//! settings): latency and error rate, a cool-down after failures in a row (half-open
+//! once it is over: the next failure opens it again), and a ban after a lie, with its
+//! evidence. `order` says whom to ask first; it never waits. The only place that sees
+//! a gateway's real URL.
 
 use std::{
     collections::VecDeque,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant, SystemTime},
 };
 
@@ -14,7 +19,10 @@ use url::Url;
 use super::race::GatewayError;
 use crate::{
     config::{self, UpstreamUrl},
-    upstream::score::{self, Stats},
+    upstream::{
+        health::{Cause, Evidence, Health, Status},
+        score,
+    },
 };
 
 /// Lies kept for the incident view.
@@ -27,18 +35,9 @@ pub struct Gateway {
     pub cloud: Option<String>,
     pub region: Option<String>,
     url: UpstreamUrl,
-    state: Mutex<State>,
-}
-
-#[derive(Debug)]
-struct State {
-    stats: Stats,
-    consecutive_failures: u32,
-    cooling_until: Option<Instant>,
-    next_cooldown: Duration,
-    banned_until: Option<Instant>,
-    lies: u64,
-    last_error: Option<String>,
+    health: Health,
+    /// Times it was caught serving content that does not match its address.
+    lies: AtomicU64,
 }
 
 /// A gateway caught serving content that does not match its address, reported like
@@ -75,7 +74,16 @@ pub struct GatewayStatus {
 }
 
 impl Gateway {
-    fn new(kind: &'static str, cfg: &config::StorageGateway, first_cooldown: Duration) -> Self {
+    fn new(kind: &'static str, cfg: &config::StorageGateway, settings: &config::Storage) -> Self {
+        let first = Duration::from_millis(settings.cooldown_ms);
+        let health = Health::with(
+            settings.failures_before_cooldown,
+            first,
+            Duration::from_millis(settings.max_cooldown_ms),
+            Duration::from_secs(settings.ban_secs),
+        );
+        // No chain id to check: a gateway is in rotation from the start.
+        health.record_probe(Ok(0), 0, Instant::now());
         Gateway {
             name: Arc::from(cfg.name.as_str()),
             kind,
@@ -83,21 +91,9 @@ impl Gateway {
             cloud: cfg.cloud.clone(),
             region: cfg.region.clone(),
             url: cfg.url.clone(),
-            state: Mutex::new(State {
-                stats: Stats::default(),
-                consecutive_failures: 0,
-                cooling_until: None,
-                next_cooldown: first_cooldown,
-                banned_until: None,
-                lies: 0,
-                last_error: None,
-            }),
+            health,
+            lies: AtomicU64::new(0),
         }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // Plain data updated in one step: a panic elsewhere cannot leave it half-written.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The request URL for `path` (starting with `/`, its segments percent-encoded) and
@@ -121,59 +117,47 @@ impl Gateway {
     }
 
     pub fn banned(&self, now: Instant) -> bool {
-        self.lock().banned_until.is_some_and(|t| t > now)
+        matches!(self.health.status(), Status::Banned { until, .. } if until > now)
     }
 
     fn cooling(&self, now: Instant) -> bool {
-        self.lock().cooling_until.is_some_and(|t| t > now)
+        matches!(self.health.status(), Status::CoolingDown { until, .. } if until > now)
     }
 
     pub fn record_success(&self, latency: Duration) {
-        let mut s = self.lock();
-        s.stats.record_success(latency);
-        s.consecutive_failures = 0;
-        s.cooling_until = None;
+        let _ = self.health.record_success(latency);
     }
 
     /// A failure of the gateway's own (not a lie): after `failures_before_cooldown` in a
     /// row it is asked only when nothing else is left, for a doubling cool-down.
-    fn record_failure(&self, why: &str, pool: &PoolSettings, now: Instant) {
-        let mut s = self.lock();
-        s.stats.record_failure();
-        s.consecutive_failures += 1;
-        s.last_error = Some(why.to_owned());
-        if s.consecutive_failures >= pool.failures_before_cooldown
-            && s.cooling_until.is_none_or(|t| t <= now)
+    fn record_failure(&self, why: &str, now: Instant) {
+        if let crate::upstream::health::Transition::CooledDown { for_, .. } =
+            self.health.record_failure(why, Cause::Failing, now)
         {
-            let for_ = s.next_cooldown;
-            s.next_cooldown = (for_ * 2).min(pool.max_cooldown);
-            s.cooling_until = Some(now + for_);
             tracing::warn!(gateway = %self.name, kind = self.kind, "storage gateway cooling down for {for_:?}: {why}");
         }
     }
 
     /// After how long an unanswered request here is worth asking elsewhere too.
     pub fn hedge_delay(&self, min: Duration, max: Duration) -> Duration {
-        self.lock().stats.hedge_delay(min, max)
+        self.health.hedge_delay(min, max)
     }
 
     fn score(&self) -> score::Score {
-        score::score(&self.lock().stats, 0, 0)
+        score::score(&self.health.stats(), 0, 0)
     }
 
     pub fn status(&self, now: Instant) -> GatewayStatus {
         let score = self.score();
-        let s = self.lock();
-        let left = |t: Option<Instant>| {
-            t.filter(|t| *t > now)
-                .map(|t| t.duration_since(now).as_secs())
-        };
-        let (state, for_secs) = if let Some(secs) = left(s.banned_until) {
-            ("banned", Some(secs))
-        } else if let Some(secs) = left(s.cooling_until) {
-            ("cooling down", Some(secs))
-        } else {
-            ("ready", None)
+        let status = self.health.status();
+        let left = status
+            .out_until()
+            .filter(|t| *t > now)
+            .map(|t| t.duration_since(now).as_secs());
+        let (state, for_secs) = match (&status, left) {
+            (Status::Banned { .. }, Some(secs)) => ("banned", Some(secs)),
+            (_, Some(secs)) => ("cooling down", Some(secs)),
+            _ => ("ready", None),
         };
         GatewayStatus {
             name: self.name.clone(),
@@ -183,10 +167,10 @@ impl Gateway {
             region: self.region.clone(),
             state,
             for_secs,
-            lies: s.lies,
+            lies: self.lies.load(Ordering::Relaxed),
             score: score.value,
             reasons: score.reasons,
-            last_error: s.last_error.clone(),
+            last_error: self.health.last_error(),
         }
     }
 }
@@ -200,18 +184,13 @@ impl std::fmt::Debug for Gateway {
     }
 }
 
-#[derive(Debug, Clone)]
-struct PoolSettings {
-    failures_before_cooldown: u32,
-    max_cooldown: Duration,
-    ban: Duration,
-}
 
 /// The gateways of one kind.
 pub struct Pool {
     pub kind: &'static str,
     pub gateways: Vec<Arc<Gateway>>,
-    settings: PoolSettings,
+    /// `[storage] ban_secs`: how long a gateway that lied is left out.
+    ban: Duration,
     lies: Mutex<VecDeque<Lie>>,
 }
 
@@ -221,18 +200,13 @@ impl Pool {
         gateways: &[config::StorageGateway],
         cfg: &config::Storage,
     ) -> Pool {
-        let first = Duration::from_millis(cfg.cooldown_ms);
         Pool {
             kind,
             gateways: gateways
                 .iter()
-                .map(|g| Arc::new(Gateway::new(kind, g, first)))
+                .map(|g| Arc::new(Gateway::new(kind, g, cfg)))
                 .collect(),
-            settings: PoolSettings {
-                failures_before_cooldown: cfg.failures_before_cooldown.max(1),
-                max_cooldown: Duration::from_millis(cfg.max_cooldown_ms).max(first),
-                ban: Duration::from_secs(cfg.ban_secs),
-            },
+            ban: Duration::from_secs(cfg.ban_secs),
             lies: Mutex::new(VecDeque::new()),
         }
     }
@@ -276,21 +250,21 @@ impl Pool {
     }
 
     pub fn record_failure(&self, g: &Gateway, why: &str) {
-        g.record_failure(why, &self.settings, Instant::now());
+        g.record_failure(why, Instant::now());
     }
 
     /// `g` served content that does not match `address`: banned for `ban_secs`, and
     /// the lie is kept for the incident view.
     pub fn record_lie(&self, g: &Gateway, address: &str, what: &str) {
         let now = Instant::now();
-        let ban = self.settings.ban;
-        {
-            let mut s = g.lock();
-            s.stats.record_failure();
-            s.lies += 1;
-            s.banned_until = Some(now + ban);
-            s.last_error = Some(format!("lied: {what}"));
-        }
+        let ban = self.ban;
+        g.lies.fetch_add(1, Ordering::Relaxed);
+        let evidence = Evidence {
+            summary: format!("served content that does not match {address}: {what}"),
+            check: Some("content address".to_owned()),
+            ..Evidence::default()
+        };
+        let _ = g.health.record_lie(evidence, ban, now);
         tracing::warn!(
             gateway = %g.name,
             operator = %g.operator,
@@ -380,6 +354,24 @@ mod tests {
         let now = Instant::now();
         assert_eq!(names(&p.order(now, |_| false)), ["b", "a"]);
         assert_eq!(names(&p.order(now, |g| &*g.name == "b")), ["a"]);
+    }
+
+    #[test]
+    fn a_gateway_tried_again_after_its_cool_down_is_cooled_again_on_failure() {
+        let p = pool(&[("a", "a")]);
+        let g = &p.gateways[0];
+        let start = Instant::now();
+        g.record_failure("refused", start);
+        g.record_failure("refused", start);
+        assert!(g.cooling(start), "two failures in a row cool it down");
+        // The cool-down is over: half-open, asked again like a ready one.
+        let later = start + Duration::from_secs(3600);
+        assert!(!g.cooling(later));
+        g.record_failure("still refused", later);
+        assert!(g.cooling(later), "one failure while half-open opens it again");
+        assert_eq!(g.status(later).state, "cooling down");
+        g.record_success(Duration::from_millis(5));
+        assert_eq!(g.status(later).state, "ready");
     }
 
     #[test]

@@ -210,7 +210,21 @@ struct State {
 
 impl Health {
     pub fn new(routing: &Routing) -> Self {
-        let first = Duration::from_millis(routing.cooldown_ms);
+        Health::with(
+            routing.failures_before_cooldown,
+            Duration::from_millis(routing.cooldown_ms),
+            Duration::from_millis(routing.max_cooldown_ms),
+            Duration::from_secs(routing.liar_ban_secs),
+        )
+    }
+
+    /// A breaker with these settings (storage gateways have their own, `[storage]`).
+    pub fn with(
+        failures_before_cooldown: u32,
+        first: Duration,
+        max_cooldown: Duration,
+        liar_ban: Duration,
+    ) -> Self {
         Health {
             state: Mutex::new(State {
                 status: Status::Unchecked,
@@ -223,10 +237,10 @@ impl Health {
                 bans: 0,
                 foreign_replies: 0,
             }),
-            liar_ban: Duration::from_secs(routing.liar_ban_secs),
-            failures_before_cooldown: routing.failures_before_cooldown.max(1),
+            liar_ban,
+            failures_before_cooldown: failures_before_cooldown.max(1),
             first_cooldown: first,
-            max_cooldown: Duration::from_millis(routing.max_cooldown_ms).max(first),
+            max_cooldown: max_cooldown.max(first),
             changed: Notify::new(),
         }
     }
@@ -239,6 +253,13 @@ impl Health {
 
     pub fn status(&self) -> Status {
         self.lock().status.clone()
+    }
+
+    /// Out of rotation at `now`: cooling down or banned, and not yet over. (When the
+    /// time is up it is half-open: worth a try, as storage gateways are; upstreams are
+    /// probed back in.)
+    pub fn is_out(&self, now: Instant) -> bool {
+        self.lock().status.out_until().is_some_and(|until| until > now)
     }
 
     pub fn is_ready(&self) -> bool {
@@ -288,8 +309,12 @@ impl Health {
         let flapping =
             s.stats.samples >= ERROR_RATE_MIN_SAMPLES && s.stats.error_rate() > ERROR_RATE_TRIP;
         let silent = s.silences >= SILENCES_BEFORE_COOLDOWN;
-        if s.status == Status::Ready
-            && (s.consecutive_failures >= self.failures_before_cooldown || flapping || silent)
+        // Half-open (its time out is over, nothing has brought it back yet) and tried
+        // again: one more failure opens the breaker again, for a doubled cool-down.
+        let half_open = s.status.out_until().is_some_and(|until| until <= now);
+        if (s.status == Status::Ready
+            && (s.consecutive_failures >= self.failures_before_cooldown || flapping || silent))
+            || half_open
         {
             self.changed.notify_one();
             let why = if flapping {
