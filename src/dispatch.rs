@@ -122,8 +122,31 @@ pub async fn handle_as(
     answer(chain, batch, &entries, work.slots, stale_seconds)
 }
 
-/// Step 3, classify: denied methods, and subscriptions (which need a WebSocket: over one,
-/// `server::ws` answers them before dispatch), become errors; everything else goes on.
+/// Step 3, classify: why `method` may not be called here by this caller, if it may
+/// not: outside the caller's key's allow-list (`[[auth.keys]] methods`), or denied for
+/// everyone (`[limits] denied_methods`). The one home of that rule: `server::ws` asks
+/// it for the subscriptions it answers itself.
+pub fn refusal(
+    gw: &Gateway,
+    method: &str,
+    methods: Option<(&crate::auth::glob::Methods, &str)>,
+) -> Option<RpcError> {
+    if let Some((allowed, key)) = methods
+        && !allowed.allows(method)
+    {
+        return Some(RpcError::NotForKey {
+            method: method.to_owned(),
+            key: key.to_owned(),
+        });
+    }
+    gw.policy().is_denied(method).then(|| RpcError::Denied {
+        method: method.to_owned(),
+    })
+}
+
+/// Step 3, classify: refused methods (`refusal`), and subscriptions (which need a
+/// WebSocket: over one, `server::ws` answers them before dispatch), become errors;
+/// everything else goes on.
 fn classify<'a>(
     gw: &Gateway,
     entries: Vec<Result<Call<'a>, Rejected<'a>>>,
@@ -132,29 +155,23 @@ fn classify<'a>(
     entries
         .into_iter()
         .map(|entry| match entry {
-            // Outside the caller's key's allow-list (`[[auth.keys]] methods`).
-            Ok(call) if methods.is_some_and(|(m, _)| !m.allows(&call.method)) => Err(Rejected {
-                id: call.id.or(Some(rpc::parse::null())),
-                error: RpcError::NotForKey {
-                    method: call.method.into_owned(),
-                    key: methods.map_or_else(String::new, |(_, k)| k.to_owned()),
-                },
-            }),
-            Ok(call) if gw.policy().is_denied(&call.method) => Err(Rejected {
-                id: call.id.or(Some(rpc::parse::null())),
-                error: RpcError::Denied {
-                    method: call.method.into_owned(),
-                },
-            }),
-            Ok(call) if matches!(call.method.as_ref(), "eth_subscribe" | "eth_unsubscribe") => {
-                Err(Rejected {
-                    id: call.id.or(Some(rpc::parse::null())),
-                    error: RpcError::NeedsWebSocket {
-                        method: call.method.into_owned(),
-                    },
-                })
+            Ok(call) => {
+                let error = refusal(gw, &call.method, methods).or_else(|| {
+                    matches!(call.method.as_ref(), "eth_subscribe" | "eth_unsubscribe").then(|| {
+                        RpcError::NeedsWebSocket {
+                            method: call.method.to_string(),
+                        }
+                    })
+                });
+                match error {
+                    Some(error) => Err(Rejected {
+                        id: call.id.or(Some(rpc::parse::null())),
+                        error,
+                    }),
+                    None => Ok(call),
+                }
             }
-            other => other,
+            rejected => rejected,
         })
         .collect()
 }

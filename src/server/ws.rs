@@ -425,18 +425,8 @@ impl Session {
         call: &Call<'_>,
         client: &crate::subscribe::hub::Client<'_>,
     ) -> Result<String, RpcError> {
-        if self.gw.policy().is_denied(&call.method) {
-            return Err(RpcError::Denied {
-                method: call.method.to_string(),
-            });
-        }
-        if let Some((methods, key)) = self.caller.methods()
-            && !methods.allows(&call.method)
-        {
-            return Err(RpcError::NotForKey {
-                method: call.method.to_string(),
-                key: key.to_owned(),
-            });
+        if let Some(refused) = dispatch::refusal(&self.gw, &call.method, self.caller.methods()) {
+            return Err(refused);
         }
         let hub = &self.live.hub;
         if call.method == "eth_unsubscribe" {
