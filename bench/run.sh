@@ -3,18 +3,30 @@
 #
 # Starts a fixed upstream (examples/fixed_upstream.rs: answers every POST at once),
 # nginx in front of it (keepalive 32) and Outlast in front of it (one chain, verify
-# off), then loads each with wrk (-t1 -c16) for three workloads: one eth_getBalance at
-# block 1 (bench/single.lua, passed through), a batch of ten of them (bench/batch10.lua),
-# and eth_blockNumber (bench/head.lua: Outlast answers it from its consensus head, the
-# others forward it). Prints one table. Then weighs a cache entry: the cached instance
-# is filled with distinct answers (bench/fill.lua) for FILL seconds, and its RSS growth
-# and the cache's own accounting (/metrics) are divided by the entries it holds.
+# off, the default cache), then loads each target with the same wrk settings for the
+# workloads of issue 20:
+#   single  eth_getBalance of a new address each call (bench/forward.lua): forwarded
+#           every time, also by Outlast, whose cache never has it;
+#   batch10 a batch of ten such calls (bench/forward10.lua);
+#   hit     the same eth_getBalance at block 1 over and over (bench/single.lua): a
+#           cache hit for Outlast, forwarded by nginx; its bar is the fixed upstream's
+#           own speed (direct);
+#   alone   `single` over one connection: the latency each hop adds when nothing queues;
+#   head    eth_blockNumber (bench/head.lua; Outlast answers it from its consensus
+#           head), only when WORKLOADS names it.
+# Prints one table with ratios, then Outlast's RSS after the forwarded runs filled its
+# cache (a new entry per call) against [cache] size_bytes.
 # Everything listens on 127.0.0.1; every process started here is stopped on exit.
 #
 # Environment: DURATION (s per run, 10), WARMUP (s before each run, 1),
-# CONNECTIONS (16), THREADS (1), NGINX_WORKERS (1), OUTLAST_THREADS (= NGINX_WORKERS),
-# FILL (s of distinct reads, 3),
+# CONNECTIONS (16), THREADS (1), NGINX_WORKERS (1, or auto), OUTLAST_THREADS
+# (= NGINX_WORKERS; auto = the cores), WORKLOADS ("single batch10 hit alone"),
+# CACHE_BYTES (Outlast's [cache] size_bytes, 64 MiB: the default),
+# OUTLAST_ALT ("name=path …": more Outlast binaries loaded as further targets in the
+# same run, to compare builds side by side), PROFILE=DIR (perf-record each Outlast
+# target during each workload: DIR/<workload>-<target>.folded and .svg, with inferno),
 # SKIP_OUTLAST=1 (only direct and nginx), KEEP=1 (keep the scratch folder).
+# FILL is accepted and ignored (the forwarded runs fill the cache).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -26,9 +38,13 @@ THREADS="${THREADS:-1}"
 NGINX_WORKERS="${NGINX_WORKERS:-1}"
 # Outlast's [server] worker_threads: as many as nginx has workers, for a fair match.
 OUTLAST_THREADS="${OUTLAST_THREADS:-$NGINX_WORKERS}"
+[[ $OUTLAST_THREADS == auto ]] && OUTLAST_THREADS="$(nproc)"
 SKIP_OUTLAST="${SKIP_OUTLAST:-0}"
-FILL="${FILL:-3}"
 KEEP="${KEEP:-0}"
+WORKLOADS="${WORKLOADS:-single batch10 hit alone}"
+CACHE_BYTES="${CACHE_BYTES:-67108864}"
+OUTLAST_ALT="${OUTLAST_ALT:-}"
+PROFILE="${PROFILE:-}"
 
 say() { echo "bench: $*" >&2; }
 die() { say "error: $*"; exit 1; }
@@ -166,22 +182,26 @@ pids+=($!)
 wait_for nginx "${pids[-1]}" post "http://127.0.0.1:$nginx_port/" "$SINGLE" || die "see $work/nginx/error.log"
 
 targets=(direct nginx)
+outlasts=()
 declare -A url=(
     [direct]="http://127.0.0.1:$up_port/"
     [nginx]="http://127.0.0.1:$nginx_port/"
 )
+declare -A pid_of
 if [[ $SKIP_OUTLAST != 1 ]]; then
-    # Two instances: `outlast` with its cache off (every call passes through) and
-    # `cached` with the default cache (block-1 reads and finalized blocks are immutable).
-    declare -A pid_of
-    start_outlast() { # NAME CACHE_SECTION
+    # Each Outlast target: one chain `bench` (verify off) on the fixed upstream, the
+    # default cache (CACHE_BYTES). `outlast` is this tree's build; OUTLAST_ALT adds others.
+    start_outlast() { # NAME BINARY
         local port cfg="$work/$1.toml"
         port="$(free_port)"
         cat >"$cfg" <<EOF
 [server]
 listen = "127.0.0.1:$port"
 worker_threads = $OUTLAST_THREADS
-$2
+
+[cache]
+size_bytes = $CACHE_BYTES
+
 [[chains]]
 name = "bench"
 chain_id = 31337
@@ -192,7 +212,7 @@ name = "fixed"
 url = "http://127.0.0.1:$up_port"
 operator = "bench"
 EOF
-        "$outlast_bin" serve --config "$cfg" >"$work/$1.log" 2>&1 &
+        "$2" serve --config "$cfg" >"$work/$1.log" 2>&1 &
         local pid=$!
         pids+=("$pid")
         ready() { [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$1") == 200 ]]; }
@@ -201,19 +221,23 @@ EOF
             die "$1 did not become ready (GET /readyz)"
         fi
         targets+=("$1")
+        outlasts+=("$1")
         url[$1]="http://127.0.0.1:$port/bench"
         pid_of[$1]=$pid
     }
-    start_outlast outlast $'[cache]\nsize_bytes = 0\n'
-    start_outlast cached ""
-    outlast_pid=${pid_of[outlast]}
+    start_outlast outlast "$outlast_bin"
+    for alt in $OUTLAST_ALT; do
+        [[ -x ${alt#*=} ]] || die "OUTLAST_ALT: ${alt#*=} is not an executable"
+        start_outlast "${alt%%=*}" "${alt#*=}"
+    done
     sleep 1
-    rss_idle="$(rss_kib "$outlast_pid" VmRSS)"
-    rss_idle_cached="$(rss_kib "${pid_of[cached]}" VmRSS)"
+    declare -A rss_idle
+    for t in "${outlasts[@]}"; do rss_idle[$t]="$(rss_kib "${pid_of[$t]}" VmRSS)"; done
 fi
 
 for t in "${targets[@]}"; do check "$t" "${url[$t]}"; done
 say "servers up: ${targets[*]}; ${DURATION}s per run, $THREADS thread(s), $CONNECTIONS connections"
+say "machine: load $(cut -d' ' -f1-3 /proc/loadavg), $(pgrep -c rustc || true) rustc running"
 
 # ---------------------------------------------------------------- (d) load
 # to_ms 196.00us → 0.196
@@ -234,74 +258,99 @@ load() {
     load_pid=""
 }
 
+# With PROFILE: perf-records an Outlast target during one run (DWARF call graphs: the
+# release build keeps debug line tables, not frame pointers), then folds the stacks and
+# draws them (inferno-collapse-perf, inferno-flamegraph: `cargo install inferno`).
+profile_pid=""
+profile_start() { # NAME PID
+    [[ -z $PROFILE ]] && return
+    mkdir -p "$PROFILE"
+    perf record -q -F 499 --call-graph dwarf,16384 -o "$work/$1.perf" -p "$2" \
+        -- sleep "$DURATION" >/dev/null 2>&1 &
+    profile_pid=$!
+}
+profile_finish() { # NAME
+    [[ -z $profile_pid ]] && return
+    wait "$profile_pid" || true
+    profile_pid=""
+    perf script -i "$work/$1.perf" 2>/dev/null | inferno-collapse-perf >"$PROFILE/$1.folded" || true
+    inferno-flamegraph --title "$1" <"$PROFILE/$1.folded" >"$PROFILE/$1.svg" 2>/dev/null || true
+    rm -f "$work/$1.perf"
+    say "profile: $PROFILE/$1.folded"
+}
+
 declare -A rps p50 p99 errs
-# `alone` is `single` over one connection: the latency each hop adds when nothing queues.
-workloads=(single batch10 head alone)
+declare -A script_of=(
+    [single]=forward.lua [batch10]=forward10.lua [hit]=single.lua [alone]=forward.lua
+    [head]=head.lua
+)
+read -ra workloads <<<"$WORKLOADS"
 for w in "${workloads[@]}"; do
-    script="$bench/$w.lua" conns="$CONNECTIONS"
-    [[ $w == alone ]] && script="$bench/single.lua" conns=1
+    [[ -n ${script_of[$w]:-} ]] || die "unknown workload $w (single batch10 hit alone head)"
+    script="$bench/${script_of[$w]}" conns="$CONNECTIONS"
+    [[ $w == alone ]] && conns=1
     for t in "${targets[@]}"; do
         if ((WARMUP > 0)); then
             load -t"$THREADS" -c"$conns" -d"${WARMUP}s" -s "$script" "${url[$t]}" >/dev/null
         fi
         say "wrk $w -> $t"
         out="$work/wrk-$w-$t.txt"
+        [[ -n ${pid_of[$t]:-} ]] && profile_start "$w-$t" "${pid_of[$t]}"
         load -t"$THREADS" -c"$conns" -d"${DURATION}s" --latency -s "$script" "${url[$t]}" >"$out"
+        profile_finish "$w-$t"
         rps[$w,$t]="$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' "$out")"
         p50[$w,$t]="$(to_ms "$(awk '$1 == "50%" {print $2}' "$out")")"
         p99[$w,$t]="$(to_ms "$(awk '$1 == "99%" {print $2}' "$out")")"
         errs[$w,$t]="$(awk '/Socket errors:/ {gsub(/,/, ""); s += $4 + $6 + $8 + $10} /Non-2xx/ {s += $NF} END {print s + 0}' "$out")"
     done
 done
-if [[ $SKIP_OUTLAST != 1 ]]; then
-    rss_after="$(rss_kib "$outlast_pid" VmRSS)"
-    rss_peak="$(rss_kib "$outlast_pid" VmHWM)"
-    kill -0 "$outlast_pid" 2>/dev/null || die "Outlast died under load; see $work/outlast.log"
-
-    cached_pid=${pid_of[cached]}
-    metric() { awk -v k="$1" '$1 == k {printf "%.0f", $2}' <<<"$2"; }
-    before="$(curl -sS --max-time 5 "${url[cached]%/bench}/metrics")"
-    rss_before_fill="$(rss_kib "$cached_pid" VmRSS)"
-    say "wrk fill -> cached (${FILL}s of distinct reads)"
-    load -t1 -c"$CONNECTIONS" -d"${FILL}s" -s "$bench/fill.lua" "${url[cached]}" >"$work/wrk-fill.txt"
-    after="$(curl -sS --max-time 5 "${url[cached]%/bench}/metrics")"
-    rss_after_fill="$(rss_kib "$cached_pid" VmRSS)"
-    entries_added=$(($(metric outlast_cache_entries "$after") - $(metric outlast_cache_entries "$before")))
-    bytes_added=$(($(metric outlast_cache_bytes "$after") - $(metric outlast_cache_bytes "$before")))
-fi
+declare -A rss_after rss_peak entries cbytes
+metric() { awk -v k="$1" '$1 == k {printf "%.0f", $2}' <<<"$2"; }
+for t in "${outlasts[@]}"; do
+    kill -0 "${pid_of[$t]}" 2>/dev/null || die "$t died under load; see $work/$t.log"
+    rss_after[$t]="$(rss_kib "${pid_of[$t]}" VmRSS)"
+    rss_peak[$t]="$(rss_kib "${pid_of[$t]}" VmHWM)"
+    m="$(curl -sS --max-time 5 "${url[$t]%/bench}/metrics")"
+    entries[$t]="$(metric outlast_cache_entries "$m")"
+    cbytes[$t]="$(metric outlast_cache_bytes "$m")"
+done
 
 # ---------------------------------------------------------------- (e) table
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "-"}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (a > 0 && b > 0) printf "%.2f", a / b; else print "-"}'; }
 echo
-echo "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s, $(nproc) cores; nginx $NGINX_WORKERS worker(s), keepalive 32; Outlast worker_threads = $OUTLAST_THREADS; latency in ms"
-printf '%-8s %-8s %10s %9s %9s %7s\n' workload target rps p50 p99 errors
+echo "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s, $(nproc) cores; nginx $NGINX_WORKERS worker(s), keepalive 32;" \
+    "Outlast worker_threads = $OUTLAST_THREADS, cache size_bytes $(mib $((CACHE_BYTES / 1024))); latency in ms"
+printf '%-8s %-10s %10s %9s %9s %7s\n' workload target rps p50 p99 errors
 for w in "${workloads[@]}"; do
     for t in "${targets[@]}"; do
-        printf '%-8s %-8s %10s %9s %9s %7s\n' "$w" "$t" "${rps[$w,$t]}" "${p50[$w,$t]}" "${p99[$w,$t]}" "${errs[$w,$t]}"
+        printf '%-8s %-10s %10s %9s %9s %7s\n' "$w" "$t" "${rps[$w,$t]}" "${p50[$w,$t]}" "${p99[$w,$t]}" "${errs[$w,$t]}"
     done
 done
 echo
-printf '%-8s %12s %12s %12s %12s\n' workload nginx/direct outlast/direct outlast/nginx cached/nginx
+printf '%-8s %9s %9s %9s' workload direct nginx nginx/dir
+for t in "${outlasts[@]}"; do printf ' %9s %14s %14s' "$t" "$t/direct" "$t/nginx"; done
+echo
 for w in "${workloads[@]}"; do
-    c_a="-" c_b="-" c_c="-"
-    if [[ $SKIP_OUTLAST != 1 ]]; then
-        c_a="$(ratio "${rps[$w,outlast]}" "${rps[$w,direct]}")"
-        c_b="$(ratio "${rps[$w,outlast]}" "${rps[$w,nginx]}")"
-        c_c="$(ratio "${rps[$w,cached]}" "${rps[$w,nginx]}")"
-    fi
-    printf '%-8s %12s %12s %12s %12s\n' "$w" "$(ratio "${rps[$w,nginx]}" "${rps[$w,direct]}")" "$c_a" "$c_b" "$c_c"
+    printf '%-8s %9s %9s %9s' "$w" "${rps[$w,direct]}" "${rps[$w,nginx]}" "$(ratio "${rps[$w,nginx]}" "${rps[$w,direct]}")"
+    for t in "${outlasts[@]}"; do
+        printf ' %9s %14s %14s' "${rps[$w,$t]}" "$(ratio "${rps[$w,$t]}" "${rps[$w,direct]}")" "$(ratio "${rps[$w,$t]}" "${rps[$w,nginx]}")"
+    done
+    echo
 done
-added() { awk -v a="${p50[alone,$1]}" -v d="${p50[alone,direct]}" 'BEGIN {printf "%.0f us", (a - d) * 1000}'; }
+if [[ " ${workloads[*]} " == *" alone "* ]]; then
+    added() { awk -v a="${p50[alone,$1]}" -v d="${p50[alone,direct]}" 'BEGIN {printf "%.0f us", (a - d) * 1000}'; }
+    echo
+    echo -n "p50 added over direct, one connection (alone): nginx $(added nginx)"
+    for t in "${outlasts[@]}"; do echo -n ", $t $(added "$t")"; done
+    echo
+fi
 echo
-echo -n "p50 added over direct, one connection (alone): nginx $(added nginx)"
-[[ $SKIP_OUTLAST != 1 ]] && echo -n ", outlast $(added outlast), cached $(added cached)"
-echo
-if [[ $SKIP_OUTLAST != 1 ]]; then
-    echo "Outlast RSS: idle $(mib "$rss_idle"), after load $(mib "$rss_after") (peak $(mib "$rss_peak")); cached instance idle $(mib "$rss_idle_cached")"
-    per() { awk -v a="$1" -v n="$2" 'BEGIN {if (n > 0) printf "%.0f B", a / n; else print "-"}'; }
-    echo "Cache entry (eth_getBalance answer, ~110-byte key): $entries_added entries added;" \
-        "accounted $(per "$bytes_added" "$entries_added") each," \
-        "RSS $(mib "$rss_before_fill") -> $(mib "$rss_after_fill") = $(per $(((rss_after_fill - rss_before_fill) * 1024)) "$entries_added") each"
+if ((${#outlasts[@]})); then
+    for t in "${outlasts[@]}"; do
+        echo "$t RSS: idle $(mib "${rss_idle[$t]}"), after the runs $(mib "${rss_after[$t]}") (peak $(mib "${rss_peak[$t]}"));" \
+            "cache counts $(mib $((${cbytes[$t]:-0} / 1024))) in ${entries[$t]:-0} entries, size_bytes $(mib $((CACHE_BYTES / 1024)));" \
+            "RSS - size_bytes = $(mib $((${rss_after[$t]} - CACHE_BYTES / 1024)))"
+    done
 else
     echo "Outlast: skipped (SKIP_OUTLAST=1)"
 fi
