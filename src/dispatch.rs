@@ -75,6 +75,20 @@ pub async fn handle_as(
             };
         }
     };
+    handle_entries(gw, chain, batch, entries, methods, owner).await
+}
+
+/// Steps 3 to 9 for calls already parsed (step 2): `handle_as` after its parse, and
+/// `server::ws` for the calls of a message it answered subscriptions of itself.
+/// `batch`: the reply is an array.
+pub async fn handle_entries(
+    gw: &Gateway,
+    chain: &Chain,
+    batch: bool,
+    entries: Vec<Result<Call<'_>, Rejected<'_>>>,
+    methods: Option<(&crate::auth::glob::Methods, &str)>,
+    owner: &Owner,
+) -> Reply {
     // 3. classify: refuse what is not allowed here.
     let mut entries = classify(gw, entries, methods);
     // 3. classify: filters are held by Outlast (`subscribe::filters`; with Redis, block and log
@@ -318,10 +332,12 @@ impl<'g, 'a> Work<'g, 'a> {
             let Some(key) = slot.key.as_deref().filter(|_| slot.outcome.is_none()) else {
                 continue;
             };
+            let tied =
+                head.filter(|_| !policy::only_immutable(&slot.call.method, slot.need, self.heads));
             let hit = self
                 .gw
                 .cache
-                .fresh(key, head, self.live)
+                .fresh(key, tied, self.live)
                 .await
                 .filter(|e| slot.check.is_none() || e.level > Level::None);
             if let Some(entry) = hit {

@@ -34,7 +34,16 @@ mod tests {
         assert_eq!(parse("0x0"), Some(0));
         assert_eq!(parse("0x1a"), Some(26));
         assert_eq!(parse("0xFFFFFFFFFFFFFFFF"), Some(u64::MAX));
-        for bad in ["", "0x", "1a", "0x+1", "0x-1", "0x1g", "0x10000000000000000", " 0x1"] {
+        for bad in [
+            "",
+            "0x",
+            "1a",
+            "0x+1",
+            "0x-1",
+            "0x1g",
+            "0x10000000000000000",
+            " 0x1",
+        ] {
             assert_eq!(parse(bad), None, "{bad:?}");
         }
     }

@@ -362,7 +362,7 @@ impl Session {
         let mut created = Vec::new();
         // Each entry's reply as one JSON object, in order; dispatched ones later.
         let mut parts: Vec<Part> = Vec::with_capacity(entries.len());
-        for entry in entries {
+        for (i, entry) in entries.into_iter().enumerate() {
             parts.push(match entry {
                 Err(rejected) => match rejected.id {
                     Some(id) => Part::Ready(single(id, Err(&rejected.error))),
@@ -378,7 +378,7 @@ impl Session {
                         None => Part::Nothing,
                     }
                 }
-                Ok(call) => Part::Dispatch(encode(&call)),
+                Ok(_) => Part::Dispatch(i),
             });
         }
         if now {
@@ -395,17 +395,34 @@ impl Session {
             self.activate(&created, client);
             return;
         }
-        let (gw, chain) = (self.gw.clone(), self.chain.clone());
+        let (gw, chain, body) = (self.gw.clone(), self.chain.clone(), body.to_vec());
         let (caller, owner) = (self.caller.clone(), self.owner.clone());
         let reply = async move {
+            // The task owns the message, so its calls are read from it again here (the
+            // parse above could not be sent along) and handed to dispatch as parsed.
+            let mut entries: Vec<_> = match rpc::parse::parse(&body, gw.parse_limits()) {
+                Ok(Request::Single(e)) => vec![Some(e)],
+                Ok(Request::Batch(es)) => es.into_iter().map(Some).collect(),
+                Err(e) => return (Some(whole_request_error(&e)), Vec::new()),
+            };
             let mut objects = Vec::with_capacity(parts.len());
             for part in parts {
                 match part {
                     Part::Ready(o) => objects.push(o),
                     Part::Nothing => {}
-                    Part::Dispatch(body) => {
-                        let reply =
-                            dispatch::handle_as(&gw, &chain, &body, caller.methods(), &owner).await;
+                    Part::Dispatch(i) => {
+                        let Some(entry) = entries.get_mut(i).and_then(Option::take) else {
+                            continue;
+                        };
+                        let reply = dispatch::handle_entries(
+                            &gw,
+                            &chain,
+                            false,
+                            vec![entry],
+                            caller.methods(),
+                            &owner,
+                        )
+                        .await;
                         if let Some(o) = reply.body {
                             objects.push(o);
                         }
@@ -525,7 +542,8 @@ type Answered = (Option<Vec<u8>>, Vec<String>);
 /// A reply to assemble: ready now, from `dispatch` later, or none (a notification).
 enum Part {
     Ready(Vec<u8>),
-    Dispatch(Vec<u8>),
+    /// The call at this position of the message, for dispatch.
+    Dispatch(usize),
     Nothing,
 }
 
@@ -611,25 +629,6 @@ fn single(id: &RawValue, answer: Result<&str, &RpcError>) -> Vec<u8> {
     body.finish().unwrap_or_default()
 }
 
-/// One call as a body of its own, for `dispatch`; `params` and `id` stay raw.
-fn encode(call: &Call<'_>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(128);
-    out.extend_from_slice(br#"{"jsonrpc":"2.0""#);
-    if let Some(id) = call.id {
-        out.extend_from_slice(br#","id":"#);
-        out.extend_from_slice(id.get().as_bytes());
-    }
-    out.extend_from_slice(br#","method":"#);
-    // Writing a str into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut out, call.method.as_ref());
-    if let Some(params) = call.params {
-        out.extend_from_slice(br#","params":"#);
-        out.extend_from_slice(params.get().as_bytes());
-    }
-    out.push(b'}');
-    out
-}
-
 /// Reply objects as the request was shaped: one object, or an array.
 fn join(batch: bool, objects: Vec<Vec<u8>>) -> Option<Vec<u8>> {
     if objects.is_empty() {
@@ -680,24 +679,6 @@ fn truncate(mut s: String, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_call_is_re_encoded_with_its_raw_id_and_params() {
-        let body = br#"{"jsonrpc":"2.0","id":1.50,"method":"eth_x","params":[ "0xA" ]}"#;
-        let Ok(Request::Single(Ok(call))) = rpc::parse::parse(
-            body,
-            rpc::ParseLimits {
-                max_batch: 10,
-                max_depth: 10,
-            },
-        ) else {
-            panic!("parses")
-        };
-        assert_eq!(
-            String::from_utf8(encode(&call)).expect("utf8"),
-            r#"{"jsonrpc":"2.0","id":1.50,"method":"eth_x","params":[ "0xA" ]}"#
-        );
-    }
 
     #[test]
     fn batch_replies_are_joined_in_order() {

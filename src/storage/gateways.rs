@@ -184,7 +184,6 @@ impl std::fmt::Debug for Gateway {
     }
 }
 
-
 /// The gateways of one kind.
 pub struct Pool {
     pub kind: &'static str,
@@ -368,7 +367,10 @@ mod tests {
         let later = start + Duration::from_secs(3600);
         assert!(!g.cooling(later));
         g.record_failure("still refused", later);
-        assert!(g.cooling(later), "one failure while half-open opens it again");
+        assert!(
+            g.cooling(later),
+            "one failure while half-open opens it again"
+        );
         assert_eq!(g.status(later).state, "cooling down");
         g.record_success(Duration::from_millis(5));
         assert_eq!(g.status(later).state, "ready");

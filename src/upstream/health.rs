@@ -259,7 +259,10 @@ impl Health {
     /// time is up it is half-open: worth a try, as storage gateways are; upstreams are
     /// probed back in.)
     pub fn is_out(&self, now: Instant) -> bool {
-        self.lock().status.out_until().is_some_and(|until| until > now)
+        self.lock()
+            .status
+            .out_until()
+            .is_some_and(|until| until > now)
     }
 
     pub fn is_ready(&self) -> bool {
