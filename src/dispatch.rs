@@ -718,15 +718,22 @@ enum Check {
 }
 
 fn check_for(chain: &Chain, call: &Call<'_>, need: Need) -> Option<Check> {
+    use rpc::methods::Proof;
     if chain.verify == Verify::Off && chain.quorum_methods.is_empty() {
         return None;
     }
-    let read = StateRead::parse(&call.method, call.params);
+    let proof = methods::proof(&call.method);
+    let read = if proof == Proof::State {
+        StateRead::parse(&call.method, call.params)
+    } else {
+        None
+    };
     let listed = chain
         .quorum_methods
         .iter()
         .any(|m| m == call.method.as_ref());
     if chain.verify != Verify::Off
+        && proof == Proof::Block
         && let Some(id) = BlockId::of(&call.method, call.params, need)
     {
         return Some(Check::Block(id));
@@ -734,14 +741,12 @@ fn check_for(chain: &Chain, call: &Call<'_>, need: Need) -> Option<Check> {
     match (chain.verify, read, need) {
         (Verify::Off, ..) => None,
         (Verify::Proofs, Some(read), Need::Block(n)) => Some(Check::Proof(read, n)),
-        (Verify::Proofs, None, Need::Block(n)) if call.method == "eth_call" && !listed => {
+        (Verify::Proofs, None, Need::Block(n)) if proof == Proof::Call && !listed => {
             Some(Check::Call(n))
         }
-        (Verify::Proofs, None, _) if call.method == "eth_call" => Some(Check::Quorum(need)),
-        (Verify::Proofs, None, _) if call.method == "eth_getTransactionReceipt" && !listed => {
-            Some(Check::Receipt)
-        }
-        (Verify::Proofs, None, _) if call.method == "eth_getLogs" && !listed => log_range(call)
+        (Verify::Proofs, None, _) if proof == Proof::Call => Some(Check::Quorum(need)),
+        (Verify::Proofs, None, _) if proof == Proof::Receipt && !listed => Some(Check::Receipt),
+        (Verify::Proofs, None, _) if proof == Proof::Logs && !listed => log_range(call)
             .filter(|&(f, t)| {
                 logs::span(f, t).is_some_and(|n| n <= route::proven_logs::MAX_PROVEN_BLOCKS)
             })

@@ -1,6 +1,7 @@
 //! Every method Outlast knows, in one table: what block its answer is about (which
 //! `resolve` pins and `select` routes by), whether an answer may be cached (`cache`
-//! keys and lifetimes follow from `about`), and its name as a metrics label. Adding a
+//! keys and lifetimes follow from `about`), how it is proven (`dispatch` picks the
+//! check), and its name as a metrics label. Adding a
 //! method is one row here. Methods not in the table are forwarded untouched, never
 //! cached, and counted as `other`.
 
@@ -19,6 +20,24 @@ pub enum About {
     Head,
 }
 
+/// How a chain in `verify = "proofs"` checks an answer without trusting its provider
+/// (`dispatch` picks the check; `route::verified`, `call`, `receipt`, `proven_logs` do it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proof {
+    /// Nothing to prove it with: forwarded, or agreed by a quorum if listed.
+    None,
+    /// Account or storage state, proven by `eth_getProof` against a trusted header.
+    State,
+    /// A block: its header must hash to the agreed (or requested) hash.
+    Block,
+    /// `eth_call`: executed locally on proven state.
+    Call,
+    /// A receipt: proven against the block's receipts root.
+    Receipt,
+    /// Logs of a short range: from the blocks' proven receipts.
+    Logs,
+}
+
 /// One row of the table.
 #[derive(Debug)]
 pub struct Method {
@@ -26,386 +45,101 @@ pub struct Method {
     pub about: About,
     /// An answer may be kept (for as long as `about` allows: `cache::policy`).
     pub cached: bool,
+    pub proof: Proof,
 }
 
-/// Sorted by name (checked by a test), for a binary search.
-static METHODS: [Method; 75] = [
-    Method {
-        name: "debug_traceBlockByHash",
-        about: About::Nothing,
-        cached: false,
-    },
-    Method {
-        name: "debug_traceBlockByNumber",
-        about: About::Nothing,
-        cached: false,
-    },
-    Method {
-        name: "debug_traceCall",
-        about: About::Nothing,
-        cached: false,
-    },
-    Method {
-        name: "debug_traceTransaction",
-        about: About::Nothing,
-        cached: false,
-    },
-    Method {
-        name: "eth_accounts",
-        about: About::Nothing,
-        cached: false,
-    },
-    Method {
-        name: "eth_blobBaseFee",
-        about: About::Head,
-        cached: true,
-    },
-    Method {
-        name: "eth_blockNumber",
-        about: About::Head,
-        cached: false,
-    },
-    Method {
-        name: "eth_call",
-        about: About::Block(1),
-        cached: true,
-    },
-    Method {
-        name: "eth_callMany",
-        about: About::Nothing,
-        cached: false,
-    },
-    Method {
-        name: "eth_chainId",
-        about: About::Nothing,
-        cached: false,
-    },
-    Method {
-        name: "eth_coinbase",
-        about: About::Nothing,
-        cached: false,
-    },
-    Method {
-        name: "eth_createAccessList",
-        about: About::Block(1),
-        cached: true,
-    },
-    Method {
-        name: "eth_estimateGas",
-        about: About::Block(1),
-        cached: true,
-    },
-    Method {
-        name: "eth_feeHistory",
-        about: About::Block(1),
-        cached: true,
-    },
-    Method {
-        name: "eth_gasPrice",
-        about: About::Head,
-        cached: true,
-    },
-    Method {
-        name: "eth_getAccount",
-        about: About::Nothing,
-        cached: false,
-    },
-    Method {
-        name: "eth_getBalance",
-        about: About::Block(1),
-        cached: true,
-    },
-    Method {
-        name: "eth_getBlockByHash",
-        about: About::Hash,
-        cached: true,
-    },
-    Method {
-        name: "eth_getBlockByNumber",
-        about: About::Block(0),
-        cached: true,
-    },
-    Method {
-        name: "eth_getBlockReceipts",
-        about: About::Block(0),
-        cached: true,
-    },
-    Method {
-        name: "eth_getBlockTransactionCountByHash",
-        about: About::Hash,
-        cached: true,
-    },
-    Method {
-        name: "eth_getBlockTransactionCountByNumber",
-        about: About::Block(0),
-        cached: true,
-    },
-    Method {
-        name: "eth_getCode",
-        about: About::Block(1),
-        cached: true,
-    },
-    Method {
-        name: "eth_getFilterChanges",
-        about: About::Nothing,
-        cached: false,
-    },
-    Method {
-        name: "eth_getFilterLogs",
-        about: About::Nothing,
-        cached: false,
-    },
-    Method {
-        name: "eth_getHeaderByHash",
-        about: About::Nothing,
-        cached: false,
-    },
-    Method {
-        name: "eth_getHeaderByNumber",
-        about: About::Nothing,
-        cached: false,
-    },
-    Method {
-        name: "eth_getLogs",
-        about: About::Range,
-        cached: true,
-    },
-    Method {
-        name: "eth_getProof",
-        about: About::Block(2),
-        cached: true,
-    },
-    Method {
-        name: "eth_getRawTransactionByHash",
-        about: About::Nothing,
-        cached: false,
-    },
-    Method {
-        name: "eth_getStorageAt",
-        about: About::Block(2),
-        cached: true,
-    },
-    Method {
-        name: "eth_getTransactionByBlockHashAndIndex",
-        about: About::Hash,
-        cached: true,
-    },
-    Method {
-        name: "eth_getTransactionByBlockNumberAndIndex",
-        about: About::Block(0),
-        cached: true,
-    },
-    Method {
-        name: "eth_getTransactionByHash",
-        about: About::Hash,
-        cached: true,
-    },
-    Method {
-        name: "eth_getTransactionCount",
-        about: About::Block(1),
-        cached: true,
-    },
-    Method {
-        name: "eth_getTransactionReceipt",
-        about: About::Hash,
-        cached: true,
-    },
-    Method {
-        name: "eth_getUncleByBlockHashAndIndex",
-        about: About::Nothing,
-        cached: false,
-    },
-    Method {
-        name: "eth_getUncleByBlockNumberAndIndex",
-        about: About::Block(0),
-        cached: true,
-    },
-    Method {
-        name: "eth_getUncleCountByBlockHash",
-        about: About::Nothing,
-        cached: false,
-    },
-    Method {
-        name: "eth_getUncleCountByBlockNumber",
-        about: About::Block(0),
-        cached: true,
-    },
-    Method {
-        name: "eth_hashrate",
-        about: About::Nothing,
-        cached: false,
-    },
-    Method {
-        name: "eth_maxPriorityFeePerGas",
-        about: About::Head,
-        cached: true,
-    },
-    Method {
-        name: "eth_mining",
-        about: About::Nothing,
-        cached: false,
-    },
-    Method {
-        name: "eth_newBlockFilter",
-        about: About::Nothing,
-        cached: false,
-    },
-    Method {
-        name: "eth_newFilter",
-        about: About::Nothing,
-        cached: false,
-    },
-    Method {
-        name: "eth_newPendingTransactionFilter",
-        about: About::Nothing,
-        cached: false,
-    },
-    Method {
-        name: "eth_protocolVersion",
-        about: About::Nothing,
-        cached: false,
-    },
-    Method {
-        name: "eth_sendRawTransaction",
-        about: About::Nothing,
-        cached: false,
-    },
-    Method {
-        name: "eth_sendRawTransactionSync",
-        about: About::Nothing,
-        cached: false,
-    },
-    Method {
-        name: "eth_sendTransaction",
-        about: About::Nothing,
-        cached: false,
-    },
-    Method {
-        name: "eth_sign",
-        about: About::Nothing,
-        cached: false,
-    },
-    Method {
-        name: "eth_signTransaction",
-        about: About::Nothing,
-        cached: false,
-    },
-    Method {
-        name: "eth_signTypedData_v4",
-        about: About::Nothing,
-        cached: false,
-    },
-    Method {
-        name: "eth_simulateV1",
-        about: About::Nothing,
-        cached: false,
-    },
-    Method {
-        name: "eth_subscribe",
-        about: About::Nothing,
-        cached: false,
-    },
-    Method {
-        name: "eth_syncing",
-        about: About::Nothing,
-        cached: false,
-    },
-    Method {
-        name: "eth_uninstallFilter",
-        about: About::Nothing,
-        cached: false,
-    },
-    Method {
-        name: "eth_unsubscribe",
-        about: About::Nothing,
-        cached: false,
-    },
-    Method {
-        name: "net_listening",
-        about: About::Nothing,
-        cached: false,
-    },
-    Method {
-        name: "net_peerCount",
-        about: About::Nothing,
-        cached: false,
-    },
-    Method {
-        name: "net_version",
-        about: About::Nothing,
-        cached: false,
-    },
-    Method {
-        name: "trace_block",
-        about: About::Nothing,
-        cached: false,
-    },
-    Method {
-        name: "trace_call",
-        about: About::Nothing,
-        cached: false,
-    },
-    Method {
-        name: "trace_callMany",
-        about: About::Nothing,
-        cached: false,
-    },
-    Method {
-        name: "trace_filter",
-        about: About::Nothing,
-        cached: false,
-    },
-    Method {
-        name: "trace_rawTransaction",
-        about: About::Nothing,
-        cached: false,
-    },
-    Method {
-        name: "trace_replayBlockTransactions",
-        about: About::Nothing,
-        cached: false,
-    },
-    Method {
-        name: "trace_replayTransaction",
-        about: About::Nothing,
-        cached: false,
-    },
-    Method {
-        name: "trace_transaction",
-        about: About::Nothing,
-        cached: false,
-    },
-    Method {
-        name: "txpool_content",
-        about: About::Nothing,
-        cached: false,
-    },
-    Method {
-        name: "txpool_inspect",
-        about: About::Nothing,
-        cached: false,
-    },
-    Method {
-        name: "txpool_status",
-        about: About::Nothing,
-        cached: false,
-    },
-    Method {
-        name: "web3_clientVersion",
-        about: About::Nothing,
-        cached: false,
-    },
-    Method {
-        name: "web3_sha3",
-        about: About::Nothing,
-        cached: false,
-    },
-    Method {
-        name: "zks_getProof",
-        about: About::Nothing,
-        cached: false,
-    },
-];
+/// Sorted by name (checked by a test), for a binary search. Columns: name, what the
+/// answer is about, cached, how it is proven.
+#[rustfmt::skip]
+static METHODS: [Method; 75] = {
+    use About::*;
+    [
+        m("debug_traceBlockByHash",                  Nothing,   false, Proof::None),
+        m("debug_traceBlockByNumber",                Nothing,   false, Proof::None),
+        m("debug_traceCall",                         Nothing,   false, Proof::None),
+        m("debug_traceTransaction",                  Nothing,   false, Proof::None),
+        m("eth_accounts",                            Nothing,   false, Proof::None),
+        m("eth_blobBaseFee",                         Head,      true,  Proof::None),
+        m("eth_blockNumber",                         Head,      false, Proof::None),
+        m("eth_call",                                Block(1),  true,  Proof::Call),
+        m("eth_callMany",                            Nothing,   false, Proof::None),
+        m("eth_chainId",                             Nothing,   false, Proof::None),
+        m("eth_coinbase",                            Nothing,   false, Proof::None),
+        m("eth_createAccessList",                    Block(1),  true,  Proof::None),
+        m("eth_estimateGas",                         Block(1),  true,  Proof::None),
+        m("eth_feeHistory",                          Block(1),  true,  Proof::None),
+        m("eth_gasPrice",                            Head,      true,  Proof::None),
+        m("eth_getAccount",                          Nothing,   false, Proof::None),
+        m("eth_getBalance",                          Block(1),  true,  Proof::State),
+        m("eth_getBlockByHash",                      Hash,      true,  Proof::Block),
+        m("eth_getBlockByNumber",                    Block(0),  true,  Proof::Block),
+        m("eth_getBlockReceipts",                    Block(0),  true,  Proof::None),
+        m("eth_getBlockTransactionCountByHash",      Hash,      true,  Proof::None),
+        m("eth_getBlockTransactionCountByNumber",    Block(0),  true,  Proof::None),
+        m("eth_getCode",                             Block(1),  true,  Proof::State),
+        m("eth_getFilterChanges",                    Nothing,   false, Proof::None),
+        m("eth_getFilterLogs",                       Nothing,   false, Proof::None),
+        m("eth_getHeaderByHash",                     Nothing,   false, Proof::None),
+        m("eth_getHeaderByNumber",                   Nothing,   false, Proof::None),
+        m("eth_getLogs",                             Range,     true,  Proof::Logs),
+        m("eth_getProof",                            Block(2),  true,  Proof::None),
+        m("eth_getRawTransactionByHash",             Nothing,   false, Proof::None),
+        m("eth_getStorageAt",                        Block(2),  true,  Proof::State),
+        m("eth_getTransactionByBlockHashAndIndex",   Hash,      true,  Proof::None),
+        m("eth_getTransactionByBlockNumberAndIndex", Block(0),  true,  Proof::None),
+        m("eth_getTransactionByHash",                Hash,      true,  Proof::None),
+        m("eth_getTransactionCount",                 Block(1),  true,  Proof::State),
+        m("eth_getTransactionReceipt",               Hash,      true,  Proof::Receipt),
+        m("eth_getUncleByBlockHashAndIndex",         Nothing,   false, Proof::None),
+        m("eth_getUncleByBlockNumberAndIndex",       Block(0),  true,  Proof::None),
+        m("eth_getUncleCountByBlockHash",            Nothing,   false, Proof::None),
+        m("eth_getUncleCountByBlockNumber",          Block(0),  true,  Proof::None),
+        m("eth_hashrate",                            Nothing,   false, Proof::None),
+        m("eth_maxPriorityFeePerGas",                Head,      true,  Proof::None),
+        m("eth_mining",                              Nothing,   false, Proof::None),
+        m("eth_newBlockFilter",                      Nothing,   false, Proof::None),
+        m("eth_newFilter",                           Nothing,   false, Proof::None),
+        m("eth_newPendingTransactionFilter",         Nothing,   false, Proof::None),
+        m("eth_protocolVersion",                     Nothing,   false, Proof::None),
+        m("eth_sendRawTransaction",                  Nothing,   false, Proof::None),
+        m("eth_sendRawTransactionSync",              Nothing,   false, Proof::None),
+        m("eth_sendTransaction",                     Nothing,   false, Proof::None),
+        m("eth_sign",                                Nothing,   false, Proof::None),
+        m("eth_signTransaction",                     Nothing,   false, Proof::None),
+        m("eth_signTypedData_v4",                    Nothing,   false, Proof::None),
+        m("eth_simulateV1",                          Nothing,   false, Proof::None),
+        m("eth_subscribe",                           Nothing,   false, Proof::None),
+        m("eth_syncing",                             Nothing,   false, Proof::None),
+        m("eth_uninstallFilter",                     Nothing,   false, Proof::None),
+        m("eth_unsubscribe",                         Nothing,   false, Proof::None),
+        m("net_listening",                           Nothing,   false, Proof::None),
+        m("net_peerCount",                           Nothing,   false, Proof::None),
+        m("net_version",                             Nothing,   false, Proof::None),
+        m("trace_block",                             Nothing,   false, Proof::None),
+        m("trace_call",                              Nothing,   false, Proof::None),
+        m("trace_callMany",                          Nothing,   false, Proof::None),
+        m("trace_filter",                            Nothing,   false, Proof::None),
+        m("trace_rawTransaction",                    Nothing,   false, Proof::None),
+        m("trace_replayBlockTransactions",           Nothing,   false, Proof::None),
+        m("trace_replayTransaction",                 Nothing,   false, Proof::None),
+        m("trace_transaction",                       Nothing,   false, Proof::None),
+        m("txpool_content",                          Nothing,   false, Proof::None),
+        m("txpool_inspect",                          Nothing,   false, Proof::None),
+        m("txpool_status",                           Nothing,   false, Proof::None),
+        m("web3_clientVersion",                      Nothing,   false, Proof::None),
+        m("web3_sha3",                               Nothing,   false, Proof::None),
+        m("zks_getProof",                            Nothing,   false, Proof::None),
+    ]
+};
+
+const fn m(name: &'static str, about: About, cached: bool, proof: Proof) -> Method {
+    Method {
+        name,
+        about,
+        cached,
+        proof,
+    }
+}
 
 /// The row of `name`, if Outlast knows the method. Exact match: method names are
 /// case-sensitive on the wire.
@@ -419,6 +153,11 @@ pub fn lookup(name: &str) -> Option<&'static Method> {
 /// What `name`'s answer is about (`About::Nothing` for an unknown method).
 pub fn about(name: &str) -> About {
     lookup(name).map_or(About::Nothing, |m| m.about)
+}
+
+/// How `name`'s answer is proven (`Proof::None` for an unknown method).
+pub fn proof(name: &str) -> Proof {
+    lookup(name).map_or(Proof::None, |m| m.proof)
 }
 
 /// `name` itself when it is a known method, else `other`: a client cannot grow the
