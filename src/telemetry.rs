@@ -223,7 +223,11 @@ struct Inbound {
 
 impl Inbound {
     fn from(headers: &HeaderMap) -> Option<Inbound> {
-        let traceparent = headers.get(TRACEPARENT)?.clone();
+        let mut sent = headers.get_all(TRACEPARENT).iter();
+        let traceparent = sent.next()?.clone();
+        if sent.next().is_some() || !well_formed(traceparent.as_bytes()) {
+            return None;
+        }
         let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
         if !parent.span().span_context().is_valid() {
             return None;
@@ -234,6 +238,27 @@ impl Inbound {
             parent,
         })
     }
+}
+
+/// `vv-<32 hex>-<16 hex>-<2 hex>`, lowercase, version never `ff`; a later version may
+/// add fields after another `-`. The SDK's parser is more lenient (a short trace id is
+/// padded with zeros), and a header passed on unchanged must be exactly right. All-zero
+/// ids are refused by the parser after this.
+fn well_formed(traceparent: &[u8]) -> bool {
+    let hex = |b: &[u8]| b.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
+    let Some((head, rest)) = traceparent.split_at_checked(55) else {
+        return false;
+    };
+    let version = &head[..2];
+    hex(version)
+        && version != b"ff"
+        && head[2] == b'-'
+        && hex(&head[3..35])
+        && head[35] == b'-'
+        && hex(&head[36..52])
+        && head[52] == b'-'
+        && hex(&head[53..])
+        && (rest.is_empty() || version != b"00" && rest[0] == b'-')
 }
 
 /// One JSON-RPC request's tracing: its span and its client's trace context. `run` the
@@ -565,6 +590,19 @@ mod tests {
                 false,
             ),
             ("hello", false),
+            // Upper case, a longer field, a future version with more fields.
+            (
+                "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+                false,
+            ),
+            (
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+                false,
+            ),
+            (
+                "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-later",
+                true,
+            ),
         ] {
             let inbound = Inbound::from(&headers(&[
                 ("traceparent", traceparent),
@@ -573,6 +611,14 @@ mod tests {
             assert_eq!(inbound.is_some(), taken, "{traceparent}");
         }
         assert!(Inbound::from(&headers(&[("tracestate", "vendor=1")])).is_none());
+        assert!(
+            Inbound::from(&headers(&[
+                ("traceparent", PARENT),
+                ("traceparent", PARENT)
+            ]))
+            .is_none(),
+            "two traceparents are none"
+        );
     }
 
     /// Without an exporter, an attempt passes the client's headers on byte for byte.
