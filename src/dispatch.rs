@@ -649,7 +649,7 @@ fn answer(
         match entry {
             Err(rejected) => {
                 count_rejected(&chain.name, &rejected.error);
-                traced.rejected(&rejected.error);
+                traced.rejected(matches!(rejected.error, RpcError::LimitExceeded(_)));
                 if let Some(id) = rejected.id {
                     reply.error(id, &rejected.error);
                 }
@@ -661,7 +661,7 @@ fn answer(
                     .unwrap_or(Outcome::Unavailable(Vec::new()));
                 let (upstream, label) = outcome.labels();
                 crate::metrics::call(&chain.name, methods::label(&call.method), upstream, label);
-                traced.answered(&call.method, &outcome);
+                traced.answered(&call.method, label);
                 if let Outcome::Answered { upstream, .. } = &outcome
                     && !upstreams.contains(upstream)
                 {

@@ -1,8 +1,8 @@
 //! Request tracing: one span per JSON-RPC request (`rpc`: chain, transport, client,
 //! methods, outcome) and one per upstream attempt (`upstream`: the upstream's name, the
 //! attempt's number within its request, outcome, latency), all on target
-//! `outlast::trace` at `debug` level, so people see them in logs with
-//! `RUST_LOG=outlast::trace=debug` and collectors through `[tracing]`.
+//! `outlast::trace` at `debug` level: below the default log level, in collectors
+//! through `[tracing]`, and in log lines written inside them with `RUST_LOG=debug`.
 //!
 //! W3C Trace Context in: a client's valid `traceparent` (and `tracestate`) makes the
 //! request span a child of the client's trace, and its sampled flag decides whether the
@@ -53,15 +53,9 @@ use tracing::{Instrument as _, Span, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::{Layer, Registry, filter::Targets};
 
-use crate::{
-    config::Tracing,
-    route::Outcome,
-    rpc::{Call, RpcError},
-    upstream::{Answer, UpstreamError},
-};
+use crate::config::Tracing;
 
-/// The target of every span made here: what the exporter's layer lets through, and
-/// what `RUST_LOG=outlast::trace=debug` shows in the logs.
+/// The target of every span made here: all the exporter's layer lets through.
 pub const TARGET: &str = "outlast::trace";
 
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -396,31 +390,32 @@ impl Summary {
         }
     }
 
-    /// A call refused before it was sent.
-    pub fn rejected(&mut self, error: &RpcError) {
+    /// A call refused before it was sent; `limited`: by a limit (-32005), else as
+    /// invalid, denied or not for the caller's key.
+    pub fn rejected(&mut self, limited: bool) {
         if self.context.is_none() {
             return;
         }
-        let verdict = match error {
-            RpcError::LimitExceeded(_) => Verdict::Limited,
-            _ => Verdict::Rejected,
+        let verdict = if limited {
+            Verdict::Limited
+        } else {
+            Verdict::Rejected
         };
         self.add(None, verdict);
     }
 
-    pub fn answered(&mut self, method: &str, outcome: &Outcome) {
+    /// A call answered; `outcome` as `route::Outcome::labels` names it (`result`,
+    /// `error`, `limited`, `unverified`, `unavailable`).
+    pub fn answered(&mut self, method: &str, outcome: &str) {
         if self.context.is_none() {
             return;
         }
         let verdict = match outcome {
-            Outcome::Answered {
-                answer: Answer::Result(_),
-                ..
-            } => Verdict::Ok,
-            Outcome::Answered { .. } => Verdict::Error,
-            Outcome::Refused(_) => Verdict::Limited,
-            Outcome::Unverified { .. } => Verdict::Unverified,
-            Outcome::Unavailable(_) => Verdict::Unavailable,
+            "result" => Verdict::Ok,
+            "error" => Verdict::Error,
+            "limited" => Verdict::Limited,
+            "unverified" => Verdict::Unverified,
+            _ => Verdict::Unavailable,
         };
         self.add(Some(method), verdict);
     }
@@ -459,9 +454,13 @@ pub struct Attempt {
     finished: bool,
 }
 
-/// The attempt about to send `calls` to `upstream`; `None` outside a request (a
-/// background check) or when the request is neither traced nor carries a trace.
-pub fn attempt(upstream: &str, calls: &[&Call<'_>]) -> Option<Attempt> {
+/// The attempt about to send calls of these `methods` (one per call) to `upstream`;
+/// `None` outside a request (a background check) or when the request is neither traced
+/// nor carries a trace.
+pub fn attempt<'m>(
+    upstream: &str,
+    methods: impl ExactSizeIterator<Item = &'m str>,
+) -> Option<Attempt> {
     let context = REQUEST.try_with(Arc::clone).ok()?;
     let number = context.attempts.fetch_add(1, Ordering::Relaxed) + 1;
     let span = tracing::debug_span!(
@@ -472,20 +471,20 @@ pub fn attempt(upstream: &str, calls: &[&Call<'_>]) -> Option<Attempt> {
         upstream,
         attempt = i64::from(number),
         rpc.method = Empty,
-        calls = count(calls.len()),
+        calls = count(methods.len()),
         outcome = Empty,
         latency_ms = Empty,
         error = Empty,
         otel.status_code = Empty,
     );
     if !span.is_disabled() {
-        let mut methods: Vec<&str> = Vec::new();
-        for call in calls {
-            if methods.len() < MAX_METHODS_SHOWN && !methods.contains(&call.method.as_ref()) {
-                methods.push(&call.method);
+        let mut shown: Vec<&str> = Vec::new();
+        for method in methods {
+            if shown.len() < MAX_METHODS_SHOWN && !shown.contains(&method) {
+                shown.push(method);
             }
         }
-        span.record("rpc.method", methods.join(",").as_str());
+        span.record("rpc.method", shown.join(",").as_str());
     }
     Some(Attempt {
         span,
@@ -510,8 +509,13 @@ impl Attempt {
         }
     }
 
-    /// Records how the attempt went; the span ends here.
-    pub fn finish<T>(mut self, result: &Result<T, UpstreamError>) {
+    /// Records how the attempt went, a failure by its `label` (`UpstreamError::label`);
+    /// the span ends here.
+    pub fn finish<T, E: std::fmt::Display>(
+        mut self,
+        result: &Result<T, E>,
+        label: impl FnOnce(&E) -> &'static str,
+    ) {
         self.finished = true;
         self.span
             .record("latency_ms", millis(self.started.elapsed()));
@@ -520,7 +524,7 @@ impl Attempt {
                 self.span.record("outcome", "ok");
             }
             Err(e) => {
-                self.span.record("outcome", e.label());
+                self.span.record("outcome", label(e));
                 self.span.record("error", e.to_string().as_str());
                 self.span.record("otel.status_code", "ERROR");
             }
@@ -628,15 +632,10 @@ mod tests {
         let request = Request::http("local", "open", IpAddr::from([127, 0, 0, 1]), &client);
         let sent = request
             .run(async {
-                let call = Call {
-                    id: None,
-                    method: "eth_blockNumber".into(),
-                    params: None,
-                };
-                let attempt = attempt("u0", &[&call]).expect("inside a request");
+                let attempt = attempt("u0", ["eth_blockNumber"].into_iter()).expect("in a request");
                 let mut sent = HeaderMap::new();
                 attempt.inject(&mut sent);
-                attempt.finish::<()>(&Ok(()));
+                attempt.finish::<(), String>(&Ok(()), |_| "never");
                 sent
             })
             .await;
@@ -646,12 +645,7 @@ mod tests {
             "congo=t61rcWkgMzE"
         );
         // Outside a request (a background check) there is no attempt, so no header.
-        let call = Call {
-            id: None,
-            method: "eth_blockNumber".into(),
-            params: None,
-        };
-        assert!(attempt("u0", &[&call]).is_none());
+        assert!(attempt("u0", ["eth_blockNumber"].into_iter()).is_none());
     }
 
     #[test]

@@ -103,10 +103,11 @@ impl Upstream {
         calls: &[&Call<'_>],
         timeout: Duration,
     ) -> Result<Vec<Option<Answer>>, UpstreamError> {
-        let attempt = crate::telemetry::attempt(&self.name, calls);
+        let methods = calls.iter().map(|c| c.method.as_ref());
+        let attempt = crate::telemetry::attempt(&self.name, methods);
         let result = self.exchange(calls, timeout, attempt.as_ref()).await;
         if let Some(attempt) = attempt {
-            attempt.finish(&result);
+            attempt.finish(&result, UpstreamError::label);
         }
         result
     }
