@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use axum::{
     Extension,
     body::Body,
-    extract::{Path, State},
+    extract::{Path, Request, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -21,14 +21,24 @@ use crate::{
     rpc::{RpcError, respond::whole_request_error},
 };
 
+// The handlers take the whole request and split it: a `HeaderMap` argument would be a
+// copy of the headers for every call.
 pub async fn rpc_chain(
     State(gw): State<Arc<Gateway>>,
     Path(chain): Path<String>,
     client: Option<Extension<ClientAddr>>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
-    rpc(&gw, Some(&chain), None, address(client), &headers, body).await
+    let (parts, body) = request.into_parts();
+    rpc(
+        &gw,
+        Some(&chain),
+        None,
+        address(client),
+        &parts.headers,
+        body,
+    )
+    .await
 }
 
 /// `POST /{chain}/{key}`: the key in the path, for clients that cannot set headers.
@@ -36,15 +46,15 @@ pub async fn rpc_chain_key(
     State(gw): State<Arc<Gateway>>,
     Path((chain, key)): Path<(String, String)>,
     client: Option<Extension<ClientAddr>>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
+    let (parts, body) = request.into_parts();
     rpc(
         &gw,
         Some(&chain),
         Some(&key),
         address(client),
-        &headers,
+        &parts.headers,
         body,
     )
     .await
@@ -53,10 +63,10 @@ pub async fn rpc_chain_key(
 pub async fn rpc_root(
     State(gw): State<Arc<Gateway>>,
     client: Option<Extension<ClientAddr>>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
-    rpc(&gw, None, None, address(client), &headers, body).await
+    let (parts, body) = request.into_parts();
+    rpc(&gw, None, None, address(client), &parts.headers, body).await
 }
 
 /// The client's address as `server::listen` worked it out (trusted proxies'
