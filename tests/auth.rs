@@ -6,12 +6,12 @@
 
 mod testbed;
 
-use std::{process::Stdio, time::Duration};
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use testbed::{
-    Fleet, free_port,
+    Fleet,
     gateway::{FAST_ROUTING, Outlast, config},
 };
 use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest};
@@ -331,37 +331,7 @@ async fn websockets_need_a_key_too_and_each_message_is_charged_and_checked() {
     assert_eq!(r["error"]["code"], -32005, "over budget: {r}");
 }
 
-/// A `redis-server` on a free port, killed when dropped.
-struct Redis {
-    child: tokio::process::Child,
-    url: String,
-}
-
-impl Redis {
-    async fn start() -> Redis {
-        let port = free_port();
-        let child = tokio::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("redis-server (scripts/test.sh installs it)");
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return Redis {
-                    child,
-                    url: format!("redis://127.0.0.1:{port}/"),
-                };
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("redis-server did not listen on {port}");
-    }
-}
+use testbed::redis_server::RedisServer as Redis;
 
 async fn readyz_limits(o: &Outlast) -> Value {
     let r = reqwest::get(o.url("/readyz")).await.expect("readyz");
@@ -395,7 +365,7 @@ async fn two_instances_on_one_redis_enforce_one_budget_and_fall_back_when_it_die
     assert_eq!((status, retry.as_deref()), (429, Some("1")), "{body}");
     assert_eq!(readyz_limits(&a).await, "shared (Redis)");
 
-    let _ = redis.child.kill().await;
+    redis.kill().await;
     // Each instance now keeps its own budget: calls go on, and it says so.
     let (status, _, body) = post(&on(&a), &[], call("net_version")).await;
     assert!(status == 200 || status == 429, "{status} {body}");

@@ -7,82 +7,15 @@
 
 mod testbed;
 
-use std::{process::Stdio, time::Duration};
+use std::time::Duration;
 
 use serde_json::json;
 use testbed::{
-    Fleet, free_port,
+    Fleet,
     gateway::{FAST_ROUTING, Outlast, config},
 };
 
-/// A `redis-server` on 127.0.0.1; killed when dropped.
-struct Redis {
-    child: tokio::process::Child,
-    url: String,
-}
-
-impl Redis {
-    /// On a free port: one that another process takes between our probe and
-    /// redis-server's bind makes it exit, and the next port is tried.
-    async fn start() -> Redis {
-        let mut failures = Vec::new();
-        for _ in 0..5 {
-            match Redis::try_start_on(free_port()).await {
-                Ok(redis) => return redis,
-                Err(e) => failures.push(e),
-            }
-        }
-        panic!("redis-server did not start: {failures:#?}");
-    }
-
-    async fn start_on(port: u16) -> Redis {
-        Redis::try_start_on(port)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// Starts redis-server on `port` and waits until it answers PING — our own server,
-    /// not another process that holds the port.
-    async fn try_start_on(port: u16) -> Result<Redis, String> {
-        let mut child = tokio::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("redis-server (apt-get install redis-server; scripts/test.sh does)");
-        let url = format!("redis://127.0.0.1:{port}/");
-        for _ in 0..500 {
-            if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
-                return Err(format!("redis-server on {port} exited: {status}"));
-            }
-            if let Ok(client) = redis::Client::open(url.as_str())
-                && let Ok(mut conn) = client.get_multiplexed_async_connection().await
-                && redis::cmd("PING")
-                    .query_async::<String>(&mut conn)
-                    .await
-                    .is_ok_and(|p| p == "PONG")
-                && child.try_wait().is_ok_and(|s| s.is_none())
-            {
-                return Ok(Redis { child, url });
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        Err(format!("redis-server did not answer on {port} within 5 s"))
-    }
-
-    async fn kill(&mut self) {
-        let _ = self.child.kill().await;
-    }
-
-    fn port(&self) -> u16 {
-        self.url
-            .trim_start_matches("redis://127.0.0.1:")
-            .trim_end_matches('/')
-            .parse()
-            .expect("port")
-    }
-}
+use testbed::redis_server::RedisServer as Redis;
 
 /// Anvil finalizes 64 blocks behind its head: mine past that so block 3 is final.
 const HEIGHT: u64 = 70;

@@ -25,6 +25,21 @@ impl RedisServer {
         panic!("redis-server did not start: {failures:#?}");
     }
 
+    /// On `port` again (a restart where Outlast expects it); panics if it cannot.
+    pub async fn start_on(port: u16) -> RedisServer {
+        RedisServer::try_start_on(port)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn port(&self) -> u16 {
+        self.url
+            .trim_start_matches("redis://127.0.0.1:")
+            .trim_end_matches('/')
+            .parse()
+            .expect("a port in the URL this type wrote")
+    }
+
     /// Starts redis-server on `port` and waits until it answers PING — our own server,
     /// not another process that holds the port.
     async fn try_start_on(port: u16) -> Result<RedisServer, String> {
