@@ -188,12 +188,7 @@ impl RedisTier {
             return;
         };
         let full = format!("{}{key}", self.prefix);
-        let tag = tagged_in(&self.mac, NOTE_DOMAIN, &full, value)
-            .finalize()
-            .into_bytes();
-        let mut out = Vec::with_capacity(TAG + value.len());
-        out.extend_from_slice(&tag);
-        out.extend_from_slice(value);
+        let out = self.signed_note(key, value);
         let ms = u64::try_from(keep.as_millis()).unwrap_or(u64::MAX).max(1);
         let done =
             tokio::time::timeout(self.timeout, conn.pset_ex::<_, _, ()>(full, out, ms)).await;
