@@ -18,7 +18,7 @@
 
 use std::{
     collections::HashMap,
-    hash::{BuildHasherDefault, Hash, Hasher},
+    hash::{Hash, Hasher},
     sync::{LazyLock, OnceLock, RwLock},
     time::Duration,
 };
@@ -178,35 +178,13 @@ pub async fn upkeep(stop: CancellationToken) {
 /// atomic add. Label values are bounded (see above), and so is this map.
 struct Handles<T> {
     /// By a hash of the name and values; each bucket holds the values it was made for.
-    map: RwLock<HashMap<u64, Bucket<T>, BuildHasherDefault<Fx>>>,
+    /// FxHash: its keys are the metric's name and label values, config names or fixed
+    /// words (never chosen by a client), so the keyed SipHash a client-facing map needs
+    /// would only cost time, a few lookups per call.
+    map: RwLock<HashMap<u64, Bucket<T>, rustc_hash::FxBuildHasher>>,
 }
 
 type Bucket<T> = Vec<(Vec<Box<str>>, T)>;
-
-/// FxHash's mixing step, for the handles' map. Its keys are the metric's name and label
-/// values, which are config names or fixed words (never chosen by a client), so the
-/// keyed SipHash a client-facing map needs only cost time: a few lookups per call.
-#[derive(Default)]
-struct Fx(u64);
-
-impl Hasher for Fx {
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word))
-                .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
 
 impl<T: Clone> Handles<T> {
     fn new() -> Handles<T> {
@@ -231,7 +209,7 @@ impl<T: Clone> Handles<T> {
             // No recorder yet: a handle made now would count nowhere for good.
             return make(owned());
         }
-        let mut h = Fx::default();
+        let mut h = rustc_hash::FxHasher::default();
         name.hash(&mut h);
         labels.iter().for_each(|(_, v)| v.hash(&mut h));
         let key = h.finish();

@@ -48,8 +48,8 @@ pub struct Method {
     pub proof: Proof,
 }
 
-/// Sorted by name (checked by a test), for a binary search. Columns: name, what the
-/// answer is about, cached, how it is proven.
+/// Sorted by name (checked by a test), so a row is easy to find. Columns: name, what
+/// the answer is about, cached, how it is proven.
 #[rustfmt::skip]
 static METHODS: [Method; 75] = {
     use About::*;
@@ -152,7 +152,7 @@ pub fn lookup(name: &str) -> Option<&'static Method> {
 /// forwarded batch's CPU (bench/profiles). The table is fixed, so a client's name can
 /// only ever be compared with these, however it hashes.
 static INDEX: std::sync::LazyLock<
-    std::collections::HashMap<&'static str, usize, std::hash::BuildHasherDefault<Fnv>>,
+    std::collections::HashMap<&'static str, usize, rustc_hash::FxBuildHasher>,
 > = std::sync::LazyLock::new(|| {
     METHODS
         .iter()
@@ -160,28 +160,6 @@ static INDEX: std::sync::LazyLock<
         .map(|(i, m)| (m.name, i))
         .collect()
 });
-
-/// FNV-1a: quick on method names (a few dozen bytes).
-#[derive(Default)]
-struct Fnv(u64);
-
-impl std::hash::Hasher for Fnv {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
-        for &b in bytes {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-        self.0 = h;
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
 
 /// What `name`'s answer is about (`About::Nothing` for an unknown method).
 pub fn about(name: &str) -> About {
