@@ -256,58 +256,20 @@ pub fn plan(running: &Config, file: Config) -> Plan {
 /// `Debug` form, where secrets show as `***` or `${VAR}`: a change of a secret's value
 /// alone in one of these sections goes unnoticed — and needs a restart all the same.)
 fn restart_only(running: &Config, file: &Config, out: &mut Vec<String>) {
-    let sections: [(&str, String, String); 9] = [
-        (
-            "[server]",
-            format!("{:?}", running.server),
-            format!("{:?}", file.server),
-        ),
-        (
-            "[routing]",
-            format!("{:?}", running.routing),
-            format!("{:?}", file.routing),
-        ),
-        (
-            "[status]",
-            format!("{:?}", running.status),
-            format!("{:?}", file.status),
-        ),
-        (
-            "[[webhooks]]",
-            format!("{:?}", running.webhooks),
-            format!("{:?}", file.webhooks),
-        ),
-        (
-            "[storage]",
-            format!("{:?}", running.storage),
-            format!("{:?}", file.storage),
-        ),
-        (
-            "[cache]",
-            format!("{:?}", running.cache),
-            format!("{:?}", file.cache),
-        ),
-        (
-            "[redis]",
-            format!("{:?}", running.redis),
-            format!("{:?}", file.redis),
-        ),
-        (
-            "[tx]",
-            format!("{:?}", running.tx),
-            format!("{:?}", file.tx),
-        ),
-        (
-            "[tracing]",
-            format!("{:?}", running.tracing),
-            format!("{:?}", file.tracing),
-        ),
-    ];
-    for (name, old, new) in sections {
-        if old != new {
+    let mut compare = |name: &str, old: &dyn std::fmt::Debug, new: &dyn std::fmt::Debug| {
+        if format!("{old:?}") != format!("{new:?}") {
             out.push(format!("{name} changed"));
         }
-    }
+    };
+    compare("[server]", &running.server, &file.server);
+    compare("[routing]", &running.routing, &file.routing);
+    compare("[status]", &running.status, &file.status);
+    compare("[[webhooks]]", &running.webhooks, &file.webhooks);
+    compare("[storage]", &running.storage, &file.storage);
+    compare("[cache]", &running.cache, &file.cache);
+    compare("[redis]", &running.redis, &file.redis);
+    compare("[tx]", &running.tx, &file.tx);
+    compare("[tracing]", &running.tracing, &file.tracing);
 }
 
 /// One chain's upstreams, old against new, by name.
