@@ -287,6 +287,9 @@ impl Health {
         s.last_success = Some(Instant::now());
         s.next_cooldown = self.first_cooldown;
         match s.status {
+            // A ban ends by time only: an answer that was in flight when it began (or a
+            // good one as a last resort) does not make a liar honest.
+            Status::Banned { until, .. } if until > Instant::now() => Transition::None,
             // Answered while out (tried as a last resort): it is back.
             Status::CoolingDown { .. } | Status::Banned { .. } => {
                 s.status = Status::Ready;
@@ -439,6 +442,13 @@ impl Health {
     ) -> Transition {
         let mut s = self.lock();
         match result {
+            // A probe sent before the ban began answers after it: the ban stands.
+            Ok(got)
+                if got == expected
+                    && matches!(s.status, Status::Banned { until, .. } if until > now) =>
+            {
+                Transition::None
+            }
             Ok(got) if got == expected => {
                 s.consecutive_failures = 0;
                 s.foreign_replies = 0;
@@ -628,6 +638,21 @@ mod tests {
             "capped"
         );
         assert_eq!(h.record_probe(Ok(1), 1, now), Transition::Ready);
+    }
+
+    #[test]
+    fn a_ban_ends_by_time_only() {
+        let h = health();
+        let now = Instant::now();
+        h.record_probe(Ok(1), 1, now);
+        h.record_lie(Evidence::default(), Duration::from_secs(60), now);
+        // A probe and a call that were in flight when the ban began answer well.
+        assert_eq!(h.record_probe(Ok(1), 1, now), Transition::None);
+        assert_eq!(h.record_success(Duration::from_millis(5)), Transition::None);
+        assert!(matches!(h.status(), Status::Banned { .. }));
+        // Once it is over, the probe takes it back.
+        let later = now + Duration::from_secs(61);
+        assert_eq!(h.record_probe(Ok(1), 1, later), Transition::Ready);
     }
 
     #[test]
