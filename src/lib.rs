@@ -2,6 +2,7 @@
 //! providers under them fail. See ARCHITECTURE.md for the map; in short:
 //!
 //! - `config`   — the TOML contract, `${VAR}`, line-precise diagnostics, the embedded default
+//! - `cores`    — one single-threaded runtime per worker thread; which one a thread is
 //! - `server`   — the HTTP listener: JSON-RPC endpoints, `/healthz`, `/readyz`
 //! - `dispatch` — one request's way through, step by step
 //! - `rpc`      — the JSON-RPC envelope: parse, classify, errors, respond (pure)
@@ -34,6 +35,7 @@ pub mod auth;
 pub mod bans;
 pub mod cache;
 pub mod config;
+pub mod cores;
 pub mod dispatch;
 pub mod gateway;
 pub mod incidents;

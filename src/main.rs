@@ -117,19 +117,20 @@ fn serve(log_format: LogFormat, path: Option<PathBuf>) -> anyhow::Result<()> {
             return Err(e);
         }
     };
-    let runtime = match config.server.worker_threads {
-        1 => tokio::runtime::Builder::new_current_thread(),
-        n => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            if n > 1 {
-                b.worker_threads(n);
-            }
-            b
-        }
+    // One single-threaded runtime per worker thread (`outlast::cores`): this one, which
+    // also runs the background work, and the others on threads of their own.
+    let threads = match config.server.worker_threads {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
+    let runtime = single_threaded()?;
+    let mut others = Vec::new();
+    for index in 1..threads {
+        others.push(Core::start(index)?);
     }
-    .enable_all()
-    .build()
-    .context("cannot start the async runtime")?;
+    let mut handles = vec![runtime.handle().clone()];
+    handles.extend(others.iter().map(|c| c.handle.clone()));
+    outlast::cores::install(handles);
     let (export, exporter) =
         match outlast::telemetry::install(&config.tracing, runtime.handle().clone()) {
             Ok(Some((layer, exporter))) => (Some(layer), Some(exporter)),
@@ -161,6 +162,54 @@ fn serve(log_format: LogFormat, path: Option<PathBuf>) -> anyhow::Result<()> {
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+fn single_threaded() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// A serving runtime on a thread of its own; it stops when this is dropped (the process
+/// is exiting: the first runtime has drained the connections).
+struct Core {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Core {
+    fn start(index: usize) -> anyhow::Result<Core> {
+        let runtime = single_threaded()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(format!("outlast-core-{index}"))
+            .spawn(move || {
+                outlast::cores::enter(index);
+                runtime.block_on(async {
+                    let _ = stopped.await;
+                });
+            })
+            .context("cannot start a worker thread")?;
+        Ok(Core {
+            handle,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// Prints the probe's table; exit 1 when some chain has no usable upstream (the

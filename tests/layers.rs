@@ -20,8 +20,12 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("metrics", &[]),
     ("lockfile", &[]),
     ("telemetry", &["config"]),
+    ("cores", &[]),
     // One provider: how to call it, its health and head.
-    ("upstream", &["config", "rpc", "metrics", "telemetry"]),
+    (
+        "upstream",
+        &["config", "rpc", "metrics", "telemetry", "cores"],
+    ),
     // Which upstream answers: chains, consensus, failover, verification.
     (
         "route",
@@ -155,6 +159,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "dispatch",
             "status",
             "admin",
+            "cores",
         ],
     ),
 ];

@@ -56,9 +56,10 @@ impl Config {
 #[serde(deny_unknown_fields, default)]
 pub struct Server {
     pub listen: SocketAddr,
-    /// Threads serving requests; 0: one per core. 1 runs everything on one thread,
-    /// with no hand-offs between threads: the least CPU per request where Outlast
-    /// shares a small machine (and the fair match for one nginx worker).
+    /// Threads serving requests; 0: one per core. Each runs a runtime of its own
+    /// (`cores`): a connection, its requests and their upstream connections stay on
+    /// one thread. 1 runs everything on one thread (the fair match for one nginx
+    /// worker).
     pub worker_threads: usize,
     /// A request's headers must arrive within this long of its first byte, or the
     /// connection is closed (slow-header clients hold sockets for nothing).

@@ -201,7 +201,21 @@ pub async fn serve(
                     draining: draining.clone(),
                     closing: closing.clone(),
                 };
-                conns.spawn(conn.run(stream, guard));
+                // On the next serving runtime (`cores`), registered with its reactor.
+                match crate::cores::next() {
+                    None => drop(conns.spawn(conn.run(stream, guard))),
+                    Some(core) => match stream.into_std() {
+                        Ok(std) => drop(conns.spawn_on(
+                            async move {
+                                if let Ok(stream) = TcpStream::from_std(std) {
+                                    conn.run(stream, guard).await;
+                                }
+                            },
+                            core,
+                        )),
+                        Err(e) => tracing::warn!("cannot hand a connection over: {e}"),
+                    },
+                }
             }
         }
     }

@@ -21,10 +21,36 @@ use url::Url;
 
 use crate::config::Routing;
 
-/// Shared by every upstream: one connection pool per host, kept alive. Cheap to clone.
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+type Pooled = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Shared by every upstream: connection pools per host, kept alive, one set per serving
+/// runtime (`cores`), so a call never waits on a connection another thread drives.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct HttpClient {
+    per_core: std::sync::Arc<[Pooled]>,
+}
+
+impl HttpClient {
+    /// Sends `request` over a connection of the calling thread's runtime.
+    pub fn request(
+        &self,
+        request: http::Request<Full<Bytes>>,
+    ) -> hyper_util::client::legacy::ResponseFuture {
+        let i = crate::cores::current() % self.per_core.len();
+        self.per_core[i].request(request)
+    }
+}
 
 pub fn http_client(routing: &Routing) -> HttpClient {
+    HttpClient {
+        per_core: (0..crate::cores::count())
+            .map(|_| pooled(routing))
+            .collect(),
+    }
+}
+
+fn pooled(routing: &Routing) -> Pooled {
     let mut tcp = HttpConnector::new();
     tcp.set_connect_timeout(Some(Duration::from_millis(routing.connect_timeout_ms)));
     tcp.set_nodelay(true);
