@@ -7,11 +7,14 @@
 # parsing the ~2-9 KB eth_getProof replies, checking the proofs and, for eth_call, the
 # access list round trip and the local execution in revm).
 #
-# Environment: DURATION (s per run, 10), CONNECTIONS (4).
+# Environment: DURATION (s per run, 10), CONNECTIONS (4), PROFILE=DIR (perf-records the
+# proofs instance during its two runs: DIR/verify-{balance,call}.folded and .svg; needs
+# perf and inferno, as bench/run.sh's PROFILE).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DURATION="${DURATION:-10}"
 CONNECTIONS="${CONNECTIONS:-4}"
+PROFILE="${PROFILE:-}"
 say() { echo "bench: $*" >&2; }
 
 command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
@@ -90,8 +93,22 @@ run() { # NAME URL PID [SCRIPT]
     local out="$work/wrk-$1-${4:-balance}.txt" before after reqs script="$work/${4:-balance}.lua"
     wrk -t1 -c"$CONNECTIONS" -d1s -s "$script" "$2" >/dev/null
     before=$([[ -n $3 ]] && cpu_ticks "$3" || echo 0)
+    local perf_pid=""
+    if [[ -n $PROFILE && $1 == outlast-proofs ]]; then
+        mkdir -p "$PROFILE"
+        perf record -q -F 499 --call-graph dwarf,16384 -o "$work/p.perf" -p "$3" \
+            -- sleep "$DURATION" >/dev/null 2>&1 &
+        perf_pid=$!
+    fi
     wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "$script" "$2" >"$out"
     after=$([[ -n $3 ]] && cpu_ticks "$3" || echo 0)
+    if [[ -n $perf_pid ]]; then
+        wait "$perf_pid" || true
+        local name="$PROFILE/verify-${4:-balance}"
+        perf script -i "$work/p.perf" 2>/dev/null | inferno-collapse-perf >"$name.folded" || true
+        inferno-flamegraph --title "verify ${4:-balance}" <"$name.folded" >"$name.svg" 2>/dev/null || true
+        say "profile: $name.folded"
+    fi
     reqs=$(awk '/requests in/ {print $1}' "$out")
     local rps p50 p99 cpu
     rps=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' "$out")
