@@ -363,9 +363,7 @@ impl<'g, 'a> Work<'g, 'a> {
             let Some(key) = slot.key.as_deref().filter(|_| slot.outcome.is_none()) else {
                 continue;
             };
-            let joined = slot
-                .open()
-                .then(|| self.gw.cache.flights.join(policy::at_head(key, head)));
+            let joined = slot.open().then(|| self.gw.cache.flights.join(key, head));
             let counted = match joined {
                 Some(Joined::Follower(f)) => {
                     slot.flight = Some(Flight::Follower(f));

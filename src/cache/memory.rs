@@ -3,33 +3,36 @@
 //! head-tied ones expire once they are too old even to be served stale.
 
 use std::{
-    hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState},
-    sync::{Arc, LazyLock},
-    time::{Duration, Instant},
+    hash::{BuildHasherDefault, Hasher},
+    sync::Arc,
+    time::Duration,
 };
 
-use super::Entry;
 use super::policy::Lifetime;
+use super::{Entry, keyed_hash as hash_of};
 
 /// What an entry costs in memory beyond its key's and answer's bytes: the entry and its
-/// allocations, moka's hash-table slot, access-order and expiry nodes, allocator
-/// rounding. Measured, not guessed: `cargo run --example cache_weight` fills the tier
-/// and prints resident memory per entry against the weight counted for it (about
-/// 540 B resident for an `eth_getBalance` answer whose key and body are 85 B), so
-/// `[cache] size_bytes` bounds what the tier really holds. With 96 here the process
-/// held three times the configured size.
-const OVERHEAD: usize = 460;
+/// allocations, the table's slot and the policy's ghost of it, allocator rounding, and
+/// the fragmentation of a heap shared with requests. Measured, not guessed: alone
+/// (`cargo run --release --example cache_weight`) an `eth_getBalance` answer whose key
+/// and body are 84 B costs 234 B resident; in a server filling its cache under load
+/// (`bench/run.sh`, two worker threads) it costs about 410 B, where 404 B are counted,
+/// so `[cache] size_bytes` bounds what the tier really holds. (moka's entries cost
+/// 540 B alone; with 96 counted then, the process held three times the configured size.)
+const OVERHEAD: usize = 320;
 
 pub struct Memory {
     inner: Option<Inner>,
+    /// How long a head-tied entry may be served from memory at all.
+    head_tied: Duration,
 }
 
-/// Entries by the hash of their key. moka's table re-hashes every key it holds when it
-/// clears out the slots of evicted entries, which, with ~110-byte string keys and
-/// SipHash, took a fifth of a forwarded batch's CPU once the tier was full
-/// (bench/profiles): a key is now hashed once, on its way in, and moka only passes that
-/// number through (`Prehashed`).
-type Inner = moka::sync::Cache<u64, Held, BuildHasherDefault<Prehashed>>;
+/// Entries by the hash of their key, in `quick_cache` (S3-FIFO, sharded locks): a
+/// lookup is a lock and a probe. moka, before it, recorded every read and write for its
+/// policy and re-hashed every key it held while clearing evicted slots: over a quarter
+/// of a forwarded batch's CPU (bench/profiles). A key is hashed once, on its way in,
+/// and the table only passes that number through (`Prehashed`).
+type Inner = quick_cache::sync::Cache<u64, Held, Weigh, BuildHasherDefault<Prehashed>>;
 
 /// An entry with its whole key: two keys of one hash are never taken for each other
 /// (a lookup whose key differs is a miss; the later insert replaces the earlier entry).
@@ -39,15 +42,18 @@ struct Held {
     entry: Entry,
 }
 
-/// The hash of a key. Keys come from clients, so it is keyed with this process's own
-/// random SipHash key, as std's `HashMap` is: nobody can aim many keys at one slot.
-fn hash_of(key: &str) -> u64 {
-    static KEYED: LazyLock<RandomState> = LazyLock::new(RandomState::new);
-    KEYED.hash_one(key)
+/// An entry weighs its key, its answer and `OVERHEAD`.
+#[derive(Clone)]
+struct Weigh;
+
+impl quick_cache::Weighter<u64, Held> for Weigh {
+    fn weight(&self, _: &u64, h: &Held) -> u64 {
+        (h.key.len() + h.entry.body.len() + OVERHEAD) as u64
+    }
 }
 
-/// Passes a `u64` that is already a hash through, as moka's hash of it.
-#[derive(Default)]
+/// Passes a `u64` that is already a hash through, as the table's hash of it.
+#[derive(Default, Clone)]
 struct Prehashed(u64);
 
 impl Hasher for Prehashed {
@@ -67,37 +73,39 @@ impl Hasher for Prehashed {
     }
 }
 
-struct Expire {
-    head_tied: Duration,
-}
-
-impl moka::Expiry<u64, Held> for Expire {
-    fn expire_after_create(&self, _: &u64, held: &Held, _: Instant) -> Option<Duration> {
-        match held.entry.lifetime {
-            Lifetime::Immutable => None,
-            Lifetime::Head => Some(self.head_tied),
-        }
-    }
-}
-
 impl Memory {
-    /// `bytes == 0` turns it off. Head-tied entries are dropped after `head_tied`.
+    /// `bytes == 0` turns it off. Head-tied entries are not served after `head_tied`
+    /// (they stay until evicted, counted in the bound like any other).
     pub fn new(bytes: u64, head_tied: Duration) -> Memory {
         let inner = (bytes > 0).then(|| {
-            moka::sync::Cache::builder()
-                .max_capacity(bytes)
-                .weigher(|_: &u64, h: &Held| {
-                    u32::try_from(h.key.len() + h.entry.body.len() + OVERHEAD).unwrap_or(u32::MAX)
-                })
-                .expire_after(Expire { head_tied })
-                .build_with_hasher(BuildHasherDefault::<Prehashed>::default())
+            // The table grows as entries come; the estimate only sizes the policy's
+            // record of recently evicted keys.
+            let items = usize::try_from(bytes / 544)
+                .unwrap_or(usize::MAX)
+                .clamp(64, 1 << 24);
+            quick_cache::sync::Cache::with(
+                items,
+                bytes,
+                Weigh,
+                BuildHasherDefault::<Prehashed>::default(),
+                quick_cache::sync::DefaultLifecycle::default(),
+            )
         });
-        Memory { inner }
+        Memory { inner, head_tied }
     }
 
     pub fn get(&self, key: &str) -> Option<Entry> {
-        let held = self.inner.as_ref()?.get(&hash_of(key))?;
-        (*held.key == *key).then_some(held.entry)
+        let inner = self.inner.as_ref()?;
+        let hash = hash_of(key);
+        let held = inner.get(&hash)?;
+        if *held.key != *key {
+            return None;
+        }
+        if held.entry.lifetime == Lifetime::Head && held.entry.age() >= self.head_tied {
+            inner.remove(&hash);
+            return None;
+        }
+        Some(held.entry)
     }
 
     pub fn insert(&self, key: Arc<str>, entry: Entry) {
@@ -110,12 +118,11 @@ impl Memory {
         self.inner.is_some()
     }
 
-    /// Entries and bytes held, after pending evictions ran (for tests and metrics).
+    /// Entries and bytes held (for tests and metrics).
     pub fn usage(&self) -> (u64, u64) {
-        self.inner.as_ref().map_or((0, 0), |c| {
-            c.run_pending_tasks();
-            (c.entry_count(), c.weighted_size())
-        })
+        self.inner
+            .as_ref()
+            .map_or((0, 0), |c| (c.len() as u64, c.weight()))
     }
 }
 

@@ -2,7 +2,7 @@
 //! Finality-aware (`policy`): answers about finalized data are immutable and kept until
 //! evicted; answers tied to the consensus head are keyed by its hash, so a new head or
 //! a reorg misses them, and they also age out after `[cache] ttl_secs`. Two tiers: memory
-//! (`memory`, moka, bounded in bytes) and, with `[redis] url`, Redis (`redis`), shared
+//! (`memory`, bounded in bytes) and, with `[redis] url`, Redis (`redis`), shared
 //! between instances, each entry authenticated under `[redis] secret` (one that is not
 //! is a miss). In-flight joining is `coalesce`.
 //! Holds only successful, non-null, non-pending answers; never errors. An answer that
@@ -15,7 +15,8 @@ pub mod policy;
 pub mod redis;
 
 use std::{
-    sync::Arc,
+    hash::{BuildHasher, Hash, RandomState},
+    sync::{Arc, LazyLock},
     time::{Duration, SystemTime},
 };
 
@@ -23,6 +24,15 @@ use bytes::Bytes;
 
 use crate::{config, verify::Level};
 use policy::Lifetime;
+
+/// The hash of a key made of what clients sent. It is keyed with this process's own
+/// random SipHash key, as std's `HashMap` is, so nobody can aim many keys at one slot;
+/// each key is hashed once, and tables keyed by it (`memory`, `coalesce`) pass the
+/// number through.
+fn keyed_hash(key: impl Hash) -> u64 {
+    static KEYED: LazyLock<RandomState> = LazyLock::new(RandomState::new);
+    KEYED.hash_one(key)
+}
 
 /// One cached answer.
 #[derive(Debug, Clone)]
