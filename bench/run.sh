@@ -148,6 +148,7 @@ mib() { awk -v k="$1" 'BEGIN {printf "%.1f MiB", k / 1024}'; }
 up_port="$(free_port)"
 "$upstream_bin" "$up_port" >"$work/upstream.log" 2>&1 &
 pids+=($!)
+up_pid=${pids[-1]}
 wait_for "fixed upstream" "${pids[-1]}" post "http://127.0.0.1:$up_port/" "$SINGLE" || die "see $work/upstream.log"
 
 nginx_port="$(free_port)"
@@ -180,6 +181,7 @@ EOF
 "$nginx_bin" -p "$work/nginx" -c nginx.conf -e "$work/nginx/error.log" -g 'daemon off;' &
 pids+=($!)
 wait_for nginx "${pids[-1]}" post "http://127.0.0.1:$nginx_port/" "$SINGLE" || die "see $work/nginx/error.log"
+nginx_pid=${pids[-1]}
 
 targets=(direct nginx)
 outlasts=()
@@ -187,7 +189,7 @@ declare -A url=(
     [direct]="http://127.0.0.1:$up_port/"
     [nginx]="http://127.0.0.1:$nginx_port/"
 )
-declare -A pid_of
+declare -A pid_of=([direct]=$up_pid [nginx]=$nginx_pid)
 if [[ $SKIP_OUTLAST != 1 ]]; then
     # Each Outlast target: one chain `bench` (verify off) on the fixed upstream, the
     # default cache (CACHE_BYTES). `outlast` is this tree's build; OUTLAST_ALT adds others.
@@ -279,7 +281,18 @@ profile_finish() { # NAME
     say "profile: $PROFILE/$1.folded"
 }
 
-declare -A rps p50 p99 errs
+declare -A rps p50 p99 errs cpu
+# CPU time (user + system, clock ticks) of a target's process and its children (nginx's
+# workers), for CPU per request: the same work costs the same whatever wrk and the
+# other servers took from the two cores, so it compares builds better than rps does.
+cpu_ticks() { # PID
+    local p total=0
+    for p in "$1" $(pgrep -P "$1" 2>/dev/null); do
+        [[ -r /proc/$p/stat ]] && total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+    done
+    echo "$total"
+}
+tck=$(getconf CLK_TCK)
 declare -A script_of=(
     [single]=forward.lua [batch10]=forward10.lua [hit]=single.lua [alone]=forward.lua
     [head]=head.lua
@@ -295,9 +308,12 @@ for w in "${workloads[@]}"; do
         fi
         say "wrk $w -> $t"
         out="$work/wrk-$w-$t.txt"
-        [[ -n ${pid_of[$t]:-} ]] && profile_start "$w-$t" "${pid_of[$t]}"
+        [[ " ${outlasts[*]} " == *" $t "* ]] && profile_start "$w-$t" "${pid_of[$t]}"
+        before="$(cpu_ticks "${pid_of[$t]}")"
         load -t"$THREADS" -c"$conns" -d"${DURATION}s" --latency -s "$script" "${url[$t]}" >"$out"
+        after="$(cpu_ticks "${pid_of[$t]}")"
         profile_finish "$w-$t"
+        cpu[$w,$t]="$(awk -v a="$after" -v b="$before" -v t="$tck" '/requests in/ {n = $1} END {if (n > 0) printf "%.1f", (a - b) / t * 1e6 / n; else print "-"}' "$out")"
         rps[$w,$t]="$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' "$out")"
         p50[$w,$t]="$(to_ms "$(awk '$1 == "50%" {print $2}' "$out")")"
         p99[$w,$t]="$(to_ms "$(awk '$1 == "99%" {print $2}' "$out")")"
@@ -320,10 +336,10 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (a > 0 && b > 0) printf "%.2f", a /
 echo
 echo "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s, $(nproc) cores; nginx $NGINX_WORKERS worker(s), keepalive 32;" \
     "Outlast worker_threads = $OUTLAST_THREADS, cache size_bytes $(mib $((CACHE_BYTES / 1024))); latency in ms"
-printf '%-8s %-10s %10s %9s %9s %7s\n' workload target rps p50 p99 errors
+printf '%-8s %-10s %10s %9s %9s %7s %10s\n' workload target rps p50 p99 errors cpu_us/req
 for w in "${workloads[@]}"; do
     for t in "${targets[@]}"; do
-        printf '%-8s %-10s %10s %9s %9s %7s\n' "$w" "$t" "${rps[$w,$t]}" "${p50[$w,$t]}" "${p99[$w,$t]}" "${errs[$w,$t]}"
+        printf '%-8s %-10s %10s %9s %9s %7s %10s\n' "$w" "$t" "${rps[$w,$t]}" "${p50[$w,$t]}" "${p99[$w,$t]}" "${errs[$w,$t]}" "${cpu[$w,$t]}"
     done
 done
 echo
