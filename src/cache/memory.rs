@@ -78,9 +78,9 @@ impl Memory {
     /// (they stay until evicted, counted in the bound like any other).
     pub fn new(bytes: u64, head_tied: Duration) -> Memory {
         let inner = (bytes > 0).then(|| {
-            // The table grows as entries come; the estimate only sizes the policy's
-            // record of recently evicted keys.
-            let items = usize::try_from(bytes / 544)
+            // The table grows as entries come; the estimate (answers of ~100 B of key
+            // and body) only sizes the policy's record of recently evicted keys.
+            let items = usize::try_from(bytes / (OVERHEAD as u64 + 100))
                 .unwrap_or(usize::MAX)
                 .clamp(64, 1 << 24);
             quick_cache::sync::Cache::with(

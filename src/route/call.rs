@@ -340,24 +340,34 @@ async fn prove(
         .collect();
     let refs: Vec<&Call<'_>> = calls.iter().collect();
     let mut suspects: Vec<(Arc<Upstream>, String)> = Vec::new();
-    let plan = select::plan(chain, Need::Block(header.number), Instant::now());
     let shape = Shape {
         width: 1,
         max: PROOF_ATTEMPTS,
         wait_for_late: true,
     };
-    let proven = ask(chain, plan.order, shape, &refs, |up, reply| {
-        let answers = reply.ok()?;
-        match check(header, todo, &answers) {
-            Ok(accounts) => Some(accounts),
-            Err(Check::Lie(why)) => {
-                suspects.push((up.clone(), why));
-                None
+    // As for a state read: all false and none valid, a second look (`SECOND_LOOK`).
+    let mut second_look = false;
+    let proven = loop {
+        suspects.clear();
+        let plan = select::plan(chain, Need::Block(header.number), Instant::now());
+        let proven = ask(chain, plan.order, shape, &refs, |up, reply| {
+            let answers = reply.ok()?;
+            match check(header, todo, &answers) {
+                Ok(accounts) => Some(accounts),
+                Err(Check::Lie(why)) => {
+                    suspects.push((up.clone(), why));
+                    None
+                }
+                Err(Check::NoProof) => None,
             }
-            Err(Check::NoProof) => None,
+        })
+        .await;
+        if proven.is_ok() || suspects.is_empty() || second_look {
+            break proven;
         }
-    })
-    .await;
+        second_look = true;
+        tokio::time::sleep(verified::SECOND_LOOK).await;
+    };
     verified::judged(chain, proven, &suspects, "proof").map_err(|lies| match lies {
         None => Unprovable::NoProof,
         Some(why) => Unprovable::Lies(why),

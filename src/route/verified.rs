@@ -13,7 +13,11 @@
 //! an agreed quorum) is banned. When nothing can be verified the call gets `-33091`,
 //! never the unverified value. The checks themselves are in `crate::verify`.
 
-use std::{collections::HashSet, sync::Arc, time::Instant};
+use std::{
+    collections::HashSet,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use alloy_primitives::{Address, B256, Bytes as AlloyBytes, U256};
 use bytes::Bytes;
@@ -297,6 +301,15 @@ fn with_skipped(mut skipped: Vec<Attempt>, tried: Vec<Attempt>) -> Vec<Attempt> 
 /// Upstreams asked for a proof before giving up on proofs for one read.
 const PROOF_ATTEMPTS: usize = 4;
 
+/// When every proof that came back was false and none verified, the proofs are asked
+/// for once more after this pause before the read is refused. A node busy with the next
+/// block can answer from the wrong state for a moment: Anvil, while it mines, answers
+/// `eth_getProof` by block hash from its genesis state (407 of 8,490 proofs of the
+/// latest block, asked while a block was mined every 10 ms). A liar gains nothing: its
+/// second proof is checked the same way. Nobody is banned for a first proof that a
+/// second look makes moot; a false proof beside a valid one still bans at once.
+pub(super) const SECOND_LOOK: Duration = Duration::from_millis(50);
+
 /// Answers `read` at block `number` from a verified proof; falls back to a quorum when
 /// no upstream can give a proof (old state on full nodes, no `eth_getProof`).
 pub async fn proven(
@@ -340,28 +353,38 @@ pub async fn proven(
     // Upstreams whose proof failed: liars once another upstream's proof verifies. Until
     // then the fault may be ours (a header field we do not know yet), so nobody is banned.
     let mut suspects: Vec<(Arc<Upstream>, String)> = Vec::new();
-    let plan = select::plan(chain, Need::Block(number), Instant::now());
     let shape = Shape {
         width: 1,
         max: PROOF_ATTEMPTS,
         wait_for_late: true,
     };
-    let proven = ask(chain, plan.order, shape, &refs, |up, reply| {
-        let answers = reply.ok()?;
-        match check_proof(&header, read, &answers) {
-            Ok(result) => Some((up.name.clone(), result)),
-            Err(ProofProblem::Lie(why)) => {
-                problems.push(format!("{}: false proof ({why})", up.name));
-                suspects.push((up.clone(), why));
-                None
+    let mut second_look = false;
+    let proven = loop {
+        problems.clear();
+        suspects.clear();
+        let plan = select::plan(chain, Need::Block(number), Instant::now());
+        let proven = ask(chain, plan.order, shape, &refs, |up, reply| {
+            let answers = reply.ok()?;
+            match check_proof(&header, read, &answers) {
+                Ok(result) => Some((up.name.clone(), result)),
+                Err(ProofProblem::Lie(why)) => {
+                    problems.push(format!("{}: false proof ({why})", up.name));
+                    suspects.push((up.clone(), why));
+                    None
+                }
+                Err(ProofProblem::NoProof(why)) => {
+                    problems.push(format!("{}: no proof ({why})", up.name));
+                    None
+                }
             }
-            Err(ProofProblem::NoProof(why)) => {
-                problems.push(format!("{}: no proof ({why})", up.name));
-                None
-            }
+        })
+        .await;
+        if proven.is_ok() || suspects.is_empty() || second_look {
+            break proven;
         }
-    })
-    .await;
+        second_look = true;
+        tokio::time::sleep(SECOND_LOOK).await;
+    };
     if let Ok((upstream, result)) = proven {
         for (liar, why) in &suspects {
             ban(
