@@ -477,7 +477,7 @@ pub(super) async fn trusted_header(
         params: params.as_deref(),
     };
     // One upstream per operator, the best first; a quorum of them asked at once.
-    let (voters, skipped) = independent(chain, Need::Block(number));
+    let (voters, skipped) = header_voters(chain, number);
     let full = chain.effective_quorum();
     let mut votes: Vec<(String, CheckedHeader)> = Vec::new();
     let mut problems = Vec::new();
@@ -702,6 +702,24 @@ fn independent(chain: &Chain, need: Need) -> (Vec<Arc<Upstream>>, Vec<Attempt>) 
         .filter(|u| seen.insert(u.operator.clone()))
         .collect();
     (voters, plan.skipped)
+}
+
+/// The voters on block `number`'s header: `independent`'s, then one upstream of each
+/// operator left out only because its last polled head is below the block. Heads are
+/// polled, so a node may have the block before Outlast has seen it; when a liar and an
+/// honest node disagree, asking it breaks the tie (one without the block answers null,
+/// counted absent). Without this, a call right after a block was mined found only a
+/// liar and one honest operator caught up, and got no answer (tests/chaos.rs).
+fn header_voters(chain: &Chain, number: u64) -> (Vec<Arc<Upstream>>, Vec<Attempt>) {
+    let (mut voters, skipped) = independent(chain, Need::Block(number));
+    let mut seen: HashSet<String> = voters.iter().map(|u| u.operator.clone()).collect();
+    let everyone = select::plan(chain, Need::Any, Instant::now()).order;
+    voters.extend(
+        everyone
+            .into_iter()
+            .filter(|u| seen.insert(u.operator.clone())),
+    );
+    (voters, skipped)
 }
 
 /// How a race for something provable ended (`route::call`, `route::receipt`): found —
