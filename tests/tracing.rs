@@ -440,7 +440,7 @@ async fn without_tracing_nothing_is_exported_and_a_clients_trace_context_passes_
     let collector = Collector::start().await;
     // The standard OpenTelemetry variables point at the collector, as they may in a
     // pod shared with traced services: without `[tracing]` Outlast still sends nothing.
-    let outlast = Serve::start(
+    let outlast = Outlast::start_process_with_env(
         &config(std::slice::from_ref(&recorder.url), FAST_ROUTING),
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url.clone()),
@@ -468,7 +468,9 @@ async fn without_tracing_nothing_is_exported_and_a_clients_trace_context_passes_
         &[("traceparent", &format!("00-{TRACE_ID}-0000000000000000-01"))],
     )
     .await;
-    outlast.stop().await;
+    tokio::time::timeout(Duration::from_secs(20), outlast.stop())
+        .await
+        .expect("outlast stops within 20 s");
 
     let sent = recorder.of("eth_getBalance");
     assert_eq!(sent.len(), 3, "{sent:?}");
@@ -491,86 +493,4 @@ async fn without_tracing_nothing_is_exported_and_a_clients_trace_context_passes_
         0,
         "no [tracing], yet something was exported"
     );
-}
-
-/// `outlast serve` as its own process with extra environment variables (what
-/// `testbed::gateway::Outlast` cannot give it); killed when dropped.
-struct Serve {
-    base: String,
-    child: tokio::process::Child,
-    scratch: std::path::PathBuf,
-}
-
-impl Serve {
-    async fn start(toml: &str, env: &[(&str, String)]) -> Serve {
-        for _ in 0..5 {
-            let scratch = testbed::gateway::scratch_dir();
-            std::fs::create_dir_all(&scratch).expect("scratch dir");
-            let port = testbed::free_port();
-            let path = scratch.join("outlast.toml");
-            let text = format!(
-                "[server]\nlisten = \"127.0.0.1:{port}\"\n[status]\ndata_dir = \"{}\"\n{toml}",
-                scratch.join("history").display()
-            );
-            std::fs::write(&path, text).expect("write config");
-            let log = std::fs::File::create(scratch.join("outlast.log")).expect("log file");
-            let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_outlast"))
-                .args(["serve", "--config"])
-                .arg(&path)
-                .env("RUST_LOG", "warn")
-                .envs(env.iter().map(|(k, v)| (k, v)))
-                .stdout(std::process::Stdio::null())
-                .stderr(log)
-                .kill_on_drop(true)
-                .spawn()
-                .expect("spawn outlast serve");
-            let base = format!("http://127.0.0.1:{port}");
-            for _ in 0..400 {
-                if ready(&base).await {
-                    return Serve {
-                        base,
-                        child,
-                        scratch,
-                    };
-                }
-                if child.try_wait().ok().flatten().is_some() {
-                    break; // the port was taken meanwhile: another one
-                }
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
-            let log = std::fs::read_to_string(scratch.join("outlast.log")).unwrap_or_default();
-            let _ = std::fs::remove_dir_all(&scratch);
-            if child.try_wait().ok().flatten().is_none() {
-                panic!("outlast serve at {base} never became ready: {log}");
-            }
-        }
-        panic!("outlast serve did not start in 5 attempts");
-    }
-
-    /// SIGTERM, and a clean exit within 20 s.
-    async fn stop(mut self) {
-        if let Some(pid) = self.child.id() {
-            testbed::signal(pid, libc::SIGTERM);
-        }
-        let exited = tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await;
-        assert!(
-            exited.is_ok_and(|s| s.is_ok_and(|s| s.success())),
-            "outlast serve did not stop cleanly on SIGTERM"
-        );
-        let _ = std::fs::remove_dir_all(&self.scratch);
-    }
-}
-
-/// Ready, every upstream checked and the consensus head known (as `Outlast::wait_ready`).
-async fn ready(base: &str) -> bool {
-    let Ok(r) = reqwest::get(format!("{base}/readyz")).await else {
-        return false;
-    };
-    let ok = r.status().is_success();
-    let body: Value =
-        serde_json::from_slice(&r.bytes().await.unwrap_or_default()).unwrap_or_default();
-    ok && body["chains"].as_array().is_some_and(|cs| {
-        cs.iter()
-            .all(|c| c["unchecked_upstreams"] == 0 && !c["head"].is_null())
-    })
 }

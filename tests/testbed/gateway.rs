@@ -85,7 +85,14 @@ impl Outlast {
 
     /// As `start_process`, with further `[server]` keys (`server`, one per line).
     pub async fn start_process_with_server(server: &str, toml: &str) -> Outlast {
-        let o = Outlast::spawn_process(server, "warn", toml).await;
+        let o = Outlast::spawn_process(server, "warn", toml, &[]).await;
+        o.wait_ready().await;
+        o
+    }
+
+    /// As `start_process`, with extra environment variables (`OTEL_*` and the like).
+    pub async fn start_process_with_env(toml: &str, env: &[(&str, String)]) -> Outlast {
+        let o = Outlast::spawn_process("", "warn", toml, env).await;
         o.wait_ready().await;
         o
     }
@@ -93,7 +100,7 @@ impl Outlast {
     /// As `start_process`, logging at `rust_log` (e.g. `debug`) into a file that `log`
     /// reads.
     pub async fn start_process_logging(rust_log: &str, toml: &str) -> Outlast {
-        let o = Outlast::spawn_process("", rust_log, toml).await;
+        let o = Outlast::spawn_process("", rust_log, toml, &[]).await;
         o.wait_ready().await;
         o
     }
@@ -108,10 +115,15 @@ impl Outlast {
 
     /// Starts `outlast serve` on a free port; another one when the port was taken
     /// between the probe and the bind (the process then exits at once).
-    async fn spawn_process(server: &str, rust_log: &str, toml: &str) -> Outlast {
+    async fn spawn_process(
+        server: &str,
+        rust_log: &str,
+        toml: &str,
+        env: &[(&str, String)],
+    ) -> Outlast {
         let mut exits = Vec::new();
         for _ in 0..5 {
-            let mut o = Outlast::spawn_process_once(server, rust_log, toml);
+            let mut o = Outlast::spawn_process_once(server, rust_log, toml, env);
             // Listening, or exited.
             let mut exited = None;
             for _ in 0..400 {
@@ -132,7 +144,12 @@ impl Outlast {
         panic!("outlast serve did not start: {exits:#?}");
     }
 
-    fn spawn_process_once(server: &str, rust_log: &str, toml: &str) -> Outlast {
+    fn spawn_process_once(
+        server: &str,
+        rust_log: &str,
+        toml: &str,
+        env: &[(&str, String)],
+    ) -> Outlast {
         let scratch = scratch_dir();
         std::fs::create_dir_all(&scratch).expect("scratch dir");
         let port = super::free_port();
@@ -151,6 +168,7 @@ impl Outlast {
             .args(["serve", "--config"])
             .arg(&path)
             .env("RUST_LOG", rust_log)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .kill_on_drop(true)
