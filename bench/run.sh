@@ -25,7 +25,9 @@
 # OUTLAST_ALT ("name=path …": more Outlast binaries loaded as further targets in the
 # same run, to compare builds side by side), PROFILE=DIR (perf-record each Outlast
 # target during each workload: DIR/<workload>-<target>.folded and .svg, with inferno),
-# SKIP_OUTLAST=1 (only direct and nginx), KEEP=1 (keep the scratch folder).
+# SKIP_OUTLAST=1 (only direct and nginx), KEEP=1 (keep the scratch folder), BARE=1
+# (add `bare`: hyper's server and client with nothing between, examples/bare_proxy.rs,
+# the floor of Outlast's stack).
 # FILL is accepted and ignored (the forwarded runs fill the cache).
 set -euo pipefail
 
@@ -40,6 +42,7 @@ NGINX_WORKERS="${NGINX_WORKERS:-1}"
 OUTLAST_THREADS="${OUTLAST_THREADS:-$NGINX_WORKERS}"
 [[ $OUTLAST_THREADS == auto ]] && OUTLAST_THREADS="$(nproc)"
 SKIP_OUTLAST="${SKIP_OUTLAST:-0}"
+BARE="${BARE:-0}"
 KEEP="${KEEP:-0}"
 WORKLOADS="${WORKLOADS:-single batch10 hit alone}"
 CACHE_BYTES="${CACHE_BYTES:-67108864}"
@@ -190,6 +193,18 @@ declare -A url=(
     [nginx]="http://127.0.0.1:$nginx_port/"
 )
 declare -A pid_of=([direct]=$up_pid [nginx]=$nginx_pid)
+if [[ $BARE == 1 ]]; then
+    # The floor of Outlast's stack: hyper's server and pooled client with nothing between
+    # (examples/bare_proxy.rs), one thread.
+    cargo_ build --release --quiet --example bare_proxy
+    bare_port="$(free_port)"
+    "${CARGO_TARGET_DIR:-$root/target}/release/examples/bare_proxy" "$bare_port" "http://127.0.0.1:$up_port/" >"$work/bare.log" 2>&1 &
+    pids+=("$!")
+    wait_for bare "${pids[-1]}" post "http://127.0.0.1:$bare_port/" "$SINGLE" || die "see $work/bare.log"
+    targets+=(bare)
+    url[bare]="http://127.0.0.1:$bare_port/"
+    pid_of[bare]=${pids[-1]}
+fi
 if [[ $SKIP_OUTLAST != 1 ]]; then
     # Each Outlast target: one chain `bench` (verify off) on the fixed upstream, the
     # default cache (CACHE_BYTES). `outlast` is this tree's build; OUTLAST_ALT adds others.
@@ -343,12 +358,15 @@ for w in "${workloads[@]}"; do
     done
 done
 echo
+# Every proxy but nginx, against direct and nginx.
+proxies=("${outlasts[@]}")
+[[ $BARE == 1 ]] && proxies=(bare "${proxies[@]}")
 printf '%-8s %9s %9s %9s' workload direct nginx nginx/dir
-for t in "${outlasts[@]}"; do printf ' %9s %14s %14s' "$t" "$t/direct" "$t/nginx"; done
+for t in "${proxies[@]}"; do printf ' %9s %14s %14s' "$t" "$t/direct" "$t/nginx"; done
 echo
 for w in "${workloads[@]}"; do
     printf '%-8s %9s %9s %9s' "$w" "${rps[$w,direct]}" "${rps[$w,nginx]}" "$(ratio "${rps[$w,nginx]}" "${rps[$w,direct]}")"
-    for t in "${outlasts[@]}"; do
+    for t in "${proxies[@]}"; do
         printf ' %9s %14s %14s' "${rps[$w,$t]}" "$(ratio "${rps[$w,$t]}" "${rps[$w,direct]}")" "$(ratio "${rps[$w,$t]}" "${rps[$w,nginx]}")"
     done
     echo

@@ -349,23 +349,10 @@ pub fn calls_in(body: &[u8], cap: u64) -> u64 {
     if body.first() != Some(&b'[') {
         return 1;
     }
-    let (mut depth, mut in_string, mut escaped) = (0u32, false, false);
-    let (mut count, mut any) = (1u64, false);
-    for &b in body {
-        if in_string {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
+    let (mut depth, mut count, mut any) = (0u32, 1u64, false);
+    for b in crate::rpc::parse::outside_strings(body) {
         match b {
-            b'"' => {
-                in_string = true;
-                any = true;
-            }
+            b'"' if depth == 1 => any = true,
             b'[' | b'{' => {
                 if depth == 1 {
                     any = true;

@@ -5,12 +5,12 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
     time::Duration,
 };
 
 use rustc_hash::FxBuildHasher;
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 use crate::{upstream::Answer, verify::Level};
 
@@ -18,7 +18,26 @@ use crate::{upstream::Answer, verify::Level};
 /// `None` (ask yourself).
 pub type Landed = Option<(Arc<str>, Answer, Level)>;
 
-type Slot = watch::Receiver<Option<Landed>>;
+/// One flight's outcome, set once: by its leader's `land`, or `None` when the leader is
+/// dropped without one. A set-once cell and one `Notify` rather than a `watch` channel:
+/// every forwarded call leads a flight, and `watch` woke eight wait lists on each send
+/// (2% of a forwarded batch's CPU), almost always with nobody waiting.
+#[derive(Default)]
+struct Landing {
+    landed: OnceLock<Landed>,
+    notify: Notify,
+}
+
+impl Landing {
+    /// Sets the outcome unless one is set, and wakes the followers.
+    fn set(&self, landed: Landed) {
+        if self.landed.set(landed).is_ok() {
+            self.notify.notify_waiters();
+        }
+    }
+}
+
+type Slot = Arc<Landing>;
 
 /// Flights by the hash of their key and head (`super::keyed_hash`, computed once per
 /// call: a forwarded batch spent 8% of its CPU re-hashing `key@head` strings here).
@@ -44,7 +63,7 @@ pub enum Joined {
 pub struct Leader {
     /// `None`: another call of this hash is in flight; this one leads alone.
     hash: Option<u64>,
-    tx: watch::Sender<Option<Landed>>,
+    landing: Slot,
     map: Arc<Mutex<Map>>,
 }
 
@@ -64,32 +83,29 @@ impl Flights {
 
     fn join_at(&self, hash: u64, key: &str, head: &str) -> Joined {
         let mut map = lock(&self.map);
-        let (tx, rx) = match map.get(&hash) {
+        let landing = Slot::default();
+        let hash = match map.get(&hash) {
             Some(f) if *f.key == *key && *f.head == *head => {
                 return Joined::Follower(Follower(f.rx.clone()));
             }
             // Another key of the same hash: this call goes on its own, unrecorded.
-            Some(_) => {
-                let (tx, _) = watch::channel(None);
-                return Joined::Leader(Leader {
-                    hash: None,
-                    tx,
-                    map: self.map.clone(),
-                });
+            Some(_) => None,
+            None => {
+                let rx = landing.clone();
+                map.insert(
+                    hash,
+                    Flight {
+                        key: key.into(),
+                        head: head.into(),
+                        rx,
+                    },
+                );
+                Some(hash)
             }
-            None => watch::channel(None),
         };
-        map.insert(
-            hash,
-            Flight {
-                key: key.into(),
-                head: head.into(),
-                rx,
-            },
-        );
         Joined::Leader(Leader {
-            hash: Some(hash),
-            tx,
+            hash,
+            landing,
             map: self.map.clone(),
         })
     }
@@ -102,7 +118,7 @@ impl Flights {
 impl Leader {
     /// Hands the answer to every follower and ends the flight.
     pub fn land(self, landed: Landed) {
-        let _ = self.tx.send(Some(landed));
+        self.landing.set(landed);
         // `Drop` removes the flight; followers already hold the value.
     }
 }
@@ -112,25 +128,28 @@ impl Drop for Leader {
         if let Some(hash) = self.hash {
             lock(&self.map).remove(&hash);
         }
-        self.tx.send_if_modified(|v| {
-            if v.is_none() {
-                *v = Some(None);
-                true
-            } else {
-                false
-            }
-        });
+        // Landed already, or nothing: followers ask themselves.
+        self.landing.set(None);
     }
 }
 
 impl Follower {
     /// The leader's answer; `None` when it had none or took longer than `within`.
-    pub async fn wait(mut self, within: Duration) -> Landed {
-        let landed = tokio::time::timeout(within, self.0.wait_for(Option::is_some)).await;
-        match landed {
-            Ok(Ok(v)) => v.clone().flatten(),
-            _ => None,
-        }
+    pub async fn wait(self, within: Duration) -> Landed {
+        let landing = self.0;
+        let landed = async {
+            loop {
+                // Listening before looking: a landing between the two still wakes us.
+                let notified = landing.notify.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if let Some(landed) = landing.landed.get() {
+                    return landed.clone();
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(within, landed).await.unwrap_or(None)
     }
 }
 

@@ -210,19 +210,9 @@ pub fn null() -> &'static RawValue {
 /// Deepest nesting of arrays and objects, skipping string contents. A cheap byte scan
 /// run before the parser, so hostile nesting costs one pass and no recursion.
 fn nesting_depth(body: &[u8]) -> usize {
-    let (mut depth, mut max, mut in_str, mut escaped) = (0usize, 0usize, false, false);
-    for &b in body {
-        if in_str {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_str = false,
-                _ => {}
-            }
-            continue;
-        }
+    let (mut depth, mut max) = (0usize, 0usize);
+    for b in outside_strings(body) {
         match b {
-            b'"' => in_str = true,
             b'[' | b'{' => {
                 depth += 1;
                 max = max.max(depth);
@@ -232,6 +222,47 @@ fn nesting_depth(body: &[u8]) -> usize {
         }
     }
     max
+}
+
+/// The bytes of a JSON text that are not inside strings, each string given as one `"`:
+/// what the scans before the parser (nesting depth here, a batch's size for the rate
+/// limit in `auth`) look at. A string is skipped with `memchr` to its next quote or
+/// backslash; most of a request's bytes are in strings (addresses, hashes, hex data).
+pub fn outside_strings(body: &[u8]) -> OutsideStrings<'_> {
+    OutsideStrings { body, at: 0 }
+}
+
+pub struct OutsideStrings<'a> {
+    body: &'a [u8],
+    at: usize,
+}
+
+impl Iterator for OutsideStrings<'_> {
+    type Item = u8;
+
+    fn next(&mut self) -> Option<u8> {
+        let b = *self.body.get(self.at)?;
+        self.at += 1;
+        if b == b'"' {
+            // To the closing quote; an unterminated string runs to the end.
+            loop {
+                let rest = self.body.get(self.at..).unwrap_or_default();
+                match memchr::memchr2(b'"', b'\\', rest) {
+                    None => {
+                        self.at = self.body.len();
+                        break;
+                    }
+                    Some(i) if rest[i] == b'"' => {
+                        self.at += i + 1;
+                        break;
+                    }
+                    // A backslash: the byte after it is escaped, whatever it is.
+                    Some(i) => self.at += i + 2,
+                }
+            }
+        }
+        Some(b)
+    }
 }
 
 #[cfg(test)]
@@ -369,5 +400,7 @@ mod tests {
     fn depth_scan_ignores_brackets_in_strings() {
         assert_eq!(nesting_depth(br#"{"a":"[[[[\"{{{"}"#), 1);
         assert_eq!(nesting_depth(br#"[{"a":[1]}]"#), 3);
+        assert_eq!(nesting_depth(br#"["\\",[["x\\\"]"]]]"#), 3);
+        assert_eq!(nesting_depth(br#"[["unterminated [[[["#), 2);
     }
 }
