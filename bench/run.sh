@@ -27,7 +27,8 @@
 # target during each workload: DIR/<workload>-<target>.folded and .svg, with inferno),
 # SKIP_OUTLAST=1 (only direct and nginx), KEEP=1 (keep the scratch folder), BARE=1
 # (add `bare`: hyper's server and client with nothing between, examples/bare_proxy.rs,
-# the floor of Outlast's stack).
+# the floor of Outlast's stack), ROUNDS=N (load every target N times per workload,
+# taking turns, and print the medians: throughput here drifts by ±20% over minutes).
 # FILL is accepted and ignored (the forwarded runs fill the cache).
 set -euo pipefail
 
@@ -42,6 +43,7 @@ NGINX_WORKERS="${NGINX_WORKERS:-1}"
 OUTLAST_THREADS="${OUTLAST_THREADS:-$NGINX_WORKERS}"
 [[ $OUTLAST_THREADS == auto ]] && OUTLAST_THREADS="$(nproc)"
 SKIP_OUTLAST="${SKIP_OUTLAST:-0}"
+ROUNDS="${ROUNDS:-1}"
 BARE="${BARE:-0}"
 KEEP="${KEEP:-0}"
 WORKLOADS="${WORKLOADS:-single batch10 hit alone}"
@@ -297,6 +299,11 @@ profile_finish() { # NAME
 }
 
 declare -A rps p50 p99 errs cpu
+# median 3 1 2 → 2 (the lower middle of an even count; "-" when nothing was measured)
+median() {
+    (($#)) || { echo -; return; }
+    printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'
+}
 # CPU time (user + system, clock ticks) of a target's process and its children (nginx's
 # workers), for CPU per request: the same work costs the same whatever wrk and the
 # other servers took from the two cores, so it compares builds better than rps does.
@@ -317,22 +324,33 @@ for w in "${workloads[@]}"; do
     [[ -n ${script_of[$w]:-} ]] || die "unknown workload $w (single batch10 hit alone head)"
     script="$bench/${script_of[$w]}" conns="$CONNECTIONS"
     [[ $w == alone ]] && conns=1
+    for ((round = 1; round <= ROUNDS; round++)); do
+        for t in "${targets[@]}"; do
+            if ((WARMUP > 0 && round == 1)); then
+                load -t"$THREADS" -c"$conns" -d"${WARMUP}s" -s "$script" "${url[$t]}" >/dev/null
+            fi
+            say "wrk $w -> $t (round $round of $ROUNDS)"
+            out="$work/wrk-$w-$t-$round.txt"
+            [[ $round == 1 && " ${outlasts[*]} " == *" $t "* ]] && profile_start "$w-$t" "${pid_of[$t]}"
+            before="$(cpu_ticks "${pid_of[$t]}")"
+            load -t"$THREADS" -c"$conns" -d"${DURATION}s" --latency -s "$script" "${url[$t]}" >"$out"
+            after="$(cpu_ticks "${pid_of[$t]}")"
+            profile_finish "$w-$t"
+            cpu[$w,$t]+="$(awk -v a="$after" -v b="$before" -v t="$tck" '/requests in/ {n = $1} END {if (n > 0) printf "%.1f", (a - b) / t * 1e6 / n; else print "-"}' "$out") "
+            rps[$w,$t]+="$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' "$out") "
+            p50[$w,$t]+="$(to_ms "$(awk '$1 == "50%" {print $2}' "$out")") "
+            p99[$w,$t]+="$(to_ms "$(awk '$1 == "99%" {print $2}' "$out")") "
+            errs[$w,$t]=$((${errs[$w,$t]:-0} + $(awk '/Socket errors:/ {gsub(/,/, ""); s += $4 + $6 + $8 + $10} /Non-2xx/ {s += $NF} END {print s + 0}' "$out")))
+        done
+    done
+    # Each figure is the median of the rounds (the targets take turns, so a slow spell
+    # of the shared machine falls on all of them alike).
     for t in "${targets[@]}"; do
-        if ((WARMUP > 0)); then
-            load -t"$THREADS" -c"$conns" -d"${WARMUP}s" -s "$script" "${url[$t]}" >/dev/null
-        fi
-        say "wrk $w -> $t"
-        out="$work/wrk-$w-$t.txt"
-        [[ " ${outlasts[*]} " == *" $t "* ]] && profile_start "$w-$t" "${pid_of[$t]}"
-        before="$(cpu_ticks "${pid_of[$t]}")"
-        load -t"$THREADS" -c"$conns" -d"${DURATION}s" --latency -s "$script" "${url[$t]}" >"$out"
-        after="$(cpu_ticks "${pid_of[$t]}")"
-        profile_finish "$w-$t"
-        cpu[$w,$t]="$(awk -v a="$after" -v b="$before" -v t="$tck" '/requests in/ {n = $1} END {if (n > 0) printf "%.1f", (a - b) / t * 1e6 / n; else print "-"}' "$out")"
-        rps[$w,$t]="$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' "$out")"
-        p50[$w,$t]="$(to_ms "$(awk '$1 == "50%" {print $2}' "$out")")"
-        p99[$w,$t]="$(to_ms "$(awk '$1 == "99%" {print $2}' "$out")")"
-        errs[$w,$t]="$(awk '/Socket errors:/ {gsub(/,/, ""); s += $4 + $6 + $8 + $10} /Non-2xx/ {s += $NF} END {print s + 0}' "$out")"
+        for m in cpu rps p50 p99; do
+            declare -n fig="$m"
+            fig[$w,$t]="$(median ${fig[$w,$t]})"
+            unset -n fig
+        done
     done
 done
 declare -A rss_after rss_peak entries cbytes
@@ -349,7 +367,7 @@ done
 # ---------------------------------------------------------------- (e) table
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (a > 0 && b > 0) printf "%.2f", a / b; else print "-"}'; }
 echo
-echo "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s, $(nproc) cores; nginx $NGINX_WORKERS worker(s), keepalive 32;" \
+echo "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s, medians of $ROUNDS round(s), $(nproc) cores; nginx $NGINX_WORKERS worker(s), keepalive 32;" \
     "Outlast worker_threads = $OUTLAST_THREADS, cache size_bytes $(mib $((CACHE_BYTES / 1024))); latency in ms"
 printf '%-8s %-10s %10s %9s %9s %7s %10s\n' workload target rps p50 p99 errors cpu_us/req
 for w in "${workloads[@]}"; do
@@ -375,7 +393,7 @@ if [[ " ${workloads[*]} " == *" alone "* ]]; then
     added() { awk -v a="${p50[alone,$1]}" -v d="${p50[alone,direct]}" 'BEGIN {printf "%.0f us", (a - d) * 1000}'; }
     echo
     echo -n "p50 added over direct, one connection (alone): nginx $(added nginx)"
-    for t in "${outlasts[@]}"; do echo -n ", $t $(added "$t")"; done
+    for t in "${proxies[@]}"; do echo -n ", $t $(added "$t")"; done
     echo
 fi
 echo

@@ -175,11 +175,13 @@ async fn rpc(
         None => StatusCode::NO_CONTENT.into_response(),
     };
     let h = response.headers_mut();
-    if !reply.upstreams.is_empty() {
-        let names: Vec<&str> = reply.upstreams.iter().map(|u| &**u).collect();
-        if let Ok(v) = HeaderValue::from_str(&names.join(",")) {
-            h.insert("x-outlast-upstream", v);
-        }
+    let upstreams = match reply.upstreams.as_slice() {
+        [] => None,
+        [one] => HeaderValue::from_str(one).ok(),
+        many => HeaderValue::from_str(&many.join(",")).ok(),
+    };
+    if let Some(v) = upstreams {
+        h.insert("x-outlast-upstream", v);
     }
     h.insert(
         "x-outlast-verified",

@@ -26,7 +26,6 @@ use std::{
 use axum::{
     Router,
     body::Body,
-    extract::ConnectInfo,
     http::{HeaderMap, Request, Response, StatusCode, header},
 };
 use hyper::body::Incoming;
@@ -370,7 +369,6 @@ impl Connection {
             let busy = served.begin();
             let mut req = req.map(Body::new);
             let client = client_addr(peer.ip(), req.headers(), &hygiene);
-            req.extensions_mut().insert(ConnectInfo(peer));
             req.extensions_mut().insert(client);
             let answer = tower_service::Service::call(&mut router.clone(), req);
             let deadline = hygiene.request_timeout;
