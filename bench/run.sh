@@ -107,7 +107,9 @@ used_ports=" "
 free_port() {
     local p
     while :; do
-        p=$((20000 + RANDOM % 40000))
+        # Below Linux's ephemeral range (32768-60999): a port some connection of an
+        # earlier run still holds (TIME-WAIT, by the thousand after wrk) cannot be bound.
+        p=$((20000 + RANDOM % 12000))
         [[ $used_ports == *" $p "* ]] && continue
         # Nobody accepts on it: free (bash's /dev/tcp, no extra tools).
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
