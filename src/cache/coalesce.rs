@@ -207,6 +207,27 @@ mod tests {
         assert!(f.wait(Duration::from_secs(1)).await.is_none());
     }
 
+    #[tokio::test]
+    async fn a_follower_already_waiting_is_woken_by_the_landing() {
+        let flights = Flights::default();
+        let Joined::Leader(leader) = flights.join("k", "h") else {
+            panic!("first caller leads")
+        };
+        let Joined::Follower(f) = flights.join("k", "h") else {
+            panic!("second caller follows")
+        };
+        let waiting = tokio::spawn(f.wait(Duration::from_secs(30)));
+        // The follower runs until it listens; only then does the leader land.
+        tokio::task::yield_now().await;
+        leader.land(Some((
+            Arc::from("u1"),
+            Answer::Result("\"0x2\"".into()),
+            Level::None,
+        )));
+        let landed = waiting.await.expect("the follower's task");
+        assert!(matches!(landed, Some((u, _, Level::None)) if &*u == "u1"));
+    }
+
     #[test]
     fn calls_of_one_hash_but_different_keys_are_never_joined() {
         let flights = Flights::default();
