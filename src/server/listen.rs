@@ -206,8 +206,11 @@ pub async fn serve(
                     Some(core) => match stream.into_std() {
                         Ok(std) => drop(conns.spawn_on(
                             async move {
-                                if let Ok(stream) = TcpStream::from_std(std) {
-                                    conn.run(stream, guard).await;
+                                match TcpStream::from_std(std) {
+                                    Ok(stream) => conn.run(stream, guard).await,
+                                    Err(e) => tracing::warn!(
+                                        "cannot register a connection with its runtime: {e}"
+                                    ),
                                 }
                             },
                             core,
