@@ -20,18 +20,25 @@ use hyper_util::{
 
 type Upstream = Client<HttpConnector, Full<Bytes>>;
 
+/// A JSON reply with `status` and `body`.
+fn reply(status: hyper::StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
 async fn forward(
     client: Upstream,
     target: hyper::Uri,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let fail = |status: u16| {
-        let mut r = Response::new(Full::new(Bytes::new()));
-        *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or_default();
-        r
-    };
+    use hyper::StatusCode;
     let Ok(body) = req.into_body().collect().await else {
-        return Ok(fail(400));
+        return Ok(reply(StatusCode::BAD_REQUEST, Bytes::new()));
     };
     let mut up = Request::new(Full::new(body.to_bytes()));
     *up.method_mut() = hyper::Method::POST;
@@ -41,17 +48,12 @@ async fn forward(
         hyper::header::HeaderValue::from_static("application/json"),
     );
     let Ok(answer) = client.request(up).await else {
-        return Ok(fail(502));
+        return Ok(reply(StatusCode::BAD_GATEWAY, Bytes::new()));
     };
     let Ok(body) = answer.into_body().collect().await else {
-        return Ok(fail(502));
+        return Ok(reply(StatusCode::BAD_GATEWAY, Bytes::new()));
     };
-    let mut r = Response::new(Full::new(body.to_bytes()));
-    r.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
-    Ok(r)
+    Ok(reply(StatusCode::OK, body.to_bytes()))
 }
 
 fn main() -> std::io::Result<()> {

@@ -100,28 +100,25 @@ impl Flights {
 
     fn join_at(&self, hash: u64, key: &str, head: &str) -> Joined {
         let mut map = lock(&self.shards, hash);
-        let landing = Slot::default();
-        let hash = match map.get(&hash) {
+        let recorded = match map.get(&hash) {
             Some(f) if *f.key == *key && *f.head == *head => {
                 return Joined::Follower(Follower(f.rx.clone()));
             }
             // Another key of the same hash: this call goes on its own, unrecorded.
             Some(_) => None,
-            None => {
-                let rx = landing.clone();
-                map.insert(
-                    hash,
-                    Flight {
-                        key: key.into(),
-                        head: head.into(),
-                        rx,
-                    },
-                );
-                Some(hash)
-            }
+            None => Some(hash),
         };
+        let landing = Slot::default();
+        if let Some(hash) = recorded {
+            let flight = Flight {
+                key: key.into(),
+                head: head.into(),
+                rx: landing.clone(),
+            };
+            map.insert(hash, flight);
+        }
         Joined::Leader(Leader {
-            hash,
+            hash: recorded,
             landing,
             shards: self.shards.clone(),
         })
@@ -177,15 +174,21 @@ impl Follower {
 mod tests {
     use super::*;
 
+    /// A leader of `k`@`h` and a follower of it.
+    fn flight(flights: &Flights) -> (Leader, Follower) {
+        let Joined::Leader(leader) = flights.join("k", "h") else {
+            panic!("the first caller leads")
+        };
+        let Joined::Follower(follower) = flights.join("k", "h") else {
+            panic!("the second caller follows")
+        };
+        (leader, follower)
+    }
+
     #[tokio::test]
     async fn followers_get_the_leaders_answer_and_a_dropped_leader_frees_them() {
         let flights = Flights::default();
-        let Joined::Leader(leader) = flights.join("k", "h") else {
-            panic!("first caller leads")
-        };
-        let Joined::Follower(f) = flights.join("k", "h") else {
-            panic!("second caller follows")
-        };
+        let (leader, f) = flight(&flights);
         leader.land(Some((
             Arc::from("u0"),
             Answer::Result("\"0x1\"".into()),
@@ -197,12 +200,7 @@ mod tests {
         ));
         assert_eq!(flights.in_flight(), 0);
 
-        let Joined::Leader(leader) = flights.join("k", "h") else {
-            panic!("a new flight")
-        };
-        let Joined::Follower(f) = flights.join("k", "h") else {
-            panic!("follows")
-        };
+        let (leader, f) = flight(&flights);
         drop(leader);
         assert!(f.wait(Duration::from_secs(1)).await.is_none());
     }
@@ -210,12 +208,7 @@ mod tests {
     #[tokio::test]
     async fn a_follower_already_waiting_is_woken_by_the_landing() {
         let flights = Flights::default();
-        let Joined::Leader(leader) = flights.join("k", "h") else {
-            panic!("first caller leads")
-        };
-        let Joined::Follower(f) = flights.join("k", "h") else {
-            panic!("second caller follows")
-        };
+        let (leader, f) = flight(&flights);
         let waiting = tokio::spawn(f.wait(Duration::from_secs(30)));
         // The follower runs until it listens; only then does the leader land.
         tokio::task::yield_now().await;
