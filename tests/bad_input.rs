@@ -315,3 +315,23 @@ async fn post_root_needs_exactly_one_chain() {
     let (by_name, _) = outlast.call("/other", "eth_chainId", json!([])).await;
     assert_eq!(by_name["result"], "0x7a6a");
 }
+
+/// `POST /{chain}` is served by its own lane, not the router; everything beside it
+/// still reaches the router and is answered as the router answers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_beside_the_json_rpc_lane_are_answered_as_the_router_answers_them() {
+    let fleet = Fleet::start(1).await;
+    let outlast = gateway(&fleet).await;
+    let call = r#"{"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]}"#;
+    // The chain by name, by id, and percent-encoded (which only the router decodes).
+    for path in ["/local", "/31337", "/lo%63al", "/"] {
+        let r = outlast.post(path, call).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.text);
+        assert_eq!(r.json()["result"], "0x7a69", "{path}");
+    }
+    // An empty segment, a third segment, and a page's path: not JSON-RPC routes.
+    for (path, status) in [("/local/", 404), ("/local/a/b", 404), ("/healthz", 405)] {
+        let r = outlast.post(path, call).await;
+        assert_eq!(r.status, status, "{path}: {}", r.text);
+    }
+}

@@ -54,13 +54,18 @@ impl Browser {
         }
         match &self.hosts {
             List::Any => true,
+            // The list is lowercase (`new`); `name` is compared without case.
             List::Some(names) => names
                 .iter()
                 .any(|allowed| match allowed.strip_prefix("*.") {
                     Some(parent) => name
-                        .strip_suffix(parent)
-                        .is_some_and(|sub| sub.ends_with('.') && sub.len() > 1),
-                    None => *allowed == name,
+                        .len()
+                        .checked_sub(parent.len())
+                        .and_then(|at| name.get(..at).zip(name.get(at..)))
+                        .is_some_and(|(sub, tail)| {
+                            tail.eq_ignore_ascii_case(parent) && sub.ends_with('.') && sub.len() > 1
+                        }),
+                    None => allowed.eq_ignore_ascii_case(name),
                 }),
         }
     }
@@ -89,14 +94,15 @@ impl Browser {
     }
 }
 
-/// `Host` without its port, lowercase, brackets of an IPv6 address removed.
-fn host_name(host: &str) -> String {
-    let host = host.trim().to_ascii_lowercase();
+/// `Host` without its port, brackets of an IPv6 address removed; a slice of it, as
+/// every request asks (its case is left: callers compare without it).
+fn host_name(host: &str) -> &str {
+    let host = host.trim();
     if let Some(rest) = host.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or("").to_owned();
+        return rest.split(']').next().unwrap_or("");
     }
     match host.rsplit_once(':') {
-        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name.to_owned(),
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
         _ => host,
     }
 }
@@ -138,6 +144,8 @@ mod tests {
         );
         assert!(listed.host_allowed(Some("rpc.example.com:443")));
         assert!(listed.host_allowed(Some("a.internal.example")));
+        assert!(listed.host_allowed(Some("A.Internal.EXAMPLE")));
+        assert!(!listed.host_allowed(Some("é.internal.example.x")));
         assert!(!listed.host_allowed(Some("internal.example")));
         assert!(!listed.host_allowed(Some("xinternal.example")));
         assert!(!listed.host_allowed(Some("localhost")));

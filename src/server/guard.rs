@@ -5,7 +5,7 @@
 //! content may not act as Outlast's origin). Decisions are `auth::browser`'s and
 //! `auth::Access`'s; here only HTTP.
 
-use std::sync::Arc;
+use std::{borrow::Cow, sync::Arc};
 
 use axum::{
     body::Body,
@@ -28,8 +28,25 @@ const EXPOSE_HEADERS: &str =
     "x-outlast-upstream, x-outlast-verified, x-outlast-stale-seconds, retry-after";
 
 pub async fn browser(State(gw): State<Arc<Gateway>>, req: Request, next: Next) -> Response {
+    match admit(&gw, &req) {
+        Admission::Pass { cors } => expose(&gw, next.run(req).await, cors),
+        Admission::Answered(answer) => answer,
+    }
+}
+
+/// `browser`'s decision before the handler runs.
+pub enum Admission {
+    /// On to the handler; `cors` is the page's origin when the answer must carry CORS
+    /// headers (`expose`).
+    Pass { cors: Option<String> },
+    /// Answered here: a refusal, or a preflight.
+    Answered(Response),
+}
+
+/// Decides as `browser` does; the JSON-RPC lane (`http::lane`) asks it too.
+pub fn admit<B>(gw: &Gateway, req: &axum::http::Request<B>) -> Admission {
     let rules = &gw.access().browser;
-    let host = request_host(&req);
+    let host = request_host(req);
     if !rules.host_allowed(host.as_deref()) {
         crate::metrics::limit_exceeded("host");
         let shown = host
@@ -38,12 +55,12 @@ pub async fn browser(State(gw): State<Arc<Gateway>>, req: Request, next: Next) -
             .chars()
             .take(100)
             .collect::<String>();
-        return refuse(
+        return Admission::Answered(refuse(
             StatusCode::FORBIDDEN,
             format!(
                 "host `{shown}` is not served here; its operator can add it to [cors] allowed_hosts"
             ),
-        );
+        ));
     }
     let origin = req
         .headers()
@@ -54,7 +71,7 @@ pub async fn browser(State(gw): State<Arc<Gateway>>, req: Request, next: Next) -
         .as_deref()
         .map(|o| rules.origin_allowed(o, host.as_deref()));
     if req.method() == Method::OPTIONS {
-        return preflight(&gw, origin.as_deref(), allowed, req.headers());
+        return Admission::Answered(preflight(gw, origin.as_deref(), allowed, req.headers()));
     }
     let acts = !matches!(*req.method(), Method::GET | Method::HEAD)
         || req.headers().contains_key(header::UPGRADE)
@@ -67,17 +84,23 @@ pub async fn browser(State(gw): State<Arc<Gateway>>, req: Request, next: Next) -
             .chars()
             .take(100)
             .collect::<String>();
-        return refuse(
+        return Admission::Answered(refuse(
             StatusCode::FORBIDDEN,
             format!(
                 "pages of `{shown}` may not call this gateway; its operator can add the origin to [cors] allowed_origins"
             ),
-        );
+        ));
     }
-    let mut response = next.run(req).await;
-    if let (Some(origin), Some(true)) = (origin, allowed) {
+    Admission::Pass {
+        cors: origin.filter(|_| allowed == Some(true)),
+    }
+}
+
+/// The CORS headers on an answer to a page of an allowed `origin` (from `admit`).
+pub fn expose(gw: &Gateway, mut response: Response, origin: Option<String>) -> Response {
+    if let Some(origin) = origin {
         let h = response.headers_mut();
-        allow_origin(h, &gw, &origin);
+        allow_origin(h, gw, &origin);
         h.insert(
             header::ACCESS_CONTROL_EXPOSE_HEADERS,
             HeaderValue::from_static(EXPOSE_HEADERS),
@@ -86,16 +109,17 @@ pub async fn browser(State(gw): State<Arc<Gateway>>, req: Request, next: Next) -
     response
 }
 
-/// The host a request was sent to: HTTP/2's authority, else `Host`.
-fn request_host(req: &Request) -> Option<String> {
-    req.uri()
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
-        })
+/// The host a request was sent to: HTTP/2's authority, else `Host` (borrowed: this
+/// runs on every request; a `Host` that is not visible ASCII is copied, lossily).
+fn request_host<B>(req: &axum::http::Request<B>) -> Option<Cow<'_, str>> {
+    if let Some(a) = req.uri().authority() {
+        return Some(Cow::Borrowed(a.as_str()));
+    }
+    let h = req.headers().get(header::HOST)?;
+    Some(match h.to_str() {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(h.as_bytes()),
+    })
 }
 
 fn allow_origin(h: &mut HeaderMap, gw: &Gateway, origin: &str) {

@@ -7,13 +7,13 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use axum::{
     Extension,
-    body::Body,
-    extract::{Path, Request, State},
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    extract::{Path, State},
+    http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header},
     response::{IntoResponse, Response},
 };
+use hyper::body::{Body as HttpBody, Incoming};
 
-use super::listen::ClientAddr;
+use super::{guard, listen::ClientAddr};
 use crate::{
     auth::{self, Refused},
     dispatch,
@@ -27,7 +27,7 @@ pub async fn rpc_chain(
     State(gw): State<Arc<Gateway>>,
     Path(chain): Path<String>,
     client: Option<Extension<ClientAddr>>,
-    request: Request,
+    request: axum::extract::Request,
 ) -> Response {
     let (parts, body) = request.into_parts();
     rpc(
@@ -46,7 +46,7 @@ pub async fn rpc_chain_key(
     State(gw): State<Arc<Gateway>>,
     Path((chain, key)): Path<(String, String)>,
     client: Option<Extension<ClientAddr>>,
-    request: Request,
+    request: axum::extract::Request,
 ) -> Response {
     let (parts, body) = request.into_parts();
     rpc(
@@ -63,7 +63,7 @@ pub async fn rpc_chain_key(
 pub async fn rpc_root(
     State(gw): State<Arc<Gateway>>,
     client: Option<Extension<ClientAddr>>,
-    request: Request,
+    request: axum::extract::Request,
 ) -> Response {
     let (parts, body) = request.into_parts();
     rpc(&gw, None, None, address(client), &parts.headers, body).await
@@ -86,14 +86,71 @@ pub fn refused(r: &Refused) -> Response {
     response
 }
 
-async fn rpc(
+/// `POST /{chain}` and `POST /{chain}/{key}` of a configured chain (`lane_path`): the
+/// JSON-RPC lane, answered without the router. Its matching, path extraction,
+/// middleware and boxed services were a third of a cache hit's allocations
+/// (bench/README.md). The browser guard runs here as the router's layer runs it.
+pub async fn lane(
+    gw: Arc<Gateway>,
+    req: Request<Incoming>,
+    at: LanePath,
+    client: IpAddr,
+) -> Response {
+    let cors = match guard::admit(&gw, &req) {
+        guard::Admission::Pass { cors } => cors,
+        guard::Admission::Answered(answer) => return answer,
+    };
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().get(1..).unwrap_or_default();
+    let (chain, key) = match at.key {
+        Some(k) => (path.get(..at.chain), path.get(k..)),
+        None => (Some(path), None),
+    };
+    let response = rpc(&gw, chain, key, client, &parts.headers, body).await;
+    guard::expose(&gw, response, cors)
+}
+
+/// Where a lane request's path splits: the chain's length, and where the key starts.
+pub struct LanePath {
+    chain: usize,
+    key: Option<usize>,
+}
+
+/// Whether `req` takes the lane: `POST /{chain}` or `POST /{chain}/{key}` with `chain`
+/// configured and neither segment empty or percent-encoded (the router decodes
+/// those). Anything else goes to the router, which answers it as before.
+pub fn lane_path<B>(gw: &Gateway, req: &Request<B>) -> Option<LanePath> {
+    if req.method() != Method::POST {
+        return None;
+    }
+    let rest = req.uri().path().strip_prefix('/')?;
+    let (chain, key) = match rest.split_once('/') {
+        Some((c, k)) => (c, Some(k)),
+        None => (rest, None),
+    };
+    let plain = |s: &str| !s.is_empty() && !s.contains(['/', '%']);
+    if !plain(chain) || !key.is_none_or(plain) {
+        return None;
+    }
+    gw.chain(Some(chain))?;
+    Some(LanePath {
+        chain: chain.len(),
+        key: key.map(|_| chain.len() + 1),
+    })
+}
+
+async fn rpc<B>(
     gw: &Arc<Gateway>,
     path: Option<&str>,
     key: Option<&str>,
     client: IpAddr,
     headers: &HeaderMap,
-    body: Body,
-) -> Response {
+    body: B,
+) -> Response
+where
+    B: HttpBody<Data = bytes::Bytes>,
+    B::Error: std::fmt::Display,
+{
     let Some(chain) = gw.chain(path) else {
         let available = gw
             .chains
@@ -206,13 +263,18 @@ enum BodyError {
 }
 
 /// The body, at most `max` bytes, arriving within `timeout`.
-async fn read_body(
-    mut body: Body,
+async fn read_body<B>(
+    body: B,
     max: usize,
     declared: Option<u64>,
     timeout: std::time::Duration,
-) -> Result<bytes::Bytes, BodyError> {
+) -> Result<bytes::Bytes, BodyError>
+where
+    B: HttpBody<Data = bytes::Bytes>,
+    B::Error: std::fmt::Display,
+{
     use http_body_util::BodyExt;
+    let mut body = std::pin::pin!(body);
     let max_u64 = u64::try_from(max).unwrap_or(u64::MAX);
     if declared.is_some_and(|n| n > LINGER_BYTES) {
         return Err(BodyError::TooLarge);

@@ -24,7 +24,6 @@ use std::{
 };
 
 use axum::{
-    Router,
     body::Body,
     http::{HeaderMap, Request, Response, StatusCode, header},
 };
@@ -118,7 +117,8 @@ fn connection_room() -> usize {
 
 /// The address a request came from: the TCP peer, or, when the peer is a trusted proxy,
 /// the nearest address in `X-Forwarded-For` that is not itself a trusted proxy.
-/// Handlers find it in the request's extensions.
+/// `Handler::call` is given it; the router's handlers find it in the request's
+/// extensions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(pub IpAddr);
 
@@ -145,11 +145,21 @@ pub fn client_addr(peer: IpAddr, headers: &HeaderMap, hygiene: &Hygiene) -> Clie
     ClientAddr(nearest)
 }
 
-/// Serves `router` on `listener` until `shutdown`, then drains: requests in flight get
+/// What answers each request a connection reads, told who sent it. The listener owns
+/// connections and their limits; what a request means is the handler's.
+pub trait Handler: Clone + Send + Sync + 'static {
+    fn call(
+        &self,
+        req: Request<Incoming>,
+        client: ClientAddr,
+    ) -> impl Future<Output = Response<Body>> + Send + use<Self>;
+}
+
+/// Serves `handler` on `listener` until `shutdown`, then drains: requests in flight get
 /// `hygiene.drain` to finish, after which their connections are closed.
-pub async fn serve(
+pub async fn serve<H: Handler>(
     listener: TcpListener,
-    router: Router,
+    handler: H,
     hygiene: Hygiene,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -194,7 +204,7 @@ pub async fn serve(
             Ok(guard) => {
                 let conn = Connection {
                     peer,
-                    router: router.clone(),
+                    handler: handler.clone(),
                     hygiene: hygiene.clone(),
                     builder: builder.clone(),
                     draining: draining.clone(),
@@ -349,16 +359,16 @@ async fn refuse(mut stream: TcpStream, cap: Cap) {
     let _ = tokio::time::timeout(Duration::from_secs(1), refusal).await;
 }
 
-struct Connection {
+struct Connection<H> {
     peer: SocketAddr,
-    router: Router,
+    handler: H,
     hygiene: Arc<Hygiene>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     draining: CancellationToken,
     closing: CancellationToken,
 }
 
-impl Connection {
+impl<H: Handler> Connection<H> {
     async fn run(self, stream: TcpStream, slot: Slot) {
         let activity = Arc::new(Activity::new());
         let io = TokioIo::new(Watched {
@@ -366,19 +376,16 @@ impl Connection {
             activity: activity.clone(),
             _slot: slot,
         });
-        let (peer, router, hygiene) = (self.peer, self.router, self.hygiene.clone());
+        let (peer, handler, hygiene) = (self.peer, self.handler, self.hygiene.clone());
         let served = activity.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let busy = served.begin();
-            let mut req = req.map(Body::new);
             let client = client_addr(peer.ip(), req.headers(), &hygiene);
-            req.extensions_mut().insert(client);
-            let answer = tower_service::Service::call(&mut router.clone(), req);
+            let answer = handler.call(req, client);
             let deadline = hygiene.request_timeout;
             async move {
                 let response = match tokio::time::timeout(deadline, answer).await {
-                    Ok(Ok(response)) => response,
-                    Ok(Err(never)) => match never {},
+                    Ok(response) => response,
                     Err(_) => too_slow(deadline),
                 };
                 drop(busy);

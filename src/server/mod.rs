@@ -13,9 +13,14 @@ use std::{future::Future, sync::Arc};
 
 use axum::{
     Router,
+    body::Body,
+    http::Request,
     middleware::{from_fn_with_state, map_response},
+    response::Response,
     routing::{get, post},
 };
+use futures_util::future::Either;
+use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
 use crate::gateway::Gateway;
@@ -59,5 +64,40 @@ pub async fn serve(
     hygiene: listen::Hygiene,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    listen::serve(listener, router(gw), hygiene, shutdown).await
+    let front = Front {
+        router: router(gw.clone()),
+        gw,
+    };
+    listen::serve(listener, front, hygiene, shutdown).await
+}
+
+/// Each request's first stop: JSON-RPC to a chain takes `http::lane`, everything else
+/// the router.
+#[derive(Clone)]
+struct Front {
+    gw: Arc<Gateway>,
+    router: Router,
+}
+
+impl listen::Handler for Front {
+    fn call(
+        &self,
+        mut req: Request<Incoming>,
+        client: listen::ClientAddr,
+    ) -> impl Future<Output = Response> + Send + use<> {
+        match http::lane_path(&self.gw, &req) {
+            Some(at) => Either::Left(http::lane(self.gw.clone(), req, at, client.0)),
+            None => {
+                req.extensions_mut().insert(client);
+                let routed =
+                    tower_service::Service::call(&mut self.router.clone(), req.map(Body::new));
+                Either::Right(async move {
+                    match routed.await {
+                        Ok(response) => response,
+                        Err(never) => match never {},
+                    }
+                })
+            }
+        }
+    }
 }
