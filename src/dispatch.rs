@@ -26,7 +26,7 @@ use crate::{
         verified::{self, BlockId, Checked, Level, StateRead, Unverified},
     },
     rpc::{self, Call, ReplyBody, Request, RpcError, methods, parse::Rejected},
-    subscribe::filters::Owner,
+    subscribe::filters::{Handled, Owner},
     upstream::Answer,
     upstream::heads::ChainHeadState,
 };
@@ -97,19 +97,18 @@ pub async fn handle_entries(
     // path's limits. A poll never runs behind a receipt the client was given.
     let live = gw.live(chain);
     let shared = gw.cache.shared();
-    let filtered = live
+    let mut filtered = live
         .filters
         .handle(chain, &live.hub, shared.as_deref(), owner, &mut entries)
         .await;
-    let queries = filtered.queries;
 
     // 4. resolve: pin block tags to the consensus head; learn which block each call needs.
     let heads = chain.head.get();
     let calls: Vec<&Call<'_>> = entries.iter().filter_map(|e| e.as_ref().ok()).collect();
     let resolved: Vec<Resolved> = calls
         .iter()
-        .zip(queries)
-        .map(|(c, query)| match query {
+        .enumerate()
+        .map(|(i, c)| match filtered.query(i) {
             Some(q) => {
                 let mut r = resolve(&c.method, Some(&q), &heads);
                 r.params.get_or_insert(q);
@@ -119,7 +118,7 @@ pub async fn handle_entries(
         })
         .collect();
 
-    let mut work = Work::new(gw, chain, &heads, &calls, &resolved, filtered.answers);
+    let mut work = Work::new(gw, chain, &heads, &calls, &resolved, filtered);
     work.send_transactions().await;
     work.answer_from_cache().await;
     work.join_flights();
@@ -243,14 +242,15 @@ impl<'g, 'a> Work<'g, 'a> {
         heads: &'g ChainHeadState,
         calls: &[&Call<'a>],
         resolved: &'a [Resolved],
-        filtered: Vec<Option<Outcome>>,
+        mut filtered: Handled,
     ) -> Work<'g, 'a> {
         let limit = logs::known_limit(chain);
         let slots = calls
             .iter()
             .zip(resolved)
-            .zip(filtered)
-            .map(|((c, r), filtered)| {
+            .enumerate()
+            .map(|(i, (c, r))| {
+                let filtered = filtered.answer(i);
                 let call = Call {
                     id: c.id,
                     method: c.method.clone(),

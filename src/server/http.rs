@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use axum::{
     Extension,
     extract::{Path, State},
-    http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header},
+    http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use hyper::body::{Body as HttpBody, Incoming};
@@ -238,17 +238,23 @@ where
         many => HeaderValue::from_str(&many.join(",")).ok(),
     };
     if let Some(v) = upstreams {
-        h.insert("x-outlast-upstream", v);
+        h.insert(UPSTREAM, v);
     }
     h.insert(
-        "x-outlast-verified",
+        VERIFIED,
         HeaderValue::from_static(reply.verified.header_value()),
     );
     if let Some(age) = reply.stale_seconds {
-        h.insert("x-outlast-stale-seconds", HeaderValue::from(age));
+        h.insert(STALE_SECONDS, HeaderValue::from(age));
     }
     response
 }
+
+// Outlast's answer headers (design.md), named once: a name given as a `&str` is copied
+// into each response's map.
+const UPSTREAM: HeaderName = HeaderName::from_static("x-outlast-upstream");
+const VERIFIED: HeaderName = HeaderName::from_static("x-outlast-verified");
+const STALE_SECONDS: HeaderName = HeaderName::from_static("x-outlast-stale-seconds");
 
 /// An oversized body is still read, and thrown away, up to this many bytes (within the
 /// body timeout), as nginx's lingering close does: a client that writes its whole body

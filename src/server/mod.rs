@@ -86,7 +86,9 @@ impl listen::Handler for Front {
         client: listen::ClientAddr,
     ) -> impl Future<Output = Response> + Send + use<> {
         match http::lane_path(&self.gw, &req) {
-            Some(at) => Either::Left(http::lane(self.gw.clone(), req, at, client.0)),
+            // Boxed here, once: the lane's future is 1.6 kB, and the listener and
+            // hyper move it three times before its first poll (bench/profiles).
+            Some(at) => Either::Left(Box::pin(http::lane(self.gw.clone(), req, at, client.0))),
             None => {
                 req.extensions_mut().insert(client);
                 let routed =

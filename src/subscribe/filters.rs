@@ -110,28 +110,40 @@ impl FilterLimits {
 
 /// Whom a filter counts against for `max_filters_per_client`: the caller's API key, or
 /// without one its address (an IPv6 client's /64, which one host usually holds whole).
+/// Every HTTP request has one, and few make filters: it is the parts, not their name
+/// (`Display`), so making one allocates nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Owner(Arc<str>);
+pub enum Owner {
+    Key(Arc<str>),
+    /// An IPv4 address (also when mapped into IPv6), or an IPv6 /64 (its network).
+    Address(std::net::IpAddr),
+}
 
 impl Owner {
     pub fn of(caller: &Caller, address: std::net::IpAddr) -> Owner {
-        use std::net::IpAddr;
-        let name = match (caller, address) {
-            (Caller::Key(key), _) => format!("key:{}", key.name),
-            (_, IpAddr::V4(a)) => format!("ip:{a}"),
-            (_, IpAddr::V6(a)) => match a.to_ipv4_mapped() {
-                Some(v4) => format!("ip:{v4}"),
-                None => {
-                    let s = a.segments();
-                    format!("ip:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
-                }
-            },
-        };
-        Owner(Arc::from(name))
+        use std::net::{IpAddr, Ipv6Addr};
+        match (caller, address) {
+            (Caller::Key(key), _) => Owner::Key(key.name.clone()),
+            (_, IpAddr::V4(a)) => Owner::Address(IpAddr::V4(a)),
+            (_, IpAddr::V6(a)) => Owner::Address(match a.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6(Ipv6Addr::from_bits(a.to_bits() & !u128::from(u64::MAX))),
+            }),
+        }
     }
+}
 
-    pub fn as_str(&self) -> &str {
-        &self.0
+/// `key:{name}`, `ip:{v4}` or `ip:{first four groups}::/64`: how Redis keys name it.
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Owner::Key(name) => write!(f, "key:{name}"),
+            Owner::Address(std::net::IpAddr::V4(a)) => write!(f, "ip:{a}"),
+            Owner::Address(std::net::IpAddr::V6(a)) => {
+                let s = a.segments();
+                write!(f, "ip:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        }
     }
 }
 
@@ -230,13 +242,23 @@ impl FilterError {
     }
 }
 
-/// What `Filters::handle` made of a request's calls: one item per accepted call each.
+/// What `Filters::handle` made of a request's accepted calls, by their index: the
+/// answer of each filter call answered here, and for each `eth_getFilterLogs` of a log
+/// filter, renamed `eth_getLogs`, its params. Empty (nothing allocated) for a request
+/// without filter calls, which is nearly every request.
 #[derive(Default)]
-pub struct Handled {
-    /// The answer of each filter call answered here.
-    pub answers: Vec<Option<Outcome>>,
-    /// For each `eth_getFilterLogs` of a log filter, renamed `eth_getLogs`: its params.
-    pub queries: Vec<Option<Box<RawValue>>>,
+pub struct Handled(Vec<(Option<Outcome>, Option<Box<RawValue>>)>);
+
+impl Handled {
+    /// The answer made here for accepted call `i`, taken.
+    pub fn answer(&mut self, i: usize) -> Option<Outcome> {
+        self.0.get_mut(i).and_then(|(answer, _)| answer.take())
+    }
+
+    /// The `eth_getLogs` params accepted call `i` became, taken.
+    pub fn query(&mut self, i: usize) -> Option<Box<RawValue>> {
+        self.0.get_mut(i).and_then(|(_, query)| query.take())
+    }
 }
 
 /// The `x-outlast-upstream` of answers about filters: Outlast itself.
@@ -298,6 +320,13 @@ impl Filters {
         entries: &mut [Result<Call<'_>, Rejected<'_>>],
     ) -> Handled {
         let mut out = Handled::default();
+        let filter_calls = entries
+            .iter()
+            .filter_map(|e| e.as_ref().ok())
+            .any(|call| is_filter_method(&call.method));
+        if !filter_calls {
+            return out;
+        }
         let mut waited = false;
         for call in entries.iter_mut().filter_map(|e| e.as_mut().ok()) {
             let (answer, query) = if is_filter_method(&call.method) {
@@ -320,8 +349,7 @@ impl Filters {
             } else {
                 (None, None)
             };
-            out.answers.push(answer);
-            out.queries.push(query);
+            out.0.push((answer, query));
         }
         out
     }
@@ -910,7 +938,7 @@ mod tests {
     }
 
     fn owner(name: &str) -> Owner {
-        Owner(Arc::from(name))
+        Owner::Key(Arc::from(name))
     }
 
     impl Filters {
@@ -1082,14 +1110,22 @@ mod tests {
         use std::net::IpAddr;
         let ip = |s: &str| s.parse::<IpAddr>().expect("address");
         let open = Caller::Open;
-        assert_eq!(Owner::of(&open, ip("10.0.0.7")).as_str(), "ip:10.0.0.7");
+        assert_eq!(Owner::of(&open, ip("10.0.0.7")).to_string(), "ip:10.0.0.7");
         assert_eq!(
             Owner::of(&open, ip("2001:db8:1:2:aaaa::1")),
             Owner::of(&open, ip("2001:db8:1:2:bbbb::9"))
         );
         assert_eq!(
-            Owner::of(&open, ip("::ffff:10.0.0.7")).as_str(),
+            Owner::of(&open, ip("::ffff:10.0.0.7")).to_string(),
             "ip:10.0.0.7"
+        );
+        assert_eq!(
+            Owner::of(&open, ip("2001:db8:1:2:aaaa::1")).to_string(),
+            "ip:2001:db8:1:2::/64"
+        );
+        assert_ne!(
+            Owner::of(&open, ip("2001:db8:1:2:aaaa::1")),
+            Owner::of(&open, ip("2001:db8:1:3:aaaa::1"))
         );
     }
 

@@ -239,10 +239,11 @@ impl Shared<'_> {
         head: &Consensus,
     ) -> Result<String, FilterError> {
         let id = new_id();
-        let keys = self.keys(&id, owner.as_str());
+        let owner = owner.to_string();
+        let keys = self.keys(&id, &owner);
         let note = Note {
             kind,
-            owner: owner.as_str().to_owned(),
+            owner,
             criteria,
             number: head.number,
             // Nothing of the head's block is owed to a new filter: none to remove.
