@@ -17,6 +17,7 @@ use std::{
 };
 
 use futures_util::{StreamExt, stream::FuturesUnordered};
+use smallvec::SmallVec;
 
 use super::{resolve::Need, select};
 use crate::upstream::health::Transition;
@@ -65,10 +66,15 @@ impl Outcome {
 /// How many upstreams may be working on the same calls at once (the first + hedges).
 const MAX_PARALLEL: usize = 2;
 
+/// Indices into `calls`, and the calls of one attempt: made for every attempt, and
+/// most requests are one call, so they stay on the stack (past eight, on the heap).
+type Indices = SmallVec<[usize; 8]>;
+type Batch<'c, 'a> = SmallVec<[&'c Call<'a>; 8]>;
+
 /// One finished attempt: who, which calls (indices into `calls`), what came back.
 type Finished = (
     Arc<Upstream>,
-    Vec<usize>,
+    Indices,
     Result<Vec<Option<Answer>>, UpstreamError>,
     Duration,
 );
@@ -90,8 +96,8 @@ pub async fn forward(chain: &Chain, calls: &[&Call<'_>], need: Need) -> Vec<Outc
         answered: vec![None; calls.len()],
         fallback: vec![None; calls.len()],
         attempts: 0,
-        launched: Vec::new(),
-        finished: Vec::new(),
+        launched: SmallVec::new(),
+        finished: SmallVec::new(),
         need,
     };
     let mut inflight: FuturesUnordered<AttemptFuture<'_>> = FuturesUnordered::new();
@@ -149,15 +155,16 @@ struct Run<'c, 'a> {
     /// An upstream's own error (e.g. "method not found" there), kept in case no one does better.
     fallback: Vec<Option<(Arc<str>, Answer)>>,
     attempts: usize,
-    /// Upstreams asked so far, in order, and those whose attempt came back.
-    launched: Vec<Arc<Upstream>>,
-    finished: Vec<Arc<str>>,
+    /// Upstreams asked so far, in order, and those whose attempt came back (the first,
+    /// and a hedge at most, unless attempts fail).
+    launched: SmallVec<[Arc<Upstream>; 2]>,
+    finished: SmallVec<[Arc<str>; 2]>,
     /// The block the calls need: a `null` from an upstream below it means "not yet".
     need: Need,
 }
 
 impl<'c, 'a> Run<'c, 'a> {
-    fn pending(&self) -> Vec<usize> {
+    fn pending(&self) -> Indices {
         (0..self.calls.len())
             .filter(|&i| self.answered[i].is_none())
             .collect()
@@ -193,8 +200,8 @@ impl<'c, 'a> Run<'c, 'a> {
             };
             self.attempts += 1;
             self.launched.push(up.clone());
-            let batch: Vec<&'c Call<'a>> = pending.iter().map(|&i| self.calls[i]).collect();
-            let sent = pending.to_vec();
+            let batch: Batch<'c, 'a> = pending.iter().map(|&i| self.calls[i]).collect();
+            let sent = Indices::from_slice(pending);
             return Some(Box::pin(async move {
                 let _guard = guard;
                 let started = Instant::now();

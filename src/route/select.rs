@@ -10,6 +10,8 @@ use std::{
     time::Instant,
 };
 
+use smallvec::SmallVec;
+
 use super::resolve::Need;
 use crate::upstream::{health::Status, score};
 use crate::{route::Chain, rpc::Attempt, upstream::Upstream};
@@ -20,18 +22,22 @@ pub struct Plan {
     pub skipped: Vec<Attempt>,
 }
 
+/// Lists of a chain's upstreams, made for every call: a chain has a handful, so they
+/// are kept on the stack (past eight, on the heap).
+type Few<T> = SmallVec<[T; 8]>;
+
 pub fn plan(chain: &Chain, need: Need, now: Instant) -> Plan {
     // Cordoned by a person (admin API): never chosen; the reason is reported.
     let upstreams = chain.upstreams();
-    let (cordoned, open): (Vec<&Arc<Upstream>>, Vec<&Arc<Upstream>>) =
+    let (cordoned, open): (Few<&Arc<Upstream>>, Few<&Arc<Upstream>>) =
         upstreams.iter().partition(|u| u.cordon.is_set());
-    let candidates: Vec<Candidate> = open
+    let candidates: Few<Candidate> = open
         .iter()
         .map(|u| Candidate {
             tier: u.tier,
             status: u.health.status(),
             head: u.head.latest(),
-            score: score::score(&u.health.stats(), u.limits.in_flight(), chain.lag(u)).value,
+            score: score::value(&u.health.stats(), u.limits.in_flight(), chain.lag(u)),
         })
         .collect();
     let rotation = chain.rotation.fetch_add(1, Ordering::Relaxed);
@@ -58,7 +64,7 @@ struct Candidate {
     tier: u8,
     status: Status,
     head: Option<u64>,
-    /// Lower is better (`score::score`).
+    /// Lower is better (`score::value`).
     score: f64,
 }
 
@@ -73,9 +79,9 @@ fn order(
     consensus: Option<u64>,
     rotation: usize,
     now: Instant,
-) -> (Vec<usize>, Vec<(usize, String)>) {
-    let mut ready: Vec<usize> = Vec::new();
-    let mut cooling: Vec<(Instant, usize)> = Vec::new();
+) -> (Few<usize>, Vec<(usize, String)>) {
+    let mut ready: Few<usize> = Few::new();
+    let mut cooling: Few<(Instant, usize)> = Few::new();
     let mut skipped = Vec::new();
     for (i, c) in upstreams.iter().enumerate() {
         match &c.status {
@@ -94,7 +100,7 @@ fn order(
     }
     // Split the ready ones by whether they can answer this call correctly; a head not
     // polled yet is given the benefit of the doubt, after those known to be able.
-    let (able, behind): (Vec<usize>, Vec<usize>) = ready.iter().partition(|&&i| match need {
+    let (able, behind): (Few<usize>, Few<usize>) = ready.iter().copied().partition(|&i| match need {
         Need::Any => true,
         Need::Block(n) => upstreams[i].head.is_none_or(|h| h >= n),
         Need::Fresh => match (consensus, upstreams[i].head) {
@@ -102,9 +108,9 @@ fn order(
             _ => true,
         },
     });
-    let (known, unknown): (Vec<usize>, Vec<usize>) =
-        able.iter().partition(|&&i| upstreams[i].head.is_some());
-    let mut order = Vec::with_capacity(upstreams.len());
+    let (known, unknown): (Few<usize>, Few<usize>) =
+        able.iter().copied().partition(|&i| upstreams[i].head.is_some());
+    let mut order = Few::new();
     push_by_tier(&mut order, &known, upstreams, rotation);
     push_by_tier(&mut order, &unknown, upstreams, rotation);
     match need {
@@ -149,8 +155,8 @@ const TIE_MS: f64 = 2.0;
 /// Appends `group` lowest tier first. Within a tier: power of two choices — of two
 /// upstreams drawn at random, the better goes first (either, when they tie) — then the
 /// rest by score, as fallbacks.
-fn push_by_tier(order: &mut Vec<usize>, group: &[usize], upstreams: &[Candidate], seed: usize) {
-    let mut group = group.to_vec();
+fn push_by_tier(order: &mut Few<usize>, group: &[usize], upstreams: &[Candidate], seed: usize) {
+    let mut group = Few::from_slice(group);
     group.sort_by(|&a, &b| {
         (upstreams[a].tier, upstreams[a].score)
             .partial_cmp(&(upstreams[b].tier, upstreams[b].score))
@@ -158,7 +164,7 @@ fn push_by_tier(order: &mut Vec<usize>, group: &[usize], upstreams: &[Candidate]
     });
     let mut random = SplitMix(seed as u64);
     for tier in group.chunk_by(|&a, &b| upstreams[a].tier == upstreams[b].tier) {
-        let mut tier = tier.to_vec();
+        let mut tier = Few::from_slice(tier);
         if tier.len() >= 2 {
             let x = random.below(tier.len());
             let y = (x + 1 + random.below(tier.len() - 1)) % tier.len();
@@ -229,7 +235,7 @@ mod tests {
         expected: &[usize],
     ) -> Vec<(usize, String)> {
         let (got, skipped) = order(ups, need, Some(10), rotation, Instant::now());
-        assert_eq!(got, expected, "{ups:?} {need:?}");
+        assert_eq!(got.as_slice(), expected, "{ups:?} {need:?}");
         skipped
     }
 

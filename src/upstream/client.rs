@@ -118,22 +118,12 @@ impl Upstream {
         timeout: Duration,
         attempt: Option<&crate::telemetry::Attempt>,
     ) -> Result<Vec<Option<Answer>>, UpstreamError> {
-        use http::header::{AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
         use http_body_util::BodyExt as _;
 
         let target = self
             .target
             .as_ref()
             .map_err(|e| UpstreamError::Transport(e.clone()))?;
-        let mut request = http::Request::post(target.uri.clone())
-            .header(CONTENT_TYPE, "application/json")
-            .header(USER_AGENT, concat!("outlast/", env!("CARGO_PKG_VERSION")));
-        if let Some(auth) = &target.authorization {
-            request = request.header(AUTHORIZATION, auth.clone());
-        }
-        if let (Some(attempt), Some(headers)) = (attempt, request.headers_mut()) {
-            attempt.inject(headers);
-        }
         let base = next_ids(calls.len());
         let payload = Bytes::from(encode(calls, base));
         #[cfg(test)]
@@ -143,9 +133,13 @@ impl Upstream {
                 .map_err(|_| UpstreamError::Timeout(timeout))??;
             return read(status, &bytes, base, calls.len());
         }
-        let request = request
-            .body(http_body_util::Full::new(payload))
-            .map_err(|e| UpstreamError::Transport(e.to_string()))?;
+        let mut request = http::Request::new(http_body_util::Full::new(payload));
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = target.uri.clone();
+        *request.headers_mut() = target.headers.clone();
+        if let Some(attempt) = attempt {
+            attempt.inject(request.headers_mut());
+        }
         let exchange = async {
             let reply = self.http.request(request).await.map_err(|e| {
                 let detail = innermost(&e);

@@ -79,30 +79,50 @@ pub struct Score {
 
 pub fn score(stats: &Stats, in_flight: usize, lag: u64) -> Score {
     let mut reasons = Vec::new();
+    let value = rate(stats, in_flight, lag, |why| reasons.push(why.to_string()));
+    Score { value, reasons }
+}
+
+/// The score's number alone, for choosing: `select` asks it for every upstream of every
+/// call, and words would be a few allocations each time.
+pub fn value(stats: &Stats, in_flight: usize, lag: u64) -> f64 {
+    rate(stats, in_flight, lag, |_| {})
+}
+
+/// The one home of the formula; `say` is told each reason as it applies.
+fn rate(
+    stats: &Stats,
+    in_flight: usize,
+    lag: u64,
+    mut say: impl FnMut(std::fmt::Arguments<'_>),
+) -> f64 {
     let latency = match stats.latency_ms {
         Some(ms) => {
-            reasons.push(format!("latency {ms:.0} ms"));
+            say(format_args!("latency {ms:.0} ms"));
             ms.max(0.1)
         }
         None => {
-            reasons.push("not measured yet".to_owned());
+            say(format_args!("not measured yet"));
             UNMEASURED_MS
         }
     };
     let mut value = latency;
     if stats.error_rate >= 0.01 {
-        reasons.push(format!("{:.0}% recent errors", stats.error_rate * 100.0));
+        say(format_args!(
+            "{:.0}% recent errors",
+            stats.error_rate * 100.0
+        ));
         value *= 1.0 + 8.0 * stats.error_rate;
     }
     if in_flight > 0 {
-        reasons.push(format!("{in_flight} in flight"));
+        say(format_args!("{in_flight} in flight"));
         value *= 1.0 + in_flight as f64 / 8.0;
     }
     if lag > 0 {
-        reasons.push(format!("{lag} blocks behind"));
+        say(format_args!("{lag} blocks behind"));
         value += 50.0 * lag as f64;
     }
-    Score { value, reasons }
+    value
 }
 
 #[cfg(test)]
@@ -128,6 +148,11 @@ mod tests {
         assert!(fast.value < score(&measured(10, 0), 8, 0).value);
         assert!(fast.value < score(&measured(10, 0), 0, 2).value);
         assert_eq!(fast.reasons, ["latency 10 ms"]);
+        let worst = (measured(10, 3), 8, 2);
+        assert_eq!(
+            value(&worst.0, worst.1, worst.2),
+            score(&worst.0, worst.1, worst.2).value
+        );
     }
 
     #[test]

@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use http::{HeaderValue, Uri};
+use http::{
+    HeaderMap, HeaderValue, Uri,
+    header::{AUTHORIZATION, CONTENT_TYPE, USER_AGENT},
+};
 use http_body_util::Full;
 use hyper_rustls::HttpsConnector;
 use hyper_util::{
@@ -70,8 +73,10 @@ fn pooled(routing: &Routing) -> Pooled {
 #[derive(Debug, Clone)]
 pub struct Target {
     pub uri: Uri,
-    /// From the URL's user info.
-    pub authorization: Option<HeaderValue>,
+    /// Every request's headers: the body's type, Outlast's name, and `Authorization`
+    /// from the URL's user info. Made once: each request clones the map, where building
+    /// it copied every value and grew the map header by header.
+    pub headers: HeaderMap,
 }
 
 impl Target {
@@ -95,7 +100,16 @@ impl Target {
             .as_str()
             .parse::<Uri>()
             .map_err(|e| format!("not usable as a request target: {e}"))?;
-        Ok(Target { uri, authorization })
+        let mut headers = HeaderMap::with_capacity(4);
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            USER_AGENT,
+            HeaderValue::from_static(concat!("outlast/", env!("CARGO_PKG_VERSION"))),
+        );
+        if let Some(value) = authorization {
+            headers.insert(AUTHORIZATION, value);
+        }
+        Ok(Target { uri, headers })
     }
 }
 
@@ -114,12 +128,13 @@ mod tests {
         let url = Url::parse("https://alice:s%40cret@rpc.example/v1/KEY?x=1").expect("url");
         let t = Target::new(&url).expect("target");
         assert_eq!(t.uri.to_string(), "https://rpc.example/v1/KEY?x=1");
-        let header = t.authorization.expect("header");
+        let header = t.headers.get(AUTHORIZATION).expect("header");
         // base64("alice:s@cret")
         assert_eq!(header.to_str().expect("ascii"), "Basic YWxpY2U6c0BjcmV0");
         let plain =
             Target::new(&Url::parse("http://127.0.0.1:8545").expect("url")).expect("target");
-        assert!(plain.authorization.is_none());
+        assert!(plain.headers.get(AUTHORIZATION).is_none());
+        assert_eq!(plain.headers[CONTENT_TYPE], "application/json");
         assert_eq!(plain.uri.to_string(), "http://127.0.0.1:8545/");
     }
 }
