@@ -168,9 +168,14 @@ impl Cache {
         // for a short answer); a copy keeps only its own bytes alive, and the cache's
         // weight stays true.
         let entry = Entry::new(lifetime, level, Bytes::copy_from_slice(&body));
-        self.memory.insert(full.clone(), entry.clone());
-        if let Some(r) = &self.redis {
-            let (r, keep) = (r.clone(), (lifetime == Lifetime::Head).then_some(self.keep));
+        // Cloned only for Redis: a copied body's first clone allocates its shared header.
+        let shared = self
+            .redis
+            .as_ref()
+            .map(|r| (r.clone(), full.clone(), entry.clone()));
+        self.memory.insert(full, entry);
+        if let Some((r, full, entry)) = shared {
+            let keep = (lifetime == Lifetime::Head).then_some(self.keep);
             tokio::spawn(async move { r.set(&full, &entry, keep).await });
         }
     }

@@ -41,6 +41,10 @@ pub struct Resolved {
     pub need: Need,
 }
 
+/// A call's params, split: every call with a block parameter is split, and they have a
+/// few items, so the list stays on the stack.
+type Params<'a> = smallvec::SmallVec<[&'a RawValue; 4]>;
+
 pub fn resolve(method: &str, params: Option<&RawValue>, heads: &ChainHeadState) -> Resolved {
     let unpinned = |need| Resolved { params: None, need };
     let index = match methods::about(method) {
@@ -50,7 +54,8 @@ pub fn resolve(method: &str, params: Option<&RawValue>, heads: &ChainHeadState) 
         About::Hash | About::Head => return unpinned(Need::Fresh),
         About::Nothing => return unpinned(Need::Any),
     };
-    let Some(mut items) = params.and_then(|p| serde_json::from_str::<Vec<&RawValue>>(p.get()).ok())
+    let pinned; // a tag's number, which `items` may come to point at
+    let Some(mut items) = params.and_then(|p| serde_json::from_str::<Params<'_>>(p.get()).ok())
     else {
         return unpinned(Need::Fresh);
     };
@@ -61,7 +66,7 @@ pub fn resolve(method: &str, params: Option<&RawValue>, heads: &ChainHeadState) 
     match block_ref(block, heads) {
         BlockRef::Number(n) => unpinned(Need::Block(n)),
         BlockRef::Pinned(n) => {
-            let pinned = quantity(n);
+            pinned = quantity(n);
             items[index] = &pinned;
             Resolved {
                 params: Some(join(&items)),

@@ -100,16 +100,19 @@ fn order(
     }
     // Split the ready ones by whether they can answer this call correctly; a head not
     // polled yet is given the benefit of the doubt, after those known to be able.
-    let (able, behind): (Few<usize>, Few<usize>) = ready.iter().copied().partition(|&i| match need {
-        Need::Any => true,
-        Need::Block(n) => upstreams[i].head.is_none_or(|h| h >= n),
-        Need::Fresh => match (consensus, upstreams[i].head) {
-            (Some(c), Some(h)) => h + FRESH_LAG >= c,
-            _ => true,
-        },
-    });
-    let (known, unknown): (Few<usize>, Few<usize>) =
-        able.iter().copied().partition(|&i| upstreams[i].head.is_some());
+    let (able, behind): (Few<usize>, Few<usize>) =
+        ready.iter().copied().partition(|&i| match need {
+            Need::Any => true,
+            Need::Block(n) => upstreams[i].head.is_none_or(|h| h >= n),
+            Need::Fresh => match (consensus, upstreams[i].head) {
+                (Some(c), Some(h)) => h + FRESH_LAG >= c,
+                _ => true,
+            },
+        });
+    let (known, unknown): (Few<usize>, Few<usize>) = able
+        .iter()
+        .copied()
+        .partition(|&i| upstreams[i].head.is_some());
     let mut order = Few::new();
     push_by_tier(&mut order, &known, upstreams, rotation);
     push_by_tier(&mut order, &unknown, upstreams, rotation);
