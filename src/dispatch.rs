@@ -195,7 +195,7 @@ struct Slot<'a> {
     call: Call<'a>,
     need: Need,
     /// Where its answer may be cached (and identical calls joined); `None`: never.
-    key: Option<String>,
+    key: Option<Arc<str>>,
     /// How step 8 checks it; `None`: forwarded as it is.
     check: Option<Check>,
     /// An `eth_getLogs` range fetched in pieces: (from, to, piece size).
@@ -360,7 +360,7 @@ impl<'g, 'a> Work<'g, 'a> {
     fn join_flights(&mut self) {
         let head = self.head_hash().unwrap_or("");
         for slot in &mut self.slots {
-            let Some(key) = slot.key.as_deref().filter(|_| slot.outcome.is_none()) else {
+            let Some(key) = slot.key.as_ref().filter(|_| slot.outcome.is_none()) else {
                 continue;
             };
             let joined = slot.open().then(|| self.gw.cache.flights.join(key, head));

@@ -18,12 +18,15 @@ use crate::{upstream::Answer, verify::Level};
 /// `None` (ask yourself).
 pub type Landed = Option<(Arc<str>, Answer, Level)>;
 
-/// One flight's outcome, set once: by its leader's `land`, or `None` when the leader is
-/// dropped without one. A set-once cell and one `Notify` rather than a `watch` channel:
-/// every forwarded call leads a flight, and `watch` woke eight wait lists on each send
-/// (2% of a forwarded batch's CPU), almost always with nobody waiting.
-#[derive(Default)]
+/// One flight: what it is for, and its outcome, set once: by its leader's `land`, or
+/// `None` when the leader is dropped without one. A set-once cell and one `Notify`
+/// rather than a `watch` channel: every forwarded call leads a flight, and `watch` woke
+/// eight wait lists on each send (2% of a forwarded batch's CPU), almost always with
+/// nobody waiting. One allocation per flight: the key is the caller's (shared with the
+/// cache), and the table, the leader and the followers share this.
 struct Landing {
+    key: Arc<str>,
+    head: Box<str>,
     landed: OnceLock<Landed>,
     notify: Notify,
 }
@@ -42,13 +45,7 @@ type Slot = Arc<Landing>;
 /// Flights by the hash of their key and head (`super::keyed_hash`, computed once per
 /// call: a forwarded batch spent 8% of its CPU re-hashing `key@head` strings here).
 /// Each keeps its whole key, so two calls of one hash are never joined.
-type Map = HashMap<u64, Flight, FxBuildHasher>;
-
-struct Flight {
-    key: Box<str>,
-    head: Box<str>,
-    rx: Slot,
-}
+type Map = HashMap<u64, Slot, FxBuildHasher>;
 
 /// In shards by hash: every forwarded call locks its flight's shard twice (join, land).
 /// With one lock for all, the serving threads (`cores`) queued on it: in a forwarded
@@ -94,28 +91,28 @@ fn lock(shards: &[Mutex<Map>], hash: u64) -> std::sync::MutexGuard<'_, Map> {
 impl Flights {
     /// Leads the call for `key` at head `head` (a block hash, or "" for none), or
     /// follows the one already in flight.
-    pub fn join(&self, key: &str, head: &str) -> Joined {
-        self.join_at(super::keyed_hash((key, head)), key, head)
+    pub fn join(&self, key: &Arc<str>, head: &str) -> Joined {
+        self.join_at(super::keyed_hash((&**key, head)), key, head)
     }
 
-    fn join_at(&self, hash: u64, key: &str, head: &str) -> Joined {
+    fn join_at(&self, hash: u64, key: &Arc<str>, head: &str) -> Joined {
         let mut map = lock(&self.shards, hash);
         let recorded = match map.get(&hash) {
-            Some(f) if *f.key == *key && *f.head == *head => {
-                return Joined::Follower(Follower(f.rx.clone()));
+            Some(f) if f.key == *key && *f.head == *head => {
+                return Joined::Follower(Follower(f.clone()));
             }
             // Another key of the same hash: this call goes on its own, unrecorded.
             Some(_) => None,
             None => Some(hash),
         };
-        let landing = Slot::default();
+        let landing = Arc::new(Landing {
+            key: key.clone(),
+            head: head.into(),
+            landed: OnceLock::new(),
+            notify: Notify::new(),
+        });
         if let Some(hash) = recorded {
-            let flight = Flight {
-                key: key.into(),
-                head: head.into(),
-                rx: landing.clone(),
-            };
-            map.insert(hash, flight);
+            map.insert(hash, landing.clone());
         }
         Joined::Leader(Leader {
             hash: recorded,
@@ -176,10 +173,11 @@ mod tests {
 
     /// A leader of `k`@`h` and a follower of it.
     fn flight(flights: &Flights) -> (Leader, Follower) {
-        let Joined::Leader(leader) = flights.join("k", "h") else {
+        let k = Arc::from("k");
+        let Joined::Leader(leader) = flights.join(&k, "h") else {
             panic!("the first caller leads")
         };
-        let Joined::Follower(follower) = flights.join("k", "h") else {
+        let Joined::Follower(follower) = flights.join(&k, "h") else {
             panic!("the second caller follows")
         };
         (leader, follower)
@@ -224,13 +222,17 @@ mod tests {
     #[test]
     fn calls_of_one_hash_but_different_keys_are_never_joined() {
         let flights = Flights::default();
-        let Joined::Leader(_a) = flights.join_at(7, "a", "h") else {
+        let (a, b) = (Arc::from("a"), Arc::from("b"));
+        let Joined::Leader(_a) = flights.join_at(7, &a, "h") else {
             panic!("first caller leads")
         };
-        assert!(matches!(flights.join_at(7, "b", "h"), Joined::Leader(_)));
-        assert!(matches!(flights.join_at(7, "a", "h2"), Joined::Leader(_)));
+        assert!(matches!(flights.join_at(7, &b, "h"), Joined::Leader(_)));
+        assert!(matches!(flights.join_at(7, &a, "h2"), Joined::Leader(_)));
         // The alone leaders left `a`'s flight in place.
-        assert!(matches!(flights.join_at(7, "a", "h"), Joined::Follower(_)));
+        assert!(matches!(
+            flights.join_at(7, &Arc::from("a"), "h"),
+            Joined::Follower(_)
+        ));
         assert_eq!(flights.in_flight(), 1);
     }
 }

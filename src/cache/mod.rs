@@ -153,14 +153,14 @@ impl Cache {
     /// Redis is written in the background, so the client does not wait for it.
     pub fn store(
         &self,
-        key: &str,
+        key: &Arc<str>,
         head: Option<&str>,
         lifetime: Lifetime,
         level: Level,
         body: Bytes,
     ) {
         let full: Arc<str> = match (lifetime, head) {
-            (Lifetime::Immutable, _) => Arc::from(key),
+            (Lifetime::Immutable, _) => key.clone(),
             (Lifetime::Head, Some(h)) => Arc::from(policy::at_head(key, h)),
             (Lifetime::Head, None) => return,
         };

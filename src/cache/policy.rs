@@ -3,7 +3,7 @@
 //! and (for lookups by hash) the answer itself. Never caches errors, `null`, pending
 //! data or anything about a block the chain has not finalized beyond the current head.
 
-use std::fmt::Write as _;
+use std::{cell::RefCell, fmt::Write as _, sync::Arc};
 
 use bytes::Bytes;
 use serde_json::value::RawValue;
@@ -35,14 +35,29 @@ fn cached_about(method: &str) -> Option<About> {
 /// never cached. `params` are the pinned ones; hex strings are lower-cased and
 /// whitespace dropped, so equal questions share one key. Built in one pass over the
 /// raw bytes: this runs for every cacheable call, hits included.
-pub fn key(chain_id: u64, method: &str, params: Option<&RawValue>) -> Option<String> {
+pub fn key(chain_id: u64, method: &str, params: Option<&RawValue>) -> Option<Arc<str>> {
     cached_about(method)?;
     let raw = params.map_or("null", |p| p.get());
-    let mut key = String::with_capacity(24 + method.len() + raw.len());
-    let _ = write!(key, "{chain_id}:{method}:");
-    normalize_into(raw, &mut key);
-    Some(key)
+    // Written into this thread's scratch, then copied once into the key that the
+    // flight and the cache share: one allocation per call, not one each.
+    thread_local! {
+        static SCRATCH: RefCell<String> = const { RefCell::new(String::new()) };
+    }
+    Some(SCRATCH.with_borrow_mut(|key| {
+        key.clear();
+        let _ = write!(key, "{chain_id}:{method}:");
+        normalize_into(raw, key);
+        let made = Arc::from(key.as_str());
+        // A call's params can be as large as a request body: not kept for ever.
+        if key.capacity() > SCRATCH_KEPT {
+            *key = String::new();
+        }
+        made
+    }))
 }
+
+/// The most of `key`'s scratch that a thread keeps between calls.
+const SCRATCH_KEPT: usize = 16 << 10;
 
 /// The key of a head-tied answer: the head's hash makes a moved head miss.
 pub fn at_head(key: &str, head_hash: &str) -> String {
@@ -312,8 +327,9 @@ mod tests {
                 );
                 let pretty = raw(serde_json::to_string_pretty(&v).expect("serializes"));
                 let compact = raw(serde_json::to_string(&lowered(&v)).expect("serializes"));
-                prop_assert_eq!(key(chain, method, Some(&pretty)), Some(expected.clone()));
-                prop_assert_eq!(key(chain, method, Some(&compact)), Some(expected));
+                let expected = Some(Arc::from(expected));
+                prop_assert_eq!(key(chain, method, Some(&pretty)), expected.clone());
+                prop_assert_eq!(key(chain, method, Some(&compact)), expected);
             }
 
             #[test]
@@ -350,7 +366,7 @@ mod tests {
                 );
                 let base = at(n).expect("cacheable");
                 prop_assert_ne!(at_head(&base, &head), at_head(&at(k).expect("cacheable"), &head));
-                prop_assert_ne!(at_head(&base, &head), base.clone());
+                prop_assert_ne!(Arc::from(at_head(&base, &head)), base.clone());
             }
 
             /// Not even text that is not JSON (which parsing rules out) makes it panic.
