@@ -26,7 +26,7 @@ use crate::{
         verified::{self, BlockId, Checked, Level, StateRead, Unverified},
     },
     rpc::{self, Call, ReplyBody, Request, RpcError, methods, parse::Rejected},
-    subscribe::filters::{Handled, Owner},
+    subscribe::filters::{Filters, Handled, Owner},
     upstream::Answer,
     upstream::heads::ChainHeadState,
 };
@@ -97,10 +97,15 @@ pub async fn handle_entries(
     // path's limits. A poll never runs behind a receipt the client was given.
     let live = gw.live(chain);
     let shared = gw.cache.shared();
-    let mut filtered = live
-        .filters
-        .handle(chain, &live.hub, shared.as_deref(), owner, &mut entries)
-        .await;
+    let mut filtered = if Filters::asked(&entries) {
+        Box::pin(
+            live.filters
+                .handle(chain, &live.hub, shared.as_deref(), owner, &mut entries),
+        )
+        .await
+    } else {
+        Handled::default()
+    };
 
     // 4. resolve: pin block tags to the consensus head; learn which block each call needs.
     let heads = chain.head.get();
@@ -119,16 +124,32 @@ pub async fn handle_entries(
         .collect();
 
     let mut work = Work::new(gw, chain, &heads, &calls, &resolved, filtered);
-    work.send_transactions().await;
+    // The steps with large futures (kilobytes: broadcasts, proofs, Redis) are entered
+    // only when a call needs them, and boxed: a future is copied whole into its caller
+    // each time it is awaited, even to do nothing, and makes the caller (this request's
+    // future, copied twice itself) as large (bench/README.md).
+    if work.any(Slot::sends) {
+        Box::pin(work.send_transactions()).await;
+    }
     work.answer_from_cache().await;
     work.join_flights();
     work.forward().await;
-    work.split_logs().await;
-    work.verify().await;
+    if work.any(Slot::splits) {
+        Box::pin(work.split_logs()).await;
+    }
+    if work.any(Slot::to_verify) {
+        Box::pin(work.verify()).await;
+    }
     work.keep();
-    work.follow().await;
+    if work.any(Slot::follows) {
+        Box::pin(work.follow()).await;
+    }
     work.hold_ahead().await;
-    let stale_seconds = work.serve_stale().await;
+    let stale_seconds = if work.any(Slot::unavailable) {
+        Box::pin(work.serve_stale()).await
+    } else {
+        None
+    };
     work.read_your_writes();
 
     // 9. answer, in request order; notifications get nothing.
@@ -220,6 +241,26 @@ impl Slot<'_> {
     fn open(&self) -> bool {
         self.outcome.is_none() && self.split.is_none() && !self.follows()
     }
+
+    /// A raw transaction still to be broadcast (step 5).
+    fn sends(&self) -> bool {
+        self.outcome.is_none() && self.call.method == "eth_sendRawTransaction"
+    }
+
+    /// A log range that is, or may turn out to be, fetched in pieces (step 6).
+    fn splits(&self) -> bool {
+        self.split.is_some() || log_range(&self.call).is_some()
+    }
+
+    /// Still to be asked, and checked (step 8).
+    fn to_verify(&self) -> bool {
+        self.open() && self.check.is_some()
+    }
+
+    /// Nothing could answer it; a stale answer may (step 9).
+    fn unavailable(&self) -> bool {
+        self.key.is_some() && matches!(self.outcome, Some(Outcome::Unavailable(_)))
+    }
 }
 
 /// The calls of one request that are not rejected, and what is known of each so far.
@@ -233,6 +274,10 @@ struct Work<'g, 'a> {
 }
 
 impl<'g, 'a> Work<'g, 'a> {
+    fn any(&self, step: fn(&Slot<'a>) -> bool) -> bool {
+        self.slots.iter().any(step)
+    }
+
     /// Step 3, classify (after 4 pinned the blocks): what the gateway itself knows best
     /// is answered here; each call's cache
     /// key, check and (for log ranges known to be too big) split are decided.
@@ -309,7 +354,7 @@ impl<'g, 'a> Work<'g, 'a> {
     /// forwarded (`tx`).
     async fn send_transactions(&mut self) {
         for slot in &mut self.slots {
-            if slot.outcome.is_none() && slot.call.method == "eth_sendRawTransaction" {
+            if slot.sends() {
                 slot.outcome = Some(
                     crate::tx::broadcast(
                         self.chain,
@@ -429,14 +474,13 @@ impl<'g, 'a> Work<'g, 'a> {
         let checked = futures_util::future::join_all(
             self.slots
                 .iter()
-                .filter(|s| s.open())
+                .filter(|s| s.to_verify())
                 .filter_map(|s| checked(chain, &s.call, &s.check)),
         )
         .await;
         let mut checked = checked.into_iter();
         for slot in &mut self.slots {
-            if slot.open()
-                && slot.check.is_some()
+            if slot.to_verify()
                 && let Some(result) = checked.next()
             {
                 (slot.outcome, slot.level) = settle(chain, slot, result);

@@ -262,7 +262,9 @@ impl Access {
             wait,
         };
         let shared = match &gate.shared {
-            Some(s) => s.charge(&budget, rate, calls).await.map_err(|e| {
+            // Boxed: Redis's future is large, and copied into this one (which every
+            // request awaits) even where no Redis is configured.
+            Some(s) => Box::pin(s.charge(&budget, rate, calls)).await.map_err(|e| {
                 tracing::debug!(error = %e, "shared rate limit not checked");
             }),
             None => Err(()),

@@ -244,8 +244,8 @@ impl FilterError {
 
 /// What `Filters::handle` made of a request's accepted calls, by their index: the
 /// answer of each filter call answered here, and for each `eth_getFilterLogs` of a log
-/// filter, renamed `eth_getLogs`, its params. Empty (nothing allocated) for a request
-/// without filter calls, which is nearly every request.
+/// filter, renamed `eth_getLogs`, its params. Empty (the default) for a request
+/// without filter calls, which is nearly every request: nothing is allocated then.
 #[derive(Default)]
 pub struct Handled(Vec<(Option<Outcome>, Option<Box<RawValue>>)>);
 
@@ -306,6 +306,15 @@ impl Filters {
         out
     }
 
+    /// Whether any of these calls is about filters: `handle` is for those requests (its
+    /// future is kilobytes, and nearly every request has none).
+    pub fn asked(entries: &[Result<Call<'_>, Rejected<'_>>]) -> bool {
+        entries
+            .iter()
+            .filter_map(|e| e.as_ref().ok())
+            .any(|call| is_filter_method(&call.method))
+    }
+
     /// Step 3 of `dispatch`: answers every filter call of `entries`, in order (one batch
     /// may make a filter and poll it). Block and log filters are made in Redis when
     /// there is one (`redis`), else (or while it does not answer) here; an id is looked
@@ -320,13 +329,6 @@ impl Filters {
         entries: &mut [Result<Call<'_>, Rejected<'_>>],
     ) -> Handled {
         let mut out = Handled::default();
-        let filter_calls = entries
-            .iter()
-            .filter_map(|e| e.as_ref().ok())
-            .any(|call| is_filter_method(&call.method));
-        if !filter_calls {
-            return out;
-        }
         let mut waited = false;
         for call in entries.iter_mut().filter_map(|e| e.as_mut().ok()) {
             let (answer, query) = if is_filter_method(&call.method) {
