@@ -179,7 +179,12 @@ fn entry(raw: &RawValue) -> Entry<'_> {
     }
     let method = match env.method {
         None => return reject(reply_id, "`method` is missing"),
-        Some(m) => match serde_json::from_str::<Cow<'_, str>>(m.get()) {
+        // Borrowed unless it has escapes (serde's own `Cow` always copies: a String
+        // per call, and another for each clone of the call).
+        Some(m) => match serde_json::from_str::<&str>(m.get())
+            .map(Cow::Borrowed)
+            .or_else(|_| serde_json::from_str::<String>(m.get()).map(Cow::Owned))
+        {
             Ok(m) if !m.is_empty() => m,
             Ok(_) => return reject(reply_id, "`method` is empty"),
             Err(_) => return reject(reply_id, "`method` must be a string"),
@@ -336,6 +341,15 @@ mod tests {
         };
         assert_eq!(call.id.map(RawValue::get), Some("1.50"));
         assert_eq!(call.params.map(RawValue::get), Some(r#"[ "0xA" , 1.0e3 ]"#));
+        assert_eq!(call.method, "eth_x");
+        assert!(
+            matches!(call.method, Cow::Borrowed(_)),
+            "a plain name is not copied"
+        );
+        let escaped = br#"{"jsonrpc":"2.0","id":1,"method":"eth\u005fx"}"#;
+        let Ok(Request::Single(Ok(call))) = parse(escaped, LIMITS) else {
+            panic!("should parse")
+        };
         assert_eq!(call.method, "eth_x");
     }
 
