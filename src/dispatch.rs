@@ -289,7 +289,9 @@ impl<'g, 'a> Work<'g, 'a> {
         resolved: &'a [Resolved],
         mut filtered: Handled,
     ) -> Work<'g, 'a> {
-        let limit = logs::known_limit(chain);
+        // Asked only for a log range: it reads every upstream's health and the clock.
+        let limit = std::cell::OnceCell::new();
+        let limit = || *limit.get_or_init(|| logs::known_limit(chain));
         let slots = calls
             .iter()
             .zip(resolved)
@@ -319,11 +321,9 @@ impl<'g, 'a> Work<'g, 'a> {
                     _ => outcome,
                 };
                 let split = range
-                    .filter(|&(f, t)| {
-                        check.is_none()
-                            && limit.is_some_and(|l| logs::span(f, t).is_some_and(|n| n > l))
-                    })
-                    .zip(limit)
+                    .filter(|_| check.is_none())
+                    .zip(range.and_then(|_| limit()))
+                    .filter(|&((f, t), l)| logs::span(f, t).is_some_and(|n| n > l))
                     .map(|((f, t), l)| (f, t, l));
                 Slot {
                     call,
