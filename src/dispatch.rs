@@ -274,6 +274,8 @@ struct Work<'g, 'a> {
 }
 
 impl<'g, 'a> Work<'g, 'a> {
+    /// Whether some call needs a step, as the step's own predicate (a `Slot` method)
+    /// says: `handle_entries` enters the steps with large futures only then.
     fn any(&self, step: fn(&Slot<'a>) -> bool) -> bool {
         self.slots.iter().any(step)
     }
@@ -322,9 +324,8 @@ impl<'g, 'a> Work<'g, 'a> {
                 };
                 let split = range
                     .filter(|_| check.is_none())
-                    .zip(range.and_then(|_| limit()))
-                    .filter(|&((f, t), l)| logs::span(f, t).is_some_and(|n| n > l))
-                    .map(|((f, t), l)| (f, t, l));
+                    .and_then(|(f, t)| limit().map(|l| (f, t, l)))
+                    .filter(|&(f, t, l)| logs::span(f, t).is_some_and(|n| n > l));
                 Slot {
                     call,
                     need: r.need,
