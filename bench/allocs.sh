@@ -3,8 +3,8 @@
 # from run to run on this noisy VM and shows what a change to the hot path removed.
 #
 # Puts uprobes on mimalloc's entry points in the release binary (perf probe; Debian's
-# linux-perf), starts a fixed upstream and Outlast (one chain, verify off, one serving
-# thread, the default cache), loads each workload with wrk for a few seconds while
+# linux-perf), starts a fixed upstream and Outlast (`bench_config` of bench/lib.sh, one
+# serving thread, the default 64 MiB cache), loads each workload with wrk for a few seconds while
 # `perf stat` counts the probes' hits, and prints hits per request. The probes slow
 # every allocation down (a trap each), so the throughput shown is not Outlast's.
 # With SITES=N, also records where the allocations come from (DWARF stacks) and prints
@@ -23,13 +23,14 @@ SITES="${SITES:-0}"
 say() { echo "allocs: $*" >&2; }
 die() { say "error: $*"; exit 1; }
 
+. "$bench/lib.sh"
 command -v perf >/dev/null || die "perf is needed (apt-get install linux-perf)"
 command -v wrk >/dev/null || die "wrk is needed (apt-get install wrk; bench/run.sh installs it)"
 cd "$root"
 if [[ -z ${OUTLAST_BIN:-} ]]; then
     say "building outlast and examples/fixed_upstream (release)"
-    cargo build --release --quiet --example fixed_upstream
-    cargo build --release --quiet
+    cargo_ build --release --quiet --example fixed_upstream
+    cargo_ build --release --quiet
 fi
 bin="${OUTLAST_BIN:-${CARGO_TARGET_DIR:-$root/target}/release/outlast}"
 upstream_bin="${CARGO_TARGET_DIR:-$root/target}/release/examples/fixed_upstream"
@@ -56,21 +57,7 @@ trap cleanup EXIT
 up_port=20601 port=20602
 "$upstream_bin" "$up_port" >"$work/upstream.log" 2>&1 &
 pids+=($!)
-cat >"$work/outlast.toml" <<EOF
-[server]
-listen = "127.0.0.1:$port"
-worker_threads = 1
-
-[[chains]]
-name = "bench"
-chain_id = 31337
-verify = "off"
-
-[[chains.upstreams]]
-name = "fixed"
-url = "http://127.0.0.1:$up_port"
-operator = "bench"
-EOF
+bench_config "$port" "$up_port" 1 $((64 << 20)) >"$work/outlast.toml"
 XDG_STATE_HOME="$work/state" "$bin" serve --config "$work/outlast.toml" >"$work/outlast.log" 2>&1 &
 outlast_pid=$!
 pids+=("$outlast_pid")

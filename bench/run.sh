@@ -89,9 +89,7 @@ nginx_bin="$(command -v nginx || echo /usr/sbin/nginx)"
 command -v curl >/dev/null || die "curl is needed"
 
 # ---------------------------------------------------------------- (b) build
-cargo_() {
-    if command -v flock >/dev/null; then flock /tmp/outlast-cargo.lock cargo "$@"; else cargo "$@"; fi
-}
+. "$bench/lib.sh"
 cd "$root"
 say "building examples/fixed_upstream (release)"
 cargo_ build --release --quiet --example fixed_upstream
@@ -215,24 +213,7 @@ if [[ $SKIP_OUTLAST != 1 ]]; then
     start_outlast() { # NAME BINARY
         local port cfg="$work/$1.toml"
         port="$(free_port)"
-        cat >"$cfg" <<EOF
-[server]
-listen = "127.0.0.1:$port"
-worker_threads = $OUTLAST_THREADS
-
-[cache]
-size_bytes = $CACHE_BYTES
-
-[[chains]]
-name = "bench"
-chain_id = 31337
-verify = "off"
-
-[[chains.upstreams]]
-name = "fixed"
-url = "http://127.0.0.1:$up_port"
-operator = "bench"
-EOF
+        bench_config "$port" "$up_port" "$OUTLAST_THREADS" "$CACHE_BYTES" >"$cfg"
         "$2" serve --config "$cfg" >"$work/$1.log" 2>&1 &
         local pid=$!
         pids+=("$pid")
