@@ -13,7 +13,7 @@ use std::{
 
 use bytes::Bytes;
 use outlast::{
-    cache::{Entry, memory::Memory, policy::Lifetime},
+    cache::{Entry, Key, Reach, memory::Memory, policy::Lifetime},
     verify::Level,
 };
 
@@ -28,17 +28,23 @@ fn rss_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+const IMMUTABLE: Reach = Reach {
+    immutable: true,
+    head_tied: false,
+};
+
 /// `n` distinct answers, numbered from `from`.
 fn fill(memory: &Memory, from: u64, n: u64) {
     for i in from..from + n {
-        let key: Arc<str> = Arc::from(format!("1:eth_getBalance:[\"0x{i:040x}\",\"0x1\"]"));
+        let text: Arc<str> = Arc::from(format!("1:eth_getBalance:[\"0x{i:040x}\",\"0x1\"]"));
+        let key = Key::new(text, IMMUTABLE, None);
         let entry = Entry {
             lifetime: Lifetime::Immutable,
             level: Level::None,
             stored: SystemTime::now(),
             body: Bytes::from(format!("\"0x{:x}\"", i.wrapping_mul(1_000_000_007))),
         };
-        memory.insert(key, entry);
+        memory.insert(key.immutable(), entry);
     }
 }
 

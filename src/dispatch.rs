@@ -14,6 +14,7 @@ use std::{sync::Arc, time::Duration};
 
 use crate::{
     cache::{
+        self,
         coalesce::{Follower, Joined, Leader},
         policy,
     },
@@ -216,7 +217,7 @@ struct Slot<'a> {
     call: Call<'a>,
     need: Need,
     /// Where its answer may be cached (and identical calls joined); `None`: never.
-    key: Option<Arc<str>>,
+    key: Option<cache::Key>,
     /// How step 8 checks it; `None`: forwarded as it is.
     check: Option<Check>,
     /// An `eth_getLogs` range fetched in pieces: (from, to, piece size).
@@ -294,6 +295,7 @@ impl<'g, 'a> Work<'g, 'a> {
         // Asked only for a log range: it reads every upstream's health and the clock.
         let limit = std::cell::OnceCell::new();
         let limit = || *limit.get_or_init(|| logs::known_limit(chain));
+        let head = heads.consensus.as_ref().map(|c| &c.hash);
         let slots = calls
             .iter()
             .zip(resolved)
@@ -315,7 +317,11 @@ impl<'g, 'a> Work<'g, 'a> {
                     .cache
                     .enabled()
                     .then(|| policy::key(chain.chain_id, &call.method, call.params))
-                    .flatten();
+                    .flatten()
+                    .map(|text| {
+                        let reach = policy::reach(&call.method, r.need, heads);
+                        cache::Key::new(text, reach, head)
+                    });
                 let range = log_range(&call);
                 // A range larger than a client may ask is refused before anything is sent.
                 let outcome = match range.map(|(f, t)| logs::check_range(f, t, &gw.log_limits())) {
@@ -347,10 +353,6 @@ impl<'g, 'a> Work<'g, 'a> {
         }
     }
 
-    fn head_hash(&self) -> Option<&'g str> {
-        self.heads.consensus.as_ref().map(|c| c.hash.as_str())
-    }
-
     /// Step 7, send: raw transactions are broadcast to distinct operators, not
     /// forwarded (`tx`).
     async fn send_transactions(&mut self) {
@@ -373,17 +375,14 @@ impl<'g, 'a> Work<'g, 'a> {
     /// Step 5, cache: what is cached for good, or for this very head, is answered here. A call
     /// that must be verified takes only an answer that was.
     async fn answer_from_cache(&mut self) {
-        let head = self.head_hash();
         for slot in &mut self.slots {
-            let Some(key) = slot.key.as_deref().filter(|_| slot.outcome.is_none()) else {
+            let Some(key) = slot.key.as_ref().filter(|_| slot.outcome.is_none()) else {
                 continue;
             };
-            let tied =
-                head.filter(|_| !policy::only_immutable(&slot.call.method, slot.need, self.heads));
             let hit = self
                 .gw
                 .cache
-                .fresh(key, tied, self.live)
+                .fresh(key, self.live)
                 .await
                 .filter(|e| slot.check.is_none() || e.level > Level::None);
             if let Some(entry) = hit {
@@ -404,12 +403,11 @@ impl<'g, 'a> Work<'g, 'a> {
 
     /// Step 5, cache: a call identical to one in flight waits for that one's answer.
     fn join_flights(&mut self) {
-        let head = self.head_hash().unwrap_or("");
         for slot in &mut self.slots {
             let Some(key) = slot.key.as_ref().filter(|_| slot.outcome.is_none()) else {
                 continue;
             };
-            let joined = slot.open().then(|| self.gw.cache.flights.join(key, head));
+            let joined = slot.open().then(|| self.gw.cache.flights.join(key));
             let counted = match joined {
                 Some(Joined::Follower(f)) => {
                     slot.flight = Some(Flight::Follower(f));
@@ -492,7 +490,6 @@ impl<'g, 'a> Work<'g, 'a> {
     /// Step 9, answer: keep what may be cached (answers, never errors; a call that was to be
     /// verified only once it was), and hand each answer to the calls that joined it.
     fn keep(&mut self) {
-        let head = self.head_hash();
         for slot in &mut self.slots {
             if let (
                 Some(key),
@@ -506,9 +503,7 @@ impl<'g, 'a> Work<'g, 'a> {
                 && let Some(lifetime) =
                     policy::lifetime(&slot.call.method, slot.need, self.heads, body)
             {
-                self.gw
-                    .cache
-                    .store(key, head, lifetime, slot.level, body.clone());
+                self.gw.cache.store(key, lifetime, slot.level, body.clone());
             }
             if let Some(Flight::Leader(_)) = &slot.flight
                 && let Some(Flight::Leader(leader)) = slot.flight.take()
@@ -545,11 +540,10 @@ impl<'g, 'a> Work<'g, 'a> {
     /// Step 9, answer: no upstream could answer: a head-tied answer may be served stale, if configured
     /// (`[cache] serve_stale`). Returns the oldest served one's age.
     async fn serve_stale(&mut self) -> Option<u64> {
-        let head = self.head_hash();
         let mut oldest: Option<u64> = None;
         for slot in &mut self.slots {
             if let (Some(key), Some(Outcome::Unavailable(_))) = (&slot.key, &slot.outcome)
-                && let Some(entry) = self.gw.cache.stale(key, head).await
+                && let Some(entry) = self.gw.cache.stale(key).await
                 && (slot.check.is_none() || entry.level > Level::None)
             {
                 crate::metrics::cache_lookup(

@@ -12,6 +12,7 @@ use std::{
 use rustc_hash::FxBuildHasher;
 use tokio::sync::Notify;
 
+use super::Key;
 use crate::{upstream::Answer, verify::Level};
 
 /// What a leader hands its followers: who answered, what, and how it was checked; or
@@ -26,7 +27,7 @@ pub type Landed = Option<(Arc<str>, Answer, Level)>;
 /// cache), and the table, the leader and the followers share this.
 struct Landing {
     key: Arc<str>,
-    head: Box<str>,
+    head: Option<Arc<str>>,
     landed: OnceLock<Landed>,
     notify: Notify,
 }
@@ -42,9 +43,9 @@ impl Landing {
 
 type Slot = Arc<Landing>;
 
-/// Flights by the hash of their key and head (`super::keyed_hash`, computed once per
-/// call: a forwarded batch spent 8% of its CPU re-hashing `key@head` strings here).
-/// Each keeps its whole key, so two calls of one hash are never joined.
+/// Flights by the hash of their key and head (`Key::flight`, hashed once per call: a
+/// forwarded batch spent 8% of its CPU re-hashing `key@head` strings here). Each keeps
+/// its whole key, so two calls of one hash are never joined.
 type Map = HashMap<u64, Slot, FxBuildHasher>;
 
 /// In shards by hash: every forwarded call locks its flight's shard twice (join, land).
@@ -89,16 +90,14 @@ fn lock(shards: &[Mutex<Map>], hash: u64) -> std::sync::MutexGuard<'_, Map> {
 }
 
 impl Flights {
-    /// Leads the call for `key` at head `head` (a block hash, or "" for none), or
+    /// Leads the call for `key` (at the head its answer is tied to, if it may be), or
     /// follows the one already in flight.
-    pub fn join(&self, key: &Arc<str>, head: &str) -> Joined {
-        self.join_at(super::keyed_hash((&**key, head)), key, head)
-    }
-
-    fn join_at(&self, hash: u64, key: &Arc<str>, head: &str) -> Joined {
+    pub fn join(&self, key: &Key) -> Joined {
+        let at = key.flight();
+        let hash = at.hash;
         let mut map = lock(&self.shards, hash);
         let recorded = match map.get(&hash) {
-            Some(f) if f.key == *key && *f.head == *head => {
+            Some(f) if at.is(&f.key, f.head.as_deref()) => {
                 return Joined::Follower(Follower(f.clone()));
             }
             // Another key of the same hash: this call goes on its own, unrecorded.
@@ -106,8 +105,8 @@ impl Flights {
             None => Some(hash),
         };
         let landing = Arc::new(Landing {
-            key: key.clone(),
-            head: head.into(),
+            key: at.text.clone(),
+            head: at.head.cloned(),
             landed: OnceLock::new(),
             notify: Notify::new(),
         });
@@ -173,11 +172,11 @@ mod tests {
 
     /// A leader of `k`@`h` and a follower of it.
     fn flight(flights: &Flights) -> (Leader, Follower) {
-        let k = Arc::from("k");
-        let Joined::Leader(leader) = flights.join(&k, "h") else {
+        let k = Key::colliding("k", Some("h"), 1);
+        let Joined::Leader(leader) = flights.join(&k) else {
             panic!("the first caller leads")
         };
-        let Joined::Follower(follower) = flights.join(&k, "h") else {
+        let Joined::Follower(follower) = flights.join(&k) else {
             panic!("the second caller follows")
         };
         (leader, follower)
@@ -222,15 +221,22 @@ mod tests {
     #[test]
     fn calls_of_one_hash_but_different_keys_are_never_joined() {
         let flights = Flights::default();
-        let (a, b) = (Arc::from("a"), Arc::from("b"));
-        let Joined::Leader(_a) = flights.join_at(7, &a, "h") else {
+        let at = |text, head| Key::colliding(text, head, 7);
+        let Joined::Leader(_a) = flights.join(&at("a", Some("h"))) else {
             panic!("first caller leads")
         };
-        assert!(matches!(flights.join_at(7, &b, "h"), Joined::Leader(_)));
-        assert!(matches!(flights.join_at(7, &a, "h2"), Joined::Leader(_)));
+        assert!(matches!(
+            flights.join(&at("b", Some("h"))),
+            Joined::Leader(_)
+        ));
+        assert!(matches!(
+            flights.join(&at("a", Some("h2"))),
+            Joined::Leader(_)
+        ));
+        assert!(matches!(flights.join(&at("a", None)), Joined::Leader(_)));
         // The alone leaders left `a`'s flight in place.
         assert!(matches!(
-            flights.join_at(7, &Arc::from("a"), "h"),
+            flights.join(&at("a", Some("h"))),
             Joined::Follower(_)
         ));
         assert_eq!(flights.in_flight(), 1);

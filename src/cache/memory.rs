@@ -9,7 +9,7 @@ use std::{
 };
 
 use super::policy::Lifetime;
-use super::{Entry, keyed_hash as hash_of};
+use super::{Entry, key::Place};
 
 /// What an entry costs in memory beyond its key's and answer's bytes: the entry and its
 /// allocations, the table's slot and the policy's ghost of it, allocator rounding, and
@@ -36,9 +36,11 @@ type Inner = quick_cache::sync::Cache<u64, Held, Weigh, BuildHasherDefault<Preha
 
 /// An entry with its whole key: two keys of one hash are never taken for each other
 /// (a lookup whose key differs is a miss; the later insert replaces the earlier entry).
+/// A head-tied entry shares its head's hash with every entry of that head.
 #[derive(Clone)]
 struct Held {
     key: Arc<str>,
+    head: Option<Arc<str>>,
     entry: Entry,
 }
 
@@ -94,23 +96,27 @@ impl Memory {
         Memory { inner, head_tied }
     }
 
-    pub fn get(&self, key: &str) -> Option<Entry> {
+    pub fn get(&self, at: Place<'_>) -> Option<Entry> {
         let inner = self.inner.as_ref()?;
-        let hash = hash_of(key);
-        let held = inner.get(&hash)?;
-        if *held.key != *key {
+        let held = inner.get(&at.hash)?;
+        if !at.is(&held.key, held.head.as_deref()) {
             return None;
         }
         if held.entry.lifetime == Lifetime::Head && held.entry.age() >= self.head_tied {
-            inner.remove(&hash);
+            inner.remove(&at.hash);
             return None;
         }
         Some(held.entry)
     }
 
-    pub fn insert(&self, key: Arc<str>, entry: Entry) {
+    pub fn insert(&self, at: Place<'_>, entry: Entry) {
         if let Some(c) = &self.inner {
-            c.insert(hash_of(&key), Held { key, entry });
+            let held = Held {
+                key: at.text.clone(),
+                head: at.head.cloned(),
+                entry,
+            };
+            c.insert(at.hash, held);
         }
     }
 
@@ -129,15 +135,25 @@ impl Memory {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::key::{Key, Reach};
     use crate::verify::Level;
     use bytes::Bytes;
+
+    /// The key of an immutable answer `text`.
+    fn key(text: &str) -> Key {
+        let reach = Reach {
+            immutable: true,
+            head_tied: false,
+        };
+        Key::new(Arc::from(text), reach, None)
+    }
 
     #[test]
     fn stays_within_its_bound() {
         let m = Memory::new(1 << 20, Duration::from_secs(60));
         for i in 0..64 {
             m.insert(
-                Arc::from(format!("k{i}")),
+                key(&format!("k{i}")).immutable(),
                 Entry::new(
                     Lifetime::Immutable,
                     Level::None,
@@ -147,7 +163,11 @@ mod tests {
         }
         let (_, bytes) = m.usage();
         assert!(bytes <= 1 << 20, "{bytes}");
-        assert!(Memory::new(0, Duration::ZERO).get("k1").is_none());
+        assert!(
+            Memory::new(0, Duration::ZERO)
+                .get(key("k1").immutable())
+                .is_none()
+        );
     }
 
     #[test]
@@ -156,22 +176,28 @@ mod tests {
         let entry = |body: &'static [u8]| {
             Entry::new(Lifetime::Immutable, Level::None, Bytes::from_static(body))
         };
-        m.insert(Arc::from("a"), entry(b"\"a\""));
+        let (a, b) = (key("a"), key("b"));
+        m.insert(a.immutable(), entry(b"\"a\""));
         assert_eq!(
-            m.get("a").map(|e| e.body),
+            m.get(a.immutable()).map(|e| e.body),
             Some(Bytes::from_static(b"\"a\""))
         );
-        assert!(m.get("b").is_none());
+        assert!(m.get(b.immutable()).is_none());
         // Another key stored under `a`'s hash, as a collision would: `a` misses.
         if let Some(c) = &m.inner {
             c.insert(
-                hash_of("a"),
+                a.immutable().hash,
                 Held {
                     key: Arc::from("b"),
+                    head: None,
                     entry: entry(b"\"b\""),
                 },
             );
         }
-        assert!(m.get("a").is_none());
+        assert!(m.get(a.immutable()).is_none());
+        // The same text tied to a head is another entry, even of the same hash.
+        m.insert(a.immutable(), entry(b"\"a\""));
+        let tied = Key::colliding("a", Some("0xaa"), a.immutable().hash);
+        assert!(m.get(tied.flight()).is_none());
     }
 }

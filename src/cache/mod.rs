@@ -10,29 +10,22 @@
 //! only ever answered from an entry that was. Calls no upstream.
 
 pub mod coalesce;
+pub mod key;
 pub mod memory;
 pub mod policy;
 pub mod redis;
 
 use std::{
-    hash::{BuildHasher, Hash, RandomState},
-    sync::{Arc, LazyLock},
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
 use bytes::Bytes;
 
 use crate::{config, verify::Level};
+use key::Place;
+pub use key::{Key, Reach};
 use policy::Lifetime;
-
-/// The hash of a key made of what clients sent. It is keyed with this process's own
-/// random SipHash key, as std's `HashMap` is, so nobody can aim many keys at one slot;
-/// each key is hashed once, and tables keyed by it (`memory`, `coalesce`) pass the
-/// number through.
-fn keyed_hash(key: impl Hash) -> u64 {
-    static KEYED: LazyLock<RandomState> = LazyLock::new(RandomState::new);
-    KEYED.hash_one(key)
-}
 
 /// One cached answer.
 #[derive(Debug, Clone)]
@@ -116,53 +109,47 @@ impl Cache {
         self.memory.usage()
     }
 
-    async fn get(&self, key: &str) -> Option<Entry> {
-        if let Some(e) = self.memory.get(key) {
+    async fn get(&self, at: Place<'_>) -> Option<Entry> {
+        if let Some(e) = self.memory.get(at) {
             return Some(e);
         }
-        let e = self.redis.as_ref()?.get(key).await?;
-        self.memory.insert(Arc::from(key), e.clone());
+        let e = self.redis.as_ref()?.get(&at.shared_key()).await?;
+        self.memory.insert(at, e.clone());
         Some(e)
     }
 
-    /// A fresh answer: immutable under `key`, or tied to the head `head` (its hash)
-    /// while `live` (an upstream serves the chain, so the head is current) and younger
-    /// than `ttl_secs`.
-    pub async fn fresh(&self, key: &str, head: Option<&str>, live: bool) -> Option<Entry> {
-        if let Some(e) = self.get(key).await
+    /// A fresh answer: immutable, or tied to the key's head while `live` (an upstream
+    /// serves the chain, so the head is current) and younger than `ttl_secs`. Only the
+    /// entries the call's answer can be kept as are looked for (`Reach`).
+    pub async fn fresh(&self, key: &Key, live: bool) -> Option<Entry> {
+        if key.may_be_immutable()
+            && let Some(e) = self.get(key.immutable()).await
             && e.lifetime == Lifetime::Immutable
         {
             return Some(e);
         }
-        let head = head.filter(|_| live)?;
-        let e = self.get(&policy::at_head(key, head)).await?;
+        let e = self.get(key.tied().filter(|_| live)?).await?;
         (e.age() < self.ttl).then_some(e)
     }
 
-    /// With `serve_stale`: the answer tied to head `head`, however old (up to
+    /// With `serve_stale`: the answer tied to the key's head, however old (up to
     /// `max_stale_secs`).
-    pub async fn stale(&self, key: &str, head: Option<&str>) -> Option<Entry> {
+    pub async fn stale(&self, key: &Key) -> Option<Entry> {
         if !self.serve_stale {
             return None;
         }
-        let e = self.get(&policy::at_head(key, head?)).await?;
+        let e = self.get(key.tied()?).await?;
         (e.age() < self.max_stale).then_some(e)
     }
 
-    /// Keeps `body` as the answer under `key`; a head-tied one only with the head's hash.
+    /// Keeps `body` as the answer under `key`; a head-tied one only with a head.
     /// Redis is written in the background, so the client does not wait for it.
-    pub fn store(
-        &self,
-        key: &Arc<str>,
-        head: Option<&str>,
-        lifetime: Lifetime,
-        level: Level,
-        body: Bytes,
-    ) {
-        let full: Arc<str> = match (lifetime, head) {
-            (Lifetime::Immutable, _) => key.clone(),
-            (Lifetime::Head, Some(h)) => Arc::from(policy::at_head(key, h)),
-            (Lifetime::Head, None) => return,
+    pub fn store(&self, key: &Key, lifetime: Lifetime, level: Level, body: Bytes) {
+        let Some(at) = (match lifetime {
+            Lifetime::Immutable => Some(key.immutable()),
+            Lifetime::Head => key.tied(),
+        }) else {
+            return;
         };
         // An answer is a slice of the upstream's whole reply buffer (kilobytes, even
         // for a short answer); a copy keeps only its own bytes alive, and the cache's
@@ -172,8 +159,8 @@ impl Cache {
         let shared = self
             .redis
             .as_ref()
-            .map(|r| (r.clone(), full.clone(), entry.clone()));
-        self.memory.insert(full, entry);
+            .map(|r| (r.clone(), at.shared_key(), entry.clone()));
+        self.memory.insert(at, entry);
         if let Some((r, full, entry)) = shared {
             let keep = (lifetime == Lifetime::Head).then_some(self.keep);
             tokio::spawn(async move { r.set(&full, &entry, keep).await });

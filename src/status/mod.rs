@@ -148,7 +148,7 @@ fn chain(c: &Chain, incidents: &Incidents, now: Time) -> ChainStatus {
         },
         head: heads.consensus.map(|h| Head {
             number: h.number,
-            hash: h.hash,
+            hash: h.hash.to_string(),
             confirmed: h.confirmed,
         }),
         safe: heads.safe,

@@ -141,7 +141,7 @@ impl Follower {
         self.seen.clear();
         self.seen.push_back(Seen {
             number: head.number,
-            hash: head.hash.clone(),
+            hash: head.hash.to_string(),
             seq: None,
             logs: None,
             logs_as_of: 0,
@@ -157,7 +157,7 @@ impl Follower {
     ) -> Result<bool, FollowError> {
         // Fetched hashes are compared lowercased.
         let target = &Consensus {
-            hash: target.hash.to_ascii_lowercase(),
+            hash: target.hash.to_ascii_lowercase().into(),
             ..target.clone()
         };
         let Some(tip) = self.tip() else {
@@ -168,7 +168,8 @@ impl Follower {
             self.reset(target);
             return Ok(false);
         }
-        if target.number < tip.number || (target.number == tip.number && target.hash == tip.hash) {
+        if target.number < tip.number || (target.number == tip.number && *target.hash == *tip.hash)
+        {
             return Ok(false);
         }
         if target.number - tip.number > MAX_GAP {
@@ -181,7 +182,7 @@ impl Follower {
         let scope = hub.wants(LOGS).then(|| hub.log_scope());
         let mut fetched = fetch_range(chain, tip_number + 1, to, target).await?;
         let linked = links(&tip_hash, &fetched)
-            && (to < target.number || fetched.last().is_some_and(|b| b.hash == target.hash));
+            && (to < target.number || fetched.last().is_some_and(|b| *b.hash == *target.hash));
         let ancestor = if linked && !fetched.is_empty() {
             tip_number
         } else {
@@ -216,7 +217,7 @@ impl Follower {
     ) -> Result<(u64, Vec<Fetched>), FollowError> {
         let lowest = self.seen.front().map_or(0, |s| s.number);
         let mut branch = Vec::new();
-        let (mut number, mut hash) = (target.number, target.hash.clone());
+        let (mut number, mut hash) = (target.number, target.hash.to_string());
         loop {
             match self.at(number) {
                 Some(s) if s.hash == hash => break,

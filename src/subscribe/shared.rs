@@ -563,7 +563,7 @@ async fn step(chain: &Chain, note: &Note, head: &Consensus) -> Result<Step, Step
     let n = note.number;
     let cursor = note.hash_at(n).unwrap_or_default().to_ascii_lowercase();
     let head = Consensus {
-        hash: head.hash.to_ascii_lowercase(),
+        hash: head.hash.to_ascii_lowercase().into(),
         ..head.clone()
     };
     let unmoved = Step {
@@ -571,7 +571,7 @@ async fn step(chain: &Chain, note: &Note, head: &Consensus) -> Result<Step, Step
         ..Step::default()
     };
     // Ahead of this instance (another instance's head was): nothing new here.
-    if head.number < n || (head.number == n && head.hash == cursor) {
+    if head.number < n || (head.number == n && *head.hash == *cursor) {
         return Ok(unmoved);
     }
     let to = head.number.min(n + STEP);
@@ -580,7 +580,7 @@ async fn step(chain: &Chain, note: &Note, head: &Consensus) -> Result<Step, Step
     } else {
         Vec::new()
     };
-    let reaches = to < head.number || fetched.last().is_some_and(|b| b.hash == head.hash);
+    let reaches = to < head.number || fetched.last().is_some_and(|b| *b.hash == *head.hash);
     if reaches && !fetched.is_empty() && follow::links(&cursor, &fetched) {
         return Ok(Step {
             added: fetched,
@@ -591,7 +591,7 @@ async fn step(chain: &Chain, note: &Note, head: &Consensus) -> Result<Step, Step
     // (the agreed head when it is within reach), reusing what was fetched by number
     // where it is on that branch, down to a block the note remembers delivering.
     let (mut number, mut expect) = if to == head.number {
-        (head.number, head.hash.clone())
+        (head.number, head.hash.to_string())
     } else {
         match fetched.last() {
             Some(b) => (b.number, b.hash.clone()),

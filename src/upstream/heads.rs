@@ -7,7 +7,7 @@
 
 use std::{
     collections::{BTreeMap, HashSet, VecDeque},
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -88,7 +88,7 @@ impl UpstreamHead {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Consensus {
     pub number: u64,
-    pub hash: String,
+    pub hash: Arc<str>,
     /// `quorum` distinct operators agree on `hash`; false while only the best
     /// available guess exists (too few operators report, or they disagree).
     pub confirmed: bool,
@@ -212,7 +212,7 @@ pub fn consensus(views: &[(&str, HeadView)], quorum: usize) -> Option<Consensus>
         .find(|(_, ops)| ops.len() >= needed)
         .map(|((n, h), ops)| Consensus {
             number: *n,
-            hash: (*h).to_owned(),
+            hash: Arc::from(*h),
             confirmed: ops.len() >= quorum,
         });
     agreed.or_else(|| {
@@ -226,7 +226,7 @@ pub fn consensus(views: &[(&str, HeadView)], quorum: usize) -> Option<Consensus>
             .map(|((_, h), ops)| (*h, ops.len()))?;
         Some(Consensus {
             number: top,
-            hash: hash.to_owned(),
+            hash: Arc::from(hash),
             confirmed: false,
         })
     })
@@ -275,7 +275,7 @@ mod tests {
         let got = consensus(&views, quorum).map(|c| (c.number, c.hash, c.confirmed));
         assert_eq!(
             got,
-            expected.map(|(n, h, c)| (n, h.to_owned(), c)),
+            expected.map(|(n, h, c)| (n, Arc::from(h), c)),
             "{views:?}"
         );
     }
@@ -352,7 +352,7 @@ mod tests {
         assert_eq!(voting.len(), 3, "nobody loses a vote");
         assert_eq!(
             consensus(&voting, 2).map(|c| (c.number, c.hash, c.confirmed)),
-            Some((5, "x".to_owned(), true))
+            Some((5, Arc::from("x"), true))
         );
     }
 
