@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Instructions per request, per workload: user-space instructions the proxy executes
+# (valgrind's callgrind counts them), for Outlast, the `bare` hyper proxy
+# (examples/bare_proxy.rs, the same HTTP stack with none of Outlast's work) and any
+# OUTLAST_ALT builds. A count, not a time: within a fraction of a percent from run to
+# run on this VM, where wall-clock CPU per request moves ±10%, so a change of 1-2% to
+# the hot path shows. It leaves out the kernel's work (the sockets), which is the same
+# for every target, and cache misses, which `bench/run.sh` still sees.
+#
+# Each target runs under callgrind with instrumentation off, is warmed with wrk, then
+# counted while wrk loads it for DURATION seconds; instructions / requests is printed.
+# With KEEP=DIR the callgrind files stay there, for `callgrind_annotate` (where the
+# instructions go: `--inclusive=yes`, `--tree=caller`).
+#
+# Environment: WORKLOADS ("single batch10 hit"), DURATION (s, 4), OUTLAST_BIN (a build
+# to count instead of target/release/outlast), OUTLAST_ALT ("name=/path/to/outlast …"),
+# BARE (1: count the bare proxy too), KEEP (a directory). Runs valgrind 50x slower
+# than native, so the request counts are small; everything on 127.0.0.1.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+bench="$root/bench"
+WORKLOADS="${WORKLOADS:-single batch10 hit}"
+DURATION="${DURATION:-4}"
+BARE="${BARE:-1}"
+KEEP="${KEEP:-}"
+say() { echo "instructions: $*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+. "$bench/lib.sh"
+if ! command -v valgrind >/dev/null || ! command -v wrk >/dev/null; then
+    say "installing valgrind wrk (apt-get)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind wrk >/dev/null
+fi
+cd "$root"
+say "building outlast and the examples fixed_upstream, bare_proxy (release)"
+cargo_ build --release --quiet --example fixed_upstream --example bare_proxy
+[[ -n ${OUTLAST_BIN:-} ]] || cargo_ build --release --quiet
+release="${CARGO_TARGET_DIR:-$root/target}/release"
+bin="${OUTLAST_BIN:-$release/outlast}"
+
+work="$(mktemp -d /tmp/outlast-instructions.XXXXXX)"
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+up_port=20801
+"$release/examples/fixed_upstream" "$up_port" >"$work/upstream.log" 2>&1 &
+pids+=($!)
+
+# The targets: name, then the command that serves on the port given as $1.
+targets=("outlast=$bin")
+for alt in ${OUTLAST_ALT:-}; do targets+=("$alt"); done
+((BARE)) && targets+=("bare=bare")
+
+declare -A script_of=([single]=forward.lua [batch10]=forward10.lua [hit]=single.lua)
+printf '%-10s %-8s %9s %12s\n' target workload requests "instr/req"
+port=20802
+for target in "${targets[@]}"; do
+    name="${target%%=*}" path="${target#*=}"
+    port=$((port + 1))
+    out="$work/$name.callgrind"
+    if [[ $path == bare ]]; then
+        cmd=("$release/examples/bare_proxy" "$port" "http://127.0.0.1:$up_port/")
+        url="http://127.0.0.1:$port/"
+    else
+        bench_config "$port" "$up_port" 1 $((64 << 20)) >"$work/$name.toml"
+        cmd=("$path" serve --config "$work/$name.toml")
+        url="http://127.0.0.1:$port/bench"
+    fi
+    XDG_STATE_HOME="$work/state-$name" valgrind --tool=callgrind --instr-atstart=no \
+        --callgrind-out-file="$out.%p" "${cmd[@]}" >"$work/$name.log" 2>&1 &
+    pid=$!
+    pids+=("$pid")
+    for _ in $(seq 200); do
+        curl -sf -m 2 -H 'content-type: application/json' \
+            -d '{"jsonrpc":"2.0","id":1,"method":"eth_chainId"}' "$url" | grep -q result && break
+        sleep 0.2
+    done
+    for w in $WORKLOADS; do
+        [[ -n ${script_of[$w]:-} ]] || die "unknown workload $w (single batch10 hit)"
+        lua="$bench/${script_of[$w]}"
+        wrk -t1 -c8 -d2s -s "$lua" "$url" >/dev/null # warm: connections, the hit's entry
+        callgrind_control -z "$pid" >/dev/null 2>&1 # what warming counted is dropped
+        callgrind_control -i on "$pid" >/dev/null 2>&1
+        requests=$(wrk -t1 -c8 -d"${DURATION}s" -s "$lua" "$url" | awk '/requests in/ {print $1}')
+        callgrind_control -i off "$pid" >/dev/null 2>&1
+        callgrind_control -d "$w" "$pid" >/dev/null 2>&1
+        dump=$(ls -t "$out.$pid".* 2>/dev/null | head -1)
+        [[ -n $dump ]] || die "no callgrind dump from $name"
+        total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+        printf '%-10s %-8s %9d %12.0f\n' "$name" "$w" "$requests" "$((total / requests))"
+        if [[ -n $KEEP ]]; then
+            mkdir -p "$KEEP"
+            cp "$dump" "$KEEP/$name-$w.callgrind"
+        fi
+        rm -f "$dump"
+    done
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+done
