@@ -356,13 +356,27 @@ fn nesting_depth(body: &[u8]) -> usize {
     max
 }
 
-/// The bytes of a JSON text that are not inside strings, each string given as one `"`:
-/// what the scans before the parser (nesting depth here, a batch's size for the rate
-/// limit in `auth`) look at. A string is skipped with `memchr` to its next quote or
-/// backslash; most of a request's bytes are in strings (addresses, hashes, hex data).
+/// The structural bytes of a JSON text, `[ ] { } ,` outside strings and one `"` for
+/// each string: what the scans before the parser (nesting depth here, a batch's size
+/// for the rate limit in `auth`) look at. Everything between is skipped by a table
+/// lookup per byte, a string with `memchr` to its next quote or backslash; most of a
+/// request's bytes are in strings (addresses, hashes, hex data). Yielding every byte
+/// outside strings made the two scans 1.5k instructions per call of a batch.
 pub fn outside_strings(body: &[u8]) -> OutsideStrings<'_> {
     OutsideStrings { body, at: 0 }
 }
+
+/// The bytes `OutsideStrings` stops at.
+static STRUCTURAL: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    let bytes = *b"[]{},\"";
+    while i < bytes.len() {
+        table[bytes[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
 
 pub struct OutsideStrings<'a> {
     body: &'a [u8],
@@ -373,8 +387,13 @@ impl Iterator for OutsideStrings<'_> {
     type Item = u8;
 
     fn next(&mut self) -> Option<u8> {
-        let b = *self.body.get(self.at)?;
-        self.at += 1;
+        let rest = self.body.get(self.at..)?;
+        let Some(skipped) = rest.iter().position(|&b| STRUCTURAL[usize::from(b)]) else {
+            self.at = self.body.len();
+            return None;
+        };
+        let b = rest[skipped];
+        self.at += skipped + 1;
         if b == b'"' {
             // To the closing quote; an unterminated string runs to the end.
             loop {
@@ -512,11 +531,20 @@ mod tests {
             })
             .collect();
         let not_object = "each call must be a JSON object";
-        assert!(got[0].contains(not_object) && got[1].contains(not_object), "{got:?}");
-        assert!(got[2].contains("malformed call: duplicate field `id`"), "{got:?}");
+        assert!(
+            got[0].contains(not_object) && got[1].contains(not_object),
+            "{got:?}"
+        );
+        assert!(
+            got[2].contains("malformed call: duplicate field `id`"),
+            "{got:?}"
+        );
         // Members other than the envelope's are skipped, whatever they hold.
         assert_eq!(got[3], "b 3");
-        assert!(got[4].contains(not_object) && got[5].contains(not_object), "{got:?}");
+        assert!(
+            got[4].contains(not_object) && got[5].contains(not_object),
+            "{got:?}"
+        );
     }
 
     proptest::proptest! {
