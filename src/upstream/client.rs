@@ -11,7 +11,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
-use super::Upstream;
+use super::{Upstream, transport::SendError};
 use crate::rpc::{Blame, Call, blame};
 
 /// Why an upstream gave no usable reply. Messages never contain its URL.
@@ -118,8 +118,6 @@ impl Upstream {
         timeout: Duration,
         attempt: Option<&crate::telemetry::Attempt>,
     ) -> Result<Vec<Option<Answer>>, UpstreamError> {
-        use http_body_util::BodyExt as _;
-
         let target = self
             .target
             .as_ref()
@@ -135,48 +133,30 @@ impl Upstream {
         }
         let mut request = http::Request::new(http_body_util::Full::new(payload));
         *request.method_mut() = http::Method::POST;
-        *request.uri_mut() = target.uri.clone();
         *request.headers_mut() = target.headers.clone();
         if let Some(attempt) = attempt {
             attempt.inject(request.headers_mut());
         }
-        let exchange = async {
-            let reply = self.http.request(request).await.map_err(|e| {
-                let detail = innermost(&e);
-                if e.is_connect() {
-                    UpstreamError::Connect(detail)
-                } else {
-                    UpstreamError::Transport(detail)
-                }
-            })?;
-            let status = reply.status();
-            if status == http::StatusCode::TOO_MANY_REQUESTS {
-                let retry_after = reply
-                    .headers()
-                    .get(http::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map(Duration::from_secs);
-                return Err(UpstreamError::RateLimited { retry_after });
-            }
-            let body = http_body_util::Limited::new(reply.into_body(), self.max_reply)
-                .collect()
-                .await;
-            let bytes = body.map_err(|e| {
-                if e.is::<http_body_util::LengthLimitError>() {
-                    UpstreamError::Malformed(format!(
-                        "reply larger than {} bytes ([routing] max_reply_bytes)",
-                        self.max_reply
-                    ))
-                } else {
-                    UpstreamError::Transport(innermost(&*e))
-                }
-            })?;
-            Ok((status, bytes.to_bytes()))
-        };
-        let (status, bytes) = tokio::time::timeout(timeout, exchange)
+        let reply = tokio::time::timeout(timeout, self.http.send(target, request, self.max_reply))
             .await
-            .map_err(|_| UpstreamError::Timeout(timeout))??;
+            .map_err(|_| UpstreamError::Timeout(timeout))?
+            .map_err(|e| match e {
+                SendError::Connect(detail) => UpstreamError::Connect(detail),
+                SendError::Transport(detail) => UpstreamError::Transport(detail),
+                SendError::TooLarge(max) => UpstreamError::Malformed(format!(
+                    "reply larger than {max} bytes ([routing] max_reply_bytes)"
+                )),
+            })?;
+        if reply.status == http::StatusCode::TOO_MANY_REQUESTS {
+            let retry_after = reply
+                .headers
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            return Err(UpstreamError::RateLimited { retry_after });
+        }
+        let (status, bytes) = (reply.status, reply.body);
         read(status, &bytes, base, calls.len())
     }
 }
@@ -194,16 +174,6 @@ fn read(
         Err(_) if !status.is_success() => Err(UpstreamError::Status(status.as_u16())),
         Err(e) => Err(e),
     }
-}
-
-/// The innermost cause of a client error: the words that say what went wrong (hyper's
-/// own errors name no URL, so no secret can leak through them).
-fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut last = e;
-    while let Some(s) = last.source() {
-        last = s;
-    }
-    last.to_string()
 }
 
 /// The first of `n` request ids never sent before by this process. Ids are unique per

@@ -1,82 +1,304 @@
-//! The HTTP client every upstream call goes through: hyper's pooled keep-alive client,
-//! HTTP/1.1 or HTTP/2 (ALPN) over rustls with the webpki roots, plain HTTP for local
-//! nodes. Chosen over reqwest for the hot path: reqwest re-parses the URL and runs
-//! redirect and retry layers on every request, which cost about a quarter of Outlast's
-//! pass-through throughput (bench/run.sh). Each upstream's URL is turned into a request
-//! target once (`Target`); user info becomes a Basic `Authorization` header, as
-//! browsers and reqwest do, so it never travels in the request line.
+//! The HTTP client every upstream call goes through: keep-alive connections to each
+//! upstream, kept per serving runtime (`cores`), HTTP/1.1 or HTTP/2 (ALPN) over rustls
+//! with the webpki roots, plain HTTP for local nodes. Each upstream's URL is turned
+//! into a request target once (`Target`); user info becomes a Basic `Authorization`
+//! header, as browsers and reqwest do, so it never travels in the request line.
+//!
+//! hyper's connections are driven directly, not through a general pool: reqwest
+//! re-parsed the URL and ran redirect and retry layers on every request (a quarter of
+//! the pass-through throughput, bench/run.sh), and hyper-util's pool hashed its host
+//! key with SipHash twice and formatted a `Host` per request, a tenth of a forwarded
+//! call's instructions (bench/instructions.sh). Here a target owns its idle
+//! connections, one stack per runtime: taking one is a lock nobody else holds and a
+//! pop.
 
-use std::time::Duration;
+use std::{
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use base64::Engine as _;
 use bytes::Bytes;
 use http::{
-    HeaderMap, HeaderValue, Uri,
+    HeaderMap, HeaderValue, Request, StatusCode, Uri,
     header::{AUTHORIZATION, CONTENT_TYPE, HOST, USER_AGENT},
 };
-use http_body_util::Full;
+use http_body_util::{BodyExt as _, Full};
+use hyper::client::conn::{http1, http2};
 use hyper_rustls::HttpsConnector;
 use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
+    client::legacy::connect::{Connection as _, HttpConnector},
     rt::TokioExecutor,
 };
 use url::Url;
 
 use crate::config::Routing;
 
-type Pooled = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
-
-/// Shared by every upstream: connection pools per host, kept alive, one set per serving
-/// runtime (`cores`), so a call never waits on a connection another thread drives.
-/// Cheap to clone.
+/// How to reach upstreams: TCP (with the connect timeout), then TLS when the URL says
+/// https. Shared by every upstream; cheap to clone.
 #[derive(Clone)]
 pub struct HttpClient {
-    per_core: std::sync::Arc<[Pooled]>,
-}
-
-impl HttpClient {
-    /// Sends `request` over a connection of the calling thread's runtime.
-    pub fn request(
-        &self,
-        request: http::Request<Full<Bytes>>,
-    ) -> hyper_util::client::legacy::ResponseFuture {
-        let i = crate::cores::current() % self.per_core.len();
-        self.per_core[i].request(request)
-    }
+    connector: HttpsConnector<HttpConnector>,
 }
 
 pub fn http_client(routing: &Routing) -> HttpClient {
-    HttpClient {
-        per_core: (0..crate::cores::count())
-            .map(|_| pooled(routing))
-            .collect(),
-    }
-}
-
-fn pooled(routing: &Routing) -> Pooled {
     let mut tcp = HttpConnector::new();
     tcp.set_connect_timeout(Some(Duration::from_millis(routing.connect_timeout_ms)));
     tcp.set_nodelay(true);
     tcp.enforce_http(false);
-    let tls = hyper_rustls::HttpsConnectorBuilder::new()
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_webpki_roots()
         .https_or_http()
         .enable_all_versions()
         .wrap_connector(tcp);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(512)
-        .build(tls)
+    HttpClient { connector }
 }
 
-/// Where one upstream's requests go, worked out once from its URL.
-#[derive(Debug, Clone)]
+/// An idle connection is closed after this long unused (providers close theirs sooner).
+const IDLE: Duration = Duration::from_secs(90);
+
+/// The most idle connections a target keeps per runtime.
+const MAX_IDLE: usize = 512;
+
+/// What one exchange with an upstream gave: its status, headers and whole body.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// Why an exchange gave no reply. Messages never contain the URL (hyper's and the
+/// connector's own errors name none).
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("{0}")]
+    Connect(String),
+    #[error("{0}")]
+    Transport(String),
+    /// The body went past the given limit.
+    #[error("reply larger than {0} bytes")]
+    TooLarge(usize),
+}
+
+impl HttpClient {
+    /// Sends `request` (its headers and body; method, URI and `Host` are the target's)
+    /// over an idle connection of the calling thread's runtime, else a new one, and
+    /// reads the whole reply, at most `max_body` bytes. A reused connection that the
+    /// upstream had closed takes no request: it is sent once more, on a new one.
+    pub async fn send(
+        &self,
+        target: &Target,
+        mut request: Request<Full<Bytes>>,
+        max_body: usize,
+    ) -> Result<Reply, SendError> {
+        let (mut conn, mut reused) = match target.idle.take() {
+            Some(conn) => (conn, true),
+            None => (Box::pin(self.connect(target)).await?, false),
+        };
+        loop {
+            let sent = match &mut conn.sender {
+                Sender::H1(sender) => {
+                    if let Err(e) = sender.ready().await {
+                        if !reused {
+                            return Err(SendError::Transport(innermost(&e)));
+                        }
+                        conn = Box::pin(self.connect(target)).await?;
+                        reused = false;
+                        continue;
+                    }
+                    *request.uri_mut() = target.origin.clone();
+                    request.headers_mut().insert(HOST, target.host.clone());
+                    sender.try_send_request(request).await
+                }
+                Sender::H2(sender) => {
+                    *request.uri_mut() = target.uri.clone();
+                    request.headers_mut().remove(HOST);
+                    sender.try_send_request(request).await
+                }
+            };
+            match sent {
+                Ok(response) => return read(target, conn, response, max_body).await,
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if reused => {
+                        request = unsent;
+                        conn = Box::pin(self.connect(target)).await?;
+                        reused = false;
+                    }
+                    _ => return Err(SendError::Transport(innermost(e.error()))),
+                },
+            }
+        }
+    }
+
+    /// A new connection to `target`, driven by a task on this runtime. Boxed where it is
+    /// awaited: dialing and the TLS handshake make a future of kilobytes, which every
+    /// send's future would carry (and copy on each move) though it is rarely taken.
+    async fn connect(&self, target: &Target) -> Result<Conn, SendError> {
+        use tower_service::Service as _;
+        let mut connector = self.connector.clone();
+        let connect =
+            |e: Box<dyn std::error::Error + Send + Sync>| SendError::Connect(innermost(&*e));
+        std::future::poll_fn(|cx| connector.poll_ready(cx))
+            .await
+            .map_err(connect)?;
+        let stream = connector.call(target.uri.clone()).await.map_err(connect)?;
+        let h2 = stream.connected().is_negotiated_h2();
+        // The connector's stream speaks hyper's IO traits already.
+        let io = stream;
+        let handshake = |e: hyper::Error| SendError::Connect(innermost(&e));
+        let sender = if h2 {
+            let (sender, conn) = http2::handshake(TokioExecutor::new(), io)
+                .await
+                .map_err(handshake)?;
+            tokio::spawn(conn);
+            Sender::H2(sender)
+        } else {
+            let (sender, conn) = http1::handshake(io).await.map_err(handshake)?;
+            tokio::spawn(conn);
+            Sender::H1(sender)
+        };
+        Ok(Conn {
+            sender,
+            since: Instant::now(),
+        })
+    }
+}
+
+/// The reply's body, at most `max_body` bytes; the connection goes back to the idle
+/// ones once it is read (an HTTP/2 one went back when it was taken).
+async fn read(
+    target: &Target,
+    conn: Conn,
+    response: http::Response<hyper::body::Incoming>,
+    max_body: usize,
+) -> Result<Reply, SendError> {
+    let (parts, body) = response.into_parts();
+    let body = http_body_util::Limited::new(body, max_body)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                SendError::TooLarge(max_body)
+            } else {
+                SendError::Transport(innermost(&*e))
+            }
+        })?;
+    if matches!(conn.sender, Sender::H1(_)) {
+        target.idle.put(conn);
+    }
+    Ok(Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.to_bytes(),
+    })
+}
+
+/// The innermost cause of an error: the words that say what went wrong.
+fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut last = e;
+    while let Some(s) = last.source() {
+        last = s;
+    }
+    last.to_string()
+}
+
+enum Sender {
+    /// One request at a time: taken from the idle ones, put back when answered.
+    H1(http1::SendRequest<Full<Bytes>>),
+    /// Many at once: stays among the idle ones while in use (a clone is taken).
+    H2(http2::SendRequest<Full<Bytes>>),
+}
+
+struct Conn {
+    sender: Sender,
+    /// When it was last put back (HTTP/1.1) or taken (HTTP/2).
+    since: Instant,
+}
+
+impl Conn {
+    fn usable(&self, now: Instant) -> bool {
+        let open = match &self.sender {
+            Sender::H1(s) => !s.is_closed(),
+            Sender::H2(s) => !s.is_closed(),
+        };
+        open && now.duration_since(self.since) < IDLE
+    }
+}
+
+/// A target's idle connections, one stack per serving runtime, so a call never waits
+/// on a connection that another thread drives.
+struct Idle {
+    per_core: Box<[Mutex<Vec<Conn>>]>,
+}
+
+impl Idle {
+    fn new() -> Idle {
+        Idle {
+            per_core: (0..crate::cores::count())
+                .map(|_| Mutex::default())
+                .collect(),
+        }
+    }
+
+    fn mine(&self) -> std::sync::MutexGuard<'_, Vec<Conn>> {
+        let i = crate::cores::current() % self.per_core.len();
+        // Whole connections pushed and popped: a poisoned stack is still whole.
+        self.per_core[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The most recently used connection that is still open; closed and expired ones
+    /// are dropped on the way. An HTTP/2 one stays, shared.
+    fn take(&self) -> Option<Conn> {
+        let now = Instant::now();
+        let mut idle = self.mine();
+        while let Some(conn) = idle.pop() {
+            if !conn.usable(now) {
+                continue;
+            }
+            if let Sender::H2(sender) = &conn.sender {
+                let shared = Conn {
+                    sender: Sender::H2(sender.clone()),
+                    since: now,
+                };
+                idle.push(Conn { since: now, ..conn });
+                return Some(shared);
+            }
+            return Some(conn);
+        }
+        None
+    }
+
+    fn put(&self, mut conn: Conn) {
+        conn.since = Instant::now();
+        let mut idle = self.mine();
+        if idle.len() < MAX_IDLE {
+            idle.push(conn);
+        }
+    }
+}
+
+impl std::fmt::Debug for Idle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Idle").finish_non_exhaustive()
+    }
+}
+
+/// Where one upstream's requests go, worked out once from its URL, and its idle
+/// connections.
+#[derive(Debug)]
 pub struct Target {
+    /// Absolute: what the connector dials and HTTP/2 names (`:scheme`, `:authority`).
     pub uri: Uri,
+    /// Path and query: HTTP/1.1's request line.
+    origin: Uri,
+    /// HTTP/1.1's `Host`: the host, and the port unless it is the scheme's default.
+    host: HeaderValue,
     /// Every request's headers: the body's type, Outlast's name, and `Authorization`
     /// from the URL's user info. Made once: each request clones the map, where building
     /// it copied every value and grew the map header by header.
     pub headers: HeaderMap,
+    idle: Idle,
 }
 
 impl Target {
@@ -100,7 +322,7 @@ impl Target {
             .as_str()
             .parse::<Uri>()
             .map_err(|e| format!("not usable as a request target: {e}"))?;
-        // Room for these and the two hyper adds (`content-length`; `host` for https).
+        // Room for these, `content-length` (hyper's) and `Host` (HTTP/1.1).
         let mut headers = HeaderMap::with_capacity(8);
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(
@@ -110,20 +332,29 @@ impl Target {
         if let Some(value) = authorization {
             headers.insert(AUTHORIZATION, value);
         }
-        // Plain HTTP is always HTTP/1.1 here (no ALPN), where the pool would format
-        // `host[:port]` into a new header on every request (3% of a forwarded call's
-        // instructions, bench/instructions.sh); over TLS, HTTP/2 names it
-        // `:authority`, so the pool is left to decide.
-        if uri.scheme() == Some(&http::uri::Scheme::HTTP)
-            && let Some(host) = uri.authority().map(|a| host_header(a, 80))
-        {
-            headers.insert(HOST, host);
-        }
-        Ok(Target { uri, headers })
+        let authority = uri
+            .authority()
+            .ok_or_else(|| "not usable as a request target: no host".to_owned())?;
+        let default_port = if uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
+            443
+        } else {
+            80
+        };
+        let host = host_header(authority, default_port);
+        let origin = uri
+            .path_and_query()
+            .map_or_else(|| Uri::from_static("/"), |p| Uri::from(p.clone()));
+        Ok(Target {
+            uri,
+            origin,
+            host,
+            headers,
+            idle: Idle::new(),
+        })
     }
 }
 
-/// `Host` as hyper's pool writes it: the host, and the port unless it is `default`.
+/// `Host`: the host, and the port unless it is `default` (as hyper-util writes it).
 fn host_header(authority: &http::uri::Authority, default: u16) -> HeaderValue {
     let value = match authority.port_u16() {
         Some(port) if port != default => format!("{}:{port}", authority.host()),
@@ -155,16 +386,129 @@ mod tests {
         assert!(plain.headers.get(AUTHORIZATION).is_none());
         assert_eq!(plain.headers[CONTENT_TYPE], "application/json");
         assert_eq!(plain.uri.to_string(), "http://127.0.0.1:8545/");
-        // Host as the pool would have written it; left to the pool over TLS.
-        assert_eq!(plain.headers[HOST], "127.0.0.1:8545");
-        assert!(t.headers.get(HOST).is_none());
+        // HTTP/1.1's request line and Host.
+        assert_eq!(t.origin, "/v1/KEY?x=1");
+        assert_eq!(t.host, "rpc.example");
+        assert_eq!(plain.origin, "/");
         for (url, host) in [
             ("http://alice:pw@node.local/rpc", "node.local"),
             ("http://node.local:80/", "node.local"),
+            ("https://node.local:443/", "node.local"),
+            ("https://node.local:80/", "node.local:80"),
+            ("http://127.0.0.1:8545", "127.0.0.1:8545"),
             ("http://[::1]:8545/", "[::1]:8545"),
         ] {
             let t = Target::new(&Url::parse(url).expect("url")).expect("target");
-            assert_eq!(t.headers[HOST], host, "{url}");
+            assert_eq!(t.host, host, "{url}");
+            assert!(t.headers.get(HOST).is_none(), "set per connection: {url}");
         }
+    }
+
+    /// A plain HTTP/1.1 upstream on 127.0.0.1 answering `body` to every request, that
+    /// closes each connection after one answer when `close` (without saying so, as a
+    /// provider's idle timeout does). Returns its URL and how many connections it took.
+    async fn upstream(
+        body: &'static str,
+        close: bool,
+    ) -> (Url, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::{Arc, atomic::AtomicUsize, atomic::Ordering};
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = Url::parse(&format!(
+            "http://{}/rpc",
+            listener.local_addr().expect("addr")
+        ))
+        .expect("url");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    loop {
+                        // Each test request fits one read: head and a short body.
+                        match socket.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        }
+                        let reply = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if socket.write_all(reply.as_bytes()).await.is_err() || close {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (url, accepted)
+    }
+
+    fn request() -> Request<Full<Bytes>> {
+        let mut r = Request::new(Full::new(Bytes::from_static(b"{}")));
+        *r.method_mut() = http::Method::POST;
+        r
+    }
+
+    fn client() -> HttpClient {
+        http_client(&Routing::default())
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_kept_and_used_again() {
+        let (url, accepted) = upstream("\"ok\"", false).await;
+        let target = Target::new(&url).expect("target");
+        let http = client();
+        for _ in 0..3 {
+            let reply = http.send(&target, request(), 1024).await.expect("reply");
+            assert_eq!(reply.status, StatusCode::OK);
+            assert_eq!(reply.body, "\"ok\"");
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_the_upstream_closed_fails_no_call() {
+        let (url, accepted) = upstream("1", true).await;
+        let target = Target::new(&url).expect("target");
+        let http = client();
+        for _ in 0..4 {
+            let reply = http.send(&target, request(), 1024).await.expect("reply");
+            assert_eq!(reply.body, "1");
+            // Whether the close is seen before the next call or only on sending it,
+            // that call goes out on a new connection.
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn a_body_past_the_limit_is_refused_and_its_connection_not_kept() {
+        let (url, accepted) = upstream("0123456789", false).await;
+        let target = Target::new(&url).expect("target");
+        let http = client();
+        let refused = http.send(&target, request(), 4).await;
+        assert!(
+            matches!(refused, Err(SendError::TooLarge(4))),
+            "{refused:?}"
+        );
+        let reply = http.send(&target, request(), 1024).await.expect("reply");
+        assert_eq!(reply.body, "0123456789");
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn nobody_listening_is_a_connect_error() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url =
+            Url::parse(&format!("http://{}/", listener.local_addr().expect("addr"))).expect("url");
+        drop(listener);
+        let target = Target::new(&url).expect("target");
+        let sent = client().send(&target, request(), 1024).await;
+        assert!(matches!(sent, Err(SendError::Connect(_))), "{sent:?}");
     }
 }
