@@ -55,11 +55,6 @@ impl Key {
         Key { text, plain, tied }
     }
 
-    /// The key's text, as `policy::key` made it.
-    pub fn text(&self) -> &Arc<str> {
-        &self.text
-    }
-
     /// Where an immutable answer would be.
     pub fn immutable(&self) -> Place<'_> {
         Place {

@@ -36,7 +36,8 @@ type Inner = quick_cache::sync::Cache<u64, Held, Weigh, BuildHasherDefault<Preha
 
 /// An entry with its whole key: two keys of one hash are never taken for each other
 /// (a lookup whose key differs is a miss; the later insert replaces the earlier entry).
-/// A head-tied entry shares its head's hash with every entry of that head.
+/// A head-tied entry holds its head (the block's hash) in one `Arc` with every other
+/// entry of that head.
 #[derive(Clone)]
 struct Held {
     key: Arc<str>,

@@ -143,11 +143,77 @@ enum Item<'a> {
 
 #[derive(Default)]
 struct Envelope<'a> {
-    jsonrpc: Option<&'a RawValue>,
+    jsonrpc: Option<Text<'a>>,
     /// Present, even as `null`, is `Some`; absent is `None` (a notification).
     id: Option<&'a RawValue>,
-    method: Option<&'a RawValue>,
+    method: Option<Text<'a>>,
     params: Option<&'a RawValue>,
+}
+
+/// A member that must be a string (`jsonrpc`, `method`), read as text where it is one:
+/// borrowed unless it has escapes (serde's own `Cow` always copies). Anything else is
+/// skipped. Read in place, where raw JSON parsed once more cost a call a few hundred
+/// instructions (bench/instructions.sh).
+enum Text<'a> {
+    Str(Cow<'a, str>),
+    Other,
+}
+
+impl<'de> serde::Deserialize<'de> for Text<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Text<'de>, D::Error> {
+        d.deserialize_any(TextVisitor)
+    }
+}
+
+struct TextVisitor;
+
+impl<'de> serde::de::Visitor<'de> for TextVisitor {
+    type Value = Text<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Text<'de>, E> {
+        Ok(Text::Str(Cow::Borrowed(s)))
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<Text<'de>, E> {
+        Ok(Text::Str(Cow::Owned(s.to_owned())))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Text<'de>, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(Text::Other)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Text<'de>, A::Error> {
+        while map
+            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+            .is_some()
+        {}
+        Ok(Text::Other)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Text<'de>, E> {
+        Ok(Text::Other)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Text<'de>, E> {
+        Ok(Text::Other)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Text<'de>, E> {
+        Ok(Text::Other)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Text<'de>, E> {
+        Ok(Text::Other)
+    }
+
+    fn visit_unit<E>(self) -> Result<Text<'de>, E> {
+        Ok(Text::Other)
+    }
 }
 
 /// An object member's name, read without a copy (serde's `Cow<str>` always copies).
@@ -222,19 +288,22 @@ impl<'de> serde::de::Visitor<'de> for ItemVisitor {
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Item<'de>, A::Error> {
         let mut env = Envelope::default();
         let mut twice = None;
+        // Whether a member was there already.
+        fn put<T>(slot: &mut Option<T>, value: T) -> bool {
+            slot.replace(value).is_some()
+        }
         while let Some(member) = map.next_key::<Member>()? {
-            let slot = match member {
-                Member::Jsonrpc => &mut env.jsonrpc,
-                Member::Id => &mut env.id,
-                Member::Method => &mut env.method,
-                Member::Params => &mut env.params,
+            let again = match member {
+                Member::Jsonrpc => put(&mut env.jsonrpc, map.next_value()?),
+                Member::Id => put(&mut env.id, map.next_value()?),
+                Member::Method => put(&mut env.method, map.next_value()?),
+                Member::Params => put(&mut env.params, map.next_value()?),
                 Member::Other => {
                     map.next_value::<serde::de::IgnoredAny>()?;
-                    continue;
+                    false
                 }
             };
-            let value = map.next_value::<&'de RawValue>()?;
-            if slot.replace(value).is_some() && twice.is_none() {
+            if again && twice.is_none() {
                 twice = Some(member.name());
             }
         }
@@ -300,22 +369,15 @@ fn entry(item: Item<'_>) -> Entry<'_> {
     // A reply to an invalid call carries its id, or null when it has none (JSON-RPC 2.0 §5).
     let reply_id = id.or(Some(null()));
     match env.jsonrpc {
-        Some(v) if v.get() == r#""2.0""# => {}
+        Some(Text::Str(v)) if v == "2.0" => {}
         Some(_) => return reject(reply_id, "`jsonrpc` must be \"2.0\""),
         None => return reject(reply_id, "`jsonrpc` is missing; it must be \"2.0\""),
     }
     let method = match env.method {
         None => return reject(reply_id, "`method` is missing"),
-        // Borrowed unless it has escapes (serde's own `Cow` always copies: a String
-        // per call, and another for each clone of the call).
-        Some(m) => match serde_json::from_str::<&str>(m.get())
-            .map(Cow::Borrowed)
-            .or_else(|_| serde_json::from_str::<String>(m.get()).map(Cow::Owned))
-        {
-            Ok(m) if !m.is_empty() => m,
-            Ok(_) => return reject(reply_id, "`method` is empty"),
-            Err(_) => return reject(reply_id, "`method` must be a string"),
-        },
+        Some(Text::Str(m)) if !m.is_empty() => m,
+        Some(Text::Str(_)) => return reject(reply_id, "`method` is empty"),
+        Some(Text::Other) => return reject(reply_id, "`method` must be a string"),
     };
     let params = match env.params {
         Some(p) if p.get() == "null" => None,
@@ -456,6 +518,21 @@ mod tests {
                 "`jsonrpc` must be \"2.0\"",
             ),
             (r#"{"jsonrpc":"2.0","id":1}"#, -32600, "`method` is missing"),
+            (
+                r#"{"jsonrpc":2.0,"id":1,"method":"x"}"#,
+                -32600,
+                "`jsonrpc` must be \"2.0\"",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":{"a":[1,{"b":2}]}}"#,
+                -32600,
+                "`method` must be a string",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":""}"#,
+                -32600,
+                "`method` is empty",
+            ),
             (
                 r#"{"jsonrpc":"2.0","id":1,"method":7}"#,
                 -32600,

@@ -289,7 +289,7 @@ impl std::fmt::Debug for Idle {
 #[derive(Debug)]
 pub struct Target {
     /// Absolute: what the connector dials and HTTP/2 names (`:scheme`, `:authority`).
-    pub uri: Uri,
+    uri: Uri,
     /// Path and query: HTTP/1.1's request line.
     origin: Uri,
     /// HTTP/1.1's `Host`: the host, and the port unless it is the scheme's default.
