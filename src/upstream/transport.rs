@@ -42,12 +42,22 @@ pub struct HttpClient {
 }
 
 pub fn http_client(routing: &Routing) -> HttpClient {
+    with_tls(
+        hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots(),
+        routing,
+    )
+}
+
+/// The client over `tls` (which roots it trusts), offering HTTP/2 and HTTP/1.1.
+fn with_tls(
+    tls: hyper_rustls::HttpsConnectorBuilder<hyper_rustls::builderstates::WantsSchemes>,
+    routing: &Routing,
+) -> HttpClient {
     let mut tcp = HttpConnector::new();
     tcp.set_connect_timeout(Some(Duration::from_millis(routing.connect_timeout_ms)));
     tcp.set_nodelay(true);
     tcp.enforce_http(false);
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_webpki_roots()
+    let connector = tls
         .https_or_http()
         .enable_all_versions()
         .wrap_connector(tcp);
@@ -152,6 +162,11 @@ impl HttpClient {
                 .await
                 .map_err(handshake)?;
             tokio::spawn(conn);
+            // Shared from the start: the calls after this one multiplex over it.
+            target.idle.put(Conn {
+                sender: Sender::H2(sender.clone()),
+                since: Instant::now(),
+            });
             Sender::H2(sender)
         } else {
             let (sender, conn) = http1::handshake(io).await.map_err(handshake)?;
@@ -165,8 +180,8 @@ impl HttpClient {
     }
 }
 
-/// The reply's body, at most `max_body` bytes; the connection goes back to the idle
-/// ones once it is read (an HTTP/2 one went back when it was taken).
+/// The reply's body, at most `max_body` bytes; an HTTP/1.1 connection goes back to the
+/// idle ones once it is read (an HTTP/2 one never left them).
 async fn read(
     target: &Target,
     conn: Conn,
@@ -206,7 +221,7 @@ fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
 enum Sender {
     /// One request at a time: taken from the idle ones, put back when answered.
     H1(http1::SendRequest<Full<Bytes>>),
-    /// Many at once: stays among the idle ones while in use (a clone is taken).
+    /// Many at once: among the idle ones from its making on (a clone is taken).
     H2(http2::SendRequest<Full<Bytes>>),
 }
 
@@ -510,5 +525,133 @@ mod tests {
         let target = Target::new(&url).expect("target");
         let sent = client().send(&target, request(), 1024).await;
         assert!(matches!(sent, Err(SendError::Connect(_))), "{sent:?}");
+    }
+
+    /// A TLS upstream for `localhost` speaking only `alpn` (`h2` or `http/1.1`), with a
+    /// certificate of its own; returns its URL, the certificate (to trust), and each
+    /// request's protocol version and `Host` as it saw them.
+    async fn tls_upstream(
+        alpn: &[u8],
+    ) -> (
+        Url,
+        rustls::pki_types::CertificateDer<'static>,
+        std::sync::Arc<Mutex<Vec<(http::Version, Option<String>)>>>,
+        std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        use std::sync::{Arc, atomic::AtomicUsize, atomic::Ordering};
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+            .expect("a certificate");
+        let cert = made.cert.der().clone();
+        let key = rustls::pki_types::PrivatePkcs8KeyDer::from(made.signing_key.serialize_der());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], key.into())
+            .expect("server config");
+        config.alpn_protocols = vec![alpn.to_vec()];
+        let h2 = alpn == b"h2";
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let url = Url::parse(&format!("https://localhost:{port}/rpc")).expect("url");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (saw, counted) = (seen.clone(), accepted.clone());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    continue;
+                };
+                let saw = saw.clone();
+                let service =
+                    hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let host = req
+                            .headers()
+                            .get(HOST)
+                            .and_then(|h| h.to_str().ok())
+                            .map(str::to_owned);
+                        saw.lock().expect("lock").push((req.version(), host));
+                        async {
+                            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                                Bytes::from_static(b"\"ok\""),
+                            )))
+                        }
+                    });
+                let io = hyper_util::rt::TokioIo::new(tls);
+                tokio::spawn(async move {
+                    let _ = if h2 {
+                        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                            .serve_connection(io, service)
+                            .await
+                    } else {
+                        hyper::server::conn::http1::Builder::new()
+                            .serve_connection(io, service)
+                            .await
+                    };
+                });
+            }
+        });
+        (url, cert, seen, accepted)
+    }
+
+    /// A client that trusts `cert` (and nothing else).
+    fn trusting(cert: rustls::pki_types::CertificateDer<'static>) -> HttpClient {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert).expect("a root");
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        with_tls(
+            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config),
+            &Routing::default(),
+        )
+    }
+
+    #[tokio::test]
+    async fn over_tls_http2_is_spoken_when_offered_on_one_shared_connection() {
+        let (url, cert, seen, accepted) = tls_upstream(b"h2").await;
+        let target = Target::new(&url).expect("target");
+        let http = trusting(cert);
+        let first = http.send(&target, request(), 1024).await.expect("reply");
+        assert_eq!(first.body, "\"ok\"");
+        // Four at once after it: all over the one connection.
+        let sends = (0..4).map(|_| http.send(&target, request(), 1024));
+        for reply in futures_util::future::join_all(sends).await {
+            assert_eq!(reply.expect("reply").body, "\"ok\"");
+        }
+        let seen = seen.lock().expect("lock").clone();
+        assert_eq!(seen.len(), 5);
+        // HTTP/2 names the host in `:authority`; no `host` header is added.
+        assert!(
+            seen.iter()
+                .all(|(v, host)| *v == http::Version::HTTP_2 && host.is_none()),
+            "{seen:?}"
+        );
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn over_tls_http1_takes_the_path_and_host_made_once() {
+        let (url, cert, seen, accepted) = tls_upstream(b"http/1.1").await;
+        let target = Target::new(&url).expect("target");
+        let http = trusting(cert);
+        for _ in 0..3 {
+            let reply = http.send(&target, request(), 1024).await.expect("reply");
+            assert_eq!(reply.body, "\"ok\"");
+        }
+        let port = url.port().expect("port");
+        let seen = seen.lock().expect("lock").clone();
+        let expected = (http::Version::HTTP_11, Some(format!("localhost:{port}")));
+        assert!(seen.iter().all(|s| *s == expected), "{seen:?}");
+        assert_eq!(seen.len(), 3);
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }
