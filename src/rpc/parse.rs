@@ -132,8 +132,9 @@ impl<'de> serde::de::Visitor<'de> for BoundedSeq<'_> {
     }
 }
 
-/// One entry as read: a call's members, each raw, so each rule in `entry` can name
-/// exactly what is wrong; or why it is no call at all.
+/// One entry as read: a call's envelope members (`id` and `params` raw, the two that
+/// must be strings as text), so each rule in `entry` can name exactly what is wrong;
+/// or why it is no call at all.
 enum Item<'a> {
     Call(Envelope<'a>),
     NotObject,
