@@ -6,11 +6,11 @@
 //! Never changes health or heads, never retries, never waits beyond the HTTP client's
 //! timeouts; reasons it returns never contain the provider's URL.
 
-use std::{borrow::Cow, error::Error as _};
+use std::borrow::Cow;
 
 use serde_json::value::RawValue;
 
-use super::{Answer, Upstream, UpstreamError};
+use super::{Answer, Upstream, UpstreamError, transport::innermost};
 use crate::{config::UpstreamUrl, rpc::Call};
 
 /// Whether an upstream has a capability, as far as one call could tell.
@@ -188,17 +188,6 @@ fn handshake_from(status: u16, upgrade: Option<&str>) -> Capability {
         429 | 500..=599 => Capability::Unknown(format!("HTTP status {status}")),
         _ => Capability::No,
     }
-}
-
-/// The innermost cause of an error (e.g. "connection reset by peer").
-fn innermost(e: &reqwest::Error) -> String {
-    let mut last = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        last = s.to_string();
-        source = s.source();
-    }
-    last
 }
 
 #[cfg(test)]

@@ -209,8 +209,9 @@ async fn read(
     })
 }
 
-/// The innermost cause of an error: the words that say what went wrong.
-fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
+/// The innermost cause of an error: the words that say what went wrong (e.g.
+/// "connection reset by peer"); `capabilities` words its probes' failures with it too.
+pub(super) fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
     let mut last = e;
     while let Some(s) = last.source() {
         last = s;
