@@ -26,7 +26,10 @@ use crate::{
         resolve::{Need, Resolved, resolve},
         verified::{self, BlockId, Checked, Level, StateRead, Unverified},
     },
-    rpc::{self, Call, ReplyBody, Request, RpcError, methods, parse::Rejected},
+    rpc::{
+        self, Call, ReplyBody, Request, RpcError, methods,
+        parse::{Rejected, Shape},
+    },
     subscribe::filters::{Filters, Handled, Owner},
     upstream::Answer,
     upstream::heads::ChainHeadState,
@@ -50,20 +53,21 @@ pub async fn handle(gw: &Gateway, chain: &Chain, body: &[u8]) -> Reply {
         &crate::auth::Caller::Open,
         std::net::Ipv4Addr::UNSPECIFIED.into(),
     );
-    handle_as(gw, chain, body, None, &nobody).await
+    handle_as(gw, chain, (body, Shape::of(body)), None, &nobody).await
 }
 
 /// As `handle`, for a caller whose key may call only `methods` (`auth`), named `key`;
-/// the filters it makes count against `owner` (`[limits] max_filters_per_client`).
+/// the filters it makes count against `owner` (`[limits] max_filters_per_client`). The
+/// body comes with its `Shape`, taken by the server to charge its calls.
 pub async fn handle_as(
     gw: &Gateway,
     chain: &Chain,
-    body: &[u8],
+    (body, shape): (&[u8], Shape),
     methods: Option<(&crate::auth::glob::Methods, &str)>,
     owner: &Owner,
 ) -> Reply {
     // 2. parse
-    let (batch, entries) = match rpc::parse::parse(body, gw.parse_limits()) {
+    let (batch, entries) = match rpc::parse::parse_shaped(body, shape, gw.parse_limits()) {
         Ok(Request::Single(e)) => (false, vec![e]),
         Ok(Request::Batch(es)) => (true, es),
         Err(e) => {
@@ -375,6 +379,7 @@ impl<'g, 'a> Work<'g, 'a> {
     /// Step 5, cache: what is cached for good, or for this very head, is answered here. A call
     /// that must be verified takes only an answer that was.
     async fn answer_from_cache(&mut self) {
+        let mut hits = crate::metrics::cache_lookup_runs(&self.chain.name);
         for slot in &mut self.slots {
             let Some(key) = slot.key.as_ref().filter(|_| slot.outcome.is_none()) else {
                 continue;
@@ -386,11 +391,7 @@ impl<'g, 'a> Work<'g, 'a> {
                 .await
                 .filter(|e| slot.check.is_none() || e.level > Level::None);
             if let Some(entry) = hit {
-                crate::metrics::cache_lookup(
-                    &self.chain.name,
-                    methods::label(&slot.call.method),
-                    "hit",
-                );
+                hits.count((methods::label(&slot.call.method), "hit"));
                 slot.level = entry.level;
                 slot.outcome = Some(Outcome::Answered {
                     upstream: cache_label(),
@@ -403,6 +404,7 @@ impl<'g, 'a> Work<'g, 'a> {
 
     /// Step 5, cache: a call identical to one in flight waits for that one's answer.
     fn join_flights(&mut self) {
+        let mut lookups = crate::metrics::cache_lookup_runs(&self.chain.name);
         for slot in &mut self.slots {
             let Some(key) = slot.key.as_ref().filter(|_| slot.outcome.is_none()) else {
                 continue;
@@ -419,11 +421,7 @@ impl<'g, 'a> Work<'g, 'a> {
                 }
                 None => "miss",
             };
-            crate::metrics::cache_lookup(
-                &self.chain.name,
-                methods::label(&slot.call.method),
-                counted,
-            );
+            lookups.count((methods::label(&slot.call.method), counted));
         }
     }
 
@@ -678,6 +676,15 @@ fn answer(
     stale_seconds: Option<u64>,
 ) -> Reply {
     let verified = slots.iter().map(|s| s.level).min().unwrap_or(Level::None);
+    let mut counted = crate::metrics::call_runs(&chain.name);
+    for slot in &slots {
+        let (upstream, label) = slot
+            .outcome
+            .as_ref()
+            .map_or(Outcome::UNAVAILABLE, Outcome::labels);
+        counted.count((methods::label(&slot.call.method), upstream, label));
+    }
+    drop(counted);
     let mut outcomes = slots.into_iter().map(|s| s.outcome);
     let mut reply = ReplyBody::new(batch, 256);
     let mut upstreams: Vec<Arc<str>> = Vec::new();
@@ -696,9 +703,7 @@ fn answer(
                     .next()
                     .flatten()
                     .unwrap_or(Outcome::Unavailable(Vec::new()));
-                let (upstream, label) = outcome.labels();
-                crate::metrics::call(&chain.name, methods::label(&call.method), upstream, label);
-                traced.answered(&call.method, label);
+                traced.answered(&call.method, outcome.labels().1);
                 if let Outcome::Answered { upstream, .. } = &outcome
                     && !upstreams.contains(upstream)
                 {

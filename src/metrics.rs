@@ -248,13 +248,59 @@ fn histogram_of(name: &'static str, labels: &[(&'static str, &str)]) -> Histogra
 
 /// One JSON-RPC call answered.
 pub fn call(chain: &str, method: &'static str, upstream: &str, outcome: &'static str) {
+    calls(chain, (method, upstream, outcome), 1);
+}
+
+/// `n` JSON-RPC calls answered alike: `(method, upstream, outcome)`.
+fn calls(chain: &str, (method, upstream, outcome): (&'static str, &str, &'static str), n: u64) {
     let labels = [
         ("chain", chain),
         ("method", method),
         ("upstream", upstream),
         ("outcome", outcome),
     ];
-    counter_of(REQUESTS, &labels).increment(1);
+    counter_of(REQUESTS, &labels).increment(n);
+}
+
+/// The calls of one request, counted by runs of alike ones: a series' handle is looked
+/// up once per run (`Handles::get`, a few hundred instructions), not once per call, so
+/// a batch of ten alike calls costs one lookup. The last run is added when it is
+/// dropped. `L` is the labels besides the chain.
+pub struct Runs<'c, L: PartialEq> {
+    chain: &'c str,
+    add: fn(&str, L, u64),
+    run: Option<(L, u64)>,
+}
+
+impl<'c, L: PartialEq> Runs<'c, L> {
+    /// One more call labelled `labels`.
+    pub fn count(&mut self, labels: L) {
+        match &mut self.run {
+            Some((same, n)) if *same == labels => *n += 1,
+            run => {
+                if let Some((done, n)) = run.replace((labels, 1)) {
+                    (self.add)(self.chain, done, n);
+                }
+            }
+        }
+    }
+}
+
+impl<L: PartialEq> Drop for Runs<'_, L> {
+    fn drop(&mut self) {
+        if let Some((labels, n)) = self.run.take() {
+            (self.add)(self.chain, labels, n);
+        }
+    }
+}
+
+/// JSON-RPC calls answered on `chain`, counted by runs: `(method, upstream, outcome)`.
+pub fn call_runs<'c>(chain: &'c str) -> Runs<'c, (&'static str, &'c str, &'static str)> {
+    Runs {
+        chain,
+        add: calls,
+        run: None,
+    }
 }
 
 /// One HTTP JSON-RPC request served on `chain`.
@@ -283,8 +329,21 @@ pub fn upstream_attempt(
 /// For the cache: one lookup of `method` on `chain`; `result` is `hit`, `miss`,
 /// `coalesced` (joined a call in flight) or `stale` (served stale by configuration).
 pub fn cache_lookup(chain: &str, method: &'static str, result: &'static str) {
+    cache_lookups(chain, (method, result), 1);
+}
+
+fn cache_lookups(chain: &str, (method, result): (&'static str, &'static str), n: u64) {
     let labels = [("chain", chain), ("method", method), ("result", result)];
-    counter_of(CACHE_REQUESTS, &labels).increment(1);
+    counter_of(CACHE_REQUESTS, &labels).increment(n);
+}
+
+/// Cache lookups on `chain`, counted by runs (`Runs`): `(method, result)`.
+pub fn cache_lookup_runs(chain: &str) -> Runs<'_, (&'static str, &'static str)> {
+    Runs {
+        chain,
+        add: cache_lookups,
+        run: None,
+    }
 }
 
 /// For the Redis cache tier: an entry refused, counted in
@@ -359,4 +418,53 @@ pub fn recorded() -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The value of the one `name` series whose labels include all of `with`.
+    fn value(name: &str, with: &[&str]) -> Option<String> {
+        recorded()
+            .lines()
+            .filter(|l| l.starts_with(name) && with.iter().all(|w| l.contains(w)))
+            .map(|l| l.rsplit(' ').next().unwrap_or_default().to_owned())
+            .next()
+    }
+
+    #[test]
+    fn runs_of_alike_calls_add_up_to_every_call() {
+        install();
+        {
+            let mut runs = call_runs("runs-test");
+            for (method, upstream) in [
+                ("eth_call", "a"),
+                ("eth_call", "a"),
+                ("eth_getBalance", "a"),
+                ("eth_call", "b"),
+                ("eth_call", "a"),
+            ] {
+                runs.count((method, upstream, "result"));
+            }
+        }
+        let of = |method: &str, upstream: &str| {
+            let (m, u) = (
+                format!("method=\"{method}\""),
+                format!("upstream=\"{upstream}\""),
+            );
+            value(REQUESTS, &["chain=\"runs-test\"", &m, &u])
+        };
+        assert_eq!(of("eth_call", "a").as_deref(), Some("3"));
+        assert_eq!(of("eth_getBalance", "a").as_deref(), Some("1"));
+        assert_eq!(of("eth_call", "b").as_deref(), Some("1"));
+
+        drop(cache_lookup_runs("runs-test"));
+        let mut lookups = cache_lookup_runs("runs-test");
+        lookups.count(("eth_call", "miss"));
+        lookups.count(("eth_call", "miss"));
+        drop(lookups);
+        let misses = value(CACHE_REQUESTS, &["chain=\"runs-test\"", "result=\"miss\""]);
+        assert_eq!(misses.as_deref(), Some("2"));
+    }
 }

@@ -343,51 +343,9 @@ fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
         .then(|| token.trim_ascii())
 }
 
-/// Calls in a request body, for charging before it is parsed: 1 for a single call (or
-/// an empty batch), the elements of a top-level array for a batch (strings and nesting
-/// skipped), at most `cap`. The parser then refuses anything malformed; this only has
-/// to count.
-pub fn calls_in(body: &[u8], cap: u64) -> u64 {
-    let body = body.trim_ascii_start();
-    let Some(inside) = body.strip_prefix(b"[") else {
-        return 1;
-    };
-    if inside.trim_ascii_start().first() == Some(&b']') {
-        return 1;
-    }
-    let (mut depth, mut count) = (1u32, 1u64);
-    for b in crate::rpc::parse::outside_strings(inside) {
-        match b {
-            b'[' | b'{' => depth += 1,
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            b',' if depth == 1 => {
-                count += 1;
-                if count >= cap {
-                    return cap;
-                }
-            }
-            _ => {}
-        }
-    }
-    count
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn calls_are_counted_without_parsing() {
-        let check = |body: &str, n: u64| assert_eq!(calls_in(body.as_bytes(), 100), n, "{body}");
-        check(r#"{"method":"eth_call","params":[1,2,3]}"#, 1);
-        check(r#"  [{"a":[1,2]},{"b":"x,y]"},{"c":"\"],"}]"#, 3);
-        check("[]", 1);
-        check(" [ \n ] ", 1);
-        check("[1]", 1);
-        check(r#"[{"a":{"b":[1,2,3]}},"x,y",[4,5]]"#, 3);
-        check("[1,2,3,4]", 4);
-        assert_eq!(calls_in("[1,1,1,1,1]".as_bytes(), 3), 3);
-    }
 
     #[test]
     fn bearer_tokens_are_read_whatever_the_scheme_case() {

@@ -46,6 +46,10 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The labels of `Unavailable`, and of a call left without an outcome (answered as
+    /// unavailable).
+    pub const UNAVAILABLE: (&'static str, &'static str) = ("none", "unavailable");
+
     /// Who answered and how, as `outlast_requests_total`'s `upstream` and `outcome`.
     pub fn labels(&self) -> (&str, &'static str) {
         match self {
@@ -56,7 +60,7 @@ impl Outcome {
                     Answer::Error { .. } => "error",
                 },
             ),
-            Outcome::Unavailable(_) => ("none", "unavailable"),
+            Outcome::Unavailable(_) => Outcome::UNAVAILABLE,
             Outcome::Unverified { .. } => ("none", "unverified"),
             Outcome::Refused(_) => ("none", "limited"),
         }

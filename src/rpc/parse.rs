@@ -47,7 +47,16 @@ pub struct ParseLimits {
 /// read whole as raw JSON first and parsed again (that was a third of a forwarded
 /// batch's instructions, bench/instructions.sh).
 pub fn parse(body: &[u8], limits: ParseLimits) -> Result<Request<'_>, RpcError> {
-    let depth = nesting_depth(body);
+    parse_shaped(body, Shape::of(body), limits)
+}
+
+/// As `parse`, for a body whose `Shape` was taken already (to charge its calls).
+pub fn parse_shaped(
+    body: &[u8],
+    shape: Shape,
+    limits: ParseLimits,
+) -> Result<Request<'_>, RpcError> {
+    let depth = shape.depth;
     if depth > limits.max_depth {
         return Err(RpcError::LimitExceeded(format!(
             "JSON nested {depth} levels deep; the limit is {}",
@@ -402,21 +411,40 @@ pub fn null() -> &'static RawValue {
     &NULL
 }
 
-/// Deepest nesting of arrays and objects, skipping string contents. A cheap byte scan
-/// run before the parser, so hostile nesting costs one pass and no recursion.
-fn nesting_depth(body: &[u8]) -> usize {
-    let (mut depth, mut max) = (0usize, 0usize);
-    for b in outside_strings(body) {
-        match b {
-            b'[' | b'{' => {
-                depth += 1;
-                max = max.max(depth);
+/// What one scan of a body's structural bytes tells before it is parsed: how deep it
+/// nests (refused past the limit before the parser recurses: hostile nesting costs one
+/// pass) and how many calls it holds (charged to the caller's rate limit before the
+/// parser's work is spent on it). One scan for both: two were a twentieth of a
+/// forwarded batch's instructions (bench/instructions.sh).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// Deepest nesting of arrays and objects, string contents skipped.
+    pub depth: usize,
+    /// 1 for a single call (or an empty batch); for a batch, the elements of the
+    /// top-level array (whatever they are: the parser refuses what is not a call).
+    pub calls: u64,
+}
+
+impl Shape {
+    pub fn of(body: &[u8]) -> Shape {
+        let batch = body.trim_ascii_start().first() == Some(&b'[');
+        let (mut depth, mut deepest, mut commas) = (0usize, 0usize, 0u64);
+        for b in outside_strings(body) {
+            match b {
+                b'[' | b'{' => {
+                    depth += 1;
+                    deepest = deepest.max(depth);
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                b',' if depth == 1 => commas = commas.saturating_add(1),
+                _ => {}
             }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
+        }
+        Shape {
+            depth: deepest,
+            calls: if batch { commas.saturating_add(1) } else { 1 },
         }
     }
-    max
 }
 
 /// The structural bytes of a JSON text, `[ ] { } ,` outside strings and one `"` for
@@ -671,9 +699,22 @@ mod tests {
 
     #[test]
     fn depth_scan_ignores_brackets_in_strings() {
-        assert_eq!(nesting_depth(br#"{"a":"[[[[\"{{{"}"#), 1);
-        assert_eq!(nesting_depth(br#"[{"a":[1]}]"#), 3);
-        assert_eq!(nesting_depth(br#"["\\",[["x\\\"]"]]]"#), 3);
-        assert_eq!(nesting_depth(br#"[["unterminated [[[["#), 2);
+        let depth = |body: &[u8]| Shape::of(body).depth;
+        assert_eq!(depth(br#"{"a":"[[[[\"{{{"}"#), 1);
+        assert_eq!(depth(br#"[{"a":[1]}]"#), 3);
+        assert_eq!(depth(br#"["\\",[["x\\\"]"]]]"#), 3);
+        assert_eq!(depth(br#"[["unterminated [[[["#), 2);
+    }
+
+    #[test]
+    fn calls_are_counted_without_parsing() {
+        let check = |body: &str, n: u64| assert_eq!(Shape::of(body.as_bytes()).calls, n, "{body}");
+        check(r#"{"method":"eth_call","params":[1,2,3]}"#, 1);
+        check(r#"  [{"a":[1,2]},{"b":"x,y]"},{"c":"\"],"}]"#, 3);
+        check("[]", 1);
+        check(" [ \n ] ", 1);
+        check("[1]", 1);
+        check(r#"[{"a":{"b":[1,2,3]}},"x,y",[4,5]]"#, 3);
+        check("[1,2,3,4]", 4);
     }
 }

@@ -15,10 +15,10 @@ use hyper::body::{Body as HttpBody, Incoming};
 
 use super::{guard, listen::ClientAddr};
 use crate::{
-    auth::{self, Refused},
+    auth::Refused,
     dispatch,
     gateway::Gateway,
-    rpc::{RpcError, respond::whole_request_error},
+    rpc::{RpcError, parse::Shape, respond::whole_request_error},
 };
 
 // The handlers take the whole request and split it: a `HeaderMap` argument would be a
@@ -200,8 +200,8 @@ where
             return json(StatusCode::BAD_REQUEST, whole_request_error(&e));
         }
     };
-    let calls = auth::calls_in(&bytes, gw.limits().max_batch as u64 + 1);
-    if let Err(r) = gw.access().charge(&caller, calls).await {
+    let shape = Shape::of(&bytes);
+    if let Err(r) = gw.access().charge(&caller, charged(gw, shape)).await {
         return refused(&r);
     }
     let started = std::time::Instant::now();
@@ -215,7 +215,8 @@ where
     // whole, a few percent of a cache hit's CPU (bench/profiles).
     let work: std::pin::Pin<Box<dyn Future<Output = dispatch::Reply> + Send>> =
         Box::pin(async move {
-            dispatch::handle_as(&gw_task, &chain_task, &bytes, caller.methods(), &owner).await
+            let body = (&bytes[..], shape);
+            dispatch::handle_as(&gw_task, &chain_task, body, caller.methods(), &owner).await
         });
     let dispatched = tokio::spawn(traced.run(work)).await;
     let reply = match dispatched {
@@ -248,6 +249,12 @@ where
         h.insert(STALE_SECONDS, HeaderValue::from(age));
     }
     response
+}
+
+/// The calls a body is charged for before it is parsed: its `Shape`'s, at most one
+/// past `[limits] max_batch` (a larger batch is refused whole, by the parser).
+pub(super) fn charged(gw: &Gateway, shape: Shape) -> u64 {
+    shape.calls.min(gw.limits().max_batch as u64 + 1)
 }
 
 // Outlast's answer headers (design.md), named once: a name given as a `&str` is copied

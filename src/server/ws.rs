@@ -34,11 +34,11 @@ use tokio::task::JoinSet;
 
 use super::listen::ClientAddr;
 use crate::{
-    auth::{self, Caller},
+    auth::Caller,
     dispatch,
     gateway::Gateway,
     route::Chain,
-    rpc::{self, Call, ReplyBody, Request, RpcError, respond::whole_request_error},
+    rpc::{self, Call, ReplyBody, Request, RpcError, parse::Shape, respond::whole_request_error},
     subscribe::{
         Live,
         filter::{self, Kind},
@@ -270,7 +270,7 @@ impl Session {
                         };
                         let charged = match body {
                             Some(body) => {
-                                let n = auth::calls_in(body, self.gw.limits().max_batch as u64 + 1);
+                                let n = super::http::charged(&self.gw, Shape::of(body));
                                 self.gw.access().charge(&self.caller, n).await
                             }
                             None => Ok(()),
@@ -337,7 +337,8 @@ impl Session {
             let (caller, owner) = (self.caller.clone(), self.owner.clone());
             let traced = crate::telemetry::Request::websocket(&chain.name, caller.label());
             calls.spawn(traced.run(async move {
-                let reply = dispatch::handle_as(&gw, &chain, &body, caller.methods(), &owner).await;
+                let body = (&body[..], Shape::of(&body));
+                let reply = dispatch::handle_as(&gw, &chain, body, caller.methods(), &owner).await;
                 (reply.body, Vec::new())
             }));
             return;
