@@ -205,24 +205,20 @@ where
         return refused(&r);
     }
     let started = std::time::Instant::now();
-    // Its own task: a client that goes away, or the request deadline, never cancels a
-    // call half-way (a broadcast already sent is recorded and re-sent all the same).
     let (gw_task, chain_task) = (gw.clone(), chain.clone());
     let owner = crate::subscribe::filters::Owner::of(&caller, client);
     let traced = crate::telemetry::Request::http(&chain.name, caller.label(), client, headers);
-    // Boxed before it is wrapped and spawned: the request's future is kilobytes, and
-    // each move (into the span's wrapper, into the task, its output over it) copied it
+    // Boxed once, wrapped in the request's span: the request's future is kilobytes, and
+    // each move (into the span's wrapper, into a task, its output over it) copied it
     // whole, a few percent of a cache hit's CPU (bench/profiles).
-    let work: std::pin::Pin<Box<dyn Future<Output = dispatch::Reply> + Send>> =
-        Box::pin(async move {
-            let body = (&bytes[..], shape);
-            dispatch::handle_as(&gw_task, &chain_task, body, caller.methods(), &owner).await
-        });
-    let dispatched = tokio::spawn(traced.run(work)).await;
-    let reply = match dispatched {
+    let work: Detached<dispatch::Reply> = Box::pin(traced.run(async move {
+        let body = (&bytes[..], shape);
+        dispatch::handle_as(&gw_task, &chain_task, body, caller.methods(), &owner).await
+    }));
+    let reply = match to_completion(work).await {
         Ok(reply) => reply,
         Err(e) => {
-            tracing::error!(chain = %chain.name, "a request's task failed: {e}");
+            tracing::error!(chain = %chain.name, "a request's work failed: {e}");
             let e = RpcError::Internal("the gateway failed to answer this request".into());
             return json(StatusCode::INTERNAL_SERVER_ERROR, whole_request_error(&e));
         }
@@ -249,6 +245,31 @@ where
         h.insert(STALE_SECONDS, HeaderValue::from(age));
     }
     response
+}
+
+/// A request's work, boxed so it can be moved onto a task of its own half-way.
+type Detached<T> = std::pin::Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Runs `work` to its end even if what awaits it is dropped (a client that goes away,
+/// the request deadline): a call is never cancelled half-way (a broadcast already sent
+/// is recorded and re-sent all the same). It is polled here first: what needs no
+/// waiting (a cache hit) is answered without a task of its own, which also spares the
+/// connection's task a second wake-up per request. What must wait moves, as it is, to
+/// its own task and is polled there from then on. A panic in it is the request's
+/// failure (500), not its connection's.
+async fn to_completion<T: Send + 'static>(mut work: Detached<T>) -> Result<T, String> {
+    use std::{panic::AssertUnwindSafe, task::Poll};
+    let first = std::future::poll_fn(|cx| {
+        Poll::Ready(std::panic::catch_unwind(AssertUnwindSafe(|| {
+            work.as_mut().poll(cx)
+        })))
+    })
+    .await;
+    match first {
+        Ok(Poll::Ready(out)) => Ok(out),
+        Ok(Poll::Pending) => tokio::spawn(work).await.map_err(|e| e.to_string()),
+        Err(_) => Err("it panicked".to_owned()),
+    }
 }
 
 /// The calls a body is charged for before it is parsed: its `Shape`'s, at most one
@@ -376,4 +397,56 @@ pub async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
         "rate_limits": rate_limits,
     });
     json(status, body.to_string().into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        sync::{
+            Arc,
+            atomic::{AtomicBool, Ordering},
+        },
+        time::Duration,
+    };
+
+    use super::*;
+
+    #[tokio::test]
+    async fn work_that_must_wait_finishes_though_its_request_is_dropped() {
+        let (go, wait) = tokio::sync::oneshot::channel::<()>();
+        let done = Arc::new(AtomicBool::new(false));
+        let finished = done.clone();
+        let work: Detached<()> = Box::pin(async move {
+            let _ = wait.await;
+            finished.store(true, Ordering::SeqCst);
+        });
+        // The request is dropped while its work waits (as a client going away drops it).
+        let dropped = tokio::time::timeout(Duration::from_millis(20), to_completion(work)).await;
+        assert!(dropped.is_err(), "the work was still waiting");
+        go.send(()).expect("the work still listens");
+        for _ in 0..100 {
+            if done.load(Ordering::SeqCst) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the work was cancelled with its request");
+    }
+
+    #[tokio::test]
+    async fn work_answers_or_fails_as_the_request_s_outcome() {
+        assert_eq!(to_completion(Box::pin(async { 7 })).await, Ok(7));
+        let waits: Detached<u8> = Box::pin(async {
+            tokio::task::yield_now().await;
+            8
+        });
+        assert_eq!(to_completion(waits).await, Ok(8));
+        let panics: Detached<u8> = Box::pin(async { panic!("a bug in dispatch") });
+        assert!(to_completion(panics).await.is_err());
+        let panics_later: Detached<u8> = Box::pin(async {
+            tokio::task::yield_now().await;
+            panic!("a bug in dispatch, after a wait")
+        });
+        assert!(to_completion(panics_later).await.is_err());
+    }
 }
