@@ -36,9 +36,13 @@ use ipnet::IpNet;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
     net::{TcpListener, TcpStream},
+    sync::oneshot,
     time::Instant,
 };
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::{
+    sync::CancellationToken,
+    task::{AbortOnDropHandle, TaskTracker},
+};
 
 use crate::config;
 
@@ -394,23 +398,32 @@ impl<H: Handler> Connection<H> {
         });
         let conn = self.builder.serve_connection_with_upgrades(io, service);
         tokio::pin!(conn);
+        // The watchdog runs beside the connection, on a task of its own: this task is
+        // woken for every read and write, and polling the timer and both shutdown
+        // tokens at each wake (a lock on each token, shared by every connection) cost
+        // more than a thousand instructions per request. The watchdog wakes only when
+        // its timer or a token fires, and tells this task through one-shot channels,
+        // which are cheap to poll.
+        let (drain_tx, mut drain) = oneshot::channel();
+        let (close_tx, mut close) = oneshot::channel();
+        let _watchdog = AbortOnDropHandle::new(tokio::spawn(watch(
+            activity,
+            self.hygiene.clone(),
+            (self.draining.clone(), self.closing.clone()),
+            drain_tx,
+            close_tx,
+        )));
         let mut drain_started = false;
         loop {
-            let (deadline, limit) = activity.deadline(&self.hygiene);
             tokio::select! {
+                biased;
                 _ = conn.as_mut() => return,
-                () = sleep_until(deadline) => {
-                    if activity.deadline(&self.hygiene).0.is_some_and(|d| d <= Instant::now()) {
-                        crate::metrics::limit_exceeded(limit);
-                        return;
-                    }
-                }
-                () = self.draining.cancelled(), if !drain_started => {
+                Ok(()) = &mut drain, if !drain_started => {
                     conn.as_mut().graceful_shutdown();
                     drain_started = true;
                 }
-                () = self.closing.cancelled() => {
-                    crate::metrics::limit_exceeded("drain");
+                Ok(limit) = &mut close => {
+                    crate::metrics::limit_exceeded(limit);
                     return;
                 }
             }
@@ -418,10 +431,42 @@ impl<H: Handler> Connection<H> {
     }
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
+/// How often the watchdog looks again while a request is in flight (no deadline then).
+const BUSY_RECHECK: Duration = Duration::from_secs(1);
+
+/// A connection's watchdog: `close` says the connection is to be closed (past its header
+/// or idle deadline, naming that limit, or at the drain deadline), `drain` that it is to
+/// finish its request and close (shutdown began). Aborted with its connection.
+async fn watch(
+    activity: Arc<Activity>,
+    hygiene: Arc<Hygiene>,
+    (draining, closing): (CancellationToken, CancellationToken),
+    drain: oneshot::Sender<()>,
+    close: oneshot::Sender<&'static str>,
+) {
+    let mut drain = Some(drain);
+    loop {
+        let (deadline, _) = activity.deadline(&hygiene);
+        let wake = deadline.unwrap_or_else(|| Instant::now() + BUSY_RECHECK);
+        tokio::select! {
+            () = tokio::time::sleep_until(wake) => {
+                if let (Some(d), limit) = activity.deadline(&hygiene)
+                    && d <= Instant::now()
+                {
+                    let _ = close.send(limit);
+                    return;
+                }
+            }
+            () = draining.cancelled(), if drain.is_some() => {
+                if let Some(drain) = drain.take() {
+                    let _ = drain.send(());
+                }
+            }
+            () = closing.cancelled() => {
+                let _ = close.send("drain");
+                return;
+            }
+        }
     }
 }
 
@@ -640,5 +685,57 @@ mod tests {
             3,
             "refused ones are not counted"
         );
+    }
+
+    /// The watchdog's channels, as a connection holds them, for a connection with
+    /// `activity`: header deadline 50 ms, idle deadline 100 ms.
+    fn watched(
+        activity: &Arc<Activity>,
+    ) -> (
+        (CancellationToken, CancellationToken),
+        oneshot::Receiver<()>,
+        oneshot::Receiver<&'static str>,
+        AbortOnDropHandle<()>,
+    ) {
+        let mut h = hygiene(&[]);
+        h.header_timeout = Duration::from_millis(50);
+        h.idle_timeout = Duration::from_millis(100);
+        let tokens = (CancellationToken::new(), CancellationToken::new());
+        let (drain_tx, drain) = oneshot::channel();
+        let (close_tx, close) = oneshot::channel();
+        let task = tokio::spawn(watch(
+            activity.clone(),
+            Arc::new(h),
+            tokens.clone(),
+            drain_tx,
+            close_tx,
+        ));
+        (tokens, drain, close, AbortOnDropHandle::new(task))
+    }
+
+    #[tokio::test]
+    async fn a_connection_busy_past_its_header_deadline_still_idles_out() {
+        let activity = Arc::new(Activity::new());
+        let busy = activity.begin();
+        let (_tokens, _drain, close, _watchdog) = watched(&activity);
+        // The request outlasts the header deadline (the watchdog wakes and finds it busy).
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        drop(busy);
+        let closed = tokio::time::timeout(Duration::from_secs(5), close).await;
+        assert_eq!(closed.ok().and_then(Result::ok), Some("idle_timeout"));
+    }
+
+    #[tokio::test]
+    async fn shutdown_drains_then_closes() {
+        let activity = Arc::new(Activity::new());
+        let _busy = activity.begin();
+        let ((draining, closing), drain, mut close, _watchdog) = watched(&activity);
+        draining.cancel();
+        let drained = tokio::time::timeout(Duration::from_secs(5), drain).await;
+        assert!(matches!(drained, Ok(Ok(()))), "told to drain");
+        assert!(close.try_recv().is_err(), "not closed while draining");
+        closing.cancel();
+        let closed = tokio::time::timeout(Duration::from_secs(5), close).await;
+        assert_eq!(closed.ok().and_then(Result::ok), Some("drain"));
     }
 }
