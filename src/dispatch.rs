@@ -12,6 +12,8 @@
 
 use std::{sync::Arc, time::Duration};
 
+use smallvec::SmallVec;
+
 use crate::{
     cache::{
         self,
@@ -39,8 +41,9 @@ use crate::{
 pub struct Reply {
     /// `None`: only notifications, nothing to say.
     pub body: Option<Vec<u8>>,
-    /// Who answered, for `x-outlast-upstream` (in call order, without repeats).
-    pub upstreams: Vec<Arc<str>>,
+    /// Who answered, for `x-outlast-upstream` (in call order, without repeats); mostly
+    /// one, so on the stack.
+    pub upstreams: SmallVec<[Arc<str>; 2]>,
     /// The weakest check among the answers, for `x-outlast-verified`.
     pub verified: Level,
     /// Set when a cached answer was served stale (`[cache] serve_stale`): the oldest
@@ -74,7 +77,7 @@ pub async fn handle_as(
             count_rejected(&chain.name, &e);
             return Reply {
                 body: Some(rpc::respond::whole_request_error(&e)),
-                upstreams: Vec::new(),
+                upstreams: SmallVec::new(),
                 verified: Level::None,
                 stale_seconds: None,
             };
@@ -114,8 +117,9 @@ pub async fn handle_entries(
 
     // 4. resolve: pin block tags to the consensus head; learn which block each call needs.
     let heads = chain.head.get();
-    let calls: Vec<&Call<'_>> = entries.iter().filter_map(|e| e.as_ref().ok()).collect();
-    let resolved: Vec<Resolved> = calls
+    // On the stack up to a few calls: a single call's request allocated for each.
+    let calls: SmallVec<[&Call<'_>; 4]> = entries.iter().filter_map(|e| e.as_ref().ok()).collect();
+    let resolved: SmallVec<[Resolved; 4]> = calls
         .iter()
         .enumerate()
         .map(|(i, c)| match filtered.query(i) {
@@ -687,7 +691,7 @@ fn answer(
     drop(counted);
     let mut outcomes = slots.into_iter().map(|s| s.outcome);
     let mut reply = ReplyBody::new(batch, 256);
-    let mut upstreams: Vec<Arc<str>> = Vec::new();
+    let mut upstreams = SmallVec::new();
     let mut traced = crate::telemetry::Summary::start();
     for entry in entries {
         match entry {
@@ -936,7 +940,7 @@ mod seam_tests {
             "the notification gets nothing; the rest keep their order and ids (an object id \
              is not one)"
         );
-        assert_eq!(reply.upstreams, [Arc::<str>::from("a")]);
+        assert_eq!(reply.upstreams.as_slice(), [Arc::<str>::from("a")]);
         assert_eq!(reply.verified, Level::None);
     }
 
