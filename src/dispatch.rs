@@ -395,7 +395,7 @@ impl<'g, 'a> Work<'g, 'a> {
                 .await
                 .filter(|e| slot.check.is_none() || e.level > Level::None);
             if let Some(entry) = hit {
-                hits.count((methods::label(&slot.call.method), "hit"));
+                hits.count((slot.call.method.label(), "hit"));
                 slot.level = entry.level;
                 slot.outcome = Some(Outcome::Answered {
                     upstream: cache_label(),
@@ -425,7 +425,7 @@ impl<'g, 'a> Work<'g, 'a> {
                 }
                 None => "miss",
             };
-            lookups.count((methods::label(&slot.call.method), counted));
+            lookups.count((slot.call.method.label(), counted));
         }
     }
 
@@ -548,11 +548,7 @@ impl<'g, 'a> Work<'g, 'a> {
                 && let Some(entry) = self.gw.cache.stale(key).await
                 && (slot.check.is_none() || entry.level > Level::None)
             {
-                crate::metrics::cache_lookup(
-                    &self.chain.name,
-                    methods::label(&slot.call.method),
-                    "stale",
-                );
+                crate::metrics::cache_lookup(&self.chain.name, slot.call.method.label(), "stale");
                 oldest = oldest.max(Some(entry.age().as_secs()));
                 slot.level = entry.level;
                 slot.outcome = Some(Outcome::Answered {
@@ -650,12 +646,7 @@ fn settle(
         Err(Unverified::Disputed { .. }) => "unverifiable",
         Err(Unverified::Unreachable(_)) => "unavailable",
     };
-    crate::metrics::verification(
-        &chain.name,
-        methods::label(&slot.call.method),
-        mode,
-        counted,
-    );
+    crate::metrics::verification(&chain.name, slot.call.method.label(), mode, counted);
     match result {
         Ok(c) => (
             Some(Outcome::Answered {
@@ -686,7 +677,7 @@ fn answer(
             .outcome
             .as_ref()
             .map_or(Outcome::UNAVAILABLE, Outcome::labels);
-        counted.count((methods::label(&slot.call.method), upstream, label));
+        counted.count((slot.call.method.label(), upstream, label));
     }
     drop(counted);
     let mut outcomes = slots.into_iter().map(|s| s.outcome);
@@ -768,7 +759,7 @@ fn check_for(chain: &Chain, call: &Call<'_>, need: Need) -> Option<Check> {
     if chain.verify == Verify::Off && chain.quorum_methods.is_empty() {
         return None;
     }
-    let proof = methods::proof(&call.method);
+    let proof = call.method.proof();
     let read = if proof == Proof::State {
         StateRead::parse(&call.method, call.params)
     } else {

@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 use super::Reach;
 use crate::{
     route::resolve::Need,
-    rpc::methods::{self, About},
+    rpc::methods::{About, Name},
     upstream::heads::ChainHeadState,
 };
 
@@ -26,17 +26,15 @@ pub enum Lifetime {
 }
 
 /// What a cacheable method's answer is about (`rpc::methods`); `None`: never cached.
-fn cached_about(method: &str) -> Option<About> {
-    methods::lookup(method)
-        .filter(|m| m.cached)
-        .map(|m| m.about)
+fn cached_about(method: &Name<'_>) -> Option<About> {
+    method.row().filter(|m| m.cached).map(|m| m.about)
 }
 
 /// The key a call may be cached (and coalesced) under, or `None` when the method is
 /// never cached. `params` are the pinned ones; hex strings are lower-cased and
 /// whitespace dropped, so equal questions share one key. Built in one pass over the
 /// raw bytes: this runs for every cacheable call, hits included.
-pub fn key(chain_id: u64, method: &str, params: Option<&RawValue>) -> Option<Arc<str>> {
+pub fn key(chain_id: u64, method: &Name<'_>, params: Option<&RawValue>) -> Option<Arc<str>> {
     cached_about(method)?;
     let raw = params.map_or("null", |p| p.get());
     // Written into this thread's scratch, then copied once into the key that the
@@ -118,7 +116,7 @@ fn normalize_into(raw: &str, out: &mut String) {
 /// same heads: about a block at or below the finalized one, only immutable; above
 /// it, or about the head, only head-tied. An entry kept while the chain's finalized
 /// block was elsewhere (or by another instance, in Redis) is then not found: a miss.
-pub fn reach(method: &str, need: Need, heads: &ChainHeadState) -> Reach {
+pub fn reach(method: &Name<'_>, need: Need, heads: &ChainHeadState) -> Reach {
     let (immutable, head_tied) = match (cached_about(method), need) {
         (Some(About::Head), _) => (false, true),
         (Some(About::Block(_) | About::Range), Need::Block(n)) => {
@@ -136,7 +134,7 @@ pub fn reach(method: &str, need: Need, heads: &ChainHeadState) -> Reach {
 
 /// Whether (and how long) this answer may be kept. `result` is the raw JSON result.
 pub fn lifetime(
-    method: &str,
+    method: &Name<'_>,
     need: Need,
     heads: &ChainHeadState,
     result: &Bytes,
@@ -193,7 +191,7 @@ mod tests {
 
     fn check(method: &str, need: Need, result: &str, expected: Option<Lifetime>) {
         let got = lifetime(
-            method,
+            &Name::from(method),
             need,
             &heads(),
             &Bytes::copy_from_slice(result.as_bytes()),
@@ -251,7 +249,7 @@ mod tests {
             ("eth_getTransactionReceipt", Need::Fresh, (true, true)),
             ("eth_chainId", Need::Any, NEITHER),
         ] {
-            let reach = reach(method, need, &heads());
+            let reach = reach(&Name::from(method), need, &heads());
             assert_eq!(
                 (reach.immutable, reach.head_tied),
                 expected,
@@ -265,7 +263,7 @@ mod tests {
                 "null",
             ] {
                 let kept = lifetime(
-                    method,
+                    &Name::from(method),
                     need,
                     &heads(),
                     &Bytes::copy_from_slice(answer.as_bytes()),
@@ -287,18 +285,21 @@ mod tests {
         let a = RawValue::from_string(r#"[ "0xABcd", "0x10" ]"#.into()).expect("json");
         let b = RawValue::from_string(r#"["0xabcd","0x10"]"#.into()).expect("json");
         assert_eq!(
-            key(1, "eth_getBalance", Some(&a)),
-            key(1, "eth_getBalance", Some(&b))
+            key(1, &Name::from("eth_getBalance"), Some(&a)),
+            key(1, &Name::from("eth_getBalance"), Some(&b))
         );
         assert_ne!(
-            key(1, "eth_getBalance", Some(&a)),
-            key(2, "eth_getBalance", Some(&b))
+            key(1, &Name::from("eth_getBalance"), Some(&a)),
+            key(2, &Name::from("eth_getBalance"), Some(&b))
         );
-        assert_eq!(key(1, "eth_sendRawTransaction", Some(&a)), None);
+        assert_eq!(
+            key(1, &Name::from("eth_sendRawTransaction"), Some(&a)),
+            None
+        );
         // Inside other strings nothing changes, escapes included.
         let c = RawValue::from_string(r#"[{"data": "A b\"C"}, "0xFF"]"#.into()).expect("json");
         assert_eq!(
-            key(1, "eth_call", Some(&c)).as_deref(),
+            key(1, &Name::from("eth_call"), Some(&c)).as_deref(),
             Some(r#"1:eth_call:[{"data":"A b\"C"},"0xff"]"#)
         );
     }
@@ -376,8 +377,8 @@ mod tests {
                 let pretty = raw(serde_json::to_string_pretty(&v).expect("serializes"));
                 let compact = raw(serde_json::to_string(&lowered(&v)).expect("serializes"));
                 let expected = Some(Arc::from(expected));
-                prop_assert_eq!(key(chain, method, Some(&pretty)), expected.clone());
-                prop_assert_eq!(key(chain, method, Some(&compact)), expected);
+                prop_assert_eq!(key(chain, &Name::from(method), Some(&pretty)), expected.clone());
+                prop_assert_eq!(key(chain, &Name::from(method), Some(&compact)), expected);
             }
 
             #[test]
@@ -390,7 +391,7 @@ mod tests {
                 head in "0x[0-9a-f]{64}",
             ) {
                 let key_of = |v: &Value| {
-                    key(1, "eth_call", Some(&raw(serde_json::to_string(v).expect("serializes"))))
+                    key(1, &Name::from("eth_call"), Some(&raw(serde_json::to_string(v).expect("serializes"))))
                 };
                 let (la, lb) = (lowered(&a), lowered(&b));
                 if serde_json::to_string(&la).ok() != serde_json::to_string(&lb).ok() {
@@ -400,17 +401,17 @@ mod tests {
                 }
                 let at = |block: u64| {
                     let params = raw(format!("[\"{address}\",\"{block:#x}\"]"));
-                    key(1, "eth_getBalance", Some(&params))
+                    key(1, &Name::from("eth_getBalance"), Some(&params))
                 };
                 prop_assert_ne!(at(n), at(k));
                 let p = raw(format!("[\"{address}\",\"latest\"]"));
                 prop_assert_ne!(
-                    key(chains.0, "eth_getBalance", Some(&p)),
-                    key(chains.1, "eth_getBalance", Some(&p))
+                    key(chains.0, &Name::from("eth_getBalance"), Some(&p)),
+                    key(chains.1, &Name::from("eth_getBalance"), Some(&p))
                 );
                 prop_assert_ne!(
-                    key(1, "eth_getBalance", Some(&p)),
-                    key(1, "eth_getCode", Some(&p))
+                    key(1, &Name::from("eth_getBalance"), Some(&p)),
+                    key(1, &Name::from("eth_getCode"), Some(&p))
                 );
                 let base = at(n).expect("cacheable");
                 prop_assert_ne!(at_head(&base, &head), at_head(&at(k).expect("cacheable"), &head));

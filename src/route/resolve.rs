@@ -6,7 +6,7 @@
 use serde_json::value::RawValue;
 
 use crate::{
-    rpc::methods::{self, About},
+    rpc::methods::{About, Name},
     upstream::heads::ChainHeadState,
 };
 
@@ -45,9 +45,9 @@ pub struct Resolved {
 /// few items, so the list stays on the stack.
 type Params<'a> = smallvec::SmallVec<[&'a RawValue; 4]>;
 
-pub fn resolve(method: &str, params: Option<&RawValue>, heads: &ChainHeadState) -> Resolved {
+pub fn resolve(method: &Name<'_>, params: Option<&RawValue>, heads: &ChainHeadState) -> Resolved {
     let unpinned = |need| Resolved { params: None, need };
-    let index = match methods::about(method) {
+    let index = match method.about() {
         About::Range => return resolve_logs(params, heads),
         About::Block(index) => index,
         // About recent state without a block number: prefer caught-up upstreams.
@@ -206,7 +206,7 @@ mod tests {
 
     fn check(method: &str, params: &str, expected_params: Option<&str>, need: Need) {
         let raw = RawValue::from_string(params.to_owned()).expect("test JSON");
-        let r = resolve(method, Some(&raw), &heads());
+        let r = resolve(&Name::from(method), Some(&raw), &heads());
         assert_eq!(
             r.params.as_ref().map(|p| p.get()),
             expected_params,
@@ -284,7 +284,11 @@ mod tests {
     #[test]
     fn without_a_consensus_tags_are_left_alone() {
         let raw = RawValue::from_string(r#"["0xab","latest"]"#.into()).expect("json");
-        let r = resolve("eth_getBalance", Some(&raw), &ChainHeadState::default());
+        let r = resolve(
+            &Name::from("eth_getBalance"),
+            Some(&raw),
+            &ChainHeadState::default(),
+        );
         assert!(r.params.is_none());
         assert_eq!(r.need, Need::Fresh);
     }

@@ -26,7 +26,7 @@ pub fn chain(verify: &str, quorum: usize, fakes: &[&Fake]) -> Chain {
 pub fn call<'a>(method: &'a str, params: &'a serde_json::value::RawValue) -> crate::rpc::Call<'a> {
     crate::rpc::Call {
         id: None,
-        method: std::borrow::Cow::Borrowed(method),
+        method: method.into(),
         params: Some(params),
     }
 }

@@ -5,6 +5,8 @@
 //! method is one row here. Methods not in the table are forwarded untouched, never
 //! cached, and counted as `other`.
 
+use std::borrow::Cow;
+
 /// What a method's answer is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum About {
@@ -147,9 +149,8 @@ pub fn lookup(name: &str) -> Option<&'static Method> {
     INDEX.get(name).map(|&i| &METHODS[i])
 }
 
-/// `METHODS` by name. Each call looks its method up several times (cache key, metrics
-/// labels, routing), and a binary search's string compares were a few percent of a
-/// forwarded batch's CPU (bench/profiles). The table is fixed, so a client's name can
+/// `METHODS` by name, for the one lookup of each call (`Name`): a binary search's
+/// string compares were a few percent of a forwarded batch's CPU (bench/profiles). The table is fixed, so a client's name can
 /// only ever be compared with these, however it hashes.
 static INDEX: std::sync::LazyLock<
     std::collections::HashMap<&'static str, usize, rustc_hash::FxBuildHasher>,
@@ -161,14 +162,84 @@ static INDEX: std::sync::LazyLock<
         .collect()
 });
 
-/// What `name`'s answer is about (`About::Nothing` for an unknown method).
-pub fn about(name: &str) -> About {
-    lookup(name).map_or(About::Nothing, |m| m.about)
+/// A call's method name with its row of the table, looked up once, when the call is
+/// read or made: the cache key, its reach and lifetime, the block the call is about,
+/// its check and its metrics labels each need the row (a lookup each was half a
+/// thousand instructions per call). Reads as the name itself (`Deref<Target = str>`).
+#[derive(Debug, Clone)]
+pub struct Name<'a> {
+    text: Cow<'a, str>,
+    row: Option<&'static Method>,
 }
 
-/// How `name`'s answer is proven (`Proof::None` for an unknown method).
-pub fn proof(name: &str) -> Proof {
-    lookup(name).map_or(Proof::None, |m| m.proof)
+impl<'a> Name<'a> {
+    pub fn new(text: Cow<'a, str>) -> Name<'a> {
+        let row = lookup(&text);
+        Name { text, row }
+    }
+
+    /// Its row, if Outlast knows the method.
+    pub fn row(&self) -> Option<&'static Method> {
+        self.row
+    }
+
+    /// What its answer is about (`About::Nothing` for an unknown method).
+    pub fn about(&self) -> About {
+        self.row.map_or(About::Nothing, |m| m.about)
+    }
+
+    /// How its answer is proven (`Proof::None` for an unknown method).
+    pub fn proof(&self) -> Proof {
+        self.row.map_or(Proof::None, |m| m.proof)
+    }
+
+    /// Its metrics label, as `label` gives it.
+    pub fn label(&self) -> &'static str {
+        self.row.map_or("other", |m| m.name)
+    }
+
+    /// The name as read: borrowed from the request unless it had escapes.
+    pub fn text(&self) -> &Cow<'a, str> {
+        &self.text
+    }
+}
+
+impl std::ops::Deref for Name<'_> {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.text
+    }
+}
+
+impl AsRef<str> for Name<'_> {
+    fn as_ref(&self) -> &str {
+        &self.text
+    }
+}
+
+impl PartialEq<&str> for Name<'_> {
+    fn eq(&self, other: &&str) -> bool {
+        *self.text == **other
+    }
+}
+
+impl std::fmt::Display for Name<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl<'a> From<&'a str> for Name<'a> {
+    fn from(text: &'a str) -> Name<'a> {
+        Name::new(Cow::Borrowed(text))
+    }
+}
+
+impl From<String> for Name<'static> {
+    fn from(text: String) -> Name<'static> {
+        Name::new(Cow::Owned(text))
+    }
 }
 
 /// `name` itself when it is a known method, else `other`: a client cannot grow the
@@ -203,12 +274,13 @@ mod tests {
 
     #[test]
     fn block_parameters_sit_where_the_spec_puts_them() {
-        assert_eq!(about("eth_getBlockByNumber"), About::Block(0));
-        assert_eq!(about("eth_call"), About::Block(1));
-        assert_eq!(about("eth_getStorageAt"), About::Block(2));
-        assert_eq!(about("eth_getLogs"), About::Range);
-        assert_eq!(about("eth_getTransactionReceipt"), About::Hash);
-        assert_eq!(about("eth_chainId"), About::Nothing);
-        assert_eq!(about("unknown"), About::Nothing);
+        let about_of = |name: &'static str| Name::from(name).about();
+        assert_eq!(about_of("eth_getBlockByNumber"), About::Block(0));
+        assert_eq!(about_of("eth_call"), About::Block(1));
+        assert_eq!(about_of("eth_getStorageAt"), About::Block(2));
+        assert_eq!(about_of("eth_getLogs"), About::Range);
+        assert_eq!(about_of("eth_getTransactionReceipt"), About::Hash);
+        assert_eq!(about_of("eth_chainId"), About::Nothing);
+        assert_eq!(about_of("unknown"), About::Nothing);
     }
 }

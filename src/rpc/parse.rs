@@ -6,13 +6,13 @@ use std::borrow::Cow;
 use serde::{Deserializer, de::DeserializeSeed};
 use serde_json::value::RawValue;
 
-use super::errors::RpcError;
+use super::{errors::RpcError, methods::Name};
 
 /// One well-formed call. `id: None` is a notification: it is executed, never answered.
 #[derive(Debug, Clone)]
 pub struct Call<'a> {
     pub id: Option<&'a RawValue>,
-    pub method: Cow<'a, str>,
+    pub method: Name<'a>,
     /// Absent or `null` params are not forwarded.
     pub params: Option<&'a RawValue>,
 }
@@ -399,7 +399,11 @@ fn entry(item: Item<'_>) -> Entry<'_> {
         }
         p => p,
     };
-    Ok(Call { id, method, params })
+    Ok(Call {
+        id,
+        method: Name::new(method),
+        params,
+    })
 }
 
 /// The raw `null` used as the id of replies to calls whose id could not be read.
@@ -595,7 +599,7 @@ mod tests {
         assert_eq!(call.params.map(RawValue::get), Some(r#"[ "0xA" , 1.0e3 ]"#));
         assert_eq!(call.method, "eth_x");
         assert!(
-            matches!(call.method, Cow::Borrowed(_)),
+            matches!(call.method.text(), Cow::Borrowed(_)),
             "a plain name is not copied"
         );
         let escaped = br#"{"jsonrpc":"2.0","id":1,"method":"eth\u005fx"}"#;

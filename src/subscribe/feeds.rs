@@ -14,7 +14,6 @@
 //! dial only upstreams in rotation.
 
 use std::{
-    borrow::Cow,
     collections::{HashSet, VecDeque},
     sync::Arc,
     time::{Duration, Instant},
@@ -289,7 +288,7 @@ async fn ask(
 ) -> Result<Bytes, UpstreamError> {
     let call = Call {
         id: None,
-        method: Cow::Borrowed(method),
+        method: method.into(),
         params,
     };
     match up.send(&[&call]).await?.pop().flatten() {

@@ -428,7 +428,7 @@ impl Filters {
                         Ok(criteria) => {
                             match RawValue::from_string(format!("[{}]", criteria.get())) {
                                 Ok(query) => {
-                                    call.method = std::borrow::Cow::Borrowed("eth_getLogs");
+                                    call.method = "eth_getLogs".into();
                                     (None, Some(query))
                                 }
                                 Err(_) => done(Err(FilterError::NotFound)),
@@ -495,7 +495,7 @@ impl Filters {
             .and_then(|id| self.criteria(&id))
             .and_then(|c| RawValue::from_string(format!("[{}]", c.get())).ok());
         if query.is_some() {
-            call.method = std::borrow::Cow::Borrowed("eth_getLogs");
+            call.method = "eth_getLogs".into();
         }
         query
     }
@@ -915,7 +915,7 @@ mod tests {
     fn call<'a>(method: &'a str, params: &'a RawValue) -> Call<'a> {
         Call {
             id: None,
-            method: std::borrow::Cow::Borrowed(method),
+            method: method.into(),
             params: Some(params),
         }
     }

@@ -17,7 +17,7 @@
 //! Fetches only while some client subscribes to `newHeads` or `logs`; otherwise it only
 //! remembers the head, so a first subscriber starts right after it.
 
-use std::{borrow::Cow, collections::VecDeque, fmt, sync::Arc, time::Duration};
+use std::{collections::VecDeque, fmt, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use serde::{Deserialize, Deserializer, de};
@@ -319,7 +319,7 @@ async fn ask(
         .iter()
         .map(|(method, params)| Call {
             id: None,
-            method: Cow::Borrowed(method),
+            method: (*method).into(),
             params: Some(params),
         })
         .collect();

@@ -8,7 +8,7 @@
 //! when no upstream answered at all. With `[tx] rebroadcast`, an accepted transaction is
 //! kept (`tx::rebroadcast`) before the client is answered; its re-sends use `send`.
 
-use std::{borrow::Cow, collections::HashSet, sync::Arc, time::Instant};
+use std::{collections::HashSet, sync::Arc, time::Instant};
 
 use alloy_consensus::{TxEnvelope, transaction::SignerRecoverable};
 use alloy_eips::eip2718::Decodable2718;
@@ -201,7 +201,7 @@ async fn send_one(up: &Arc<Upstream>, params: &RawValue, hash: Option<B256>) -> 
     };
     let call = Call {
         id: None,
-        method: Cow::Borrowed("eth_sendRawTransaction"),
+        method: "eth_sendRawTransaction".into(),
         params: Some(params),
     };
     let started = Instant::now();
@@ -252,7 +252,7 @@ async fn has_transaction(up: &Upstream, hash: B256) -> bool {
     };
     let call = Call {
         id: None,
-        method: Cow::Borrowed("eth_getTransactionByHash"),
+        method: "eth_getTransactionByHash".into(),
         params: Some(&params),
     };
     matches!(

@@ -16,7 +16,6 @@
 //! written off the async threads. Answers no client.
 
 use std::{
-    borrow::Cow,
     collections::BTreeMap,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
@@ -367,7 +366,7 @@ async fn ask(chain: &Chain, method: &'static str, params: &str) -> Option<bytes:
     let params = json_params(params)?;
     let call = Call {
         id: None,
-        method: Cow::Borrowed(method),
+        method: method.into(),
         params: Some(&params),
     };
     match forward(chain, &[&call], Need::Fresh).await.pop() {

@@ -6,8 +6,6 @@
 //! Never changes health or heads, never retries, never waits beyond the HTTP client's
 //! timeouts; reasons it returns never contain the provider's URL.
 
-use std::borrow::Cow;
-
 use serde_json::value::RawValue;
 
 use super::{Answer, Upstream, UpstreamError, transport::innermost};
@@ -109,7 +107,7 @@ impl Upstream {
             .map_err(|e| UpstreamError::Malformed(format!("{method} params: {e}")))?;
         let call = Call {
             id: None,
-            method: Cow::Borrowed(method),
+            method: method.into(),
             params: Some(&params),
         };
         self.send(&[&call])

@@ -328,7 +328,7 @@ mod tests {
     fn call(method: &str, params: Option<&'static RawValue>) -> Call<'static> {
         Call {
             id: None,
-            method: Cow::Owned(method.to_owned()),
+            method: method.to_owned().into(),
             params,
         }
     }

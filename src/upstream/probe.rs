@@ -3,7 +3,6 @@
 //! change of state once, in words an operator can act on.
 
 use std::{
-    borrow::Cow,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -77,7 +76,7 @@ impl Upstream {
     pub async fn chain_id(&self) -> Result<u64, UpstreamError> {
         let call = Call {
             id: None,
-            method: Cow::Borrowed("eth_chainId"),
+            method: "eth_chainId".into(),
             params: None,
         };
         let answer = self.send(&[&call]).await?.pop().flatten();

@@ -2,7 +2,7 @@
 //! and `finalized` blocks; and how often to poll. The loop that polls and reports to
 //! the chain is `route::track`.
 
-use std::{borrow::Cow, time::Duration};
+use std::time::Duration;
 
 use serde_json::value::RawValue;
 
@@ -47,7 +47,7 @@ impl Upstream {
             .iter()
             .map(|p| Call {
                 id: None,
-                method: Cow::Borrowed("eth_getBlockByNumber"),
+                method: "eth_getBlockByNumber".into(),
                 params: Some(p),
             })
             .collect();
