@@ -48,26 +48,29 @@ impl Browser {
     /// is served. No host at all (HTTP/1.0 tools) is: browsers always send one.
     pub fn host_allowed(&self, host: Option<&str>) -> bool {
         let Some(host) = host else { return true };
+        // No list (no `allowed_hosts`, listening beyond loopback): every host is
+        // served, and the host is not even read (parsing it as an address was a
+        // percent of a cache hit).
+        let List::Some(names) = &self.hosts else {
+            return true;
+        };
         let name = host_name(host);
         if name.parse::<IpAddr>().is_ok() {
             return true;
         }
-        match &self.hosts {
-            List::Any => true,
-            // The list is lowercase (`new`); `name` is compared without case.
-            List::Some(names) => names
-                .iter()
-                .any(|allowed| match allowed.strip_prefix("*.") {
-                    Some(parent) => name
-                        .len()
-                        .checked_sub(parent.len())
-                        .and_then(|at| name.get(..at).zip(name.get(at..)))
-                        .is_some_and(|(sub, tail)| {
-                            tail.eq_ignore_ascii_case(parent) && sub.ends_with('.') && sub.len() > 1
-                        }),
-                    None => allowed.eq_ignore_ascii_case(name),
-                }),
-        }
+        // The list is lowercase (`new`); `name` is compared without case.
+        names
+            .iter()
+            .any(|allowed| match allowed.strip_prefix("*.") {
+                Some(parent) => name
+                    .len()
+                    .checked_sub(parent.len())
+                    .and_then(|at| name.get(..at).zip(name.get(at..)))
+                    .is_some_and(|(sub, tail)| {
+                        tail.eq_ignore_ascii_case(parent) && sub.ends_with('.') && sub.len() > 1
+                    }),
+                None => allowed.eq_ignore_ascii_case(name),
+            })
     }
 
     /// Whether a page of `origin` may call: listed, or Outlast's own origin (`host`).
