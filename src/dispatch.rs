@@ -29,7 +29,9 @@ use crate::{
         verified::{self, BlockId, Checked, Level, StateRead, Unverified},
     },
     rpc::{
-        self, Call, ReplyBody, Request, RpcError, methods,
+        self, Call, ReplyBody, Request, RpcError,
+        classify::MethodPolicy,
+        methods::{self, Name},
         parse::{Rejected, Shape},
     },
     subscribe::filters::{Filters, Handled, Owner},
@@ -171,19 +173,28 @@ pub async fn handle_entries(
 /// it for the subscriptions it answers itself.
 pub fn refusal(
     gw: &Gateway,
-    method: &str,
+    method: &Name<'_>,
+    methods: Option<(&crate::auth::glob::Methods, &str)>,
+) -> Option<RpcError> {
+    refused_by(&gw.policy(), method, methods)
+}
+
+/// `refusal`, under the policy a request read once.
+fn refused_by(
+    policy: &MethodPolicy,
+    method: &Name<'_>,
     methods: Option<(&crate::auth::glob::Methods, &str)>,
 ) -> Option<RpcError> {
     if let Some((allowed, key)) = methods
         && !allowed.allows(method)
     {
         return Some(RpcError::NotForKey {
-            method: method.to_owned(),
+            method: method.to_string(),
             key: key.to_owned(),
         });
     }
-    gw.policy().is_denied(method).then(|| RpcError::Denied {
-        method: method.to_owned(),
+    policy.denies(method).then(|| RpcError::Denied {
+        method: method.to_string(),
     })
 }
 
@@ -195,11 +206,12 @@ fn classify<'a>(
     entries: Vec<Result<Call<'a>, Rejected<'a>>>,
     methods: Option<(&crate::auth::glob::Methods, &str)>,
 ) -> Vec<Result<Call<'a>, Rejected<'a>>> {
+    let policy = gw.policy();
     entries
         .into_iter()
         .map(|entry| match entry {
             Ok(call) => {
-                let error = refusal(gw, &call.method, methods).or_else(|| {
+                let error = refused_by(&policy, &call.method, methods).or_else(|| {
                     matches!(call.method.as_ref(), "eth_subscribe" | "eth_unsubscribe").then(|| {
                         RpcError::NeedsWebSocket {
                             method: call.method.to_string(),

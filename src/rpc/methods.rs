@@ -143,22 +143,27 @@ const fn m(name: &'static str, about: About, cached: bool, proof: Proof) -> Meth
     }
 }
 
+/// Every known method's name, in the table's order (`Name::index`).
+pub fn names() -> impl Iterator<Item = &'static str> {
+    METHODS.iter().map(|m| m.name)
+}
+
 /// The row of `name`, if Outlast knows the method. Exact match: method names are
 /// case-sensitive on the wire.
 pub fn lookup(name: &str) -> Option<&'static Method> {
-    INDEX.get(name).map(|&i| &METHODS[i])
+    INDEX.get(name).and_then(|&i| METHODS.get(usize::from(i)))
 }
 
 /// `METHODS` by name, for the one lookup of each call (`Name`): a binary search's
 /// string compares were a few percent of a forwarded batch's CPU (bench/profiles). The table is fixed, so a client's name can
 /// only ever be compared with these, however it hashes.
 static INDEX: std::sync::LazyLock<
-    std::collections::HashMap<&'static str, usize, rustc_hash::FxBuildHasher>,
+    std::collections::HashMap<&'static str, u16, rustc_hash::FxBuildHasher>,
 > = std::sync::LazyLock::new(|| {
     METHODS
         .iter()
-        .enumerate()
-        .map(|(i, m)| (m.name, i))
+        .zip(0u16..)
+        .map(|(m, i)| (m.name, i))
         .collect()
 });
 
@@ -169,33 +174,41 @@ static INDEX: std::sync::LazyLock<
 #[derive(Debug, Clone)]
 pub struct Name<'a> {
     text: Cow<'a, str>,
-    row: Option<&'static Method>,
+    /// Its row's place in `METHODS` (a `u16`: a name stays as small as a `Cow` and a
+    /// pointer, and every call carries one).
+    index: Option<u16>,
 }
 
 impl<'a> Name<'a> {
     pub fn new(text: Cow<'a, str>) -> Name<'a> {
-        let row = lookup(&text);
-        Name { text, row }
+        let index = INDEX.get(&*text).copied();
+        Name { text, index }
     }
 
     /// Its row, if Outlast knows the method.
     pub fn row(&self) -> Option<&'static Method> {
-        self.row
+        self.index().and_then(|i| METHODS.get(i))
+    }
+
+    /// Its row's place in the table (`names` lists the table in that order), for
+    /// what is worked out once per known method (`classify::MethodPolicy`).
+    pub fn index(&self) -> Option<usize> {
+        self.index.map(usize::from)
     }
 
     /// What its answer is about (`About::Nothing` for an unknown method).
     pub fn about(&self) -> About {
-        self.row.map_or(About::Nothing, |m| m.about)
+        self.row().map_or(About::Nothing, |m| m.about)
     }
 
     /// How its answer is proven (`Proof::None` for an unknown method).
     pub fn proof(&self) -> Proof {
-        self.row.map_or(Proof::None, |m| m.proof)
+        self.row().map_or(Proof::None, |m| m.proof)
     }
 
     /// Its metrics label, as `label` gives it.
     pub fn label(&self) -> &'static str {
-        self.row.map_or("other", |m| m.name)
+        self.row().map_or("other", |m| m.name)
     }
 
     /// The name as read: borrowed from the request unless it had escapes.
