@@ -28,26 +28,10 @@ say() { echo "instructions: $*" >&2; }
 die() { say "error: $*"; exit 1; }
 
 . "$bench/lib.sh"
-if ! command -v valgrind >/dev/null || ! command -v wrk >/dev/null; then
-    say "installing valgrind wrk (apt-get)"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind wrk >/dev/null
-fi
+bench_tools valgrind wrk
 cd "$root"
-say "building outlast and the examples fixed_upstream, bare_proxy (release)"
-cargo_ build --release --quiet --example fixed_upstream --example bare_proxy
-[[ -n ${OUTLAST_BIN:-} ]] || cargo_ build --release --quiet
-release="${CARGO_TARGET_DIR:-$root/target}/release"
-bin="${OUTLAST_BIN:-$release/outlast}"
-
-work="$(mktemp -d /tmp/outlast-instructions.XXXXXX)"
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+bench_build_proxies
+bench_scratch instructions
 
 up_port=20801
 "$release/examples/fixed_upstream" "$up_port" >"$work/upstream.log" 2>&1 &
@@ -77,11 +61,7 @@ for target in "${targets[@]}"; do
         --callgrind-out-file="$out.%p" "${cmd[@]}" >"$work/$name.log" 2>&1 &
     pid=$!
     pids+=("$pid")
-    for _ in $(seq 200); do
-        curl -sf -m 2 -H 'content-type: application/json' \
-            -d '{"jsonrpc":"2.0","id":1,"method":"eth_chainId"}' "$url" | grep -q result && break
-        sleep 0.2
-    done
+    bench_ready "$url"
     for w in $WORKLOADS; do
         [[ -n ${script_of[$w]:-} ]] || die "unknown workload $w (single batch10 hit)"
         lua="$bench/${script_of[$w]}"

@@ -20,26 +20,10 @@ say() { echo "syscalls: $*" >&2; }
 die() { say "error: $*"; exit 1; }
 
 . "$bench/lib.sh"
-if ! command -v strace >/dev/null || ! command -v wrk >/dev/null; then
-    say "installing strace wrk (apt-get)"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq strace wrk >/dev/null
-fi
+bench_tools strace wrk
 cd "$root"
-say "building outlast and the examples fixed_upstream, bare_proxy (release)"
-cargo_ build --release --quiet --example fixed_upstream --example bare_proxy
-[[ -n ${OUTLAST_BIN:-} ]] || cargo_ build --release --quiet
-release="${CARGO_TARGET_DIR:-$root/target}/release"
-bin="${OUTLAST_BIN:-$release/outlast}"
-
-work="$(mktemp -d /tmp/outlast-syscalls.XXXXXX)"
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+bench_build_proxies
+bench_scratch syscalls
 
 up_port=20901
 "$release/examples/fixed_upstream" "$up_port" >"$work/upstream.log" 2>&1 &
@@ -56,11 +40,7 @@ declare -A script_of=([single]=forward.lua [batch10]=forward10.lua [hit]=single.
 printf '%-8s %-8s %9s  %s\n' target workload requests "calls per request"
 for target in "outlast=$outlast=http://127.0.0.1:20902/bench" "bare=$bare=http://127.0.0.1:20903/"; do
     IFS== read -r name pid url <<<"$target"
-    for _ in $(seq 100); do
-        curl -sf -m 2 -H 'content-type: application/json' \
-            -d '{"jsonrpc":"2.0","id":1,"method":"eth_chainId"}' "$url" | grep -q result && break
-        sleep 0.2
-    done
+    bench_ready "$url"
     for w in $WORKLOADS; do
         [[ -n ${script_of[$w]:-} ]] || die "unknown workload $w (single batch10 hit)"
         lua="$bench/${script_of[$w]}"

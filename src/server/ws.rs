@@ -263,30 +263,26 @@ impl Session {
                     Some(Ok(msg)) => {
                         // Anything from the client shows it is alive, not only a pong.
                         last_pong = Instant::now();
+                        // A call or batch, with its shape: taken once, to charge it and to
+                        // parse it. tungstenite answers pings; pongs only count as life.
                         let body = match &msg {
                             Message::Text(t) => Some(t.as_bytes()),
                             Message::Binary(b) => Some(&b[..]),
                             _ => None,
-                        };
+                        }
+                        .map(|b| (b, Shape::of(b)));
                         let charged = match body {
-                            Some(body) => {
-                                let n = super::http::charged(&self.gw, Shape::of(body));
+                            Some((_, shape)) => {
+                                let n = super::http::charged(&self.gw, shape);
                                 self.gw.access().charge(&self.caller, n).await
                             }
                             None => Ok(()),
                         };
-                        let over = body.is_some() && charged.is_err();
-                        match msg {
+                        match (body, charged) {
                             // Over its budget: told, with no id (the message is unread).
-                            _ if over => {
-                                if let Err(r) = charged {
-                                    out.push(text(whole_request_error(&r.rpc_error())));
-                                }
-                            }
-                            Message::Text(t) => self.call(t.as_bytes(), &client, &mut calls, &mut out),
-                            Message::Binary(b) => self.call(&b, &client, &mut calls, &mut out),
-                            // tungstenite answers pings; pongs only count as life.
-                            Message::Ping(_) | Message::Pong(_) | Message::Close(_) => {}
+                            (Some(_), Err(r)) => out.push(text(whole_request_error(&r.rpc_error()))),
+                            (Some(body), Ok(())) => self.call(body, &client, &mut calls, &mut out),
+                            (None, _) => {}
                         }
                     }
                 },
@@ -327,7 +323,7 @@ impl Session {
     /// everything else is dispatched on its own task; replies join `out` or `calls`.
     fn call(
         &mut self,
-        body: &[u8],
+        (body, shape): (&[u8], Shape),
         client: &crate::subscribe::hub::Client<'_>,
         calls: &mut JoinSet<Answered>,
         out: &mut Vec<Message>,
@@ -337,13 +333,13 @@ impl Session {
             let (caller, owner) = (self.caller.clone(), self.owner.clone());
             let traced = crate::telemetry::Request::websocket(&chain.name, caller.label());
             calls.spawn(traced.run(async move {
-                let body = (&body[..], Shape::of(&body));
+                let body = (&body[..], shape);
                 let reply = dispatch::handle_as(&gw, &chain, body, caller.methods(), &owner).await;
                 (reply.body, Vec::new())
             }));
             return;
         }
-        let request = match rpc::parse::parse(body, self.gw.parse_limits()) {
+        let request = match rpc::parse::parse_shaped(body, shape, self.gw.parse_limits()) {
             Ok(r) => r,
             Err(e) => {
                 out.push(text(whole_request_error(&e)));
@@ -401,11 +397,12 @@ impl Session {
         let reply = async move {
             // The task owns the message, so its calls are read from it again here (the
             // parse above could not be sent along) and handed to dispatch as parsed.
-            let mut entries: Vec<_> = match rpc::parse::parse(&body, gw.parse_limits()) {
-                Ok(Request::Single(e)) => vec![Some(e)],
-                Ok(Request::Batch(es)) => es.into_iter().map(Some).collect(),
-                Err(e) => return (Some(whole_request_error(&e)), Vec::new()),
-            };
+            let mut entries: Vec<_> =
+                match rpc::parse::parse_shaped(&body, shape, gw.parse_limits()) {
+                    Ok(Request::Single(e)) => vec![Some(e)],
+                    Ok(Request::Batch(es)) => es.into_iter().map(Some).collect(),
+                    Err(e) => return (Some(whole_request_error(&e)), Vec::new()),
+                };
             let mut objects = Vec::with_capacity(parts.len());
             for part in parts {
                 match part {
