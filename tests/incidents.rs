@@ -179,6 +179,12 @@ async fn a_hung_upstream_opens_a_down_incident_that_resolves_when_it_answers() {
         "",
     ))
     .await;
+    // u1 answers before it hangs: its last success is what the status then shows.
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while !status_json(&outlast).await["chains"][0]["upstreams"][1]["last_success_secs"].is_u64() {
+        assert!(tokio::time::Instant::now() < deadline, "u1 never answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     fleet.pause(1);
     let list = wait_incidents(&outlast, "u1 down", WITHIN, |l| {
         open_of_kind(l, "upstream_down") == 1
