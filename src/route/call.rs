@@ -38,6 +38,7 @@ use serde_json::{Value, value::RawValue};
 
 use super::{
     ask::{Shape, ask},
+    race::{Claim, NotProven, Unproven, race},
     resolve::Need,
     select,
     verified::{self, Checked, Level, Unverified},
@@ -45,7 +46,7 @@ use super::{
 use crate::{
     route::Chain,
     rpc::Call,
-    upstream::{Answer, Upstream},
+    upstream::Answer,
     verify::{self, header::CheckedHeader},
 };
 
@@ -339,44 +340,24 @@ async fn prove(
         })
         .collect();
     let refs: Vec<&Call<'_>> = calls.iter().collect();
-    let mut suspects: Vec<(Arc<Upstream>, String)> = Vec::new();
-    let shape = Shape {
-        width: 1,
-        max: PROOF_ATTEMPTS,
-        wait_for_late: true,
+    let claim = Claim {
+        check: "proof",
+        about: "proof",
     };
-    // As for a state read: all false and none valid, a second look (`SECOND_LOOK`).
-    let mut second_look = false;
-    let proven = loop {
-        suspects.clear();
-        let plan = select::plan(chain, Need::Block(header.number), Instant::now());
-        let proven = ask(chain, plan.order, shape, &refs, |up, reply| {
-            let answers = reply.ok()?;
-            match check(header, todo, &answers) {
-                Ok(accounts) => Some(accounts),
-                Err(Check::Lie(why)) => {
-                    suspects.push((up.clone(), why));
-                    None
-                }
-                Err(Check::NoProof) => None,
-            }
-        })
-        .await;
-        if proven.is_ok() || suspects.is_empty() || second_look {
-            break proven;
-        }
-        second_look = true;
-        tokio::time::sleep(verified::SECOND_LOOK).await;
-    };
-    verified::judged(chain, proven, &suspects, "proof").map_err(|lies| match lies {
-        None => Unprovable::NoProof,
-        Some(why) => Unprovable::Lies(why),
-    })
-}
-
-enum Check {
-    Lie(String),
-    NoProof,
+    match race(
+        chain,
+        header.number,
+        &refs,
+        PROOF_ATTEMPTS,
+        claim,
+        |answers| check(header, todo, answers),
+    )
+    .await
+    {
+        Ok((_, accounts)) => Ok(accounts),
+        Err(Unproven::Missing) => Err(Unprovable::NoProof),
+        Err(Unproven::False { problems }) => Err(Unprovable::Lies(problems.join("; "))),
+    }
 }
 
 /// Checks one upstream's batch: a proof and the code for each account, in order.
@@ -384,20 +365,21 @@ fn check(
     header: &CheckedHeader,
     todo: &[(Address, Vec<U256>)],
     answers: &[Option<Answer>],
-) -> Result<Vec<(Address, ProvenAccount)>, Check> {
+) -> Result<Vec<(Address, ProvenAccount)>, NotProven> {
     let mut out = Vec::with_capacity(todo.len());
     for (i, (address, slots)) in todo.iter().enumerate() {
         let result = |j: usize| match answers.get(j) {
             Some(Some(Answer::Result(raw))) => Ok(raw.clone()),
-            _ => Err(Check::NoProof),
+            Some(Some(Answer::Error { message, .. })) => Err(NotProven::Missing(message.clone())),
+            _ => Err(NotProven::Missing("no answer".into())),
         };
         let raw_proof = result(2 * i)?;
         let proof: alloy_rpc_types_eth::EIP1186AccountProofResponse =
             serde_json::from_slice(&raw_proof)
-                .map_err(|e| Check::Lie(format!("unreadable proof: {e}")))?;
+                .map_err(|e| NotProven::False(format!("unreadable proof: {e}")))?;
         let keys: Vec<B256> = slots.iter().map(|s| B256::from(*s)).collect();
         let account = verify::proof::account(header.state_root, *address, &keys, &proof)
-            .map_err(|e| Check::Lie(e.to_string()))?;
+            .map_err(|e| NotProven::False(e.to_string()))?;
         let storage: HashMap<U256, U256> = account
             .slots
             .iter()
@@ -411,8 +393,8 @@ fn check(
             None
         } else {
             let code: AlloyBytes = serde_json::from_slice(&result(2 * i + 1)?)
-                .map_err(|e| Check::Lie(format!("unreadable code: {e}")))?;
-            verify::proof::code(&account, &code).map_err(|e| Check::Lie(e.to_string()))?;
+                .map_err(|e| NotProven::False(format!("unreadable code: {e}")))?;
+            verify::proof::code(&account, &code).map_err(|e| NotProven::False(e.to_string()))?;
             Some(Bytecode::new_raw(code))
         };
         let info = exists.then(|| AccountInfo {

@@ -2,7 +2,9 @@
 //! heads and the consensus head (`heads`), which block a call needs (`resolve`), the
 //! order to try upstreams in (`select`, pure and never waiting), and the failover loop
 //! that walks that order, hedging slow reads within the chain's retry `budget`
-//! (`forward`), and the same resilience for what verification asks (`ask`).
+//! (`forward`), and the same resilience for what verification asks (`ask`), with the
+//! race for a proof that asks a false answer's upstream again before banning it
+//! (`race`).
 
 pub mod ask;
 pub mod budget;
@@ -12,6 +14,7 @@ pub mod forward;
 
 pub mod logs;
 pub mod proven_logs;
+pub mod race;
 pub mod receipt;
 pub mod resolve;
 

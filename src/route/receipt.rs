@@ -17,6 +17,7 @@ use serde_json::value::RawValue;
 
 use super::{
     ask::{Shape, ask},
+    race::{Claim, NotProven, Unproven, race},
     resolve::Need,
     select,
     verified::{self, Checked, Level, Unverified},
@@ -24,7 +25,7 @@ use super::{
 use crate::{
     route::Chain,
     rpc::Call,
-    upstream::{Answer, Upstream},
+    upstream::Answer,
     verify::{self, body::Transactions, header::CheckedHeader},
 };
 
@@ -168,42 +169,41 @@ pub(super) async fn block_receipts(
         },
     ];
     let refs: Vec<&Call<'_>> = fetch.iter().collect();
-    let mut suspects: Vec<(Arc<Upstream>, String)> = Vec::new();
-    let plan = select::plan(chain, Need::Block(header.number), Instant::now());
-    let shape = Shape {
-        width: 1,
-        max: BODY_ATTEMPTS,
-        wait_for_late: true,
+    let claim = Claim {
+        check: "block",
+        about: "block",
     };
-    let proven = ask(chain, plan.order, shape, &refs, |up, reply| {
-        let answers = reply.ok()?;
-        let (Some(Some(Answer::Result(block))), Some(Some(Answer::Result(receipts)))) =
-            (answers.first(), answers.get(1))
-        else {
-            return None;
-        };
-        let txs = match verify::body::transactions(block, header) {
-            Ok(Transactions::Proven(txs)) => txs,
-            Ok(Transactions::ForeignTypes) => return Some(BlockReceipts::Foreign),
-            Ok(Transactions::HashesOnly) => return None,
-            Err(e) => {
-                suspects.push((up.clone(), format!("block body: {e}")));
-                return None;
-            }
-        };
-        match verify::receipts::check(receipts, header, &txs) {
-            Ok(r) => Some(BlockReceipts::Proven(r)),
-            Err(e) => {
-                suspects.push((up.clone(), format!("receipts: {e}")));
-                None
-            }
-        }
-    })
+    let proven = race(
+        chain,
+        header.number,
+        &refs,
+        BODY_ATTEMPTS,
+        claim,
+        |answers| {
+            let (Some(Some(Answer::Result(block))), Some(Some(Answer::Result(receipts)))) =
+                (answers.first(), answers.get(1))
+            else {
+                return Err(NotProven::Missing("no block and receipts".into()));
+            };
+            let txs = match verify::body::transactions(block, header) {
+                Ok(Transactions::Proven(txs)) => txs,
+                Ok(Transactions::ForeignTypes) => return Ok(BlockReceipts::Foreign),
+                Ok(Transactions::HashesOnly) => {
+                    return Err(NotProven::Missing("transaction hashes only".into()));
+                }
+                Err(e) => return Err(NotProven::False(format!("block body: {e}"))),
+            };
+            verify::receipts::check(receipts, header, &txs)
+                .map(BlockReceipts::Proven)
+                .map_err(|e| NotProven::False(format!("receipts: {e}")))
+        },
+    )
     .await;
-    verified::judged(chain, proven, &suspects, "block").map_err(|lies| match lies {
-        None => Failure::NoneServed,
-        Some(why) => Failure::Lies(why),
-    })
+    match proven {
+        Ok((_, found)) => Ok(found),
+        Err(Unproven::Missing) => Err(Failure::NoneServed),
+        Err(Unproven::False { problems }) => Err(Failure::Lies(problems.join("; "))),
+    }
 }
 
 /// The `x-outlast-upstream` of answers Outlast built from proven values.

@@ -13,11 +13,7 @@
 //! an agreed quorum) is banned. When nothing can be verified the call gets `-33091`,
 //! never the unverified value. The checks themselves are in `crate::verify`.
 
-use std::{
-    collections::HashSet,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{collections::HashSet, sync::Arc, time::Instant};
 
 use alloy_primitives::{Address, B256, Bytes as AlloyBytes, U256};
 use bytes::Bytes;
@@ -25,6 +21,7 @@ use serde_json::{Value, value::RawValue};
 
 use super::{
     ask::{Reply, Shape, ask},
+    race::{Claim, NotProven, Unproven, again, race},
     resolve::Need,
     select,
 };
@@ -301,15 +298,6 @@ fn with_skipped(mut skipped: Vec<Attempt>, tried: Vec<Attempt>) -> Vec<Attempt> 
 /// Upstreams asked for a proof before giving up on proofs for one read.
 const PROOF_ATTEMPTS: usize = 4;
 
-/// When every proof that came back was false and none verified, the proofs are asked
-/// for once more after this pause before the read is refused. A node busy with the next
-/// block can answer from the wrong state for a moment: Anvil, while it mines, answers
-/// `eth_getProof` by block hash from its genesis state (407 of 8,490 proofs of the
-/// latest block, asked while a block was mined every 10 ms). A liar gains nothing: its
-/// second proof is checked the same way. Nobody is banned for a first proof that a
-/// second look makes moot; a false proof beside a valid one still bans at once.
-pub(super) const SECOND_LOOK: Duration = Duration::from_millis(50);
-
 /// Answers `read` at block `number` from a verified proof; falls back to a quorum when
 /// no upstream can give a proof (old state on full nodes, no `eth_getProof`).
 pub async fn proven(
@@ -349,95 +337,50 @@ pub async fn proven(
         // over real state (Anvil's block 0). Nothing to prove against: ask a quorum.
         return agreed(chain, call, Need::Block(number)).await;
     }
-    let mut problems = Vec::new();
-    // Upstreams whose proof failed: liars once another upstream's proof verifies. Until
-    // then the fault may be ours (a header field we do not know yet), so nobody is banned.
-    let mut suspects: Vec<(Arc<Upstream>, String)> = Vec::new();
-    let shape = Shape {
-        width: 1,
-        max: PROOF_ATTEMPTS,
-        wait_for_late: true,
+    let claim = Claim {
+        check: "proof",
+        about: &format!("proof of {}", read.what()),
     };
-    let mut second_look = false;
-    let proven = loop {
-        problems.clear();
-        suspects.clear();
-        let plan = select::plan(chain, Need::Block(number), Instant::now());
-        let proven = ask(chain, plan.order, shape, &refs, |up, reply| {
-            let answers = reply.ok()?;
-            match check_proof(&header, read, &answers) {
-                Ok(result) => Some((up.name.clone(), result)),
-                Err(ProofProblem::Lie(why)) => {
-                    problems.push(format!("{}: false proof ({why})", up.name));
-                    suspects.push((up.clone(), why));
-                    None
-                }
-                Err(ProofProblem::NoProof(why)) => {
-                    problems.push(format!("{}: no proof ({why})", up.name));
-                    None
-                }
-            }
-        })
-        .await;
-        if proven.is_ok() || suspects.is_empty() || second_look {
-            break proven;
-        }
-        second_look = true;
-        tokio::time::sleep(SECOND_LOOK).await;
-    };
-    if let Ok((upstream, result)) = proven {
-        for (liar, why) in &suspects {
-            ban(
-                chain,
-                liar,
-                "proof",
-                &format!("served a false proof of {}: {why}", read.what()),
-            );
-        }
-        return Ok(Checked {
-            upstream,
+    let proven = race(chain, number, &refs, PROOF_ATTEMPTS, claim, |answers| {
+        check_proof(&header, read, answers)
+    })
+    .await;
+    match proven {
+        Ok((upstream, result)) => Ok(Checked {
+            upstream: upstream.name.clone(),
             answer: Answer::Result(result),
             level: if confirmed { Level::Proof } else { Level::None },
-        });
-    }
-    if suspects.is_empty() {
+        }),
         // Nobody could prove it (e.g. state older than full nodes keep, or nobody
         // answered at all): a quorum then, which says -32002 if nobody answers it either.
-        return agreed(chain, call, Need::Block(number)).await;
+        Err(Unproven::Missing) => agreed(chain, call, Need::Block(number)).await,
+        Err(Unproven::False { problems }) => Err(Unverified::disputed(
+            read.what(),
+            format!("no upstream gave a valid proof: {}", problems.join("; ")),
+        )),
     }
-    Err(Unverified::disputed(
-        read.what(),
-        format!("no upstream gave a valid proof: {}", problems.join("; ")),
-    ))
-}
-
-enum ProofProblem {
-    /// The upstream answered, and the answer is false.
-    Lie(String),
-    /// The upstream could not answer (error, unsupported, pruned).
-    NoProof(String),
 }
 
 fn check_proof(
     header: &CheckedHeader,
     read: &StateRead,
     answers: &[Option<Answer>],
-) -> Result<Bytes, ProofProblem> {
+) -> Result<Bytes, NotProven> {
     let result = |i: usize| match answers.get(i) {
         Some(Some(Answer::Result(raw))) => Ok(raw.clone()),
-        Some(Some(Answer::Error { message, .. })) => Err(ProofProblem::NoProof(message.clone())),
-        _ => Err(ProofProblem::NoProof("no answer".into())),
+        Some(Some(Answer::Error { message, .. })) => Err(NotProven::Missing(message.clone())),
+        _ => Err(NotProven::Missing("no answer".into())),
     };
     let raw_proof = result(0)?;
     let proof: alloy_rpc_types_eth::EIP1186AccountProofResponse =
         serde_json::from_slice(&raw_proof)
-            .map_err(|e| ProofProblem::Lie(format!("unreadable proof: {e}")))?;
+            .map_err(|e| NotProven::False(format!("unreadable proof: {e}")))?;
     let slots: Vec<B256> = match read {
         StateRead::Storage(_, s) => vec![*s],
         _ => Vec::new(),
     };
     let account = verify::proof::account(header.state_root, read.address(), &slots, &proof)
-        .map_err(|e| ProofProblem::Lie(e.to_string()))?;
+        .map_err(|e| NotProven::False(e.to_string()))?;
     let json = match read {
         StateRead::Balance(_) => format!("\"{:#x}\"", account.balance),
         StateRead::Nonce(_) => format!("\"{:#x}\"", account.nonce),
@@ -447,8 +390,8 @@ fn check_proof(
         ),
         StateRead::Code(_) => {
             let code: AlloyBytes = serde_json::from_slice(&result(1)?)
-                .map_err(|e| ProofProblem::Lie(format!("unreadable code: {e}")))?;
-            verify::proof::code(&account, &code).map_err(|e| ProofProblem::Lie(e.to_string()))?;
+                .map_err(|e| NotProven::False(format!("unreadable code: {e}")))?;
+            verify::proof::code(&account, &code).map_err(|e| NotProven::False(e.to_string()))?;
             format!("\"{code}\"")
         }
     };
@@ -611,14 +554,28 @@ pub async fn agreed(chain: &Chain, call: &Call<'_>, need: Need) -> Result<Checke
     .await;
     match decided {
         Ok((value, dissenters)) => {
+            let about = format!(
+                "answer to {}, against {} that agree",
+                call.method,
+                operators(quorum)
+            );
+            let claim = Claim {
+                check: "quorum",
+                about: &about,
+            };
+            // A dissenter is asked again before it is banned (`race::again`): a node
+            // busy with its next block can answer from another state for a moment.
+            let same_again = |answers: &[Option<Answer>]| match answers.first() {
+                Some(Some(answer)) => match comparable(answer) {
+                    Some(v) if v == value => Ok(()),
+                    Some(v) => Err(NotProven::False(format!("said {v}"))),
+                    None => Err(NotProven::Missing("unreadable".into())),
+                },
+                _ => Err(NotProven::Missing("no answer".into())),
+            };
             for (up, v, _) in &answers {
                 if dissenters.contains(&up.operator) && *v != value {
-                    ban(
-                        chain,
-                        up,
-                        "quorum",
-                        &format!("disagreed with {} on {}", operators(quorum), call.method),
-                    );
+                    again(chain, up, &calls, &claim, &same_again, &format!("said {v}")).await;
                 }
             }
             let (up, _, answer) = answers
@@ -722,34 +679,6 @@ fn header_voters(chain: &Chain, number: u64) -> (Vec<Arc<Upstream>>, Vec<Attempt
     (voters, skipped)
 }
 
-/// How a race for something provable ended (`route::call`, `route::receipt`): found —
-/// then each upstream that served a false one before is banned, as `what`; not found —
-/// `Err(None)` when nobody served anything false (nothing to prove with), else
-/// `Err(Some(..))` with what the liars served.
-pub(super) fn judged<T, E>(
-    chain: &Chain,
-    found: Result<T, E>,
-    suspects: &[(Arc<Upstream>, String)],
-    what: &str,
-) -> Result<T, Option<String>> {
-    match found {
-        Ok(found) => {
-            for (liar, why) in suspects {
-                ban(chain, liar, what, &format!("served a false {what}: {why}"));
-            }
-            Ok(found)
-        }
-        Err(_) if suspects.is_empty() => Err(None),
-        Err(_) => Err(Some(
-            suspects
-                .iter()
-                .map(|(u, why)| format!("{}: {why}", u.name))
-                .collect::<Vec<_>>()
-                .join("; "),
-        )),
-    }
-}
-
 /// Takes a liar out of rotation for the chain's ban period, with the evidence in its
 /// health state (incidents and the shared bans read it there), and says so loudly.
 pub(super) fn ban(chain: &Chain, up: &Upstream, check: &str, why: &str) {
@@ -795,7 +724,8 @@ mod seam_tests {
             .unwrap_or_else(|e| panic!("no quorum: {e:?}"));
         assert_eq!(checked.level, Level::Quorum);
         assert!(matches!(&checked.answer, Answer::Result(r) if &r[..] == b"\"0x5\""));
-        assert_eq!(liar.requests(), 1);
+        // Asked again before it is banned, and dissenting again.
+        assert_eq!(liar.requests(), 2);
         let Status::Banned { evidence, .. } = liar.upstream.health.status() else {
             panic!(
                 "the dissenter is not banned: {:?}",
@@ -804,6 +734,33 @@ mod seam_tests {
         };
         assert_eq!(evidence.check.as_deref(), Some("quorum"));
         assert!(a.upstream.health.is_ready() && b.upstream.health.is_ready());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dissenter_that_agrees_when_asked_again_is_not_banned() {
+        // Its first answer came from another state (a node busy with its next block);
+        // asked again it answers what the others agree on.
+        let asked = std::sync::atomic::AtomicUsize::new(0);
+        let moment = fake::in_tier("test", "moment", "op-c", 1, move |_, _| {
+            match asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                0 => Act::result(json!("0x6")),
+                _ => Act::result(json!("0x5")),
+            }
+        });
+        let a = fake::in_tier("test", "a", "op-a", 2, |_, _| Act::result(json!("0x5")));
+        let b = fake::in_tier("test", "b", "op-b", 2, |_, _| Act::result(json!("0x5")));
+        let chain = chain("quorum", 2, &[&moment, &a, &b]);
+        let p = params(r#"["0x0000000000000000000000000000000000000001", "0x1"]"#);
+        let checked = agreed(&chain, &call("eth_getBalance", &p), Need::Block(1))
+            .await
+            .unwrap_or_else(|e| panic!("no quorum: {e:?}"));
+        assert!(matches!(&checked.answer, Answer::Result(r) if &r[..] == b"\"0x5\""));
+        assert_eq!(moment.requests(), 2);
+        assert!(
+            !matches!(moment.upstream.health.status(), Status::Banned { .. }),
+            "{:?}",
+            moment.upstream.health.status()
+        );
     }
 
     #[tokio::test(start_paused = true)]
