@@ -69,7 +69,8 @@ struct Candidate {
 }
 
 /// A node this many blocks behind the consensus still counts as caught up for calls
-/// that name no block: heads are polled, so one block of skew is normal.
+/// that name no block, and is the last resort for a call that names the block just
+/// past its head: heads are polled, so one block of skew is normal.
 const FRESH_LAG: u64 = 1;
 
 /// Indices to try in order, and indices skipped with the reason.
@@ -124,8 +125,17 @@ fn order(
             behind.sort_by_key(|&i| std::cmp::Reverse(upstreams[i].head));
             order.extend(behind);
         }
+        // One poll behind block N: it most likely has N by now (every node got it at
+        // about the same time; heads are polled), so it is the last resort, not left
+        // out: when the ones known to have N all fail at once, it still answers. A
+        // `null` from it means "not yet" (`forward`), never the answer.
         Need::Block(n) => {
-            for &i in &behind {
+            let (close, far): (Few<usize>, Few<usize>) = behind
+                .iter()
+                .copied()
+                .partition(|&i| upstreams[i].head.is_some_and(|h| h + FRESH_LAG >= n));
+            order.extend(close);
+            for i in far {
                 let head = upstreams[i]
                     .head
                     .map_or("unknown".to_owned(), |h| h.to_string());
@@ -320,6 +330,8 @@ mod tests {
         check(&ups, Need::Block(7), 0, &[0, 1, 2]);
         // A block nobody is known to have (a future block): the highest head first.
         check(&ups[..2], Need::Block(50), 0, &[1, 0]);
+        // One block behind N (a poll behind): last, after everyone else, not left out.
+        check(&ups, Need::Block(8), 0, &[1, 2, 0]);
     }
 
     #[test]
