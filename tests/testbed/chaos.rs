@@ -79,8 +79,10 @@ pub enum Chaos {
     /// Toggle the node's proxy between `Refuse` and `None` every `period`, starting
     /// with `Refuse`; `None` at the lift.
     Flap { node: usize, period: Duration },
-    /// The zero-balance lie: `anvil_setBalance(account 0, 0)` on the node, whose next
-    /// blocks then fork from the others'; restarted (honest again) at the lift.
+    /// The zero-balance lie: `anvil_setBalance(account 0, 0)` on the node, at every
+    /// head while the fault is on. Before each block it mines, the honest balance is
+    /// set back, so its blocks stay the others' (same hashes and state roots) and only
+    /// its newest state lies, as a provider would; restarted (honest) at the lift.
     Lie(usize),
 }
 
@@ -422,14 +424,36 @@ struct Bed {
     http: reqwest::Client,
     /// Honest answers, by "method params": at an explicit block they never change.
     honest: Mutex<HashMap<String, Value>>,
+    /// The node that says account 0 has balance 0 at its head (`Chaos::Lie`), while the
+    /// fault is on; read and written with `fleet` held.
+    liar: Mutex<Option<usize>>,
 }
 
 impl Bed {
     async fn mine(&self, k: u64) {
         let mut fleet = self.fleet.lock().await;
+        let liar = *self.liar.lock().expect("lock");
+        if let Some(node) = liar {
+            // Honest for the blocks it mines, so they stay the others' blocks.
+            let honest = super::rpc_result(
+                &self.oracle,
+                "eth_getBalance",
+                json!([ACCOUNT0_ADDRESS, "latest"]),
+            )
+            .await;
+            super::rpc(
+                &fleet.url(node),
+                "anvil_setBalance",
+                json!([ACCOUNT0_ADDRESS, honest]),
+            )
+            .await;
+        }
         self.target.store(fleet.height() + k, Ordering::SeqCst);
         fleet.mine(k).await;
         self.height.store(fleet.height(), Ordering::SeqCst);
+        if let Some(node) = liar {
+            lie(&fleet.url(node)).await;
+        }
     }
 
     /// The honest node's result for this call; panics when the honest node fails
@@ -820,6 +844,7 @@ pub async fn run(scenario: Scenario) -> Report {
             .build()
             .expect("a plain reqwest client builds"),
         honest: Mutex::new(HashMap::new()),
+        liar: Mutex::new(None),
     });
 
     let t0 = Instant::now();
@@ -859,8 +884,9 @@ pub async fn run(scenario: Scenario) -> Report {
             bed.mine(*blocks).await;
         }
         Chaos::Lie(node) => {
-            let url = bed.fleet.lock().await.url(*node);
-            super::rpc(&url, "anvil_setBalance", json!([ACCOUNT0_ADDRESS, "0x0"])).await;
+            let fleet = bed.fleet.lock().await;
+            lie(&fleet.url(*node)).await;
+            *bed.liar.lock().expect("lock") = Some(*node);
         }
         Chaos::Flap { node, .. } => proxies[*node].set(Fault::Refuse),
     }
@@ -883,7 +909,12 @@ pub async fn run(scenario: Scenario) -> Report {
     sleep_until(lift_at).await;
     match &scenario.chaos {
         Chaos::Proxies(faults) | Chaos::ProxiesFromStart(faults) => lift_faults(&proxies, faults),
-        Chaos::Kill(i) | Chaos::Lie(i) => bed.fleet.lock().await.restart(*i).await,
+        Chaos::Kill(i) => bed.fleet.lock().await.restart(*i).await,
+        Chaos::Lie(i) => {
+            let mut fleet = bed.fleet.lock().await;
+            *bed.liar.lock().expect("lock") = None;
+            fleet.restart(*i).await;
+        }
         Chaos::Lag { node, .. } => bed.fleet.lock().await.catch_up(*node).await,
         Chaos::Flap { node, .. } => proxies[*node].set(Fault::None),
     }
@@ -929,21 +960,35 @@ pub async fn run(scenario: Scenario) -> Report {
     report.forwarded_after_lift = forwarded_after_lift;
     report.notes = notes;
     if !states_at_end.is_empty() {
-        report.notes.push(format!(
-            "upstream states at the end: {}",
-            states_at_end.join(", ")
-        ));
+        let states: Vec<&str> = states_at_end.iter().map(|(s, _)| s.as_str()).collect();
+        report
+            .notes
+            .push(format!("upstream states at the end: {}", states.join(", ")));
     }
-    report.states_at_end = states_at_end;
+    // Why an upstream is out at the end (a ban's evidence): a ban of an honest
+    // upstream is a false verdict, and this is what tells which check gave it.
+    for (i, (state, last_error)) in states_at_end.iter().enumerate() {
+        if let (false, Some(why)) = (state == "ready", last_error) {
+            report
+                .notes
+                .push(format!("u{i} {state}, last error: {why}"));
+        }
+    }
+    report.states_at_end = states_at_end.into_iter().map(|(s, _)| s).collect();
     report.height_at_fault = height_at_fault;
     report.timing = timing;
     report.wall = wall.elapsed();
     report
 }
 
-/// Each upstream's state (u0, u1, u2 in order) in `/api/v1/status`; empty when it
-/// cannot be read.
-async fn upstream_states(http: &reqwest::Client, url: &str) -> Vec<String> {
+/// The zero-balance lie on the node at `url`, at its newest block (no block is mined).
+async fn lie(url: &str) {
+    super::rpc(url, "anvil_setBalance", json!([ACCOUNT0_ADDRESS, "0x0"])).await;
+}
+
+/// Each upstream's state (u0, u1, u2 in order) in `/api/v1/status`, and its last error
+/// (a ban's evidence) when it has one; empty when the status cannot be read.
+async fn upstream_states(http: &reqwest::Client, url: &str) -> Vec<(String, Option<String>)> {
     let Ok(resp) = http.get(url).send().await else {
         return Vec::new();
     };
@@ -955,11 +1000,12 @@ async fn upstream_states(http: &reqwest::Client, url: &str) -> Vec<String> {
         .unwrap_or_default();
     (0..UPSTREAMS)
         .map(|i| {
-            ups.iter()
-                .find(|u| u["name"] == format!("u{i}").as_str())
-                .and_then(|u| u["state"].as_str())
-                .unwrap_or("?")
-                .to_owned()
+            let up = ups.iter().find(|u| u["name"] == format!("u{i}").as_str());
+            let field = |name: &str| up.and_then(|u| u[name].as_str()).map(str::to_owned);
+            (
+                field("state").unwrap_or_else(|| "?".to_owned()),
+                field("last_error"),
+            )
         })
         .collect()
 }
