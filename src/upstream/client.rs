@@ -250,10 +250,12 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::
 
 fn decode(bytes: &Bytes, base: u64, expected: usize) -> Result<Vec<Option<Answer>>, UpstreamError> {
     let malformed = |what: &str| UpstreamError::Malformed(what.to_owned());
-    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
-    if expected == 1 && first == Some(&b'{') {
-        let reply: Reply<'_> =
-            serde_json::from_slice(bytes).map_err(|e| malformed(&e.to_string()))?;
+    // UTF-8 checked once, whole, then read as text (as `rpc::parse` does): reading bytes,
+    // serde_json checks each string and raw value it keeps again.
+    let text = std::str::from_utf8(bytes).map_err(|e| malformed(&format!("not UTF-8: {e}")))?;
+    let first = text.bytes().find(|b| !b.is_ascii_whitespace());
+    if expected == 1 && first == Some(b'{') {
+        let reply: Reply<'_> = serde_json::from_str(text).map_err(|e| malformed(&e.to_string()))?;
         // The answer to another request (a provider's or its load balancer's mix-up) is
         // never this call's: the call moves on to another upstream.
         if slot_of(&reply, base, 1).is_none() {
@@ -264,10 +266,10 @@ fn decode(bytes: &Bytes, base: u64, expected: usize) -> Result<Vec<Option<Answer
         }
         return Ok(vec![Some(answer(bytes, &reply)?)]);
     }
-    if first != Some(&b'[') {
+    if first != Some(b'[') {
         // A single error object for a whole batch (e.g. "batch too large") says nothing
         // about the calls themselves: another upstream may take the batch.
-        let hint = serde_json::from_slice::<Reply<'_>>(bytes)
+        let hint = serde_json::from_str::<Reply<'_>>(text)
             .ok()
             .and_then(|r| r.error)
             .map_or_else(
@@ -277,7 +279,7 @@ fn decode(bytes: &Bytes, base: u64, expected: usize) -> Result<Vec<Option<Answer
         return Err(malformed(&hint));
     }
     let replies: Vec<Reply<'_>> =
-        serde_json::from_slice(bytes).map_err(|e| malformed(&e.to_string()))?;
+        serde_json::from_str(text).map_err(|e| malformed(&e.to_string()))?;
     let mut answers: Vec<Option<Answer>> = vec![None; expected];
     for reply in &replies {
         let slot = slot_of(reply, base, expected).ok_or_else(|| {
@@ -449,6 +451,7 @@ mod tests {
             &b"<html>bad gateway</html>"[..],
             br#"{"jsonrpc":"2.0","id":0}"#,
             br#"{"error":{"code":-32600,"message":"too big"}}"#,
+            b"{\"jsonrpc\":\"2.0\",\"id\":0,\"result\":\"0x\xff\"}",
         ] {
             let expected = if body.starts_with(b"{\"error") { 2 } else { 1 };
             assert!(
