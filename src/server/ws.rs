@@ -32,7 +32,7 @@ use futures_util::SinkExt;
 use serde_json::value::RawValue;
 use tokio::task::JoinSet;
 
-use super::listen::ClientAddr;
+use super::{http::json, listen::ClientAddr};
 use crate::{
     auth::Caller,
     dispatch,
@@ -152,15 +152,6 @@ fn upgrade(
                 .run(socket)
                 .await;
         })
-}
-
-fn json(status: StatusCode, body: Vec<u8>) -> Response {
-    (
-        status,
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
-        body,
-    )
-        .into_response()
 }
 
 /// One subscription of this connection.
