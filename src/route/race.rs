@@ -17,14 +17,20 @@ use std::{sync::Arc, time::Duration};
 use super::{
     Chain,
     ask::{Shape, ask},
+    forward::note_failure,
     resolve::Need,
     select,
     verified::ban,
 };
 use crate::{
     rpc::Call,
-    upstream::{Answer, Upstream},
+    upstream::{Answer, Upstream, UpstreamError},
 };
+
+/// How long a suspect's second answer is waited for. The proven answer waits for it
+/// (the verdict is given in the same request), so a liar that hangs when it is asked
+/// again holds the request back this long at most; it is then counted slow, not banned.
+const AGAIN_WITHIN: Duration = Duration::from_millis(500);
 
 /// When every answer that came back was false and none checked, they are asked for once
 /// more after this pause before the read is refused (a node busy with its next block,
@@ -106,9 +112,10 @@ pub(super) async fn race<T>(
     };
     match found {
         Ok(found) => {
-            for (suspect, why) in suspects {
-                again(chain, &suspect, calls, &claim, &check, &why).await;
-            }
+            let asked = suspects
+                .iter()
+                .map(|(suspect, why)| again(chain, suspect, calls, &claim, &check, why));
+            futures_util::future::join_all(asked).await;
             Ok(found)
         }
         Err(_) if suspects.is_empty() => Err(Unproven::Missing),
@@ -137,8 +144,17 @@ pub(super) async fn again<T>(
             Ok(answers) => check(&answers),
             Err(e) => Err(NotProven::Missing(e.to_string())),
         })
-    })
-    .await;
+    });
+    let Ok(second) = tokio::time::timeout(AGAIN_WITHIN, second).await else {
+        let why = format!(
+            "served a false {}, then no answer within {} ms when asked again",
+            claim.about,
+            AGAIN_WITHIN.as_millis()
+        );
+        tracing::warn!(upstream = %suspect.name, "{why} (not banned): {first}");
+        note_failure(suspect, &UpstreamError::Slow(why));
+        return;
+    };
     match second {
         Ok(Err(NotProven::False(why))) => ban(
             chain,
@@ -231,6 +247,33 @@ mod tests {
         assert!(evidence.summary.contains("twice"), "{}", evidence.summary);
         assert!(!banned(&moment), "{:?}", moment.upstream.health.status());
         assert!(!banned(&honest));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_suspect_that_hangs_when_asked_again_holds_the_answer_back_briefly() {
+        let asked = AtomicUsize::new(0);
+        let hangs = fake::in_tier("test", "hangs", "op-a", 1, move |_, _| {
+            match asked.fetch_add(1, Ordering::SeqCst) {
+                0 => Act::result(json!("0x6")),
+                _ => Act::Hang,
+            }
+        });
+        let honest = fake::in_tier("test", "honest", "op-b", 2, |_, _| {
+            Act::result(json!("0x5"))
+        });
+        let chain = chain("proofs", 2, &[&hangs, &honest]);
+        let p = params("[]");
+        let c = call("eth_getProof", &p);
+        let started = tokio::time::Instant::now();
+        let found = race(&chain, 1, &[&c], 2, CLAIM, check).await;
+        assert!(matches!(found, Ok((ref up, ())) if &*up.name == "honest"));
+        assert_eq!(
+            started.elapsed(),
+            AGAIN_WITHIN,
+            "held back exactly the wait"
+        );
+        assert_eq!(hangs.requests(), 2);
+        assert!(!banned(&hangs), "{:?}", hangs.upstream.health.status());
     }
 
     #[tokio::test(start_paused = true)]
