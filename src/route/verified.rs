@@ -9,8 +9,9 @@
 //!   no upstream can prove): the same call to independent operators; `quorum` of them
 //!   must give the same answer.
 //!
-//! An upstream caught lying (a proof or header that does not verify, an answer against
-//! an agreed quorum) is banned. When nothing can be verified the call gets `-33091`,
+//! An upstream caught lying is banned: a header or body that does not hash to itself at
+//! once; a false proof or an answer against an agreed quorum once it says it again when
+//! asked alone (`race`: a node busy with its next block can be wrong once). When nothing can be verified the call gets `-33091`,
 //! never the unverified value. The checks themselves are in `crate::verify`.
 
 use std::{collections::HashSet, sync::Arc, time::Instant};
