@@ -229,8 +229,8 @@ fn encode(calls: &[&Call<'_>], base: u64) -> Vec<u8> {
 
 #[derive(Deserialize)]
 struct Reply<'a> {
-    #[serde(borrow, default)]
-    id: Option<&'a RawValue>,
+    #[serde(default)]
+    id: Option<ReplyId>,
     #[serde(borrow, default, deserialize_with = "present")]
     result: Option<&'a RawValue>,
     #[serde(borrow, default)]
@@ -242,6 +242,89 @@ struct ErrorObject<'a> {
     code: i64,
     #[serde(borrow, default)]
     message: Cow<'a, str>,
+}
+
+/// A reply's id, read as the number Outlast sends (`encode`) in the same pass as the
+/// rest; anything else kept only as text for the error that names it (the id was kept
+/// raw and parsed after: ~400 instructions a reply).
+enum ReplyId {
+    Number(u64),
+    Other(String),
+}
+
+impl ReplyId {
+    fn number(&self) -> Option<u64> {
+        match self {
+            ReplyId::Number(n) => Some(*n),
+            ReplyId::Other(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ReplyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReplyId::Number(n) => write!(f, "{n}"),
+            ReplyId::Other(text) => f.write_str(text),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ReplyId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = ReplyId;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON-RPC id")
+            }
+
+            fn visit_u64<E>(self, n: u64) -> Result<ReplyId, E> {
+                Ok(ReplyId::Number(n))
+            }
+
+            fn visit_i64<E>(self, n: i64) -> Result<ReplyId, E> {
+                Ok(ReplyId::Other(n.to_string()))
+            }
+
+            fn visit_f64<E>(self, n: f64) -> Result<ReplyId, E> {
+                Ok(ReplyId::Other(n.to_string()))
+            }
+
+            fn visit_str<E>(self, s: &str) -> Result<ReplyId, E> {
+                Ok(ReplyId::Other(format!("{s:?}")))
+            }
+
+            fn visit_bool<E>(self, b: bool) -> Result<ReplyId, E> {
+                Ok(ReplyId::Other(b.to_string()))
+            }
+
+            fn visit_unit<E>(self) -> Result<ReplyId, E> {
+                Ok(ReplyId::Other("null".into()))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<ReplyId, A::Error> {
+                while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(ReplyId::Other("(an array)".into()))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<ReplyId, A::Error> {
+                while a
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(ReplyId::Other("(an object)".into()))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
@@ -261,7 +344,10 @@ fn decode(bytes: &Bytes, base: u64, expected: usize) -> Result<Vec<Option<Answer
         if slot_of(&reply, base, 1).is_none() {
             return Err(UpstreamError::ForeignReply(format!(
                 "reply id {} is not the id sent ({base})",
-                reply.id.map_or("(none)", |id| id.get())
+                reply
+                    .id
+                    .as_ref()
+                    .map_or_else(|| "(none)".to_owned(), ReplyId::to_string)
             )));
         }
         return Ok(vec![Some(answer(bytes, &reply)?)]);
@@ -301,7 +387,8 @@ fn decode(bytes: &Bytes, base: u64, expected: usize) -> Result<Vec<Option<Answer
 fn slot_of(reply: &Reply<'_>, base: u64, expected: usize) -> Option<usize> {
     reply
         .id
-        .and_then(|id| id.get().parse::<u64>().ok())
+        .as_ref()
+        .and_then(ReplyId::number)
         .and_then(|id| id.checked_sub(base))
         .and_then(|i| usize::try_from(i).ok())
         .filter(|&i| i < expected)
@@ -443,6 +530,35 @@ mod tests {
                 Err(_) => proptest::prop_assert!(!valid),
             }
         }
+    }
+
+    #[test]
+    fn only_the_number_sent_is_taken_for_an_id() {
+        // 7 was sent; anything that is not the number 7 answers another call.
+        for (id, named) in [
+            ("\"7\"", "\"7\""),
+            ("7.0", "7"),
+            ("-7", "-7"),
+            ("8", "8"),
+            ("[7]", "(an array)"),
+            ("{\"id\":7}", "(an object)"),
+            ("true", "true"),
+            ("null", "(none)"),
+        ] {
+            let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"result":"0x1"}}"#);
+            match decode(&Bytes::from(body), 7, 1) {
+                Err(UpstreamError::ForeignReply(why)) => assert!(
+                    why.contains(&format!("reply id {named} is not the id sent (7)")),
+                    "{id}: {why}"
+                ),
+                other => panic!("{id}: {other:?}"),
+            }
+        }
+        let body = Bytes::from_static(br#"{"jsonrpc":"2.0","id":7,"result":"0x1"}"#);
+        assert!(matches!(
+            &decode(&body, 7, 1).expect("ok")[0],
+            Some(Answer::Result(_))
+        ));
     }
 
     #[test]
