@@ -6,7 +6,10 @@
 use serde_json::value::RawValue;
 
 use crate::{
-    rpc::methods::{About, Name},
+    rpc::{
+        methods::{About, Name},
+        parse::array_items,
+    },
     upstream::heads::ChainHeadState,
 };
 
@@ -41,10 +44,6 @@ pub struct Resolved {
     pub need: Need,
 }
 
-/// A call's params, split: every call with a block parameter is split, and they have a
-/// few items, so the list stays on the stack.
-type Params<'a> = smallvec::SmallVec<[&'a RawValue; 4]>;
-
 pub fn resolve(method: &Name<'_>, params: Option<&RawValue>, heads: &ChainHeadState) -> Resolved {
     let unpinned = |need| Resolved { params: None, need };
     let index = match method.about() {
@@ -55,8 +54,7 @@ pub fn resolve(method: &Name<'_>, params: Option<&RawValue>, heads: &ChainHeadSt
         About::Nothing => return unpinned(Need::Any),
     };
     let pinned; // a tag's number, which `items` may come to point at
-    let Some(mut items) = params.and_then(|p| serde_json::from_str::<Params<'_>>(p.get()).ok())
-    else {
+    let Some(mut items) = params.and_then(|p| array_items(p.get())) else {
         return unpinned(Need::Fresh);
     };
     let Some(block) = items.get(index) else {
@@ -67,7 +65,7 @@ pub fn resolve(method: &Name<'_>, params: Option<&RawValue>, heads: &ChainHeadSt
         BlockRef::Number(n) => unpinned(Need::Block(n)),
         BlockRef::Pinned(n) => {
             pinned = quantity(n);
-            items[index] = &pinned;
+            items[index] = pinned.get();
             Resolved {
                 params: Some(join(&items)),
                 need: Need::Block(n),
@@ -86,8 +84,8 @@ enum BlockRef {
     Other,
 }
 
-fn block_ref(raw: &RawValue, heads: &ChainHeadState) -> BlockRef {
-    let text = raw.get();
+/// What a block parameter's JSON `text` names.
+fn block_ref(text: &str, heads: &ChainHeadState) -> BlockRef {
     if text.starts_with('{') {
         // EIP-1898: {"blockNumber": N} or {"blockHash": H}.
         #[derive(serde::Deserialize)]
@@ -102,7 +100,13 @@ fn block_ref(raw: &RawValue, heads: &ChainHeadState) -> BlockRef {
             _ => BlockRef::Other,
         };
     }
-    let Ok(tag) = serde_json::from_str::<&str>(text) else {
+    // A tag or a number is a JSON string; one with an escape in it is left to the node,
+    // as serde_json (which cannot borrow it) left it before.
+    let Some(tag) = text
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .filter(|t| !t.contains('\\'))
+    else {
         return BlockRef::Other;
     };
     let pinned = |n: Option<u64>| n.map_or(BlockRef::Other, BlockRef::Pinned);
@@ -137,13 +141,11 @@ fn resolve_logs(params: Option<&RawValue>, heads: &ChainHeadState) -> Resolved {
     if filter.contains_key("blockHash") {
         return unpinned;
     }
-    let latest: Box<RawValue> =
-        RawValue::from_string("\"latest\"".to_owned()).unwrap_or_else(|_| quantity(0));
     let mut pins = Vec::new();
     let mut upper = None;
     for key in ["fromBlock", "toBlock"] {
-        let raw = filter.get(key).copied().unwrap_or(&latest);
-        match block_ref(raw, heads) {
+        let text = filter.get(key).map_or(r#""latest""#, |raw| raw.get());
+        match block_ref(text, heads) {
             BlockRef::Pinned(n) => {
                 pins.push((key, quantity(n)));
                 upper = upper.max(Some(n));
@@ -158,8 +160,8 @@ fn resolve_logs(params: Option<&RawValue>, heads: &ChainHeadState) -> Resolved {
     let Ok(filter) = serde_json::value::to_raw_value(&filter) else {
         return unpinned;
     };
-    let mut rest: Vec<&RawValue> = vec![&filter];
-    rest.extend(items.iter().skip(1));
+    let mut rest: Vec<&str> = vec![filter.get()];
+    rest.extend(items.iter().skip(1).map(|i| i.get()));
     Resolved {
         params: if pins.is_empty() {
             None
@@ -173,14 +175,14 @@ fn resolve_logs(params: Option<&RawValue>, heads: &ChainHeadState) -> Resolved {
 use crate::rpc::quantity::{parse as parse_quantity, raw as quantity};
 
 /// Re-joins array items; each item's own bytes are kept.
-fn join(items: &[&RawValue]) -> Box<RawValue> {
-    let mut s = String::with_capacity(items.iter().map(|i| i.get().len() + 1).sum::<usize>() + 2);
+fn join(items: &[&str]) -> Box<RawValue> {
+    let mut s = String::with_capacity(items.iter().map(|i| i.len() + 1).sum::<usize>() + 2);
     s.push('[');
     for (i, item) in items.iter().enumerate() {
         if i > 0 {
             s.push(',');
         }
-        s.push_str(item.get());
+        s.push_str(item);
     }
     s.push(']');
     // Joining valid JSON values with commas inside brackets is a valid array.
