@@ -17,9 +17,10 @@
 //! without bound).
 
 use std::{
+    cell::RefCell,
     collections::HashMap,
     hash::{Hash, Hasher},
-    sync::{LazyLock, OnceLock, RwLock},
+    sync::OnceLock,
     time::Duration,
 };
 
@@ -176,29 +177,36 @@ pub async fn upkeep(stop: CancellationToken) {
 /// build a series' key (owned label strings) and look it up in the registry each time,
 /// which cost more than the rest of answering from the cache; a handle kept here is one
 /// atomic add. Label values are bounded (see above), and so is this map.
+///
+/// One per thread (`counter_of`, `histogram_of`): the serving runtimes each keep their
+/// own handles to the same series, so a lookup takes no lock and clones no handle (a
+/// shared map's read lock and the handle's reference count were four atomic writes per
+/// lookup, to cache lines every serving thread writes).
 struct Handles<T> {
     /// By a hash of the name and values; each bucket holds the values it was made for.
     /// FxHash: its keys are the metric's name and label values, config names or fixed
     /// words (never chosen by a client), so the keyed SipHash a client-facing map needs
     /// would only cost time, a few lookups per call.
-    map: RwLock<HashMap<u64, Bucket<T>, rustc_hash::FxBuildHasher>>,
+    map: RefCell<HashMap<u64, Bucket<T>, rustc_hash::FxBuildHasher>>,
 }
 
 type Bucket<T> = Vec<(Vec<Box<str>>, T)>;
 
-impl<T: Clone> Handles<T> {
+impl<T> Handles<T> {
     fn new() -> Handles<T> {
         Handles {
-            map: RwLock::new(HashMap::default()),
+            map: RefCell::new(HashMap::default()),
         }
     }
 
-    fn get(
+    /// `use_it` with the handle of `name` at `labels`, made by `make` the first time.
+    fn with(
         &self,
         name: &'static str,
         labels: &[(&'static str, &str)],
         make: impl FnOnce(Vec<Label>) -> T,
-    ) -> T {
+        use_it: impl FnOnce(&T),
+    ) {
         let owned = || {
             labels
                 .iter()
@@ -207,43 +215,42 @@ impl<T: Clone> Handles<T> {
         };
         if HANDLE.get().is_none() {
             // No recorder yet: a handle made now would count nowhere for good.
-            return make(owned());
+            return use_it(&make(owned()));
         }
         let mut h = rustc_hash::FxHasher::default();
         name.hash(&mut h);
         labels.iter().for_each(|(_, v)| v.hash(&mut h));
         let key = h.finish();
         let same = |values: &[Box<str>]| values.iter().map(|v| &**v).eq(labels.iter().map(|l| l.1));
-        // Whole entries are pushed: a poisoned map is still whole.
-        if let Some(found) = self
-            .map
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-            .and_then(|bucket| bucket.iter().find(|(v, _)| same(v)))
+        // Never borrowed across a call out: `make` and `use_it` run with it released.
+        if let Ok(map) = self.map.try_borrow()
+            && let Some(found) = map
+                .get(&key)
+                .and_then(|bucket| bucket.iter().find(|(v, _)| same(v)))
         {
-            return found.1.clone();
+            return use_it(&found.1);
         }
         let handle = make(owned());
+        use_it(&handle);
         let values = labels.iter().map(|l| Box::from(l.1)).collect();
-        self.map
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(key)
-            .or_default()
-            .push((values, handle.clone()));
-        handle
+        if let Ok(mut map) = self.map.try_borrow_mut() {
+            map.entry(key).or_default().push((values, handle));
+        }
     }
 }
 
-fn counter_of(name: &'static str, labels: &[(&'static str, &str)]) -> Counter {
-    static HANDLES: LazyLock<Handles<Counter>> = LazyLock::new(Handles::new);
-    HANDLES.get(name, labels, |l| counter!(name, l))
+fn counter_of(name: &'static str, labels: &[(&'static str, &str)], use_it: impl FnOnce(&Counter)) {
+    thread_local!(static HANDLES: Handles<Counter> = Handles::new());
+    HANDLES.with(|h| h.with(name, labels, |l| counter!(name, l), use_it));
 }
 
-fn histogram_of(name: &'static str, labels: &[(&'static str, &str)]) -> Histogram {
-    static HANDLES: LazyLock<Handles<Histogram>> = LazyLock::new(Handles::new);
-    HANDLES.get(name, labels, |l| histogram!(name, l))
+fn histogram_of(
+    name: &'static str,
+    labels: &[(&'static str, &str)],
+    use_it: impl FnOnce(&Histogram),
+) {
+    thread_local!(static HANDLES: Handles<Histogram> = Handles::new());
+    HANDLES.with(|h| h.with(name, labels, |l| histogram!(name, l), use_it));
 }
 
 /// One JSON-RPC call answered.
@@ -259,7 +266,7 @@ fn calls(chain: &str, (method, upstream, outcome): (&'static str, &str, &'static
         ("upstream", upstream),
         ("outcome", outcome),
     ];
-    counter_of(REQUESTS, &labels).increment(n);
+    counter_of(REQUESTS, &labels, |c| c.increment(n));
 }
 
 /// The calls of one request, counted by runs of alike ones: a series' handle is looked
@@ -305,7 +312,9 @@ pub fn call_runs<'c>(chain: &'c str) -> Runs<'c, (&'static str, &'c str, &'stati
 
 /// One HTTP JSON-RPC request served on `chain`.
 pub fn request_duration(chain: &str, took: Duration) {
-    histogram_of(REQUEST_DURATION, &[("chain", chain)]).record(took.as_secs_f64());
+    histogram_of(REQUEST_DURATION, &[("chain", chain)], |h| {
+        h.record(took.as_secs_f64());
+    });
 }
 
 /// One attempt at an upstream; `took` when it replied.
@@ -320,9 +329,11 @@ pub fn upstream_attempt(
         ("upstream", upstream),
         ("outcome", outcome),
     ];
-    counter_of(UPSTREAM_REQUESTS, &labels).increment(1);
+    counter_of(UPSTREAM_REQUESTS, &labels, |c| c.increment(1));
     if let Some(took) = took {
-        histogram_of(UPSTREAM_DURATION, &labels[..2]).record(took.as_secs_f64());
+        histogram_of(UPSTREAM_DURATION, &labels[..2], |h| {
+            h.record(took.as_secs_f64());
+        });
     }
 }
 
@@ -334,7 +345,7 @@ pub fn cache_lookup(chain: &str, method: &'static str, result: &'static str) {
 
 fn cache_lookups(chain: &str, (method, result): (&'static str, &'static str), n: u64) {
     let labels = [("chain", chain), ("method", method), ("result", result)];
-    counter_of(CACHE_REQUESTS, &labels).increment(n);
+    counter_of(CACHE_REQUESTS, &labels, |c| c.increment(n));
 }
 
 /// Cache lookups on `chain`, counted by runs (`Runs`): `(method, result)`.
