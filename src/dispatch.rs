@@ -522,7 +522,7 @@ impl<'g, 'a> Work<'g, 'a> {
             if let Some(Flight::Leader(_)) = &slot.flight
                 && let Some(Flight::Leader(leader)) = slot.flight.take()
             {
-                leader.land(match &slot.outcome {
+                leader.land(|| match &slot.outcome {
                     Some(Outcome::Answered { upstream, answer }) => {
                         Some((upstream.clone(), answer.clone(), slot.level))
                     }
@@ -692,8 +692,20 @@ fn answer(
         counted.count((slot.call.method.label(), upstream, label));
     }
     drop(counted);
+    // Sized for the answers and each one's envelope: a batch's body grew (and was
+    // copied) at least once from a fixed guess.
+    let answers: usize = slots
+        .iter()
+        .map(|s| match &s.outcome {
+            Some(Outcome::Answered {
+                answer: Answer::Result(raw) | Answer::Error { raw, .. },
+                ..
+            }) => raw.len(),
+            _ => 0,
+        })
+        .sum();
     let mut outcomes = slots.into_iter().map(|s| s.outcome);
-    let mut reply = ReplyBody::new(batch, 256);
+    let mut reply = ReplyBody::new(batch, answers + 64 * entries.len());
     let mut upstreams = SmallVec::new();
     let mut traced = crate::telemetry::Summary::start();
     for entry in entries {
