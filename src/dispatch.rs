@@ -58,7 +58,8 @@ pub async fn handle(gw: &Gateway, chain: &Chain, body: &[u8]) -> Reply {
         &crate::auth::Caller::Open,
         std::net::Ipv4Addr::UNSPECIFIED.into(),
     );
-    handle_as(gw, chain, (body, Shape::of(body)), None, &nobody).await
+    let shape = Shape::of(body, gw.limits().max_depth);
+    handle_as(gw, chain, (body, shape), None, &nobody).await
 }
 
 /// As `handle`, for a caller whose key may call only `methods` (`auth`), named `key`;

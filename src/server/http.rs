@@ -200,7 +200,7 @@ where
             return json(StatusCode::BAD_REQUEST, whole_request_error(&e));
         }
     };
-    let shape = Shape::of(&bytes);
+    let shape = Shape::of(&bytes, gw.limits().max_depth);
     if let Err(r) = gw.access().charge(&caller, charged(gw, shape)).await {
         return refused(&r);
     }

@@ -261,7 +261,7 @@ impl Session {
                             Message::Binary(b) => Some(&b[..]),
                             _ => None,
                         }
-                        .map(|b| (b, Shape::of(b)));
+                        .map(|b| (b, Shape::of(b, self.gw.limits().max_depth)));
                         let charged = match body {
                             Some((_, shape)) => {
                                 let n = super::http::charged(&self.gw, shape);
