@@ -241,7 +241,7 @@ impl<T> Handles<T> {
 
 fn counter_of(name: &'static str, labels: &[(&'static str, &str)], use_it: impl FnOnce(&Counter)) {
     thread_local!(static HANDLES: Handles<Counter> = Handles::new());
-    HANDLES.with(|h| h.with(name, labels, |l| counter!(name, l), use_it));
+    with_local(&HANDLES, name, labels, |name, l| counter!(name, l), use_it);
 }
 
 fn histogram_of(
@@ -250,7 +250,40 @@ fn histogram_of(
     use_it: impl FnOnce(&Histogram),
 ) {
     thread_local!(static HANDLES: Handles<Histogram> = Handles::new());
-    HANDLES.with(|h| h.with(name, labels, |l| histogram!(name, l), use_it));
+    with_local(
+        &HANDLES,
+        name,
+        labels,
+        |name, l| histogram!(name, l),
+        use_it,
+    );
+}
+
+/// `use_it` with this thread's handle from `handles`; while the thread is torn down
+/// (its handles dropped already: a task's drop may still count), with one made for it.
+fn with_local<T: 'static>(
+    handles: &'static std::thread::LocalKey<Handles<T>>,
+    name: &'static str,
+    labels: &[(&'static str, &str)],
+    make: fn(&'static str, Vec<Label>) -> T,
+    use_it: impl FnOnce(&T),
+) {
+    let mut use_it = Some(use_it);
+    let mut run = |handle: &T| {
+        if let Some(f) = use_it.take() {
+            f(handle);
+        }
+    };
+    if handles
+        .try_with(|h| h.with(name, labels, |l| make(name, l), &mut run))
+        .is_err()
+    {
+        let owned = labels
+            .iter()
+            .map(|&(k, v)| Label::new(k, v.to_owned()))
+            .collect();
+        run(&make(name, owned));
+    }
 }
 
 /// One JSON-RPC call answered.
@@ -477,5 +510,24 @@ mod tests {
         drop(lookups);
         let misses = value(CACHE_REQUESTS, &["chain=\"runs-test\"", "result=\"miss\""]);
         assert_eq!(misses.as_deref(), Some("2"));
+    }
+
+    #[test]
+    fn a_count_while_its_thread_is_torn_down_is_kept_not_a_panic() {
+        struct CountsOnDrop;
+        impl Drop for CountsOnDrop {
+            fn drop(&mut self) {
+                call("teardown-test", "eth_chainId", "u", "result");
+            }
+        }
+        thread_local!(static LAST: RefCell<Option<CountsOnDrop>> = const { RefCell::new(None) });
+        std::thread::spawn(|| {
+            // Set before the thread's metric handles exist, so dropped after them
+            // (thread-locals are dropped in the reverse order they were first used).
+            LAST.with(|last| *last.borrow_mut() = Some(CountsOnDrop));
+            call("teardown-test", "eth_chainId", "u", "result");
+        })
+        .join()
+        .expect("the thread ends without a panic");
     }
 }
