@@ -207,15 +207,9 @@ impl<T> Handles<T> {
         make: impl FnOnce(Vec<Label>) -> T,
         use_it: impl FnOnce(&T),
     ) {
-        let owned = || {
-            labels
-                .iter()
-                .map(|&(k, v)| Label::new(k, v.to_owned()))
-                .collect()
-        };
         if HANDLE.get().is_none() {
             // No recorder yet: a handle made now would count nowhere for good.
-            return use_it(&make(owned()));
+            return use_it(&make(owned(labels)));
         }
         let mut h = rustc_hash::FxHasher::default();
         name.hash(&mut h);
@@ -230,7 +224,7 @@ impl<T> Handles<T> {
         {
             return use_it(&found.1);
         }
-        let handle = make(owned());
+        let handle = make(owned(labels));
         use_it(&handle);
         let values = labels.iter().map(|l| Box::from(l.1)).collect();
         if let Ok(mut map) = self.map.try_borrow_mut() {
@@ -278,12 +272,16 @@ fn with_local<T: 'static>(
         .try_with(|h| h.with(name, labels, |l| make(name, l), &mut run))
         .is_err()
     {
-        let owned = labels
-            .iter()
-            .map(|&(k, v)| Label::new(k, v.to_owned()))
-            .collect();
-        run(&make(name, owned));
+        run(&make(name, owned(labels)));
     }
+}
+
+/// A series' labels as the registry keeps them.
+fn owned(labels: &[(&'static str, &str)]) -> Vec<Label> {
+    labels
+        .iter()
+        .map(|&(k, v)| Label::new(k, v.to_owned()))
+        .collect()
 }
 
 /// One JSON-RPC call answered.

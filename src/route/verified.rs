@@ -11,8 +11,9 @@
 //!
 //! An upstream caught lying is banned: a header or body that does not hash to itself at
 //! once; a false proof or an answer against an agreed quorum once it says it again when
-//! asked alone (`race`: a node busy with its next block can be wrong once). When nothing can be verified the call gets `-33091`,
-//! never the unverified value. The checks themselves are in `crate::verify`.
+//! asked alone (`race`: a node busy with its next block can be wrong once). When
+//! nothing can be verified the call gets `-33091`, never the unverified value. The
+//! checks themselves are in `crate::verify`.
 
 use std::{collections::HashSet, sync::Arc, time::Instant};
 

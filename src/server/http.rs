@@ -16,6 +16,7 @@ use hyper::body::{Body as HttpBody, Incoming};
 use super::{guard, listen::ClientAddr};
 use crate::{
     auth::Refused,
+    config::Limits,
     dispatch,
     gateway::Gateway,
     rpc::{RpcError, parse::Shape, respond::whole_request_error},
@@ -175,7 +176,8 @@ where
         Ok(c) => c,
         Err(r) => return refused(&r),
     };
-    let max = gw.limits().max_body_bytes;
+    let limits = gw.limits();
+    let max = limits.max_body_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -200,8 +202,8 @@ where
             return json(StatusCode::BAD_REQUEST, whole_request_error(&e));
         }
     };
-    let shape = Shape::of(&bytes, gw.limits().max_depth);
-    if let Err(r) = gw.access().charge(&caller, charged(gw, shape)).await {
+    let shape = Shape::of(&bytes, limits.max_depth);
+    if let Err(r) = gw.access().charge(&caller, charged(&limits, shape)).await {
         return refused(&r);
     }
     let started = std::time::Instant::now();
@@ -274,8 +276,8 @@ async fn to_completion<T: Send + 'static>(mut work: Detached<T>) -> Result<T, St
 
 /// The calls a body is charged for before it is parsed: its `Shape`'s, at most one
 /// past `[limits] max_batch` (a larger batch is refused whole, by the parser).
-pub(super) fn charged(gw: &Gateway, shape: Shape) -> u64 {
-    shape.calls.min(gw.limits().max_batch as u64 + 1)
+pub(super) fn charged(limits: &Limits, shape: Shape) -> u64 {
+    shape.calls.min(limits.max_batch as u64 + 1)
 }
 
 // Outlast's answer headers (design.md), named once: a name given as a `&str` is copied

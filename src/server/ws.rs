@@ -256,15 +256,16 @@ impl Session {
                         last_pong = Instant::now();
                         // A call or batch, with its shape: taken once, to charge it and to
                         // parse it. tungstenite answers pings; pongs only count as life.
+                        let limits = self.gw.limits();
                         let body = match &msg {
                             Message::Text(t) => Some(t.as_bytes()),
                             Message::Binary(b) => Some(&b[..]),
                             _ => None,
                         }
-                        .map(|b| (b, Shape::of(b, self.gw.limits().max_depth)));
+                        .map(|b| (b, Shape::of(b, limits.max_depth)));
                         let charged = match body {
                             Some((_, shape)) => {
-                                let n = super::http::charged(&self.gw, shape);
+                                let n = super::http::charged(&limits, shape);
                                 self.gw.access().charge(&self.caller, n).await
                             }
                             None => Ok(()),

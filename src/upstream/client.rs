@@ -300,10 +300,6 @@ impl<'de> Deserialize<'de> for ReplyId {
                 Ok(ReplyId::Other(b.to_string()))
             }
 
-            fn visit_unit<E>(self) -> Result<ReplyId, E> {
-                Ok(ReplyId::Other("null".into()))
-            }
-
             fn visit_seq<A: serde::de::SeqAccess<'de>>(
                 self,
                 mut a: A,
