@@ -111,7 +111,6 @@ pub async fn run_reloading(
         &tasks,
         stop.clone(),
     );
-    tasks.spawn(metrics::upkeep(stop.clone()));
     let upstream_tasks = Arc::new(reload::UpstreamTasks::new(
         tasks.clone(),
         stop.clone(),

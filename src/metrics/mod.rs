@@ -20,16 +20,15 @@ use std::{
     cell::RefCell,
     collections::HashMap,
     hash::{Hash, Hasher},
-    sync::OnceLock,
+    sync::{Arc, OnceLock},
     time::Duration,
 };
 
-use metrics::{
-    Counter, Histogram, Label, counter, describe_counter, describe_gauge, describe_histogram,
-    gauge, histogram,
-};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tokio_util::sync::CancellationToken;
+mod durations;
+use durations::{Family, Series};
+
+use metrics::{Counter, Label, counter, describe_counter, describe_gauge, gauge};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 // Counters and histograms (events). `_total` and `_seconds` per Prometheus conventions.
 /// Every JSON-RPC call answered: `chain`, `method`, `upstream` (or `consensus`,
@@ -81,10 +80,16 @@ pub const RATE_LIMIT_FALLBACKS: &str = "outlast_rate_limit_fallbacks_total";
 /// `maintenance`), `outcome` (`done`, `refused`).
 pub const ADMIN_ACTIONS: &str = "outlast_admin_actions_total";
 
-/// Histogram buckets for every `_duration_seconds`, from 1 ms to 30 s.
-const BUCKETS: [f64; 14] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-];
+/// The latency histograms, kept by `durations` (not the recorder), rendered after it.
+static REQUEST_DURATIONS: Family = Family::new(
+    REQUEST_DURATION,
+    "Time from an HTTP JSON-RPC request to its answer.",
+);
+static UPSTREAM_DURATIONS: Family = Family::new(
+    UPSTREAM_DURATION,
+    "Time an upstream took to reply (every attempt that got a reply).",
+);
+const FAMILIES: [&Family; 2] = [&REQUEST_DURATIONS, &UPSTREAM_DURATIONS];
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -93,15 +98,7 @@ static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 /// and `/metrics` shows the state gauges only.
 pub fn install() {
     HANDLE.get_or_init(|| {
-        let builder = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Suffix("_duration_seconds".into()), &BUCKETS);
-        let recorder = match builder {
-            Ok(b) => b.build_recorder(),
-            Err(e) => {
-                tracing::warn!("metrics recorder not built ({e}); /metrics shows state only");
-                return None;
-            }
-        };
+        let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
         if metrics::set_global_recorder(recorder).is_err() {
             tracing::warn!("another metrics recorder is installed; /metrics shows state only");
@@ -117,17 +114,7 @@ fn describe() {
         REQUESTS,
         "JSON-RPC calls answered, by chain, method, upstream and outcome."
     );
-    describe_histogram!(
-        REQUEST_DURATION,
-        metrics::Unit::Seconds,
-        "Time from an HTTP JSON-RPC request to its answer."
-    );
     describe_counter!(UPSTREAM_REQUESTS, "Attempts at an upstream, by outcome.");
-    describe_histogram!(
-        UPSTREAM_DURATION,
-        metrics::Unit::Seconds,
-        "Time an upstream took to reply (every attempt that got a reply)."
-    );
     describe_counter!(CACHE_REQUESTS, "Cache lookups, by result.");
     describe_counter!(
         VERIFICATIONS,
@@ -159,26 +146,12 @@ fn describe() {
     describe_counter!(ADMIN_ACTIONS, "Admin API actions, by action and outcome.");
 }
 
-/// Drains histogram data now and then, so memory stays flat between scrapes.
-pub async fn upkeep(stop: CancellationToken) {
-    let Some(Some(handle)) = HANDLE.get() else {
-        return;
-    };
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => handle.run_upkeep(),
-        }
-    }
-}
-
 /// Handles of the series counted on every call, by name and label values. The macros
 /// build a series' key (owned label strings) and look it up in the registry each time,
 /// which cost more than the rest of answering from the cache; a handle kept here is one
 /// atomic add. Label values are bounded (see above), and so is this map.
 ///
-/// One per thread (`counter_of`, `histogram_of`): the serving runtimes each keep their
+/// One per thread (`counter_of`, `durations_of`): the serving runtimes each keep their
 /// own handles to the same series, so a lookup takes no lock and clones no handle (a
 /// shared map's read lock and the handle's reference count were four atomic writes per
 /// lookup, to cache lines every serving thread writes).
@@ -204,12 +177,12 @@ impl<T> Handles<T> {
         &self,
         name: &'static str,
         labels: &[(&'static str, &str)],
-        make: impl FnOnce(Vec<Label>) -> T,
+        make: impl FnOnce() -> T,
         use_it: impl FnOnce(&T),
     ) {
         if HANDLE.get().is_none() {
             // No recorder yet: a handle made now would count nowhere for good.
-            return use_it(&make(owned(labels)));
+            return use_it(&make());
         }
         let mut h = rustc_hash::FxHasher::default();
         name.hash(&mut h);
@@ -224,7 +197,7 @@ impl<T> Handles<T> {
         {
             return use_it(&found.1);
         }
-        let handle = make(owned(labels));
+        let handle = make();
         use_it(&handle);
         let values = labels.iter().map(|l| Box::from(l.1)).collect();
         if let Ok(mut map) = self.map.try_borrow_mut() {
@@ -235,21 +208,28 @@ impl<T> Handles<T> {
 
 fn counter_of(name: &'static str, labels: &[(&'static str, &str)], use_it: impl FnOnce(&Counter)) {
     thread_local!(static HANDLES: Handles<Counter> = Handles::new());
-    with_local(&HANDLES, name, labels, |name, l| counter!(name, l), use_it);
-}
-
-fn histogram_of(
-    name: &'static str,
-    labels: &[(&'static str, &str)],
-    use_it: impl FnOnce(&Histogram),
-) {
-    thread_local!(static HANDLES: Handles<Histogram> = Handles::new());
     with_local(
         &HANDLES,
         name,
         labels,
-        |name, l| histogram!(name, l),
+        || counter!(name, owned(labels)),
         use_it,
+    );
+}
+
+/// `use_it` with the latency histogram `family` at `labels` (`durations`).
+fn durations_of(
+    family: &'static Family,
+    labels: &[(&'static str, &str)],
+    use_it: impl FnOnce(&Series),
+) {
+    thread_local!(static HANDLES: Handles<Arc<Series>> = Handles::new());
+    with_local(
+        &HANDLES,
+        family.name(),
+        labels,
+        || family.series(labels),
+        |s| use_it(s),
     );
 }
 
@@ -259,7 +239,7 @@ fn with_local<T: 'static>(
     handles: &'static std::thread::LocalKey<Handles<T>>,
     name: &'static str,
     labels: &[(&'static str, &str)],
-    make: fn(&'static str, Vec<Label>) -> T,
+    make: impl Fn() -> T,
     use_it: impl FnOnce(&T),
 ) {
     let mut use_it = Some(use_it);
@@ -269,10 +249,10 @@ fn with_local<T: 'static>(
         }
     };
     if handles
-        .try_with(|h| h.with(name, labels, |l| make(name, l), &mut run))
+        .try_with(|h| h.with(name, labels, &make, &mut run))
         .is_err()
     {
-        run(&make(name, owned(labels)));
+        run(&make());
     }
 }
 
@@ -343,9 +323,7 @@ pub fn call_runs<'c>(chain: &'c str) -> Runs<'c, (&'static str, &'c str, &'stati
 
 /// One HTTP JSON-RPC request served on `chain`.
 pub fn request_duration(chain: &str, took: Duration) {
-    histogram_of(REQUEST_DURATION, &[("chain", chain)], |h| {
-        h.record(took.as_secs_f64());
-    });
+    durations_of(&REQUEST_DURATIONS, &[("chain", chain)], |h| h.record(took));
 }
 
 /// One attempt at an upstream; `took` when it replied.
@@ -362,9 +340,7 @@ pub fn upstream_attempt(
     ];
     counter_of(UPSTREAM_REQUESTS, &labels, |c| c.increment(1));
     if let Some(took) = took {
-        histogram_of(UPSTREAM_DURATION, &labels[..2], |h| {
-            h.record(took.as_secs_f64());
-        });
+        durations_of(&UPSTREAM_DURATIONS, &labels[..2], |h| h.record(took));
     }
 }
 
@@ -458,6 +434,9 @@ pub fn recorded() -> String {
     };
     if !out.is_empty() && !out.ends_with('\n') {
         out.push('\n');
+    }
+    for family in FAMILIES {
+        family.render(&mut out);
     }
     out
 }
