@@ -95,7 +95,8 @@ static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Installs the process's recorder once (later calls do nothing). When another recorder
 /// was installed first (Outlast embedded in a program that has one), events go there
-/// and `/metrics` shows the state gauges only.
+/// and `/metrics` shows the latency histograms (`durations`, kept here) and the state
+/// gauges only.
 pub fn install() {
     HANDLE.get_or_init(|| {
         let recorder = PrometheusBuilder::new().build_recorder();
@@ -424,9 +425,9 @@ pub fn connections(open: usize) {
     gauge!(CONNECTIONS).set(open as f64);
 }
 
-/// Standard methods, sorted: the only method names used as label values.
-/// The recorded events in the text format (empty before `install`), ending in a
-/// newline; `status::scrape` appends the state read at scrape time.
+/// The recorded events in the text format (before `install`, or with another
+/// recorder, only the latency histograms), ending in a newline; `status::scrape`
+/// appends the state read at scrape time.
 pub fn recorded() -> String {
     let mut out = match HANDLE.get() {
         Some(Some(h)) => h.render(),
