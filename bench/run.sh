@@ -28,7 +28,9 @@
 # SKIP_OUTLAST=1 (only direct and nginx), KEEP=1 (keep the scratch folder), BARE=1
 # (add `bare`: hyper's server and client with nothing between, examples/bare_proxy.rs,
 # the floor of Outlast's stack), ROUNDS=N (load every target N times per workload,
-# taking turns, and print the medians: throughput here drifts by ±20% over minutes).
+# taking turns, in reverse order every other round, and print the medians:
+# throughput here drifts by ±20% over minutes; an even N puts each target first as
+# often as last).
 # FILL is accepted and ignored (the forwarded runs fill the cache).
 set -euo pipefail
 
@@ -308,7 +310,15 @@ for w in "${workloads[@]}"; do
     script="$bench/${script_of[$w]}" conns="$CONNECTIONS"
     [[ $w == alone ]] && conns=1
     for ((round = 1; round <= ROUNDS; round++)); do
-        for t in "${targets[@]}"; do
+        # Every other round the other way round: the same build ran 4-15% faster when
+        # loaded before another in a round than after it, whichever build it was (two
+        # runs, bench/README.md), so with an even ROUNDS each goes first as often.
+        order=("${targets[@]}")
+        if ((round % 2 == 0)); then
+            order=()
+            for ((i = ${#targets[@]} - 1; i >= 0; i--)); do order+=("${targets[i]}"); done
+        fi
+        for t in "${order[@]}"; do
             if ((WARMUP > 0 && round == 1)); then
                 load -t"$THREADS" -c"$conns" -d"${WARMUP}s" -s "$script" "${url[$t]}" >/dev/null
             fi
