@@ -15,13 +15,14 @@
 # Environment: WORKLOADS ("single batch10 hit"), DURATION (s, 4), OUTLAST_BIN (a build
 # to count instead of target/release/outlast), OUTLAST_ALT ("name=/path/to/outlast …"),
 # BARE (1: count the bare proxy too), KEEP (a directory), CACHESIM (1: also simulate
-# the processor's caches, `--cache-sim=yes`, and print first-level and last-level
-# misses per request: what a change to the memory a request touches does, which
-# instructions alone do not show; LL sets the last level's size, 32 MiB), FILL (s, 0: load batches of new calls this long
-# before counting, so the cache is full and every store evicts, as in bench/run.sh;
-# under the simulation about 3k calls a second are stored), CACHE_BYTES ([cache]
-# size_bytes, 64 MiB; a smaller cache with a smaller LL fills sooner). Runs valgrind 50x slower
-# than native, so the request counts are small; everything on 127.0.0.1.
+# the processor's caches, `--cache-sim=yes`, and print first- and last-level misses
+# per request: what a change to the memory a request touches does, which instructions
+# alone do not show), LL (the simulated last level's size in bytes, 32 MiB), FILL (s,
+# 0: load batches of new calls this long before counting, so the cache is full and
+# every store evicts, as in bench/run.sh; under the simulation about 3k calls a second
+# are stored), CACHE_BYTES ([cache] size_bytes, 64 MiB; a smaller cache with a smaller
+# LL fills sooner). Runs valgrind 50x slower than native, so the request counts are
+# small; everything on 127.0.0.1.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
