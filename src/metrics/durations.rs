@@ -7,13 +7,14 @@
 //! thread's own cache lines; a scrape sums them.
 
 use std::{
-    fmt::Write,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
     },
     time::Duration,
 };
+
+use super::text;
 
 /// Upper bounds of the buckets, in seconds, from 1 ms to 30 s (`+Inf` follows).
 const BUCKETS: [f64; 14] = [
@@ -74,17 +75,17 @@ impl Series {
     }
 }
 
-/// A histogram's name, help and series. Label values are bounded as every metric's are
-/// (config names), so the list is too.
-pub struct Family {
+/// A histogram family: its name, help and series. Label values are bounded as every
+/// metric's are (config names), so the list is too.
+pub struct Histogram {
     name: &'static str,
     help: &'static str,
     series: Mutex<Vec<Arc<Series>>>,
 }
 
-impl Family {
-    pub const fn new(name: &'static str, help: &'static str) -> Family {
-        Family {
+impl Histogram {
+    pub const fn new(name: &'static str, help: &'static str) -> Histogram {
+        Histogram {
             name,
             help,
             series: Mutex::new(Vec::new()),
@@ -127,46 +128,28 @@ impl Family {
             return;
         }
         let name = self.name;
-        let _ = writeln!(out, "# HELP {name} {}", self.help);
-        let _ = writeln!(out, "# TYPE {name} histogram");
+        let (bucket, sum, count) = (
+            format!("{name}_bucket"),
+            format!("{name}_sum"),
+            format!("{name}_count"),
+        );
+        let bounds: Vec<String> = BUCKETS.iter().map(f64::to_string).collect();
+        let les = bounds.iter().map(String::as_str).chain(["+Inf"]);
+        let mut family = text::Family::typed(out, name, self.help, "histogram");
         for series in &all {
-            let (counts, sum) = series.totals();
-            let labels = label_text(&series.labels);
-            let sep = if labels.is_empty() { "" } else { "," };
+            let (counts, seconds) = series.totals();
+            let labels: Vec<(&str, &str)> = series.labels.iter().map(|(k, v)| (*k, &**v)).collect();
             let mut cumulative = 0;
-            for (i, count) in counts.iter().enumerate() {
-                cumulative += count;
-                let le = BUCKETS.get(i).map_or("+Inf".to_owned(), f64::to_string);
-                let _ = writeln!(
-                    out,
-                    "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}"
-                );
+            for (n, le) in counts.iter().zip(les.clone()) {
+                cumulative += n;
+                let with_le: Vec<(&str, &str)> =
+                    labels.iter().copied().chain([("le", le)]).collect();
+                family.sample(&bucket, &with_le, cumulative as f64);
             }
-            let braces = if labels.is_empty() {
-                String::new()
-            } else {
-                format!("{{{labels}}}")
-            };
-            let _ = writeln!(out, "{name}_sum{braces} {sum}");
-            let _ = writeln!(out, "{name}_count{braces} {cumulative}");
+            family.sample(&sum, &labels, seconds);
+            family.sample(&count, &labels, cumulative as f64);
         }
     }
-}
-
-/// `k="v",…` with the values escaped as the text format asks.
-fn label_text(labels: &[(&'static str, Box<str>)]) -> String {
-    let mut out = String::new();
-    for (i, (k, v)) in labels.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        let v = v
-            .replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace('\n', "\\n");
-        let _ = write!(out, "{k}=\"{v}\"");
-    }
-    out
 }
 
 #[cfg(test)]
@@ -175,7 +158,7 @@ mod tests {
 
     #[test]
     fn samples_land_in_the_buckets_at_or_above_them_and_add_up_over_threads() {
-        static F: Family = Family::new("test_duration_seconds", "A test.");
+        static F: Histogram = Histogram::new("test_duration_seconds", "A test.");
         let s = F.series(&[("chain", "a\"b")]);
         s.record(Duration::from_micros(500)); // 1 ms bucket
         s.record(Duration::from_millis(1)); // exactly a bound: in it
@@ -230,7 +213,7 @@ mod tests {
 
     #[test]
     fn a_family_without_series_renders_nothing() {
-        static F: Family = Family::new("empty_duration_seconds", "Nothing yet.");
+        static F: Histogram = Histogram::new("empty_duration_seconds", "Nothing yet.");
         let mut out = String::new();
         F.render(&mut out);
         assert_eq!(out, "");

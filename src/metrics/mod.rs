@@ -25,7 +25,8 @@ use std::{
 };
 
 mod durations;
-use durations::{Family, Series};
+pub mod text;
+use durations::{Histogram, Series};
 
 use metrics::{Counter, Label, counter, describe_counter, describe_gauge, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -81,15 +82,15 @@ pub const RATE_LIMIT_FALLBACKS: &str = "outlast_rate_limit_fallbacks_total";
 pub const ADMIN_ACTIONS: &str = "outlast_admin_actions_total";
 
 /// The latency histograms, kept by `durations` (not the recorder), rendered after it.
-static REQUEST_DURATIONS: Family = Family::new(
+static REQUEST_DURATIONS: Histogram = Histogram::new(
     REQUEST_DURATION,
     "Time from an HTTP JSON-RPC request to its answer.",
 );
-static UPSTREAM_DURATIONS: Family = Family::new(
+static UPSTREAM_DURATIONS: Histogram = Histogram::new(
     UPSTREAM_DURATION,
     "Time an upstream took to reply (every attempt that got a reply).",
 );
-const FAMILIES: [&Family; 2] = [&REQUEST_DURATIONS, &UPSTREAM_DURATIONS];
+const HISTOGRAMS: [&Histogram; 2] = [&REQUEST_DURATIONS, &UPSTREAM_DURATIONS];
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -218,18 +219,18 @@ fn counter_of(name: &'static str, labels: &[(&'static str, &str)], use_it: impl 
     );
 }
 
-/// `use_it` with the latency histogram `family` at `labels` (`durations`).
+/// `use_it` with the series of the latency `histogram` at `labels` (`durations`).
 fn durations_of(
-    family: &'static Family,
+    histogram: &'static Histogram,
     labels: &[(&'static str, &str)],
     use_it: impl FnOnce(&Series),
 ) {
     thread_local!(static HANDLES: Handles<Arc<Series>> = Handles::new());
     with_local(
         &HANDLES,
-        family.name(),
+        histogram.name(),
         labels,
-        || family.series(labels),
+        || histogram.series(labels),
         |s| use_it(s),
     );
 }
@@ -436,8 +437,8 @@ pub fn recorded() -> String {
     if !out.is_empty() && !out.ends_with('\n') {
         out.push('\n');
     }
-    for family in FAMILIES {
-        family.render(&mut out);
+    for histogram in HISTOGRAMS {
+        histogram.render(&mut out);
     }
     out
 }

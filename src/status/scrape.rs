@@ -3,13 +3,11 @@
 //! `/api/v1/status` serves), plus filters and cache size, read at scrape time (never
 //! stale, only this gateway's), after the events `metrics` recorded.
 
-use std::fmt::Write as _;
-
 use super::{ChainStatus, UpstreamStatus};
 use crate::{
     gateway::Gateway,
     incidents::{Kind, Severity},
-    metrics::{self, UPSTREAM_BANS},
+    metrics::{self, UPSTREAM_BANS, text::Family},
     upstream::health::Status,
 };
 
@@ -18,43 +16,6 @@ pub fn render(gw: &Gateway) -> String {
     let mut out = metrics::recorded();
     state(gw, &mut out);
     out
-}
-
-/// One gauge family: HELP and TYPE lines, then its samples.
-struct Family<'a> {
-    out: &'a mut String,
-}
-
-impl<'a> Family<'a> {
-    fn new(out: &'a mut String, name: &str, help: &str) -> Self {
-        Family::typed(out, name, help, "gauge")
-    }
-
-    fn typed(out: &'a mut String, name: &str, help: &str, kind: &str) -> Self {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        Family { out }
-    }
-
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
-        self.out.push_str(name);
-        if !labels.is_empty() {
-            self.out.push('{');
-            for (i, (k, v)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.out.push(',');
-                }
-                let _ = write!(self.out, "{k}=\"{}\"", escape(v));
-            }
-            self.out.push('}');
-        }
-        let _ = writeln!(self.out, " {value}");
-    }
-}
-
-fn escape(v: &str) -> String {
-    v.replace('\\', r"\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 const BREAKER_STATES: [&str; 3] = ["closed", "open", "half-open"];
@@ -292,16 +253,4 @@ fn state(gw: &Gateway, out: &mut String) {
     let name = "outlast_build_info";
     let mut f = Family::new(out, name, "Always 1; the version as a label.");
     f.sample(name, &[("version", env!("CARGO_PKG_VERSION"))], 1.0);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn label_values_are_escaped() {
-        let mut out = String::new();
-        Family::new(&mut out, "x", "help").sample("x", &[("a", "q\"\\\n")], 1.0);
-        assert!(out.ends_with("x{a=\"q\\\"\\\\\\n\"} 1\n"), "{out}");
-    }
 }
