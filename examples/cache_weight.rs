@@ -1,10 +1,9 @@
-//! How much memory one cached answer really costs, against what the cache counts for
-//! it: fills an unbounded memory tier with `N` distinct `eth_getBalance`-sized answers
-//! and prints resident memory grown per entry beside the weight per entry; or (`bounded`)
-//! offers a tier bounded to `[cache] size_bytes` = 32 MiB three times what fits and
-//! prints how much resident memory grew against that bound.
-//! `cargo run --example cache_weight [entries]`, `cargo run --example cache_weight
-//! bounded` (bench/run.sh weighs the same through a running Outlast).
+//! How much memory the answer cache really takes, against its bound: offers a memory
+//! tier bounded to `[cache] size_bytes` (the default 64 MiB, or `MiB` given) three times
+//! the `eth_getBalance`-sized answers that fit, and prints how many it holds, the
+//! bytes each costs (the bound over them) and how much resident memory grew against
+//! the bound. `cargo run --release --example cache_weight [MiB]` (bench/run.sh weighs
+//! the same through a running Outlast).
 
 use std::{
     sync::Arc,
@@ -44,47 +43,27 @@ fn fill(memory: &Memory, from: u64, n: u64) {
             stored: SystemTime::now(),
             body: Bytes::from(format!("\"0x{:x}\"", i.wrapping_mul(1_000_000_007))),
         };
-        memory.insert(key.immutable(), entry);
+        memory.insert(key.immutable(), &entry);
     }
 }
 
 fn main() {
-    let mut args = std::env::args().skip(1);
-    match args.next().as_deref() {
-        Some("bounded") => bounded(),
-        other => per_entry(other.and_then(|a| a.parse().ok()).unwrap_or(200_000)),
-    }
-}
-
-/// Resident memory per entry against the weight counted for it.
-fn per_entry(n: u64) {
+    let mib: u64 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(64);
+    let bound = mib << 20;
     let before = rss_bytes();
-    let memory = Memory::new(1 << 40, Duration::from_secs(3600));
-    fill(&memory, 0, n);
+    let memory = Memory::new(bound, Duration::from_secs(3600));
+    // A balance answer and its key take ~130 B: three times what fits.
+    fill(&memory, 0, 3 * bound / 130);
     let (entries, weighed) = memory.usage();
     let grown = rss_bytes().saturating_sub(before);
     println!(
-        "entries {entries}  counted {} B/entry  resident {} B/entry  resident/counted {:.2}",
-        weighed / entries.max(1),
-        grown / entries.max(1),
-        grown as f64 / weighed.max(1) as f64
-    );
-}
-
-/// A tier bounded to 32 MiB, offered three times what fits: resident growth against
-/// the bound.
-fn bounded() {
-    const BOUND: u64 = 32 << 20;
-    let before = rss_bytes();
-    let memory = Memory::new(BOUND, Duration::from_secs(3600));
-    fill(&memory, 0, 3 * BOUND / 200);
-    let (entries, weighed) = memory.usage();
-    let grown = rss_bytes().saturating_sub(before);
-    println!(
-        "bounded to {} MiB: {entries} entries, counted {} MiB, resident grew {} MiB ({:.2} of the bound)",
-        BOUND >> 20,
+        "bounded to {mib} MiB: {entries} entries, {} B each, counted {} MiB, resident grew {} MiB ({:.2} of the bound)",
+        bound / entries.max(1),
         weighed >> 20,
         grown >> 20,
-        grown as f64 / BOUND as f64
+        grown as f64 / bound as f64
     );
 }

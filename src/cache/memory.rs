@@ -1,135 +1,391 @@
-//! The first cache tier: answers in memory, bounded in bytes (`[cache] size_bytes`),
-//! weighed by key and answer length. Immutable entries never expire, only get evicted;
-//! head-tied ones expire once they are too old even to be served stale.
+//! The first cache tier: answers in memory, bounded in bytes (`[cache] size_bytes`).
+//! Immutable entries never expire, only get evicted; head-tied ones expire once they are
+//! too old even to be served stale.
+//!
+//! Each shard is a ring of records written one after another (key, head, answer and
+//! their metadata, side by side) and an index from a key's hash to the position of its
+//! latest record. A new record overwrites the oldest bytes; the records it overwrites
+//! are not looked at (an index slot whose position fell behind the ring is empty). So
+//! a store is a sequential write and one index line, and the bound is the memory:
+//! `size_bytes` is the ring and the index, allocated once, nothing per entry.
+//!
+//! Why not a general cache crate: the one before this (`quick_cache`, S3-FIFO) held each
+//! entry in its own allocations, and with the table larger than the processor's last
+//! level cache every store evicted an entry whose memory was cold (its key, its answer,
+//! the allocator's metadata, the policy's ghost): ~1.5 µs a forwarded call, a third of
+//! a forwarded batch's CPU (bench/README). It also had to be told an entry's memory cost
+//! (`OVERHEAD`, measured at 320 B beyond key and answer); here an answer costs its bytes
+//! and a 32-byte header.
+//!
+//! Eviction is first in, first out, with one exception: an entry asked for while in the
+//! oldest quarter of its ring is written again at the front, so what is read keeps its
+//! place (the "lazy promotion" of FIFO-reinsertion and CLOCK) without a write per read.
 
 use std::{
-    hash::{BuildHasherDefault, Hasher},
-    sync::Arc,
-    time::Duration,
+    sync::{Mutex, MutexGuard},
+    time::{Duration, UNIX_EPOCH},
 };
+
+use bytes::Bytes;
 
 use super::policy::Lifetime;
 use super::{Entry, key::Place};
-
-/// What an entry costs in memory beyond its key's and answer's bytes: the entry and its
-/// allocations, the table's slot and the policy's ghost of it, allocator rounding, and
-/// the fragmentation of a heap shared with requests. Measured, not guessed: alone
-/// (`cargo run --release --example cache_weight`) an `eth_getBalance` answer whose key
-/// and body are 84 B costs 234 B resident; in a server filling its cache under load
-/// (`bench/run.sh`, two worker threads) it costs about 410 B, where 404 B are counted,
-/// so `[cache] size_bytes` bounds what the tier really holds. (moka's entries cost
-/// 540 B alone; with 96 counted then, the process held three times the configured size.)
-const OVERHEAD: usize = 320;
+use crate::verify::Level;
 
 pub struct Memory {
-    inner: Option<Inner>,
+    shards: Box<[Locked]>,
     /// How long a head-tied entry may be served from memory at all.
     head_tied: Duration,
 }
 
-/// Entries by the hash of their key, in `quick_cache` (S3-FIFO, sharded locks): a
-/// lookup is a lock and a probe. moka, before it, recorded every read and write for its
-/// policy and re-hashed every key it held while clearing evicted slots: over a quarter
-/// of a forwarded batch's CPU (bench/profiles). A key is hashed once, on its way in,
-/// and the table only passes that number through (`Prehashed`).
-type Inner = quick_cache::sync::Cache<u64, Held, Weigh, BuildHasherDefault<Prehashed>>;
+/// One shard's lock, on cache lines of its own so two threads taking neighbouring
+/// shards do not contend for one line.
+#[repr(align(128))]
+struct Locked(Mutex<Shard>);
 
-/// An entry with its whole key: two keys of one hash are never taken for each other
-/// (a lookup whose key differs is a miss; the later insert replaces the earlier entry).
-/// A head-tied entry holds its head (the block's hash) in one `Arc` with every other
-/// entry of that head.
-#[derive(Clone)]
-struct Held {
-    key: Arc<str>,
-    head: Option<Arc<str>>,
-    entry: Entry,
-}
-
-/// An entry weighs its key, its answer and `OVERHEAD`.
-#[derive(Clone)]
-struct Weigh;
-
-impl quick_cache::Weighter<u64, Held> for Weigh {
-    fn weight(&self, _: &u64, h: &Held) -> u64 {
-        (h.key.len() + h.entry.body.len() + OVERHEAD) as u64
-    }
-}
-
-/// Passes a `u64` that is already a hash through, as the table's hash of it.
-#[derive(Default, Clone)]
-struct Prehashed(u64);
-
-impl Hasher for Prehashed {
-    fn finish(&self) -> u64 {
+impl Locked {
+    fn lock(&self) -> MutexGuard<'_, Shard> {
+        // A panic while holding the lock cannot leave a shard unsafe to read: every
+        // record read is checked against the ring's bounds and its key.
         self.0
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-
-    /// Not used for `u64` keys; mixes anything else in, so it stays a hash.
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x517c_c1b7_2722_0a95);
-        }
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
+
+/// The smallest shard worth splitting the bound into: the largest answer kept is half
+/// a shard's ring (a block with its transactions is a few MiB).
+const MIN_SHARD: u64 = 16 << 20;
 
 impl Memory {
     /// `bytes == 0` turns it off. Head-tied entries are not served after `head_tied`
-    /// (they stay until evicted, counted in the bound like any other).
+    /// (they stay until overwritten, counted in the bound like any other).
     pub fn new(bytes: u64, head_tied: Duration) -> Memory {
-        let inner = (bytes > 0).then(|| {
-            // The table grows as entries come; the estimate (answers of ~100 B of key
-            // and body) only sizes the policy's record of recently evicted keys.
-            let items = usize::try_from(bytes / (OVERHEAD as u64 + 100))
-                .unwrap_or(usize::MAX)
-                .clamp(64, 1 << 24);
-            quick_cache::sync::Cache::with(
-                items,
-                bytes,
-                Weigh,
-                BuildHasherDefault::<Prehashed>::default(),
-                quick_cache::sync::DefaultLifecycle::default(),
-            )
-        });
-        Memory { inner, head_tied }
+        // A few shards per thread that may store at once, so a store rarely waits; but
+        // none smaller than `MIN_SHARD`, so large answers fit.
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+        let shards = (threads * 2)
+            .next_power_of_two()
+            .min((bytes / MIN_SHARD).max(1));
+        let each = usize::try_from(bytes / shards).unwrap_or(usize::MAX);
+        let shards = if bytes == 0 {
+            Box::default()
+        } else {
+            (0..shards)
+                .map(|_| Locked(Mutex::new(Shard::new(each))))
+                .collect()
+        };
+        Memory { shards, head_tied }
+    }
+
+    /// The shard of a hash: its high bits (the index within the shard uses the low ones).
+    fn shard(&self, hash: u64) -> Option<MutexGuard<'_, Shard>> {
+        let n = self.shards.len() as u64;
+        let s = self
+            .shards
+            .get(usize::try_from((hash >> 32) % n.max(1)).ok()?)?;
+        Some(s.lock())
     }
 
     pub fn get(&self, at: Place<'_>) -> Option<Entry> {
-        let inner = self.inner.as_ref()?;
-        let held = inner.get(&at.hash)?;
-        if !at.is(&held.key, held.head.as_deref()) {
+        let mut shard = self.shard(at.hash)?;
+        let (way, pos) = shard.find(at.hash)?;
+        let record = shard.read(pos)?;
+        if record.hash != at.hash
+            || record.key != at.text.as_bytes()
+            || record.head != at.head.map(|h| h.as_bytes())
+        {
             return None;
         }
-        if held.entry.lifetime == Lifetime::Head && held.entry.age() >= self.head_tied {
-            inner.remove(&at.hash);
+        let entry = record.entry();
+        if entry.lifetime == Lifetime::Head && entry.age() >= self.head_tied {
+            shard.clear(at.hash, way);
             return None;
         }
-        Some(held.entry)
+        if shard.near_the_end(pos) {
+            shard.append(&Record::of(at, &entry));
+        }
+        Some(entry)
     }
 
-    pub fn insert(&self, at: Place<'_>, entry: Entry) {
-        if let Some(c) = &self.inner {
-            let held = Held {
-                key: at.text.clone(),
-                head: at.head.cloned(),
-                entry,
-            };
-            c.insert(at.hash, held);
+    /// Copies `entry` in: its body may be a slice of a larger buffer.
+    pub fn insert(&self, at: Place<'_>, entry: &Entry) {
+        if let Some(mut shard) = self.shard(at.hash) {
+            shard.append(&Record::of(at, entry));
         }
     }
 
     pub fn enabled(&self) -> bool {
-        self.inner.is_some()
+        !self.shards.is_empty()
     }
 
-    /// Entries and bytes held (for tests and metrics).
+    /// Entries and bytes held (for tests and metrics): the entries an index slot finds,
+    /// and the memory written so far (index and ring, old records included). Reads the
+    /// whole index, a piece per lock, so requests wait for a piece at most: for a
+    /// scrape, not for requests.
     pub fn usage(&self) -> (u64, u64) {
-        self.inner
-            .as_ref()
-            .map_or((0, 0), |c| (c.len() as u64, c.weight()))
+        self.shards.iter().fold((0, 0), |(n, b), s| {
+            let (buckets, bytes) = {
+                let s = s.lock();
+                (s.buckets, s.bytes())
+            };
+            let live: u64 = (0..buckets)
+                .step_by(USAGE_PIECE)
+                .map(|from| s.lock().live(from..buckets.min(from + USAGE_PIECE)))
+                .sum();
+            (n + live, b + bytes)
+        })
+    }
+}
+
+/// Buckets counted per lock by `usage` (64 KiB of index).
+const USAGE_PIECE: usize = 1024;
+
+/// Bytes before a record's key: hash, stored (ns since the epoch), key, head and body
+/// lengths, lifetime, level.
+const HEADER: usize = 32;
+/// A head length meaning "no head" (immutable), not "an empty head".
+const NO_HEAD: u32 = u32::MAX;
+/// Slots per index bucket: one bucket is one 64-byte cache line of (hash, position).
+const WAYS: usize = 4;
+/// `u64`s in a bucket.
+const BUCKET: usize = 2 * WAYS;
+/// A shard's bytes over its index's: a quarter, a slot (16 bytes) for every 48 bytes of
+/// ring, so about three for every balance-sized answer (~130 B with its header), and a
+/// bucket rarely holds more than its ways (when one would, its oldest entry is dropped).
+const INDEX_SHARE: usize = 4;
+
+/// One record, borrowed from the ring or from a call.
+struct Record<'a> {
+    hash: u64,
+    /// Nanoseconds since the epoch: wall-clock, as `Entry::stored`.
+    stored: u64,
+    lifetime: Lifetime,
+    level: Level,
+    key: &'a [u8],
+    head: Option<&'a [u8]>,
+    body: &'a [u8],
+}
+
+impl<'a> Record<'a> {
+    fn of(at: Place<'a>, entry: &'a Entry) -> Record<'a> {
+        let stored = entry
+            .stored
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        Record {
+            hash: at.hash,
+            stored,
+            lifetime: entry.lifetime,
+            level: entry.level,
+            key: at.text.as_bytes(),
+            head: at.head.map(|h| h.as_bytes()),
+            body: &entry.body,
+        }
+    }
+
+    /// Its length in the ring: header, key, head and body, rounded up to 8 bytes.
+    /// `None` when a length does not fit the header's 32 bits.
+    fn len(&self) -> Option<usize> {
+        let head = self.head.map_or(0, <[u8]>::len);
+        for n in [self.key.len(), head, self.body.len()] {
+            u32::try_from(n).ok().filter(|&n| n != NO_HEAD)?;
+        }
+        let n = HEADER
+            .checked_add(self.key.len())?
+            .checked_add(head)?
+            .checked_add(self.body.len())?;
+        n.checked_next_multiple_of(8)
+    }
+
+    fn write(&self, out: &mut [u8]) {
+        let head = self.head.map_or(NO_HEAD, |h| h.len() as u32);
+        out[0..8].copy_from_slice(&self.hash.to_le_bytes());
+        out[8..16].copy_from_slice(&self.stored.to_le_bytes());
+        out[16..20].copy_from_slice(&(self.key.len() as u32).to_le_bytes());
+        out[20..24].copy_from_slice(&head.to_le_bytes());
+        out[24..28].copy_from_slice(&(self.body.len() as u32).to_le_bytes());
+        out[28] = match self.lifetime {
+            Lifetime::Immutable => 0,
+            Lifetime::Head => 1,
+        };
+        out[29] = match self.level {
+            Level::None => 0,
+            Level::Quorum => 1,
+            Level::Proof => 2,
+        };
+        let mut at = HEADER;
+        for part in [self.key, self.head.unwrap_or_default(), self.body] {
+            out[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+    }
+
+    /// The record at the start of `ring`; `None` unless every length stays inside it.
+    fn read(ring: &'a [u8]) -> Option<Record<'a>> {
+        let u64_at = |i: usize| Some(u64::from_le_bytes(ring.get(i..i + 8)?.try_into().ok()?));
+        let u32_at = |i: usize| Some(u32::from_le_bytes(ring.get(i..i + 4)?.try_into().ok()?));
+        let (key, head) = (u32_at(16)? as usize, u32_at(20)?);
+        let body = u32_at(24)? as usize;
+        let mut rest = ring.get(HEADER..)?;
+        let mut take = |n: usize| {
+            let (part, after) = rest.split_at_checked(n)?;
+            rest = after;
+            Some(part)
+        };
+        let key = take(key)?;
+        let head = match head {
+            NO_HEAD => None,
+            n => Some(take(n as usize)?),
+        };
+        Some(Record {
+            hash: u64_at(0)?,
+            stored: u64_at(8)?,
+            lifetime: match ring.get(28)? {
+                0 => Lifetime::Immutable,
+                _ => Lifetime::Head,
+            },
+            level: match ring.get(29)? {
+                0 => Level::None,
+                1 => Level::Quorum,
+                _ => Level::Proof,
+            },
+            key,
+            head,
+            body: take(body)?,
+        })
+    }
+
+    fn entry(&self) -> Entry {
+        Entry {
+            lifetime: self.lifetime,
+            level: self.level,
+            stored: UNIX_EPOCH + Duration::from_nanos(self.stored),
+            body: Bytes::copy_from_slice(self.body),
+        }
+    }
+}
+
+/// A ring of records and the index into it.
+struct Shard {
+    ring: Box<[u8]>,
+    /// Bytes ever written (with the unused ends of laps): where the next record goes,
+    /// counted from the first. A record at position `p` is intact while
+    /// `p + ring.len() >= end`.
+    end: u64,
+    /// Buckets of `WAYS` slots, each (hash, position + 1), 0 for none, so a slot finds
+    /// an intact record when its second half is above `start()`; from `first`, so each
+    /// bucket starts a cache line.
+    index: Box<[u64]>,
+    first: usize,
+    buckets: usize,
+}
+
+impl Shard {
+    /// A shard of `bytes`, index and ring together. Both are zeroed memory, which the
+    /// allocator takes fresh from the system: resident as it is written.
+    fn new(bytes: usize) -> Shard {
+        let buckets = (bytes / INDEX_SHARE / (BUCKET * 8)).max(1);
+        // One bucket more than used, to start the first on a cache line.
+        let index = vec![0u64; (buckets + 1) * BUCKET].into_boxed_slice();
+        let ring = bytes.saturating_sub(index.len() * 8);
+        let first = (64 - index.as_ptr().addr() % 64) % 64 / 8;
+        Shard {
+            ring: vec![0u8; ring].into_boxed_slice(),
+            end: 0,
+            index,
+            first,
+            buckets,
+        }
+    }
+
+    /// The first `u64` of `hash`'s bucket (its low 32 bits, scaled to the bucket count).
+    fn bucket(&self, hash: u64) -> usize {
+        let b = ((hash & 0xffff_ffff) * self.buckets as u64) >> 32;
+        self.first + b as usize * BUCKET
+    }
+
+    /// The oldest position still intact.
+    fn start(&self) -> u64 {
+        self.end.saturating_sub(self.ring.len() as u64)
+    }
+
+    /// The way and position of `hash`'s latest record, if it is still intact.
+    fn find(&self, hash: u64) -> Option<(usize, u64)> {
+        let b = self.bucket(hash);
+        let slots = self.index.get(b..b + BUCKET)?;
+        slots
+            .chunks_exact(2)
+            .enumerate()
+            .find_map(|(way, s)| (s[0] == hash && s[1] > self.start()).then(|| (way, s[1] - 1)))
+    }
+
+    fn read(&self, pos: u64) -> Option<Record<'_>> {
+        let at = usize::try_from(pos % self.ring.len().max(1) as u64).ok()?;
+        Record::read(self.ring.get(at..)?)
+    }
+
+    /// Whether the record at `pos` is in the quarter of the ring overwritten next.
+    fn near_the_end(&self, pos: u64) -> bool {
+        let cap = self.ring.len() as u64;
+        pos + cap < self.end + cap / 4
+    }
+
+    fn clear(&mut self, hash: u64, way: usize) {
+        let slot = self.bucket(hash) + 2 * way;
+        if let Some(s) = self.index.get_mut(slot..slot + 2) {
+            s.fill(0);
+        }
+    }
+
+    /// Writes `record` at the front, over the oldest bytes, and points its hash's slot
+    /// at it. A record larger than half the ring is not kept.
+    fn append(&mut self, record: &Record<'_>) {
+        let Some(len) = record.len().filter(|&n| n <= self.ring.len() / 2) else {
+            return;
+        };
+        let cap = self.ring.len() as u64;
+        let mut at = self.end % cap;
+        if at + len as u64 > cap {
+            // Not split over the lap's end: the rest of the lap stays unused.
+            self.end += cap - at;
+            at = 0;
+        }
+        let pos = self.end;
+        self.end += len as u64;
+        let at = at as usize;
+        record.write(&mut self.ring[at..at + len]);
+
+        // The slot: this hash's own, else an empty or overwritten one, else the oldest.
+        let (b, start) = (self.bucket(record.hash), self.start());
+        let Some(slots) = self.index.get_mut(b..b + BUCKET) else {
+            return;
+        };
+        let at = |w: usize| slots[2 * w + 1];
+        let way = (0..WAYS)
+            .find(|&w| slots[2 * w] == record.hash && at(w) > 0)
+            .or_else(|| (0..WAYS).find(|&w| at(w) <= start))
+            .unwrap_or_else(|| (0..WAYS).min_by_key(|&w| at(w)).unwrap_or(0));
+        slots[2 * way] = record.hash;
+        slots[2 * way + 1] = pos + 1;
+    }
+
+    /// Entries found by the slots of `buckets`.
+    fn live(&self, buckets: std::ops::Range<usize>) -> u64 {
+        let start = self.start();
+        let from = self.first + buckets.start * BUCKET;
+        let to = self.first + buckets.end * BUCKET;
+        self.index
+            .get(from..to)
+            .unwrap_or_default()
+            .chunks_exact(2)
+            .filter(|s| s[1] > start)
+            .count() as u64
+    }
+
+    /// Memory written so far: the index, and as much of the ring as was.
+    fn bytes(&self) -> u64 {
+        self.end.min(self.ring.len() as u64) + (self.index.len() * 8) as u64
     }
 }
 
@@ -137,8 +393,7 @@ impl Memory {
 mod tests {
     use super::*;
     use crate::cache::key::{Key, Reach};
-    use crate::verify::Level;
-    use bytes::Bytes;
+    use std::sync::Arc;
 
     /// The key of an immutable answer `text`.
     fn key(text: &str) -> Key {
@@ -149,26 +404,109 @@ mod tests {
         Key::new(Arc::from(text), reach, None)
     }
 
+    fn entry(body: Vec<u8>) -> Entry {
+        Entry::new(Lifetime::Immutable, Level::None, Bytes::from(body))
+    }
+
     #[test]
     fn stays_within_its_bound() {
         let m = Memory::new(1 << 20, Duration::from_secs(60));
         for i in 0..64 {
             m.insert(
                 key(&format!("k{i}")).immutable(),
-                Entry::new(
-                    Lifetime::Immutable,
-                    Level::None,
-                    Bytes::from(vec![b'0'; 64 * 1024]),
-                ),
+                &entry(vec![b'0'; 64 * 1024]),
             );
         }
-        let (_, bytes) = m.usage();
+        let (entries, bytes) = m.usage();
         assert!(bytes <= 1 << 20, "{bytes}");
+        assert!((1..64).contains(&entries), "{entries}");
+        // The latest are the ones kept.
+        assert!(m.get(key("k63").immutable()).is_some());
+        assert!(m.get(key("k0").immutable()).is_none());
         assert!(
             Memory::new(0, Duration::ZERO)
                 .get(key("k1").immutable())
                 .is_none()
         );
+    }
+
+    #[test]
+    fn an_entry_comes_back_as_it_was_kept() {
+        let m = Memory::new(1 << 20, Duration::from_secs(60));
+        let tied = Key::new(
+            Arc::from("1:eth_getBalance:[]"),
+            Reach {
+                immutable: false,
+                head_tied: true,
+            },
+            Some(&Arc::from("0xaa")),
+        );
+        let kept = Entry::new(Lifetime::Head, Level::Proof, Bytes::from_static(b"\"0x1\""));
+        let place = tied.tied().expect("tied to a head");
+        m.insert(place, &kept);
+        let got = m.get(place).expect("kept");
+        assert_eq!(
+            (got.lifetime, got.level, got.stored, got.body),
+            (kept.lifetime, kept.level, kept.stored, kept.body)
+        );
+        // An empty answer and an empty key are entries like any other.
+        m.insert(key("").immutable(), &entry(Vec::new()));
+        assert_eq!(m.get(key("").immutable()).map(|e| e.body.len()), Some(0));
+    }
+
+    #[test]
+    fn a_head_tied_entry_is_not_served_once_too_old() {
+        let m = Memory::new(1 << 20, Duration::from_secs(5));
+        let tied = Key::new(
+            Arc::from("k"),
+            Reach {
+                immutable: false,
+                head_tied: true,
+            },
+            Some(&Arc::from("0xaa")),
+        );
+        let place = tied.tied().expect("tied to a head");
+        let mut old = Entry::new(Lifetime::Head, Level::None, Bytes::from_static(b"1"));
+        old.stored -= Duration::from_secs(6);
+        m.insert(place, &old);
+        assert!(m.get(place).is_none());
+        assert_eq!(m.usage().0, 0, "its slot is cleared");
+    }
+
+    /// An immutable key whose hash is the `n`th of a fixed sequence (splitmix64), so a
+    /// test sees the same buckets every run.
+    fn numbered(text: &str, n: u64) -> Key {
+        let mut z = n.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        Key::colliding(text, None, z ^ (z >> 31))
+    }
+
+    #[test]
+    fn what_is_read_outlives_what_is_not() {
+        // One shard (below `MIN_SHARD`): 64 KiB of ring and index.
+        let m = Memory::new(64 << 10, Duration::from_secs(60));
+        let body = || entry(vec![b'1'; 200]);
+        let (read, unread) = (numbered("read", 0), numbered("unread", 1));
+        m.insert(read.immutable(), &body());
+        m.insert(unread.immutable(), &body());
+        // Many times the ring over; "read" is asked for all along.
+        for i in 0..5_000 {
+            m.insert(numbered(&format!("filler{i}"), i + 2).immutable(), &body());
+            assert!(m.get(read.immutable()).is_some(), "lost after {i}");
+        }
+        assert!(m.get(unread.immutable()).is_none());
+        let (_, bytes) = m.usage();
+        assert!(bytes <= 64 << 10, "{bytes}");
+    }
+
+    #[test]
+    fn too_large_an_answer_is_not_kept() {
+        let m = Memory::new(64 << 10, Duration::from_secs(60));
+        m.insert(key("big").immutable(), &entry(vec![b'1'; 40 << 10]));
+        assert!(m.get(key("big").immutable()).is_none());
+        m.insert(key("small").immutable(), &entry(vec![b'1'; 10 << 10]));
+        assert!(m.get(key("small").immutable()).is_some());
     }
 
     #[test]
@@ -178,27 +516,33 @@ mod tests {
             Entry::new(Lifetime::Immutable, Level::None, Bytes::from_static(body))
         };
         let (a, b) = (key("a"), key("b"));
-        m.insert(a.immutable(), entry(b"\"a\""));
+        m.insert(a.immutable(), &entry(b"\"a\""));
         assert_eq!(
             m.get(a.immutable()).map(|e| e.body),
             Some(Bytes::from_static(b"\"a\""))
         );
         assert!(m.get(b.immutable()).is_none());
         // Another key stored under `a`'s hash, as a collision would: `a` misses.
-        if let Some(c) = &m.inner {
-            c.insert(
-                a.immutable().hash,
-                Held {
-                    key: Arc::from("b"),
-                    head: None,
-                    entry: entry(b"\"b\""),
-                },
-            );
-        }
+        let other = Key::colliding("b", None, a.immutable().hash);
+        m.insert(other.immutable(), &entry(b"\"b\""));
         assert!(m.get(a.immutable()).is_none());
         // The same text tied to a head is another entry, even of the same hash.
-        m.insert(a.immutable(), entry(b"\"a\""));
+        m.insert(a.immutable(), &entry(b"\"a\""));
         let tied = Key::colliding("a", Some("0xaa"), a.immutable().hash);
         assert!(m.get(tied.flight()).is_none());
+    }
+
+    #[test]
+    fn a_record_read_from_anywhere_stays_in_bounds() {
+        // Whatever bytes a position holds, reading them never panics.
+        let ring: Vec<u8> = (0..4096u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        for at in 0..ring.len() {
+            let _ = Record::read(&ring[at..]);
+        }
+        let mut max = vec![0xffu8; 64];
+        max[20..24].copy_from_slice(&0u32.to_le_bytes());
+        assert!(Record::read(&max).is_none());
     }
 }

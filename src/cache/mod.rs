@@ -114,7 +114,7 @@ impl Cache {
             return Some(e);
         }
         let e = self.redis.as_ref()?.get(&at.shared_key()).await?;
-        self.memory.insert(at, e.clone());
+        self.memory.insert(at, &e);
         Some(e)
     }
 
@@ -151,16 +151,18 @@ impl Cache {
         }) else {
             return;
         };
-        // An answer is a slice of the upstream's whole reply buffer (kilobytes, even
-        // for a short answer); a copy keeps only its own bytes alive, and the cache's
-        // weight stays true.
-        let entry = Entry::new(lifetime, level, Bytes::copy_from_slice(&body));
-        // Cloned only for Redis: a copied body's first clone allocates its shared header.
-        let shared = self
-            .redis
-            .as_ref()
-            .map(|r| (r.clone(), at.shared_key(), entry.clone()));
-        self.memory.insert(at, entry);
+        // Memory copies the answer into its ring. For Redis it is copied too: it is a
+        // slice of the upstream's whole reply buffer (kilobytes, even for a short
+        // answer), which the write in the background would otherwise keep alive.
+        let entry = Entry::new(lifetime, level, body);
+        self.memory.insert(at, &entry);
+        let shared = self.redis.as_ref().map(|r| {
+            let copied = Entry {
+                body: Bytes::copy_from_slice(&entry.body),
+                ..entry
+            };
+            (r.clone(), at.shared_key(), copied)
+        });
         if let Some((r, full, entry)) = shared {
             let keep = (lifetime == Lifetime::Head).then_some(self.keep);
             tokio::spawn(async move { r.set(&full, &entry, keep).await });

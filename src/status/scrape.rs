@@ -241,7 +241,7 @@ fn state(gw: &Gateway, out: &mut String) {
     let mut f = Family::new(
         out,
         name,
-        "Weight of the memory cache: keys, answers and per-entry bookkeeping.",
+        "Memory the cache holds so far: its index and the answers written.",
     );
     f.sample(name, &[], bytes as f64);
     if let Some(up) = gw.cache.redis_up() {
