@@ -545,4 +545,77 @@ mod tests {
         max[20..24].copy_from_slice(&0u32.to_le_bytes());
         assert!(Record::read(&max).is_none());
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+        use std::collections::HashMap;
+
+        /// A store or a lookup of key `text` (one of a few), with or without a head (one
+        /// of two), under one of a few hashes, so keys often share a hash and a bucket.
+        #[derive(Debug, Clone)]
+        enum Op {
+            Store {
+                key: (u8, Option<u8>, u8),
+                body: usize,
+            },
+            Get((u8, Option<u8>, u8)),
+        }
+
+        fn any_op() -> impl Strategy<Value = Op> {
+            let key = (0..6u8, proptest::option::of(0..2u8), 0..4u8);
+            prop_oneof![
+                (key.clone(), 0..30_000usize).prop_map(|(key, body)| Op::Store { key, body }),
+                key.prop_map(Op::Get),
+            ]
+        }
+
+        fn place(key: &(u8, Option<u8>, u8)) -> Key {
+            let (text, head, hash) = key;
+            Key::colliding(
+                &format!("k{text}"),
+                head.map(|h| format!("0x{h}")).as_deref(),
+                // High bits pick the shard, low bits the bucket: both vary.
+                u64::from(*hash).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            )
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Whatever is stored and looked up, in whatever order, a lookup answers
+            /// nothing or an answer stored under that exact key (text and head), never
+            /// another key's; and the answer just stored is the one found.
+            #[test]
+            fn a_lookup_finds_nothing_or_what_its_key_stored(
+                ops in proptest::collection::vec(any_op(), 1..400)
+            ) {
+                let m = Memory::new(64 << 10, Duration::from_secs(60));
+                let mut stored: HashMap<(u8, Option<u8>), Vec<Bytes>> = HashMap::new();
+                for (n, op) in ops.iter().enumerate() {
+                    match op {
+                        Op::Store { key, body } => {
+                            // Each answer its own bytes: which store it came from shows.
+                            let body = Bytes::from(format!("{n}:{}", "x".repeat(*body)));
+                            let k = place(key);
+                            let at = k.flight();
+                            m.insert(at, &Entry::new(Lifetime::Immutable, Level::None, body.clone()));
+                            stored.entry((key.0, key.1)).or_default().push(body.clone());
+                            if body.len() < 16 << 10 {
+                                prop_assert_eq!(m.get(at).map(|e| e.body), Some(body));
+                            }
+                        }
+                        Op::Get(key) => {
+                            let k = place(key);
+                            if let Some(e) = m.get(k.flight()) {
+                                let ok = stored.get(&(key.0, key.1)).is_some_and(|b| b.contains(&e.body));
+                                prop_assert!(ok, "{:?} answered {:?}", key, e.body);
+                            }
+                        }
+                    }
+                }
+                prop_assert!(m.usage().1 <= 64 << 10);
+            }
+        }
+    }
 }
