@@ -148,8 +148,6 @@ const HEADER: usize = 32;
 const NO_HEAD: u32 = u32::MAX;
 /// Slots per index bucket: one bucket is one 64-byte cache line of (hash, position).
 const WAYS: usize = 4;
-/// `u64`s in a bucket.
-const BUCKET: usize = 2 * WAYS;
 /// A shard's bytes over its index's: a quarter, a slot (16 bytes) for every 48 bytes of
 /// ring, so about three for every balance-sized answer (~130 B with its header), and a
 /// bucket rarely holds more than its ways (when one would, its oldest entry is dropped).
@@ -266,85 +264,113 @@ impl<'a> Record<'a> {
     }
 }
 
-/// A ring of records and the index into it.
+/// A ring of records and the index into it, in one allocation.
 struct Shard {
-    ring: Box<[u8]>,
+    /// The index, from `index`, then the ring, from `ring`. Zeroed memory the allocator
+    /// takes fresh from the system for a shard's size: resident as it is written.
+    memory: Box<[u8]>,
+    /// Where the index's first bucket starts: a cache line's start. Its buckets hold
+    /// `WAYS` slots of (hash, position + 1) as little-endian `u64`s, 0 for none, so a
+    /// slot finds an intact record when its second half is above `start()`.
+    index: usize,
+    buckets: usize,
+    ring: usize,
     /// Bytes ever written (with the unused ends of laps): where the next record goes,
     /// counted from the first. A record at position `p` is intact while
-    /// `p + ring.len() >= end`.
+    /// `p + cap >= end`.
     end: u64,
-    /// Buckets of `WAYS` slots, each (hash, position + 1), 0 for none, so a slot finds
-    /// an intact record when its second half is above `start()`; from `first`, so each
-    /// bucket starts a cache line.
-    index: Box<[u64]>,
-    first: usize,
-    buckets: usize,
 }
 
+/// A slot's bytes: hash and position + 1.
+const SLOT: usize = 16;
+
 impl Shard {
-    /// A shard of `bytes`, index and ring together. Both are zeroed memory, which the
-    /// allocator takes fresh from the system: resident as it is written.
     fn new(bytes: usize) -> Shard {
-        let buckets = (bytes / INDEX_SHARE / (BUCKET * 8)).max(1);
-        // One bucket more than used, to start the first on a cache line.
-        let index = vec![0u64; (buckets + 1) * BUCKET].into_boxed_slice();
-        let ring = bytes.saturating_sub(index.len() * 8);
-        let first = (64 - index.as_ptr().addr() % 64) % 64 / 8;
+        let memory = vec![0u8; bytes].into_boxed_slice();
+        let buckets = (bytes / INDEX_SHARE / (WAYS * SLOT)).max(1);
+        let index = (64 - memory.as_ptr().addr() % 64) % 64;
+        let ring = (index + buckets * WAYS * SLOT).min(memory.len());
         Shard {
-            ring: vec![0u8; ring].into_boxed_slice(),
-            end: 0,
+            memory,
             index,
-            first,
             buckets,
+            ring,
+            end: 0,
         }
     }
 
-    /// The first `u64` of `hash`'s bucket (its low 32 bits, scaled to the bucket count).
+    fn ring(&self) -> &[u8] {
+        &self.memory[self.ring..]
+    }
+
+    fn cap(&self) -> u64 {
+        (self.memory.len() - self.ring) as u64
+    }
+
+    /// Where `hash`'s bucket starts (its low 32 bits, scaled to the bucket count).
     fn bucket(&self, hash: u64) -> usize {
         let b = ((hash & 0xffff_ffff) * self.buckets as u64) >> 32;
-        self.first + b as usize * BUCKET
+        self.index + b as usize * WAYS * SLOT
+    }
+
+    /// The (hash, position + 1) of a slot; none past the index's end.
+    fn slot(&self, bucket: usize, way: usize) -> (u64, u64) {
+        let at = bucket + way * SLOT;
+        let word = |i: usize| {
+            self.memory
+                .get(i..i + 8)
+                .and_then(|w| w.try_into().ok())
+                .map_or(0, u64::from_le_bytes)
+        };
+        if at + SLOT > self.ring {
+            return (0, 0);
+        }
+        (word(at), word(at + 8))
+    }
+
+    fn set_slot(&mut self, bucket: usize, way: usize, hash: u64, after: u64) {
+        let at = bucket + way * SLOT;
+        if at + SLOT <= self.ring {
+            self.memory[at..at + 8].copy_from_slice(&hash.to_le_bytes());
+            self.memory[at + 8..at + SLOT].copy_from_slice(&after.to_le_bytes());
+        }
     }
 
     /// The oldest position still intact.
     fn start(&self) -> u64 {
-        self.end.saturating_sub(self.ring.len() as u64)
+        self.end.saturating_sub(self.cap())
     }
 
     /// The way and position of `hash`'s latest record, if it is still intact.
     fn find(&self, hash: u64) -> Option<(usize, u64)> {
-        let b = self.bucket(hash);
-        let slots = self.index.get(b..b + BUCKET)?;
-        slots
-            .chunks_exact(2)
-            .enumerate()
-            .find_map(|(way, s)| (s[0] == hash && s[1] > self.start()).then(|| (way, s[1] - 1)))
+        let (b, start) = (self.bucket(hash), self.start());
+        (0..WAYS).find_map(|way| {
+            let (h, after) = self.slot(b, way);
+            (h == hash && after > start).then(|| (way, after - 1))
+        })
     }
 
     fn read(&self, pos: u64) -> Option<Record<'_>> {
-        let at = usize::try_from(pos % self.ring.len().max(1) as u64).ok()?;
-        Record::read(self.ring.get(at..)?)
+        let at = usize::try_from(pos % self.cap().max(1)).ok()?;
+        Record::read(self.ring().get(at..)?)
     }
 
     /// Whether the record at `pos` is in the quarter of the ring overwritten next.
     fn near_the_end(&self, pos: u64) -> bool {
-        let cap = self.ring.len() as u64;
-        pos + cap < self.end + cap / 4
+        pos + self.cap() < self.end + self.cap() / 4
     }
 
     fn clear(&mut self, hash: u64, way: usize) {
-        let slot = self.bucket(hash) + 2 * way;
-        if let Some(s) = self.index.get_mut(slot..slot + 2) {
-            s.fill(0);
-        }
+        self.set_slot(self.bucket(hash), way, 0, 0);
     }
 
     /// Writes `record` at the front, over the oldest bytes, and points its hash's slot
     /// at it. A record larger than half the ring is not kept.
     fn append(&mut self, record: &Record<'_>) {
-        let Some(len) = record.len().filter(|&n| n <= self.ring.len() / 2) else {
+        let cap = self.cap();
+        let Some(len) = record.len().filter(|&n| n as u64 <= cap / 2) else {
             return;
         };
-        let cap = self.ring.len() as u64;
         let mut at = self.end % cap;
         if at + len as u64 > cap {
             // Not split over the lap's end: the rest of the lap stays unused.
@@ -353,39 +379,31 @@ impl Shard {
         }
         let pos = self.end;
         self.end += len as u64;
-        let at = at as usize;
-        record.write(&mut self.ring[at..at + len]);
+        let at = self.ring + at as usize;
+        record.write(&mut self.memory[at..at + len]);
 
         // The slot: this hash's own, else an empty or overwritten one, else the oldest.
         let (b, start) = (self.bucket(record.hash), self.start());
-        let Some(slots) = self.index.get_mut(b..b + BUCKET) else {
-            return;
-        };
-        let at = |w: usize| slots[2 * w + 1];
+        let slots: [(u64, u64); WAYS] = std::array::from_fn(|w| self.slot(b, w));
         let way = (0..WAYS)
-            .find(|&w| slots[2 * w] == record.hash && at(w) > 0)
-            .or_else(|| (0..WAYS).find(|&w| at(w) <= start))
-            .unwrap_or_else(|| (0..WAYS).min_by_key(|&w| at(w)).unwrap_or(0));
-        slots[2 * way] = record.hash;
-        slots[2 * way + 1] = pos + 1;
+            .find(|&w| slots[w].0 == record.hash && slots[w].1 > 0)
+            .or_else(|| (0..WAYS).find(|&w| slots[w].1 <= start))
+            .unwrap_or_else(|| (0..WAYS).min_by_key(|&w| slots[w].1).unwrap_or(0));
+        self.set_slot(b, way, record.hash, pos + 1);
     }
 
     /// Entries found by the slots of `buckets`.
     fn live(&self, buckets: std::ops::Range<usize>) -> u64 {
         let start = self.start();
-        let from = self.first + buckets.start * BUCKET;
-        let to = self.first + buckets.end * BUCKET;
-        self.index
-            .get(from..to)
-            .unwrap_or_default()
-            .chunks_exact(2)
-            .filter(|s| s[1] > start)
+        buckets
+            .flat_map(|b| (0..WAYS).map(move |w| (b, w)))
+            .filter(|&(b, w)| self.slot(self.index + b * WAYS * SLOT, w).1 > start)
             .count() as u64
     }
 
     /// Memory written so far: the index, and as much of the ring as was.
     fn bytes(&self) -> u64 {
-        self.end.min(self.ring.len() as u64) + (self.index.len() * 8) as u64
+        self.end.min(self.cap()) + self.ring as u64
     }
 }
 
