@@ -59,7 +59,9 @@ const MIN_SHARD: u64 = 16 << 20;
 
 impl Memory {
     /// `bytes == 0` turns it off. Head-tied entries are not served after `head_tied`
-    /// (they stay until overwritten, counted in the bound like any other).
+    /// (they stay until overwritten, counted in the bound like any other). The bytes
+    /// are mapped here, at start: more than the machine can map stops the start with
+    /// an allocation error, not the server later under load.
     pub fn new(bytes: u64, head_tied: Duration) -> Memory {
         // A few shards per thread that may store at once, so a store rarely waits; but
         // none smaller than `MIN_SHARD`, so large answers fit.
@@ -239,14 +241,15 @@ impl<'a> Record<'a> {
         Some(Record {
             hash: u64_at(0)?,
             stored: u64_at(8)?,
+            // Any other byte reads as the weaker claim: expiring, unverified.
             lifetime: match ring.get(28)? {
                 0 => Lifetime::Immutable,
                 _ => Lifetime::Head,
             },
             level: match ring.get(29)? {
-                0 => Level::None,
+                2 => Level::Proof,
                 1 => Level::Quorum,
-                _ => Level::Proof,
+                _ => Level::None,
             },
             key,
             head,
