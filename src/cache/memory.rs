@@ -17,6 +17,10 @@
 //! (`OVERHEAD`, measured at 320 B beyond key and answer); here an answer costs its bytes
 //! and a 32-byte header.
 //!
+//! Final answers and answers tied to a head have their own shards (three quarters of
+//! the bound and one): a head-tied answer is useless once the head moves, and a stream
+//! of them must not overwrite what is served through an outage.
+//!
 //! Eviction is first in, first out, with one exception: an entry asked for while in the
 //! oldest quarter of its ring is written again at the front, so what is read keeps its
 //! place (the "lazy promotion" of FIFO-reinsertion and CLOCK) without a write per read.
@@ -33,10 +37,17 @@ use super::{Entry, key::Place};
 use crate::verify::Level;
 
 pub struct Memory {
-    shards: Box<[Locked]>,
+    /// Answers about final data: what is served when every upstream is down.
+    immutable: Shards,
+    /// Answers tied to a head: `HEAD_TIED_SHARE` of the bound, so a stream of them
+    /// (each useless once the head moves) never pushes out immutable ones.
+    tied: Shards,
     /// How long a head-tied entry may be served from memory at all.
     head_tied: Duration,
 }
+
+/// The part of `size_bytes` kept for head-tied answers (one over this).
+const HEAD_TIED_SHARE: u64 = 4;
 
 /// One shard's lock, on cache lines of its own so two threads taking neighbouring
 /// shards do not contend for one line.
@@ -57,40 +68,78 @@ impl Locked {
 /// a shard's ring (a block with its transactions is a few MiB).
 const MIN_SHARD: u64 = 16 << 20;
 
+/// A bound split into shards by hash.
+struct Shards(Box<[Locked]>);
+
+impl Shards {
+    fn new(bytes: u64) -> Shards {
+        if bytes == 0 {
+            return Shards(Box::default());
+        }
+        // A few shards per thread that may store at once, so a store rarely waits; but
+        // none smaller than `MIN_SHARD`, so large answers fit.
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+        let n = (threads * 2)
+            .next_power_of_two()
+            .min((bytes / MIN_SHARD).max(1));
+        let each = usize::try_from(bytes / n).unwrap_or(usize::MAX);
+        Shards(
+            (0..n)
+                .map(|_| Locked(Mutex::new(Shard::new(each))))
+                .collect(),
+        )
+    }
+
+    /// The shard of a hash: its high bits (the index within the shard uses the low ones).
+    fn lock(&self, hash: u64) -> Option<MutexGuard<'_, Shard>> {
+        let n = self.0.len() as u64;
+        let s = self.0.get(usize::try_from((hash >> 32) % n.max(1)).ok()?)?;
+        Some(s.lock())
+    }
+
+    /// Entries and bytes: the entries an index slot finds, and the memory written so
+    /// far (index and ring, old records included). Reads the whole index, a piece per
+    /// lock, so requests wait for a piece at most: for a scrape, not for requests.
+    fn usage(&self) -> (u64, u64) {
+        self.0.iter().fold((0, 0), |(n, b), s| {
+            let (buckets, bytes) = {
+                let s = s.lock();
+                (s.buckets, s.bytes())
+            };
+            let live: u64 = (0..buckets)
+                .step_by(USAGE_PIECE)
+                .map(|from| s.lock().live(from..buckets.min(from + USAGE_PIECE)))
+                .sum();
+            (n + live, b + bytes)
+        })
+    }
+}
+
 impl Memory {
     /// `bytes == 0` turns it off. Head-tied entries are not served after `head_tied`
     /// (they stay until overwritten, counted in the bound like any other). The bytes
     /// are mapped here, at start: more than the machine can map stops the start with
     /// an allocation error, not the server later under load.
     pub fn new(bytes: u64, head_tied: Duration) -> Memory {
-        // A few shards per thread that may store at once, so a store rarely waits; but
-        // none smaller than `MIN_SHARD`, so large answers fit.
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
-        let shards = (threads * 2)
-            .next_power_of_two()
-            .min((bytes / MIN_SHARD).max(1));
-        let each = usize::try_from(bytes / shards).unwrap_or(usize::MAX);
-        let shards = if bytes == 0 {
-            Box::default()
-        } else {
-            (0..shards)
-                .map(|_| Locked(Mutex::new(Shard::new(each))))
-                .collect()
-        };
-        Memory { shards, head_tied }
+        let tied = bytes / HEAD_TIED_SHARE;
+        Memory {
+            immutable: Shards::new(bytes - tied),
+            tied: Shards::new(tied),
+            head_tied,
+        }
     }
 
-    /// The shard of a hash: its high bits (the index within the shard uses the low ones).
-    fn shard(&self, hash: u64) -> Option<MutexGuard<'_, Shard>> {
-        let n = self.shards.len() as u64;
-        let s = self
-            .shards
-            .get(usize::try_from((hash >> 32) % n.max(1)).ok()?)?;
-        Some(s.lock())
+    /// The shard of `at`, locked: among the head-tied ones when it has a head.
+    fn shard(&self, at: Place<'_>) -> Option<MutexGuard<'_, Shard>> {
+        match at.head {
+            Some(_) => &self.tied,
+            None => &self.immutable,
+        }
+        .lock(at.hash)
     }
 
     pub fn get(&self, at: Place<'_>) -> Option<Entry> {
-        let mut shard = self.shard(at.hash)?;
+        let mut shard = self.shard(at)?;
         let (way, pos) = shard.find(at.hash)?;
         let record = shard.read(pos)?;
         if record.hash != at.hash
@@ -112,31 +161,19 @@ impl Memory {
 
     /// Copies `entry` in: its body may be a slice of a larger buffer.
     pub fn insert(&self, at: Place<'_>, entry: &Entry) {
-        if let Some(mut shard) = self.shard(at.hash) {
+        if let Some(mut shard) = self.shard(at) {
             shard.append(&Record::of(at, entry));
         }
     }
 
     pub fn enabled(&self) -> bool {
-        !self.shards.is_empty()
+        !self.immutable.0.is_empty()
     }
 
-    /// Entries and bytes held (for tests and metrics): the entries an index slot finds,
-    /// and the memory written so far (index and ring, old records included). Reads the
-    /// whole index, a piece per lock, so requests wait for a piece at most: for a
-    /// scrape, not for requests.
+    /// Entries and bytes held, head-tied and immutable (for tests and metrics).
     pub fn usage(&self) -> (u64, u64) {
-        self.shards.iter().fold((0, 0), |(n, b), s| {
-            let (buckets, bytes) = {
-                let s = s.lock();
-                (s.buckets, s.bytes())
-            };
-            let live: u64 = (0..buckets)
-                .step_by(USAGE_PIECE)
-                .map(|from| s.lock().live(from..buckets.min(from + USAGE_PIECE)))
-                .sum();
-            (n + live, b + bytes)
-        })
+        let (a, b) = (self.immutable.usage(), self.tied.usage());
+        (a.0 + b.0, a.1 + b.1)
     }
 }
 
@@ -522,6 +559,26 @@ mod tests {
     }
 
     #[test]
+    fn head_tied_answers_never_push_out_immutable_ones() {
+        let m = Memory::new(1 << 20, Duration::from_secs(60));
+        m.insert(key("final").immutable(), &entry(vec![b'1'; 100]));
+        let head = Arc::from("0xaa");
+        let reach = Reach {
+            immutable: false,
+            head_tied: true,
+        };
+        // Ten times the whole bound of answers tied to a head.
+        for i in 0..10_000 {
+            let tied = Key::new(Arc::from(format!("latest{i}")), reach, Some(&head));
+            let place = tied.tied().expect("tied to a head");
+            m.insert(place, &entry(vec![b'1'; 1000]));
+        }
+        assert!(m.get(key("final").immutable()).is_some());
+        let (_, bytes) = m.usage();
+        assert!(bytes <= 1 << 20, "{bytes}");
+    }
+
+    #[test]
     fn too_large_an_answer_is_not_kept() {
         let m = Memory::new(64 << 10, Duration::from_secs(60));
         m.insert(key("big").immutable(), &entry(vec![b'1'; 40 << 10]));
@@ -611,7 +668,7 @@ mod tests {
             fn a_lookup_finds_nothing_or_what_its_key_stored(
                 ops in proptest::collection::vec(any_op(), 1..400)
             ) {
-                let m = Memory::new(64 << 10, Duration::from_secs(60));
+                let m = Memory::new(256 << 10, Duration::from_secs(60));
                 let mut stored: HashMap<(u8, Option<u8>), Vec<Bytes>> = HashMap::new();
                 for (n, op) in ops.iter().enumerate() {
                     match op {
@@ -635,7 +692,7 @@ mod tests {
                         }
                     }
                 }
-                prop_assert!(m.usage().1 <= 64 << 10);
+                prop_assert!(m.usage().1 <= 256 << 10);
             }
         }
     }
