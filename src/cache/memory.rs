@@ -27,7 +27,7 @@
 
 use std::{
     sync::{Mutex, MutexGuard},
-    time::{Duration, UNIX_EPOCH},
+    time::{Duration, Instant, UNIX_EPOCH},
 };
 
 use bytes::Bytes;
@@ -44,7 +44,13 @@ pub struct Memory {
     tied: Shards,
     /// How long a head-tied entry may be served from memory at all.
     head_tied: Duration,
+    /// The last `usage` for `/metrics`, and when it was counted.
+    counted: Mutex<Option<(Instant, (u64, u64))>>,
 }
+
+/// How often `/metrics` may have `usage` counted: it reads the whole index, and anyone
+/// may ask for `/metrics` as often as they like.
+const RECOUNT: Duration = Duration::from_secs(1);
 
 /// The part of `size_bytes` kept for head-tied answers (one over this).
 const HEAD_TIED_SHARE: u64 = 4;
@@ -126,6 +132,7 @@ impl Memory {
             immutable: Shards::new(bytes - tied),
             tied: Shards::new(tied),
             head_tied,
+            counted: Mutex::default(),
         }
     }
 
@@ -170,10 +177,23 @@ impl Memory {
         !self.immutable.0.is_empty()
     }
 
-    /// Entries and bytes held, head-tied and immutable (for tests and metrics).
+    /// Entries and bytes held, head-tied and immutable.
     pub fn usage(&self) -> (u64, u64) {
         let (a, b) = (self.immutable.usage(), self.tied.usage());
         (a.0 + b.0, a.1 + b.1)
+    }
+
+    /// `usage` as of at most `RECOUNT` ago (for `/metrics`).
+    pub fn recent_usage(&self) -> (u64, u64) {
+        let mut counted = self.counted.lock().unwrap_or_else(|p| p.into_inner());
+        match *counted {
+            Some((at, usage)) if at.elapsed() < RECOUNT => usage,
+            _ => {
+                let usage = self.usage();
+                *counted = Some((Instant::now(), usage));
+                usage
+            }
+        }
     }
 }
 

@@ -104,9 +104,9 @@ impl Cache {
         self.redis.as_ref().map(|r| r.is_up())
     }
 
-    /// Entries and bytes in memory.
+    /// Entries and bytes in memory, counted at most once a second (for `/metrics`).
     pub fn usage(&self) -> (u64, u64) {
-        self.memory.usage()
+        self.memory.recent_usage()
     }
 
     async fn get(&self, at: Place<'_>) -> Option<Entry> {
