@@ -482,6 +482,15 @@ mod tests {
         Key::new(Arc::from(text), reach, None)
     }
 
+    /// The key of an answer `text` tied to `head`.
+    fn tied(text: &str, head: &str) -> Key {
+        let reach = Reach {
+            immutable: false,
+            head_tied: true,
+        };
+        Key::new(Arc::from(text), reach, Some(&Arc::from(head)))
+    }
+
     fn entry(body: Vec<u8>) -> Entry {
         Entry::new(Lifetime::Immutable, Level::None, Bytes::from(body))
     }
@@ -511,14 +520,7 @@ mod tests {
     #[test]
     fn an_entry_comes_back_as_it_was_kept() {
         let m = Memory::new(1 << 20, Duration::from_secs(60));
-        let tied = Key::new(
-            Arc::from("1:eth_getBalance:[]"),
-            Reach {
-                immutable: false,
-                head_tied: true,
-            },
-            Some(&Arc::from("0xaa")),
-        );
+        let tied = tied("1:eth_getBalance:[]", "0xaa");
         let kept = Entry::new(Lifetime::Head, Level::Proof, Bytes::from_static(b"\"0x1\""));
         let place = tied.tied().expect("tied to a head");
         m.insert(place, &kept);
@@ -535,14 +537,7 @@ mod tests {
     #[test]
     fn a_head_tied_entry_is_not_served_once_too_old() {
         let m = Memory::new(1 << 20, Duration::from_secs(5));
-        let tied = Key::new(
-            Arc::from("k"),
-            Reach {
-                immutable: false,
-                head_tied: true,
-            },
-            Some(&Arc::from("0xaa")),
-        );
+        let tied = tied("k", "0xaa");
         let place = tied.tied().expect("tied to a head");
         let mut old = Entry::new(Lifetime::Head, Level::None, Bytes::from_static(b"1"));
         old.stored -= Duration::from_secs(6);
@@ -582,16 +577,13 @@ mod tests {
     fn head_tied_answers_never_push_out_immutable_ones() {
         let m = Memory::new(1 << 20, Duration::from_secs(60));
         m.insert(key("final").immutable(), &entry(vec![b'1'; 100]));
-        let head = Arc::from("0xaa");
-        let reach = Reach {
-            immutable: false,
-            head_tied: true,
-        };
         // Ten times the whole bound of answers tied to a head.
         for i in 0..10_000 {
-            let tied = Key::new(Arc::from(format!("latest{i}")), reach, Some(&head));
-            let place = tied.tied().expect("tied to a head");
-            m.insert(place, &entry(vec![b'1'; 1000]));
+            let latest = tied(&format!("latest{i}"), "0xaa");
+            m.insert(
+                latest.tied().expect("tied to a head"),
+                &entry(vec![b'1'; 1000]),
+            );
         }
         assert!(m.get(key("final").immutable()).is_some());
         let (_, bytes) = m.usage();
