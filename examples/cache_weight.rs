@@ -5,6 +5,7 @@
 //! quarter is kept for answers tied to the head) and how much resident memory grew
 //! against the bound. `cargo run --release --example cache_weight [MiB]` (bench/run.sh
 //! weighs the same through a running Outlast).
+
 use std::{
     sync::Arc,
     time::{Duration, SystemTime},
