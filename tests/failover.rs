@@ -227,9 +227,13 @@ async fn caller_errors_pass_through_untouched_and_are_not_retried() {
     let fleet = Fleet::start(1).await;
     // Anvil first; the recorder would answer anything, so a retry would show there.
     // Hedging off: a hedge is a race, not a retry, and on a loaded machine an Anvil
-    // slower than the hedge delay (100 ms) lost it to the recorder (a CI run).
+    // slower than the hedge delay (100 ms) lost it to the recorder (a CI run). For the
+    // same reason a longer timeout: an Anvil slower than 1 s under a loaded CI run is
+    // a timeout, rightly failed over to the recorder, not the caller error under test.
+    let routing = FAST_ROUTING.replace("request_timeout_ms = 1000", "request_timeout_ms = 10000");
+    assert_ne!(routing, FAST_ROUTING, "the timeout is set");
     let toml = format!(
-        "{FAST_ROUTING}hedge = false\n\n[[chains]]\nname = \"local\"\nchain_id = 31337\nverify = \"off\"\n\n[[chains.upstreams]]\nname = \"anvil\"\nurl = \"{}\"\noperator = \"a\"\n\n[[chains.upstreams]]\nname = \"recorder\"\nurl = \"{recorder}\"\noperator = \"b\"\ntier = 2\n",
+        "{routing}hedge = false\n\n[[chains]]\nname = \"local\"\nchain_id = 31337\nverify = \"off\"\n\n[[chains.upstreams]]\nname = \"anvil\"\nurl = \"{}\"\noperator = \"a\"\n\n[[chains.upstreams]]\nname = \"recorder\"\nurl = \"{recorder}\"\noperator = \"b\"\ntier = 2\n",
         fleet.url(0)
     );
     let outlast = Outlast::start(&toml).await;
@@ -237,8 +241,8 @@ async fn caller_errors_pass_through_untouched_and_are_not_retried() {
     let direct = rpc(&fleet.url(0), "eth_getBalance", params.clone()).await;
     let (reply, upstream) = outlast.call("/local", "eth_getBalance", params).await;
     assert!(direct.get("error").is_some(), "{direct}");
+    assert_eq!(upstream.as_deref(), Some("anvil"), "{reply}");
     assert_eq!(reply["error"], direct["error"]);
-    assert_eq!(upstream.as_deref(), Some("anvil"));
     let forwarded: Vec<String> = seen.lock().expect("lock").iter().cloned().collect();
     assert!(
         forwarded.is_empty(),
