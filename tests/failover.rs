@@ -212,11 +212,13 @@ async fn upstream_faults_move_the_call_to_the_next_upstream() {
             .await;
         assert_eq!(reply["result"], "0x21e19e0c9bab2400000", "{how:?}: {reply}");
         assert_eq!(upstream.as_deref(), Some("anvil"), "{how:?}");
-        assert_eq!(
-            *hits.lock().expect("lock"),
-            1,
-            "{how:?}: the bad upstream was asked once"
-        );
+        let asked = *hits.lock().expect("lock");
+        if asked != 1 {
+            // Its state says why it was or was not tried (a clean-clone CI run once
+            // found it not asked at all).
+            let state = upstream_status(&outlast, "bad").await;
+            panic!("{how:?}: the bad upstream was asked {asked} times, not once: {state}");
+        }
         outlast.stop().await;
     }
 }
