@@ -31,6 +31,21 @@ async fn upstream_status(outlast: &Outlast, name: &str) -> Value {
         .unwrap_or_else(|| panic!("no upstream {name}: {status}"))
 }
 
+/// Waits (up to 10 s) until upstream `name` is `ready` with a known head: readiness
+/// waits for the chain's consensus head, not for each upstream's own first poll, and an
+/// upstream whose head is not known yet is tried after those whose head is.
+async fn wait_in_rotation(outlast: &Outlast, name: &str) {
+    let mut state = Value::Null;
+    for _ in 0..400 {
+        state = upstream_status(outlast, name).await;
+        if state["state"] == "ready" && !state["head"].is_null() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("upstream {name} never came into rotation: {state}");
+}
+
 /// A mixed set of reads at the fleet's current height, as (method, params).
 fn reads(height: u64) -> Vec<(&'static str, Value)> {
     let block = format!("{height:#x}");
@@ -203,6 +218,7 @@ async fn upstream_faults_move_the_call_to_the_next_upstream() {
             fleet.url(0)
         );
         let outlast = Outlast::start(&toml).await;
+        wait_in_rotation(&outlast, "bad").await;
         let (reply, upstream) = outlast
             .call(
                 "/local",
