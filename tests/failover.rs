@@ -16,36 +16,6 @@ use testbed::{
     rpc, rpc_result,
 };
 
-/// `GET /api/v1/status`, upstream `name` of the first chain.
-async fn upstream_status(outlast: &Outlast, name: &str) -> Value {
-    let text = reqwest::get(outlast.url("/api/v1/status"))
-        .await
-        .expect("GET /api/v1/status")
-        .text()
-        .await
-        .expect("body");
-    let status: Value = serde_json::from_str(&text).expect("JSON");
-    status["chains"][0]["upstreams"]
-        .as_array()
-        .and_then(|ups| ups.iter().find(|u| u["name"] == name).cloned())
-        .unwrap_or_else(|| panic!("no upstream {name}: {status}"))
-}
-
-/// Waits (up to 10 s) until upstream `name` is `ready` with a known head: readiness
-/// waits for the chain's consensus head, not for each upstream's own first poll, and an
-/// upstream whose head is not known yet is tried after those whose head is.
-async fn wait_in_rotation(outlast: &Outlast, name: &str) {
-    let mut state = Value::Null;
-    for _ in 0..400 {
-        state = upstream_status(outlast, name).await;
-        if state["state"] == "ready" && !state["head"].is_null() {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    panic!("upstream {name} never came into rotation: {state}");
-}
-
 /// A mixed set of reads at the fleet's current height, as (method, params).
 fn reads(height: u64) -> Vec<(&'static str, Value)> {
     let block = format!("{height:#x}");
@@ -218,7 +188,7 @@ async fn upstream_faults_move_the_call_to_the_next_upstream() {
             fleet.url(0)
         );
         let outlast = Outlast::start(&toml).await;
-        wait_in_rotation(&outlast, "bad").await;
+        outlast.wait_in_rotation("bad").await;
         let (reply, upstream) = outlast
             .call(
                 "/local",
@@ -232,7 +202,7 @@ async fn upstream_faults_move_the_call_to_the_next_upstream() {
         if asked != 1 {
             // Its state says why it was or was not tried (a clean-clone CI run once
             // found it not asked at all).
-            let state = upstream_status(&outlast, "bad").await;
+            let state = outlast.upstream_status("bad").await;
             panic!("{how:?}: the bad upstream was asked {asked} times, not once: {state}");
         }
         outlast.stop().await;
@@ -255,6 +225,7 @@ async fn caller_errors_pass_through_untouched_and_are_not_retried() {
         fleet.url(0)
     );
     let outlast = Outlast::start(&toml).await;
+    outlast.wait_in_rotation("anvil").await;
     let params = json!(["0xnot-an-address", "latest"]);
     let direct = rpc(&fleet.url(0), "eth_getBalance", params.clone()).await;
     let (reply, upstream) = outlast.call("/local", "eth_getBalance", params).await;
@@ -422,7 +393,7 @@ async fn an_answer_carrying_another_calls_id_is_never_served() {
         "calls asked of the mixed-up provider: {}",
         mixer.requests_of("eth_getBalance") - asked_before
     );
-    let state = upstream_status(&outlast, "mixed").await;
+    let state = outlast.upstream_status("mixed").await;
     assert_eq!(state["state"], "banned", "{state}");
     assert!(
         state["last_error"]
@@ -459,6 +430,7 @@ async fn an_upstream_that_switches_chains_mid_run_is_disabled_by_the_periodic_ch
         honest.url(1)
     );
     let outlast = Outlast::start(&toml).await;
+    outlast.wait_in_rotation("switching").await;
     let (reply, upstream) = outlast.call("/local", "eth_chainId", json!([])).await;
     assert_eq!(reply["result"], "0x7a69", "{reply}");
     assert_eq!(
@@ -470,7 +442,7 @@ async fn an_upstream_that_switches_chains_mid_run_is_disabled_by_the_periodic_ch
     *target.lock().expect("lock") = other.url(0);
     let mut state = Value::Null;
     for _ in 0..400 {
-        state = upstream_status(&outlast, "switching").await;
+        state = outlast.upstream_status("switching").await;
         if state["state"] == "wrong-chain" {
             break;
         }

@@ -42,21 +42,6 @@ fn u0_first(proxies: &[FaultProxy], extra: &str) -> String {
     })
 }
 
-/// `GET /api/v1/status`, upstream `name` of the first chain.
-async fn upstream_status(outlast: &Outlast, name: &str) -> serde_json::Value {
-    let text = reqwest::get(outlast.url("/api/v1/status"))
-        .await
-        .expect("GET /api/v1/status")
-        .text()
-        .await
-        .expect("body");
-    let status: serde_json::Value = serde_json::from_str(&text).expect("JSON");
-    status["chains"][0]["upstreams"]
-        .as_array()
-        .and_then(|ups| ups.iter().find(|u| u["name"] == name).cloned())
-        .unwrap_or_else(|| panic!("no upstream {name}: {status}"))
-}
-
 /// Params of a read every node answers the same: account 0's balance at block 1.
 fn balance_at_1() -> serde_json::Value {
     json!([ACCOUNT0_ADDRESS, "0x1"])
@@ -124,7 +109,7 @@ async fn breaker_opens_on_failures_and_closes_when_the_upstream_recovers() {
     // (`eth_chainId`) and head polls still go there.
     let mut state = serde_json::Value::Null;
     for _ in 0..200 {
-        state = upstream_status(&outlast, "u0").await;
+        state = outlast.upstream_status("u0").await;
         if state["breaker"] != "closed" {
             break;
         }
@@ -196,7 +181,7 @@ async fn a_429_backs_the_upstream_off_for_its_retry_after() {
     // Once Outlast has its 429, it backs off: 30 s of silence follow.
     let mut state = serde_json::Value::Null;
     for _ in 0..400 {
-        state = upstream_status(&outlast, "u0").await;
+        state = outlast.upstream_status("u0").await;
         if state["state"] != "ready" {
             break;
         }
@@ -258,6 +243,7 @@ async fn tier_two_answers_in_the_same_request_when_tier_one_is_dead() {
         fleet.url(1)
     );
     let outlast = Outlast::start(&toml).await;
+    outlast.wait_in_rotation("own-node").await;
     for _ in 0..5 {
         let (_, upstream) = outlast
             .call("/local", "eth_getBalance", balance_at_1())

@@ -219,6 +219,38 @@ impl Outlast {
         format!("{}{}", self.base, path)
     }
 
+    /// Upstream `name` of the first chain, as `GET /api/v1/status` shows it.
+    pub async fn upstream_status(&self, name: &str) -> Value {
+        let text = reqwest::get(self.url("/api/v1/status"))
+            .await
+            .expect("GET /api/v1/status")
+            .text()
+            .await
+            .expect("body");
+        let status: Value = serde_json::from_str(&text).expect("JSON");
+        status["chains"][0]["upstreams"]
+            .as_array()
+            .and_then(|ups| ups.iter().find(|u| u["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("no upstream {name}: {status}"))
+    }
+
+    /// Waits (up to 10 s) until upstream `name` of the first chain is `ready` with a
+    /// known head. For a test about which upstream is tried first: readiness waits for
+    /// the chain's consensus head, not each upstream's own first poll, and an upstream
+    /// whose head is not known yet is tried after those whose head is (a loaded CI run
+    /// once sent a call past a tier-1 upstream that way).
+    pub async fn wait_in_rotation(&self, name: &str) {
+        let mut state = Value::Null;
+        for _ in 0..400 {
+            state = self.upstream_status(name).await;
+            if state["state"] == "ready" && !state["head"].is_null() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("upstream {name} never came into rotation: {state}");
+    }
+
     /// POSTs `body` as is to `path` (e.g. `/local`).
     pub async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> Response {
         let r = client()
