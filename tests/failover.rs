@@ -349,6 +349,7 @@ async fn an_answer_carrying_another_calls_id_is_never_served() {
     );
     let outlast = Outlast::start(&toml).await;
     outlast.wait_for_head("/local", fleet.height()).await;
+    outlast.wait_in_rotation("mixed").await;
     let balance = |n: u64| json!([ACCOUNT0_ADDRESS, format!("{n:#x}")]);
     let honest = fleet.url(1);
 
