@@ -37,6 +37,14 @@ if ((${#missing[@]})); then
     apt-get update -qq && apt-get install -y -qq "${pkgs[@]}"
 fi
 
+# A clean build of every test binary writes ~7 GB under target/; a full disk shows up
+# late and obscurely (the linker killed by SIGBUS), so say so first.
+mkdir -p target
+free_gb=$(df --output=avail -BG target | tail -n 1 | tr -dc '0-9')
+if [[ -n $free_gb ]] && ((free_gb < 8)); then
+    echo "test: warning: ${free_gb} GB free for target/; a clean test build needs about 8 GB" >&2
+fi
+
 scripts/setup-testbed.sh
 
 # Python parsers the tests check Outlast's output with: feedparser (the Atom feed), the
