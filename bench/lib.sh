@@ -7,6 +7,8 @@ cargo_() {
 
 # bench_config PORT UPSTREAM_PORT THREADS CACHE_BYTES: Outlast's config for the
 # benchmarks, on stdout: one chain `bench`, verify off, in front of the fixed upstream.
+# With UPSTREAMS=N (1) the chain lists it N times, as N providers of N operators: what
+# choosing among several (and hedging, on by default) costs a call.
 bench_config() {
     cat <<CONFIG
 [server]
@@ -20,12 +22,12 @@ size_bytes = $4
 name = "bench"
 chain_id = 31337
 verify = "off"
-
-[[chains.upstreams]]
-name = "fixed"
-url = "http://127.0.0.1:$2"
-operator = "bench"
 CONFIG
+    local i
+    for ((i = 0; i < ${UPSTREAMS:-1}; i++)); do
+        printf '\n[[chains.upstreams]]\nname = "fixed%s"\nurl = "http://127.0.0.1:%s"\noperator = "bench%s"\n' \
+            "$( ((i)) && echo "$i")" "$2" "$( ((i)) && echo "$i")"
+    done
 }
 
 # bench_tools CMD...: installs (apt-get, Debian package names = the commands) those

@@ -21,7 +21,8 @@
 # Environment: DURATION (s per run, 10), WARMUP (s before each run, 1),
 # CONNECTIONS (16), THREADS (1), NGINX_WORKERS (1, or auto), OUTLAST_THREADS
 # (= NGINX_WORKERS; auto = the cores), WORKLOADS ("single batch10 hit alone"),
-# CACHE_BYTES (Outlast's [cache] size_bytes, 64 MiB: the default),
+# CACHE_BYTES (Outlast's [cache] size_bytes, 64 MiB: the default), UPSTREAMS (1: the
+# fixed upstream listed that many times, as several providers; bench/lib.sh),
 # OUTLAST_ALT ("name=path …": more Outlast binaries loaded as further targets in the
 # same run, to compare builds side by side), PROFILE=DIR (perf-record each Outlast
 # target during each workload: DIR/<workload>-<target>.folded and .svg, with inferno),
