@@ -23,10 +23,10 @@ name = "bench"
 chain_id = 31337
 verify = "off"
 CONFIG
-    local i
+    local i n=""
     for ((i = 0; i < ${UPSTREAMS:-1}; i++)); do
-        printf '\n[[chains.upstreams]]\nname = "fixed%s"\nurl = "http://127.0.0.1:%s"\noperator = "bench%s"\n' \
-            "$( ((i)) && echo "$i")" "$2" "$( ((i)) && echo "$i")"
+        ((i)) && n=$i
+        printf '\n[[chains.upstreams]]\nname = "fixed%s"\nurl = "http://127.0.0.1:%s"\noperator = "bench%s"\n' "$n" "$2" "$n"
     done
 }
 
