@@ -71,6 +71,8 @@ struct Candidate {
 /// A node this many blocks behind the consensus still counts as caught up for calls
 /// that name no block, and is the last resort for a call that names the block just
 /// past its head: heads are polled, so one block of skew is normal.
+/// (Compared as `head >= wanted - FRESH_LAG`, saturating: a head is an upstream's
+/// claim, and one at `u64::MAX` must not overflow.)
 const FRESH_LAG: u64 = 1;
 
 /// Indices to try in order, and indices skipped with the reason.
@@ -106,7 +108,7 @@ fn order(
             Need::Any => true,
             Need::Block(n) => upstreams[i].head.is_none_or(|h| h >= n),
             Need::Fresh => match (consensus, upstreams[i].head) {
-                (Some(c), Some(h)) => h + FRESH_LAG >= c,
+                (Some(c), Some(h)) => h >= c.saturating_sub(FRESH_LAG),
                 _ => true,
             },
         });
@@ -130,10 +132,11 @@ fn order(
         // out: when the ones known to have N all fail at once, it still answers. A
         // `null` from it means "not yet" (`forward`), never the answer.
         Need::Block(n) => {
-            let (close, far): (Few<usize>, Few<usize>) = behind
-                .iter()
-                .copied()
-                .partition(|&i| upstreams[i].head.is_some_and(|h| h + FRESH_LAG >= n));
+            let (close, far): (Few<usize>, Few<usize>) = behind.iter().copied().partition(|&i| {
+                upstreams[i]
+                    .head
+                    .is_some_and(|h| h >= n.saturating_sub(FRESH_LAG))
+            });
             order.extend(close);
             for i in far {
                 let head = upstreams[i]
@@ -342,5 +345,16 @@ mod tests {
             c(1, Status::Ready, Some(10)),
         ];
         check(&ups, Need::Fresh, 0, &[2, 1, 0]);
+    }
+
+    #[test]
+    fn a_head_at_the_top_of_u64_is_compared_without_overflow() {
+        // An upstream's head is its claim: the largest number must not overflow (a
+        // panic with overflow checks, "behind" where it wraps).
+        let ups = [c(1, Status::Ready, Some(u64::MAX)), ready(1)];
+        let (got, _) = order(&ups, Need::Fresh, Some(u64::MAX), 0, Instant::now());
+        assert_eq!(got.as_slice(), &[0, 1], "the one at the consensus first");
+        check(&ups, Need::Block(u64::MAX), 0, &[0]);
+        check(&ups, Need::Block(11), 0, &[0, 1]);
     }
 }
