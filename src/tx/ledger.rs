@@ -86,7 +86,7 @@ impl Ledger {
         // `remember_secs` (pruned above).
         sent.keys()
             .next_back()
-            .map_or(upstream, |n| upstream.max(n + 1))
+            .map_or(upstream, |n| upstream.max(n.saturating_add(1)))
     }
 
     /// The pending transaction `hash`, as a JSON object, if Outlast broadcast it.
