@@ -484,12 +484,12 @@ impl<'g, 'a> Work<'g, 'a> {
 
     /// Step 8, verify: calls to check are proven from Merkle proofs or agreed by a quorum.
     async fn verify(&mut self) {
-        let chain = self.chain;
+        let (chain, max_gas) = (self.chain, self.gw.limits().max_call_gas);
         let checked = futures_util::future::join_all(
             self.slots
                 .iter()
                 .filter(|s| s.to_verify())
-                .filter_map(|s| checked(chain, &s.call, &s.check)),
+                .filter_map(|s| checked(chain, &s.call, &s.check, max_gas)),
         )
         .await;
         let mut checked = checked.into_iter();
@@ -543,7 +543,12 @@ impl<'g, 'a> Work<'g, 'a> {
             if let Some((upstream, answer, level)) = follower.wait(FOLLOW_AT_MOST).await {
                 slot.outcome = Some(Outcome::Answered { upstream, answer });
                 slot.level = level;
-            } else if let Some(result) = checked(self.chain, &slot.call, &slot.check) {
+            } else if let Some(result) = checked(
+                self.chain,
+                &slot.call,
+                &slot.check,
+                self.gw.limits().max_call_gas,
+            ) {
                 (slot.outcome, slot.level) = settle(self.chain, slot, result.await);
             } else {
                 let sent = route::forward(self.chain, &[&slot.call], slot.need).await;
@@ -618,11 +623,13 @@ impl<'g, 'a> Work<'g, 'a> {
     }
 }
 
-/// The check step 8 runs for `call`, if it has one.
+/// The check step 8 runs for `call`, if it has one; an `eth_call` executed here gets
+/// at most `max_gas` (`[limits] max_call_gas`).
 fn checked<'c>(
     chain: &'c Chain,
     call: &'c Call<'_>,
     check: &'c Option<Check>,
+    max_gas: u64,
 ) -> Option<impl Future<Output = Result<Checked, Unverified>> + 'c> {
     let check = check.as_ref()?;
     Some(async move {
@@ -630,7 +637,7 @@ fn checked<'c>(
             Check::Proof(read, n) => verified::proven(chain, call, read, *n).await,
             Check::Block(id) => verified::block(chain, call, *id).await,
             Check::Quorum(need) => verified::agreed(chain, call, *need).await,
-            Check::Call(n) => route::call::executed(chain, call, *n).await,
+            Check::Call(n) => route::call::executed(chain, call, *n, max_gas).await,
             Check::Receipt => route::receipt::receipt(chain, call).await,
             Check::Logs(from, to) => route::proven_logs::logs(chain, call, *from, *to).await,
         }

@@ -204,6 +204,7 @@ pub fn plan(running: &Config, file: Config) -> Plan {
             max_logs_range,
             max_logs_pieces,
             max_logs_bytes,
+            max_call_gas,
         ]
     );
     for f in changed {

@@ -20,6 +20,8 @@ const TOKEN: &str = include_str!("fixtures/token.hex");
 const BALANCE_OF: &str = "0x70a08231";
 const FAIL: &str = "0xa9cc4718";
 const SUM_OF: &str = "0x8cd4897e";
+/// Init code that never ends on its own: `JUMPDEST PUSH1 0 JUMP`.
+const ENDLESS: &str = "0x5b600056";
 
 fn word(hex: &str) -> String {
     format!("{:0>64}", hex.trim_start_matches("0x"))
@@ -278,4 +280,46 @@ async fn without_eth_get_proof_a_quorum_answers_instead() {
     let (reply, verified) = eth_call(&outlast, &bed.token, &balance_of(ACCOUNT0_ADDRESS)).await;
     assert_eq!(reply["result"], uint(42), "{reply}");
     assert_eq!(verified.as_deref(), Some("quorum"), "{reply}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eth_call_is_executed_here_with_at_most_max_call_gas() {
+    let mut fleet = Fleet::start(3).await;
+    fleet.mine(1).await;
+    let toml = format!(
+        "[limits]\nmax_call_gas = 1000000\n\n{}",
+        config(&fleet.urls())
+    );
+    let outlast = Outlast::start(&toml).await;
+    // Twice the limit: run here with the limit, it halts out of gas, and the nodes are
+    // asked (a halt's wording is theirs); they run it out of its 2M. Without the limit
+    // a `gas` of 2^64-1 ran here for ever, on a serving thread.
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "eth_call",
+        "params": [{"data": ENDLESS, "gas": "0x1e8480"}, "latest"]});
+    let reply = outlast.post("/local", body.to_string()).await.json();
+    let direct = testbed::rpc(
+        &fleet.url(0),
+        "eth_call",
+        json!([{"data": ENDLESS, "gas": "0x1e8480"}, "latest"]),
+    )
+    .await;
+    let said = direct["error"]["message"]
+        .as_str()
+        .expect("the node refuses it");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(said)),
+        "{reply} should carry the nodes' {said:?}"
+    );
+    let metrics = reqwest::get(outlast.url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("outlast_limits_exceeded_total{limit=\"call_gas\"} 1"),
+        "the capped call is counted: {metrics}"
+    );
 }

@@ -383,6 +383,7 @@ fn validate(config: &Config) -> Vec<(Vec<Seg>, String)> {
         ("max_filters_per_client", limits.max_filters_per_client),
         ("max_filter_items", limits.max_filter_items),
         ("filter_timeout_secs", limits.filter_timeout_secs as usize),
+        ("max_call_gas", limits.max_call_gas as usize),
     ] {
         if value == 0 {
             out.push((vec![Key("limits"), Key(key)], "must be at least 1".into()));

@@ -142,6 +142,10 @@ pub struct Limits {
     pub max_filter_items: usize,
     /// HTTP filters: one not polled for this long is dropped (geth: 5 minutes).
     pub filter_timeout_secs: u64,
+    /// Verified `eth_call`: the most gas a call is executed here with, whatever its `gas`
+    /// says (geth's `--rpc.gascap`, 50M, caps it the same way): execution is CPU for as
+    /// long as the gas lasts, and `gas: 2^64-1` would otherwise never end.
+    pub max_call_gas: u64,
 }
 
 impl Default for Limits {
@@ -177,6 +181,7 @@ impl Default for Limits {
             max_filters_per_client: 100,
             max_filter_items: 10_000,
             filter_timeout_secs: 300,
+            max_call_gas: 50_000_000,
         }
     }
 }

@@ -13,13 +13,18 @@
 //!    again. The answer is the local execution's output (a revert: code 3, "execution
 //!    reverted", the revert data — what nodes answer).
 //!
+//! Execution is CPU for as long as the call's gas lasts, so its gas is capped (`[limits]
+//! max_call_gas`, as geth caps it) and it runs on a thread of tokio's blocking pool, at
+//! most half the cores at once: on a serving thread it would stall every connection that
+//! thread drives (a client's endless loop stalled them for good).
+//!
 //! What cannot be done this way (state overrides, `BLOCKHASH`, no upstream serving
 //! proofs for that block, a halt whose wording only nodes know) goes to a quorum of
 //! operators instead (`verified::agreed`): never a single provider's word.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    sync::Arc,
+    sync::{Arc, LazyLock},
     time::Instant,
 };
 
@@ -35,6 +40,7 @@ use revm::{
     state::AccountInfo,
 };
 use serde_json::{Value, value::RawValue};
+use tokio::sync::Semaphore;
 
 use super::{
     ask::{Shape, ask},
@@ -58,8 +64,22 @@ const MAX_ACCOUNTS: usize = 256;
 /// Upstreams asked for one batch of proofs before giving up on proofs.
 const PROOF_ATTEMPTS: usize = 4;
 
-/// Answers an `eth_call` at block `number` by executing it on proven state.
-pub async fn executed(chain: &Chain, call: &Call<'_>, number: u64) -> Result<Checked, Unverified> {
+/// Executions running at once, over all chains: half the cores, so the serving threads
+/// keep the rest whatever clients ask. Calls wait their turn in order (within the
+/// request's deadline); only verified `eth_call`s wait, nothing else a gateway serves.
+static EXECUTORS: LazyLock<Arc<Semaphore>> = LazyLock::new(|| {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    Arc::new(Semaphore::new((cores / 2).max(1)))
+});
+
+/// Answers an `eth_call` at block `number` by executing it on proven state, with at
+/// most `max_gas`.
+pub async fn executed(
+    chain: &Chain,
+    call: &Call<'_>,
+    number: u64,
+    max_gas: u64,
+) -> Result<Checked, Unverified> {
     let Some(request) = parse(call.params) else {
         // State overrides or a shape revm is not fed here: agreement instead.
         return verified::agreed(chain, call, Need::Block(number)).await;
@@ -73,7 +93,10 @@ pub async fn executed(chain: &Chain, call: &Call<'_>, number: u64) -> Result<Che
         // over real state (Anvil's block 0). Nothing to prove against: ask a quorum.
         return verified::agreed(chain, call, Need::Block(number)).await;
     }
-    let tx = tx_env(&request, &header, chain.chain_id);
+    let tx = tx_env(&request, &header, chain.chain_id, max_gas);
+    if request.gas.unwrap_or(header.gas_limit) > max_gas {
+        crate::metrics::limit_exceeded("call_gas");
+    }
     let mut wanted = Wanted::default();
     if let Some(from) = request.from {
         wanted.account(from);
@@ -103,7 +126,21 @@ pub async fn executed(chain: &Chain, call: &Call<'_>, number: u64) -> Result<Che
                 }
             }
         }
-        match run(&state, &header, tx.clone()) {
+        // The semaphore is never closed.
+        let Ok(executor) = EXECUTORS.clone().acquire_owned().await else {
+            break;
+        };
+        let tx = tx.clone();
+        let ran = tokio::task::spawn_blocking(move || {
+            let ran = run(&state, &header, tx);
+            drop(executor);
+            (state, ran)
+        })
+        .await;
+        // A panic in revm: a quorum answers.
+        let Ok((back, ran)) = ran else { break };
+        state = back;
+        match ran {
             Run::Done(answer) => {
                 return Ok(Checked {
                     upstream: executed_label(),
@@ -135,13 +172,14 @@ fn parse(params: Option<&RawValue>) -> Option<TransactionRequest> {
 }
 
 /// The call as a transaction, with `eth_call`'s defaults: no gas price (and then no base
-/// fee, as nodes do), the block's gas limit, the zero address as sender.
-fn tx_env(r: &TransactionRequest, header: &CheckedHeader, chain_id: u64) -> TxEnv {
+/// fee, as nodes do), the block's gas limit, the zero address as sender; and at most
+/// `max_gas` (a call that runs out of it halts, and a quorum answers).
+fn tx_env(r: &TransactionRequest, header: &CheckedHeader, chain_id: u64, max_gas: u64) -> TxEnv {
     let priced = r.gas_price.is_some() || r.max_fee_per_gas.is_some();
     TxEnv {
         tx_type: if r.max_fee_per_gas.is_some() { 2 } else { 0 },
         caller: r.from.unwrap_or_default(),
-        gas_limit: r.gas.unwrap_or(header.gas_limit),
+        gas_limit: r.gas.unwrap_or(header.gas_limit).min(max_gas),
         gas_price: r.max_fee_per_gas.or(r.gas_price).unwrap_or(0),
         gas_priority_fee: r.max_priority_fee_per_gas.filter(|_| priced),
         kind: r.to.unwrap_or(TxKind::Create),
@@ -589,5 +627,40 @@ mod tests {
             "truncated: no reason"
         );
         assert_eq!(reason(&[]), None);
+    }
+
+    #[test]
+    fn a_call_runs_with_at_most_the_gas_limit() {
+        let header = CheckedHeader {
+            number: 1,
+            hash: B256::ZERO,
+            parent_hash: B256::ZERO,
+            logs_bloom: alloy_primitives::Bloom::ZERO,
+            state_root: B256::ZERO,
+            transactions_root: B256::ZERO,
+            receipts_root: B256::ZERO,
+            withdrawals_root: None,
+            beneficiary: Address::ZERO,
+            timestamp: 0,
+            gas_limit: 60_000_000,
+            base_fee: None,
+            difficulty: U256::ZERO,
+            mix_hash: B256::ZERO,
+            excess_blob_gas: None,
+            has_requests_hash: false,
+            has_parent_beacon_root: false,
+        };
+        let max = crate::config::Limits::default().max_call_gas;
+        assert_eq!(max, 50_000_000, "geth's --rpc.gascap");
+        let gas = |asked: Option<u64>| {
+            let r = TransactionRequest {
+                gas: asked,
+                ..TransactionRequest::default()
+            };
+            tx_env(&r, &header, 1, max).gas_limit
+        };
+        assert_eq!(gas(Some(u64::MAX)), max, "an endless call is cut");
+        assert_eq!(gas(None), max, "the block's 60M is more than the limit");
+        assert_eq!(gas(Some(21_000)), 21_000, "less is run as asked");
     }
 }
