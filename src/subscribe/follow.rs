@@ -178,9 +178,10 @@ impl Follower {
             return Ok(false);
         }
         let (tip_number, tip_hash) = (tip.number, tip.hash.clone());
-        let to = target.number.min(tip_number + ROUND);
+        // Block numbers are the providers' word: saturating, up to u64::MAX.
+        let to = target.number.min(tip_number.saturating_add(ROUND));
         let scope = hub.wants(LOGS).then(|| hub.log_scope());
-        let mut fetched = fetch_range(chain, tip_number + 1, to, target).await?;
+        let mut fetched = fetch_range(chain, tip_number.saturating_add(1), to, target).await?;
         let linked = links(&tip_hash, &fetched)
             && (to < target.number || fetched.last().is_some_and(|b| *b.hash == *target.hash));
         let ancestor = if linked && !fetched.is_empty() {
@@ -351,6 +352,8 @@ async fn ask(
 }
 
 /// Blocks `from..=to` by number, except `target` itself, which is asked for by hash.
+/// Numbers are providers' claims: a range ending at `u64::MAX` ends there, it does not
+/// wrap to block 0.
 pub(super) async fn fetch_range(
     chain: &Chain,
     from: u64,
@@ -360,7 +363,7 @@ pub(super) async fn fetch_range(
     let mut out = Vec::new();
     let mut start = from;
     while start <= to {
-        let end = to.min(start + BATCH - 1);
+        let end = to.min(start.saturating_add(BATCH - 1));
         let mut calls = Vec::new();
         for n in start..=end {
             calls.push(if n == target.number {
@@ -375,7 +378,10 @@ pub(super) async fn fetch_range(
         for (n, answer) in (start..=end).zip(ask(chain, &calls, Need::Block(end)).await) {
             out.push(block(chain, n, answer)?);
         }
-        start = end + 1;
+        let Some(next) = end.checked_add(1) else {
+            break;
+        };
+        start = next;
     }
     Ok(out)
 }
@@ -634,5 +640,37 @@ mod tests {
         assert!(links("0xa", &[b(2, "0xa", "0xb"), b(3, "0xb", "0xc")]));
         assert!(!links("0xa", &[b(2, "0xa", "0xb"), b(3, "0xx", "0xc")]));
         assert!(!links("0xz", &[b(2, "0xa", "0xb")]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_range_ending_at_the_last_block_number_ends_there() {
+        use crate::upstream::fake::{self, Act};
+        use serde_json::json;
+        const TOP: u64 = u64::MAX;
+        let hash = |n: u64| format!("0x{n:064x}");
+        // A provider claiming blocks up to u64::MAX; anything else asked is an error.
+        let node = fake::upstream("test", "node", "op-a", move |method, params| {
+            let n = match method {
+                "eth_getBlockByNumber" => params[0].as_str().and_then(parse_quantity),
+                "eth_getBlockByHash" => (params[0] == json!(hash(TOP))).then_some(TOP),
+                _ => None,
+            };
+            match n.filter(|&n| n >= TOP - 2) {
+                Some(n) => Act::result(json!({"number": format!("{n:#x}"), "hash": hash(n),
+                    "parentHash": hash(n - 1)})),
+                None => Act::Error(-32000, format!("{method} {params}: not in the range")),
+            }
+        });
+        let chain = crate::route::testing::chain("off", 1, &[&node]);
+        let target = Consensus {
+            number: TOP,
+            hash: Arc::from(hash(TOP)),
+            confirmed: true,
+        };
+        let fetched = fetch_range(&chain, TOP - 2, TOP, &target)
+            .await
+            .unwrap_or_else(|e| panic!("the range wrapped past u64::MAX: {e}"));
+        let numbers: Vec<u64> = fetched.iter().map(|b| b.number).collect();
+        assert_eq!(numbers, [TOP - 2, TOP - 1, TOP]);
     }
 }

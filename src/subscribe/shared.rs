@@ -574,7 +574,7 @@ async fn step(chain: &Chain, note: &Note, head: &Consensus) -> Result<Step, Step
     if head.number < n || (head.number == n && *head.hash == *cursor) {
         return Ok(unmoved);
     }
-    let to = head.number.min(n + STEP);
+    let to = head.number.min(n.saturating_add(STEP));
     let fetched = if to > n {
         follow::fetch_range(chain, n + 1, to, &head).await?
     } else {
