@@ -160,6 +160,7 @@ pub fn load_str(text: &str) -> Result<Config, Problems> {
         let span = locate(&root, &path);
         ctx.push(span, &path_text(&path), message);
     }
+    ctx.times(&root, "");
     if ctx.problems.is_empty() {
         Ok(config)
     } else {
@@ -172,7 +173,52 @@ struct Ctx<'t> {
     problems: Vec<Problem>,
 }
 
+/// The longest time any `_secs` or `_ms` key may give. Nothing Outlast waits for takes
+/// this long, and a time near `u64::MAX` overflows the clock arithmetic it goes into
+/// (`Instant + Duration`, `ping * 2`: a panic on first use).
+const MAX_TIME_SECS: u64 = 10 * 365 * 24 * 3600;
+
 impl Ctx<'_> {
+    /// Every key ending `_secs` or `_ms`, in any section or array of tables, is at most
+    /// `MAX_TIME_SECS`: checked by name, so a key added later is covered too.
+    fn times(&mut self, table: &DeTable<'_>, at: &str) {
+        for (key, value) in table.iter() {
+            let key = key.get_ref().as_ref();
+            let path = if at.is_empty() {
+                key.to_owned()
+            } else {
+                format!("{at}.{key}")
+            };
+            match value.get_ref() {
+                DeValue::Table(t) => self.times(t, &path),
+                DeValue::Array(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        if let DeValue::Table(t) = item.get_ref() {
+                            self.times(t, &format!("{path}[{i}]"));
+                        }
+                    }
+                }
+                DeValue::Integer(n) => {
+                    let per_sec = match key {
+                        k if k.ends_with("_secs") => 1,
+                        k if k.ends_with("_ms") => 1000,
+                        _ => continue,
+                    };
+                    let most = MAX_TIME_SECS * per_sec;
+                    // Not a u64 (negative): the section's own parse says so.
+                    if u64::from_str_radix(n.as_str(), n.radix()).is_ok_and(|n| n > most) {
+                        self.push(
+                            Some(value.span()),
+                            &path,
+                            format!("must be at most {most} (ten years)"),
+                        );
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
     fn push(&mut self, span: Option<Range<usize>>, key: &str, message: String) {
         let (line, column) = span.map_or((1, 1), |s| line_col(self.text, s.start));
         self.problems.push(Problem {
@@ -950,6 +996,27 @@ operator = "self"
     }
 
     /// Asserts that `text` has exactly these problems, each starting with its prefix.
+    #[test]
+    fn times_past_ten_years_are_refused_wherever_they_are() {
+        // Sections before and after GOOD's 12 lines, and an array of tables.
+        let text = format!(
+            "[limits]\nws_ping_secs = 18446744073709551615\nmax_call_gas = 18446744073709551615\n{GOOD}\
+             \n[routing]\nmax_cooldown_ms = 0xffffffffffffffff\n\n\
+             [[webhooks]]\nurl = \"http://127.0.0.1:1\"\ntimeout_ms = 315_360_000_001\n"
+        );
+        check_prefixes(
+            &text,
+            &[
+                "2:16: limits.ws_ping_secs: must be at most 315360000 (ten years)",
+                "18:19: routing.max_cooldown_ms: must be at most 315360000000",
+                "22:14: webhooks[0].timeout_ms: must be at most 315360000000",
+            ],
+        );
+        // Ten years is allowed, and keys not about time are not bounded so.
+        let text = format!("[limits]\nfilter_timeout_secs = 315_360_000\n{GOOD}");
+        assert!(load_str(&text).is_ok(), "{:?}", problems(&text));
+    }
+
     fn check_prefixes(text: &str, prefixes: &[&str]) {
         let got = problems(text);
         assert_eq!(got.len(), prefixes.len(), "{got:#?}");
