@@ -277,7 +277,7 @@ async fn to_completion<T: Send + 'static>(mut work: Detached<T>) -> Result<T, St
 /// The calls a body is charged for before it is parsed: its `Shape`'s, at most one
 /// past `[limits] max_batch` (a larger batch is refused whole, by the parser).
 pub(super) fn charged(limits: &Limits, shape: Shape) -> u64 {
-    shape.calls.min(limits.max_batch as u64 + 1)
+    shape.calls.min((limits.max_batch as u64).saturating_add(1))
 }
 
 // Outlast's answer headers (design.md), named once: a name given as a `&str` is copied
