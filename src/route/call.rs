@@ -94,7 +94,8 @@ pub async fn executed(
         return verified::agreed(chain, call, Need::Block(number)).await;
     }
     let tx = tx_env(&request, &header, chain.chain_id, max_gas);
-    if request.gas.unwrap_or(header.gas_limit) > max_gas {
+    // Counted when the client asked for more; a block limit above it is no one's doing.
+    if request.gas.is_some_and(|gas| gas > max_gas) {
         crate::metrics::limit_exceeded("call_gas");
     }
     let mut wanted = Wanted::default();
