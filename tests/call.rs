@@ -60,6 +60,32 @@ async fn deploy(fleet: &mut Fleet, nonce: u64, supply: u64) -> String {
 /// zero word and every `eth_createAccessList` with an empty list: its headers and proofs
 /// stay honest, so only executing the call catches it.
 async fn call_liar(target: String) -> String {
+    rewriting(target, |req, r| match req["method"].as_str() {
+        Some("eth_call") => r["result"] = json!(uint(0)),
+        Some("eth_createAccessList") => {
+            r["result"] = json!({"accessList": [], "gasUsed": "0x5208"});
+        }
+        _ => {}
+    })
+    .await
+}
+
+/// A provider that relays everything to `target` but predicts that every call reads
+/// 2,000 storage slots of the contract it calls: proving them all is the work it asks for.
+async fn slot_flooder(target: String) -> String {
+    rewriting(target, |req, r| {
+        if req["method"] == "eth_createAccessList" {
+            let keys: Vec<String> = (0..2000u64).map(uint).collect();
+            r["result"] = json!({"accessList": [{"address": req["params"][0]["to"],
+                "storageKeys": keys}], "gasUsed": "0x5208"});
+        }
+    })
+    .await
+}
+
+/// A provider that relays everything to `target`, then rewrites each reply with
+/// `edit(request, reply)`.
+async fn rewriting(target: String, edit: fn(&Value, &mut Value)) -> String {
     let client = reqwest::Client::new();
     let app = Router::new().route(
         "/",
@@ -71,22 +97,15 @@ async fn call_liar(target: String) -> String {
                 let Ok(mut v) = serde_json::from_str::<Value>(&reply) else {
                     return reply;
                 };
-                let lie = |req: &Value, r: &mut Value| match req["method"].as_str() {
-                    Some("eth_call") => r["result"] = json!(uint(0)),
-                    Some("eth_createAccessList") => {
-                        r["result"] = json!({"accessList": [], "gasUsed": "0x5208"});
-                    }
-                    _ => {}
-                };
                 match (&asked, &mut v) {
                     (Value::Array(reqs), Value::Array(replies)) => {
                         for r in replies.iter_mut() {
                             if let Some(req) = reqs.iter().find(|q| q["id"] == r["id"]) {
-                                lie(req, r);
+                                edit(req, r);
                             }
                         }
                     }
-                    (req, one) => lie(req, one),
+                    (req, one) => edit(req, one),
                 }
                 v.to_string()
             }
@@ -322,4 +341,19 @@ async fn an_eth_call_is_executed_here_with_at_most_max_call_gas() {
         metrics.contains("outlast_limits_exceeded_total{limit=\"call_gas\"} 1"),
         "the capped call is counted: {metrics}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_said_to_read_thousands_of_slots_is_agreed_not_proven_slot_by_slot() {
+    let bed = bed().await;
+    let mut urls = Vec::new();
+    for i in 0..3 {
+        urls.push(slot_flooder(bed.fleet.url(i)).await);
+    }
+    let outlast = Outlast::start(&config(&urls)).await;
+    // Past the slots one call may have proven, a quorum answers: the right answer, never
+    // 2,000 proofs fetched and checked because a provider named them.
+    let (reply, verified) = eth_call(&outlast, &bed.token, &balance_of(ACCOUNT0_ADDRESS)).await;
+    assert_eq!(reply["result"], uint(42), "{reply}");
+    assert_eq!(verified.as_deref(), Some("quorum"), "{reply}");
 }

@@ -61,6 +61,10 @@ use crate::{
 const MAX_ROUNDS: usize = 6;
 /// Accounts proven for one call at most: past it, a quorum answers instead.
 const MAX_ACCOUNTS: usize = 256;
+/// Storage slots proven for one call at most, likewise: a call (or a provider's access
+/// list) naming more would have Outlast fetch and check that many proofs (a reply of
+/// ~10 KB a slot), on the client's say-so.
+const MAX_SLOTS: usize = 1024;
 /// Upstreams asked for one batch of proofs before giving up on proofs.
 const PROOF_ATTEMPTS: usize = 4;
 
@@ -112,7 +116,8 @@ pub async fn executed(
     for _ in 0..MAX_ROUNDS {
         let todo = wanted.not_in(&state);
         if !todo.is_empty() {
-            if state.accounts.len() + todo.len() > MAX_ACCOUNTS {
+            let slots = state.slots() + todo.iter().map(|(_, s)| s.len()).sum::<usize>();
+            if state.accounts.len() + todo.len() > MAX_ACCOUNTS || slots > MAX_SLOTS {
                 break;
             }
             match prove(chain, &header, &todo).await {
@@ -327,6 +332,11 @@ impl ProvenAccount {
 }
 
 impl Proven {
+    /// Storage slots proven so far.
+    fn slots(&self) -> usize {
+        self.accounts.values().map(|a| a.storage.len()).sum()
+    }
+
     fn merge(&mut self, more: Vec<(Address, ProvenAccount)>) {
         for (a, acct) in more {
             match self.accounts.get_mut(&a) {

@@ -50,16 +50,18 @@ pub fn account(
             detail: e.to_string(),
         })?;
     }
+    // Indexed once (the first proof of a key, as a search would find): a search per
+    // slot was quadratic in what the provider sent.
+    let mut by_key = std::collections::HashMap::with_capacity(proof.storage_proof.len());
+    for p in &proof.storage_proof {
+        by_key.entry(p.key.as_b256()).or_insert(p);
+    }
     let mut proven = Vec::with_capacity(slots.len());
     for slot in slots {
-        let sp = proof
-            .storage_proof
-            .iter()
-            .find(|p| p.key.as_b256() == *slot)
-            .ok_or_else(|| VerifyError::Malformed {
-                what: "storage proof",
-                detail: format!("no proof for slot {slot}"),
-            })?;
+        let sp = by_key.get(slot).ok_or_else(|| VerifyError::Malformed {
+            what: "storage proof",
+            detail: format!("no proof for slot {slot}"),
+        })?;
         let root = if absent {
             EMPTY_ROOT_HASH
         } else {
