@@ -76,8 +76,11 @@ pub fn transactions(json: &[u8], header: &CheckedHeader) -> Result<Transactions,
     {
         return Ok(Transactions::HashesOnly);
     }
+    // Hashes first, signatures last: a body padded with validly signed transactions
+    // fails at the root after a keccak each, not after a sender recovery each (~0.1 ms,
+    // the bulk of the check).
     let mut envelopes: Vec<TxEnvelope> = Vec::with_capacity(block.transactions.len());
-    let mut senders = Vec::with_capacity(block.transactions.len());
+    let mut claimed = Vec::with_capacity(block.transactions.len());
     for (i, raw) in block.transactions.iter().enumerate() {
         let typed: Typed = serde_json::from_str(raw.get()).map_err(malformed)?;
         let kind = typed.kind.map_or(0, |k| k.to::<u64>());
@@ -95,15 +98,6 @@ pub fn transactions(json: &[u8], header: &CheckedHeader) -> Result<Transactions,
                 envelope.tx_hash()
             )));
         }
-        let sender = envelope
-            .recover_signer()
-            .map_err(|e| lie(format!("transaction {i}'s signature: {e}")))?;
-        if sender != tx.inner.signer() {
-            return Err(lie(format!(
-                "transaction {i} claims sender {}, its signature is {sender}'s",
-                tx.inner.signer()
-            )));
-        }
         let placed = (tx.block_hash, tx.block_number, tx.transaction_index);
         if placed != (Some(header.hash), Some(header.number), Some(i as u64)) {
             return Err(lie(format!(
@@ -112,7 +106,7 @@ pub fn transactions(json: &[u8], header: &CheckedHeader) -> Result<Transactions,
             )));
         }
         envelopes.push(envelope.clone());
-        senders.push(sender);
+        claimed.push(tx.inner.signer());
     }
     let root = proofs::calculate_transaction_root(&envelopes);
     if root != header.transactions_root {
@@ -120,6 +114,18 @@ pub fn transactions(json: &[u8], header: &CheckedHeader) -> Result<Transactions,
             "the transactions hash to root {root}, the header says {}",
             header.transactions_root
         )));
+    }
+    let mut senders = Vec::with_capacity(envelopes.len());
+    for (i, (envelope, claimed)) in envelopes.iter().zip(claimed).enumerate() {
+        let sender = envelope
+            .recover_signer()
+            .map_err(|e| lie(format!("transaction {i}'s signature: {e}")))?;
+        if sender != claimed {
+            return Err(lie(format!(
+                "transaction {i} claims sender {claimed}, its signature is {sender}'s"
+            )));
+        }
+        senders.push(sender);
     }
     if let (Some(ws), Some(expected)) = (&block.withdrawals, header.withdrawals_root) {
         let root = proofs::calculate_withdrawals_root(ws);
