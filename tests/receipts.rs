@@ -6,6 +6,11 @@
 
 mod testbed;
 
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
+
 use axum::{Router, body::Bytes, routing::post};
 use serde_json::{Value, json};
 use testbed::{
@@ -222,4 +227,78 @@ async fn a_receipt_is_proven_and_a_forged_one_is_never_served() {
     let body = json!({"jsonrpc": "2.0", "id": 1, "method": "eth_getTransactionReceipt", "params": [unknown]});
     let r = outlast.post("/local", body.to_string()).await;
     assert_eq!(r.json()["result"], Value::Null, "{}", r.text);
+}
+
+/// A provider relaying everything to `target`, counting the `eth_getBlockReceipts` calls
+/// it is asked in `asked`.
+async fn counting(target: String, asked: Arc<AtomicUsize>) -> String {
+    let client = reqwest::Client::new();
+    let app = Router::new().route(
+        "/",
+        post(move |body: Bytes| {
+            let (client, target, asked) = (client.clone(), target.clone(), asked.clone());
+            async move {
+                let calls = String::from_utf8_lossy(&body)
+                    .matches("eth_getBlockReceipts")
+                    .count();
+                asked.fetch_add(calls, Ordering::SeqCst);
+                relay(&client, &target, body).await
+            }
+        }),
+    );
+    serve(app).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_from_one_block_in_a_batch_fetch_and_prove_it_once() {
+    let mut fleet = Fleet::start(3).await;
+    fleet.mine(1).await;
+    // Five transfers, mined together in one block.
+    let mut hashes = Vec::new();
+    for nonce in 0..5u64 {
+        let tx = json!({"from": ACCOUNT0_ADDRESS, "to": ACCOUNT1_ADDRESS, "value": "0x1",
+            "nonce": format!("{nonce:#x}"), "gas": "0x5208", "gasPrice": "0x77359400"});
+        let mut sent = Vec::new();
+        for url in fleet.urls() {
+            sent.push(rpc_result(&url, "eth_sendTransaction", json!([tx.clone()])).await);
+        }
+        assert!(sent.iter().all(|h| *h == sent[0]), "{sent:?}");
+        hashes.push(sent[0].as_str().expect("hash").to_owned());
+    }
+    fleet.mine(1).await;
+    let asked = Arc::new(AtomicUsize::new(0));
+    let mut urls = Vec::new();
+    for i in 0..3 {
+        urls.push(counting(fleet.url(i), asked.clone()).await);
+    }
+    let outlast = Outlast::start(&config(&urls)).await;
+    // Until its head is there, the block is not seen: each receipt `null`, as nodes say.
+    outlast.wait_for_head("/local", 2).await;
+    let batch: Vec<Value> = hashes
+        .iter()
+        .enumerate()
+        .map(|(i, h)| json!({"jsonrpc": "2.0", "id": i, "method": "eth_getTransactionReceipt", "params": [h]}))
+        .collect();
+    let r = outlast
+        .post("/local", Value::Array(batch).to_string())
+        .await;
+    let replies = r.json();
+    let block = &replies[0]["result"]["blockHash"];
+    for (i, hash) in hashes.iter().enumerate() {
+        assert_eq!(
+            replies[i]["result"]["transactionHash"],
+            json!(hash),
+            "{replies:#}"
+        );
+        assert_eq!(
+            &replies[i]["result"]["blockHash"], block,
+            "one block: {replies:#}"
+        );
+    }
+    assert_eq!(r.verified.as_deref(), Some("proof"), "{replies:#}");
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        1,
+        "the block's receipts are fetched (and proven) once for the five"
+    );
 }

@@ -57,6 +57,8 @@ pub struct Chain {
     operators: AtomicUsize,
     /// Headers whose hash a quorum agreed on, by number (see `trusted_header`).
     trusted: Mutex<BTreeMap<u64, (CheckedHeader, Instant)>>,
+    /// Proven receipts of the blocks asked for last (`route::receipt`).
+    pub(super) receipts: super::receipt::RecentReceipts,
     /// Every move of the consensus head, for whoever follows it (subscriptions, filters,
     /// reads held until the head reaches a block).
     moves: watch::Sender<Option<Consensus>>,
@@ -116,6 +118,7 @@ impl Chain {
             quorum_methods: c.quorum_methods.clone(),
             ban_for: Duration::from_secs(routing.liar_ban_secs),
             trusted: Mutex::new(BTreeMap::new()),
+            receipts: Default::default(),
             moves: watch::Sender::new(None),
         }
     }

@@ -72,7 +72,7 @@ pub async fn logs(
         match result {
             Ok(BlockReceipts::Proven(receipts)) => logs.extend(
                 receipts
-                    .into_iter()
+                    .iter()
                     .flat_map(|r| r.inner.logs().to_vec())
                     .filter(|l| filter.matches(&l.inner)),
             ),

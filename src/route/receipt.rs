@@ -9,11 +9,16 @@
 //! mined transaction is not enough), marked `none`. A chain whose transactions Outlast
 //! cannot decode (OP deposits) gets a quorum instead.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex, PoisonError},
+    time::Instant,
+};
 
 use alloy_primitives::B256;
 use bytes::Bytes;
 use serde_json::value::RawValue;
+use tokio::sync::OnceCell;
 
 use super::{
     ask::{Shape, ask},
@@ -134,12 +139,14 @@ pub async fn receipt(chain: &Chain, call: &Call<'_>) -> Result<Checked, Unverifi
 }
 
 /// A block's receipts, proven, or why not.
+#[derive(Clone)]
 pub(super) enum BlockReceipts {
-    Proven(Vec<alloy_rpc_types_eth::TransactionReceipt>),
+    Proven(Arc<[alloy_rpc_types_eth::TransactionReceipt]>),
     /// Transaction types Outlast cannot decode (OP deposits): not proven here.
     Foreign,
 }
 
+#[derive(Clone)]
 pub(super) enum Failure {
     /// Nobody served the block's body and receipts.
     NoneServed,
@@ -147,13 +154,59 @@ pub(super) enum Failure {
     Lies(String),
 }
 
+/// The proven receipts of the last few blocks asked for, and of those being proven, by
+/// block hash. A batch of receipts from one block (an indexer's, a wallet's after a
+/// send) or log queries over the same blocks then fetch and prove each block once,
+/// where each call fetched its whole block again and proved it again (~50 ms of a
+/// serving thread for a mainnet block). A failure is not kept: the next call tries anew.
+#[derive(Default)]
+pub struct RecentReceipts(Mutex<VecDeque<(B256, Arc<ReceiptsCell>)>>);
+
+type ReceiptsCell = OnceCell<Result<BlockReceipts, Failure>>;
+
+/// Blocks whose proven receipts are kept (a mainnet block's are a few MB).
+const RECENT_BLOCKS: usize = 4;
+
+impl RecentReceipts {
+    fn cell(&self, hash: B256) -> Arc<ReceiptsCell> {
+        let mut recent = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, cell)) = recent.iter().find(|(h, _)| *h == hash) {
+            return cell.clone();
+        }
+        if recent.len() >= RECENT_BLOCKS {
+            recent.pop_front();
+        }
+        let cell = Arc::new(OnceCell::new());
+        recent.push_back((hash, cell.clone()));
+        cell
+    }
+
+    fn forget(&self, cell: &Arc<ReceiptsCell>) {
+        let mut recent = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        recent.retain(|(_, c)| !Arc::ptr_eq(c, cell));
+    }
+}
+
 /// The body (full transactions) and receipts of the trusted block `header`, from the
 /// first upstream whose both match it (transactions root, senders, receipts root); one
-/// that serves a false body or false receipts is banned once another's check.
+/// that serves a false body or false receipts is banned once another's check. Calls
+/// about one block share one fetch and one proof (`RecentReceipts`).
 pub(super) async fn block_receipts(
     chain: &Chain,
     header: &CheckedHeader,
 ) -> Result<BlockReceipts, Failure> {
+    let cell = chain.receipts.cell(header.hash);
+    let proven = cell
+        .get_or_init(|| prove_receipts(chain, header))
+        .await
+        .clone();
+    if proven.is_err() {
+        chain.receipts.forget(&cell);
+    }
+    proven
+}
+
+async fn prove_receipts(chain: &Chain, header: &CheckedHeader) -> Result<BlockReceipts, Failure> {
     let by_hash = raw(&serde_json::json!([header.hash, true]));
     let receipts_at = raw(&serde_json::json!([header.hash]));
     let fetch = [
@@ -194,7 +247,7 @@ pub(super) async fn block_receipts(
                 Err(e) => return Err(NotProven::False(format!("block body: {e}"))),
             };
             verify::receipts::check(receipts, header, &txs)
-                .map(BlockReceipts::Proven)
+                .map(|r| BlockReceipts::Proven(r.into()))
                 .map_err(|e| NotProven::False(format!("receipts: {e}")))
         },
     )
