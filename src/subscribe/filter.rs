@@ -143,16 +143,28 @@ impl LogFilter {
                 "logs filter names {items} addresses and topics; the limit is {MAX_FILTER_ITEMS}"
             )));
         }
+        // Sets, kept sorted: a log is matched against every subscription's filter, so
+        // a search each, not a scan of up to 1,000 items each.
+        let mut addresses = addresses;
+        addresses.sort_unstable();
+        addresses.dedup();
+        for allowed in &mut topics {
+            allowed.sort_unstable();
+            allowed.dedup();
+        }
         Ok(LogFilter { addresses, topics })
     }
 
     /// Does a log with this (lowercased) address and these (lowercased) topics match?
     pub fn matches(&self, address: &str, topics: &[String]) -> bool {
-        if !self.addresses.is_empty() && !self.addresses.iter().any(|a| a == address) {
+        let within = |set: &[String], item: &str| {
+            set.binary_search_by(|x| x.as_str().cmp(item)).is_ok()
+        };
+        if !self.addresses.is_empty() && !within(&self.addresses, address) {
             return false;
         }
         self.topics.iter().enumerate().all(|(i, allowed)| {
-            allowed.is_empty() || topics.get(i).is_some_and(|t| allowed.contains(t))
+            allowed.is_empty() || topics.get(i).is_some_and(|t| within(allowed, t))
         })
     }
 }
@@ -210,6 +222,24 @@ mod tests {
         ] {
             assert!(parse(wrong).is_err(), "{wrong} should be refused");
         }
+    }
+
+    #[test]
+    fn a_filter_of_many_items_in_any_order_matches_each_of_them() {
+        let addresses: Vec<String> = (0..500u32).rev().map(|i| format!("0x{i:040x}")).collect();
+        let topics: Vec<String> = (0..300u32).map(|i| format!("0x{i:064x}")).collect();
+        let mut repeated = topics.clone();
+        repeated.extend(topics.iter().take(10).cloned());
+        let f = filter(&format!(
+            r#"["logs", {{"address": {}, "topics": [null, {}]}}]"#,
+            serde_json::json!(addresses),
+            serde_json::json!(repeated)
+        ));
+        for (a, t) in addresses.iter().zip(topics.iter().cycle()) {
+            assert!(f.matches(a, &[T1.to_owned(), t.clone()]), "{a} {t}");
+        }
+        assert!(!f.matches(A, &[T1.to_owned(), topics[0].clone()]));
+        assert!(!f.matches(&addresses[0], &[T1.to_owned(), T2.to_owned()]));
     }
 
     #[test]

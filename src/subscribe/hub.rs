@@ -234,18 +234,21 @@ impl Hub {
     pub fn log_scope(&self) -> (LogScope, u64) {
         let clients = self.lock();
         let epoch = self.epoch.load(Ordering::Acquire);
-        let mut union: Vec<String> = Vec::new();
+        // Built under the hub's lock, once a block: given up as soon as it is past the
+        // bound, not after every client's every address was copied and sorted.
+        let mut union = std::collections::BTreeSet::new();
         for e in clients.values().filter(|e| e.kinds & LOGS != 0) {
-            match &e.log_addresses {
-                None => return (LogScope::All, epoch),
-                Some(list) => union.extend(list.iter().cloned()),
+            let Some(list) = &e.log_addresses else {
+                return (LogScope::All, epoch);
+            };
+            for address in list {
+                union.insert(address.as_str());
+                if union.len() > MAX_SCOPE_ADDRESSES {
+                    return (LogScope::All, epoch);
+                }
             }
         }
-        union.sort_unstable();
-        union.dedup();
-        if union.len() > MAX_SCOPE_ADDRESSES {
-            return (LogScope::All, epoch);
-        }
+        let union = union.into_iter().map(str::to_owned).collect();
         (LogScope::Addresses(union), epoch)
     }
 
