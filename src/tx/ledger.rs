@@ -26,7 +26,15 @@ struct Inner {
     /// The transaction as `eth_getTransactionByHash` shows a pending one.
     by_hash: HashMap<(u64, B256), (Bytes, Instant)>,
     nonces: HashMap<(u64, Address), BTreeMap<u64, (B256, Instant)>>,
+    /// When expired entries were last removed: once a `PRUNE_EVERY`, a pass over
+    /// every entry; reads skip expired entries themselves.
+    pruned: Option<Instant>,
 }
+
+/// How often expired entries are removed. Each removal reads every entry under the
+/// ledger's lock, which every pending-nonce and by-hash read takes: once a read, an
+/// hour of busy broadcasting made each such read a pass over all of it.
+const PRUNE_EVERY: Duration = Duration::from_secs(1);
 
 impl Ledger {
     pub fn new(keep: Duration) -> Ledger {
@@ -76,24 +84,31 @@ impl Ledger {
     /// The pending nonce to report for `address` when an upstream says `upstream`:
     /// one past the highest nonce Outlast broadcast for it, if that is more.
     pub fn pending_nonce(&self, chain_id: u64, address: Address, upstream: u64) -> u64 {
+        let now = Instant::now();
         let mut inner = self.lock();
-        inner.prune(self.keep, Instant::now());
+        inner.prune(self.keep, now);
         let Some(sent) = inner.nonces.get(&(chain_id, address)) else {
             return upstream;
         };
         // Not pruned by upstream answers: a node's pending count includes its own pool,
         // so one node's answer says nothing of another's. Entries expire after
-        // `remember_secs` (pruned above).
-        sent.keys()
-            .next_back()
-            .map_or(upstream, |n| upstream.max(n.saturating_add(1)))
+        // `remember_secs`.
+        sent.iter()
+            .rev()
+            .find(|(_, (_, at))| !expired(*at, self.keep, now))
+            .map_or(upstream, |(n, _)| upstream.max(n.saturating_add(1)))
     }
 
     /// The pending transaction `hash`, as a JSON object, if Outlast broadcast it.
     pub fn transaction(&self, chain_id: u64, hash: B256) -> Option<Bytes> {
+        let now = Instant::now();
         let mut inner = self.lock();
-        inner.prune(self.keep, Instant::now());
-        inner.by_hash.get(&(chain_id, hash)).map(|(b, _)| b.clone())
+        inner.prune(self.keep, now);
+        inner
+            .by_hash
+            .get(&(chain_id, hash))
+            .filter(|(_, at)| !expired(*at, self.keep, now))
+            .map(|(b, _)| b.clone())
     }
 }
 
@@ -165,13 +180,59 @@ impl Ledger {
     }
 }
 
+/// Whether an entry recorded `at` is past `keep` at `now`.
+fn expired(at: Instant, keep: Duration, now: Instant) -> bool {
+    now.saturating_duration_since(at) > keep
+}
+
 impl Inner {
+    /// Removes expired entries, at most once a `PRUNE_EVERY`.
     fn prune(&mut self, keep: Duration, now: Instant) {
-        let old = |at: &Instant| now.duration_since(*at) > keep;
-        self.by_hash.retain(|_, (_, at)| !old(at));
+        if self
+            .pruned
+            .is_some_and(|at| now.saturating_duration_since(at) < PRUNE_EVERY)
+        {
+            return;
+        }
+        self.pruned = Some(now);
+        self.by_hash.retain(|_, (_, at)| !expired(*at, keep, now));
         self.nonces.retain(|_, sent| {
-            sent.retain(|_, (_, at)| !old(at));
+            sent.retain(|_, (_, at)| !expired(*at, keep, now));
             !sent.is_empty()
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloy_consensus::{Signed, TxLegacy};
+    use alloy_primitives::Signature;
+
+    const SENDER: Address = Address::repeat_byte(1);
+
+    fn sent(nonce: u64) -> Recovered<TxEnvelope> {
+        let tx = TxLegacy {
+            nonce,
+            gas_limit: 21_000,
+            ..TxLegacy::default()
+        };
+        let signed = Signed::new_unhashed(tx, Signature::test_signature());
+        Recovered::new_unchecked(TxEnvelope::Legacy(signed), SENDER)
+    }
+
+    #[test]
+    fn an_expired_entry_is_not_read_even_before_it_is_pruned() {
+        let keep = Duration::from_secs(3600);
+        let ledger = Ledger::new(keep);
+        let (old, new) = (sent(9), sent(4));
+        // Recorded (and pruned) now; the old one was first sent past `keep` ago.
+        ledger.record(1, &new);
+        let long_ago = Instant::now().checked_sub(keep * 2).expect("the clock goes back");
+        ledger.record_since(1, &old, long_ago);
+        assert_eq!(ledger.pending_nonce(1, SENDER, 0), 5, "nonce 9 expired");
+        assert!(ledger.transaction(1, *old.inner().tx_hash()).is_none());
+        assert!(ledger.transaction(1, *new.inner().tx_hash()).is_some());
+        assert_eq!(ledger.pending_nonce(1, SENDER, 7), 7, "the upstream's is more");
     }
 }
