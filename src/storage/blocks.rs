@@ -28,6 +28,9 @@ use super::{
 const LOOKAHEAD_MAX: usize = 16 << 20;
 /// Bytes of blocks not asked for that one stream may send before it is dropped.
 const SKIP_MAX: u64 = 256 << 20;
+/// What a skipped block counts besides its data (a CID and a length are ~40 bytes; each
+/// is decoded): at most 256k blocks not asked for, however small.
+const SECTION_COST: u64 = 1 << 10;
 
 /// "Will this block be needed later in this request?" — beyond the one asked for.
 pub type Later<'a> = &'a (dyn Fn(&Cid) -> bool + Sync);
@@ -147,7 +150,12 @@ impl Blocks {
             };
             let wanted = c == *cid;
             if !wanted && !later(&c) {
-                self.skipped = self.skipped.saturating_add(data.len() as u64);
+                // A section costs its CID and length too: counted, so a stream of empty
+                // blocks nobody asked for ends as a long one does.
+                self.skipped = self
+                    .skipped
+                    .saturating_add(data.len() as u64)
+                    .saturating_add(SECTION_COST);
                 if self.skipped > SKIP_MAX {
                     self.fail_stream(GatewayError::Malformed(format!(
                         "sent {} of blocks that were not asked for",

@@ -513,6 +513,7 @@ async fn listing(
         // A shard linked twice is listed once: a DAG of shards each linking the next
         // many times would otherwise be walked exponentially often.
         let mut seen: HashSet<Cid> = HashSet::new();
+        let mut done: HashSet<Cid> = HashSet::new();
         let mut fetched = 0;
         while let Some(block) = shard.take() {
             let NodeDescription::HamtShard { links } =
@@ -535,8 +536,12 @@ async fn listing(
             }
             fetched += 1;
             if let Some(next) = stack.pop() {
-                let pending = &stack;
-                let later = |c: &Cid| pending.contains(c);
+                // Still to come: pushed and not yet taken. Two set lookups for each
+                // block a gateway streams, where a search of the stack was as long as
+                // a crafted shard's links.
+                done.insert(next);
+                let (seen, done) = (&seen, &done);
+                let later = |c: &Cid| seen.contains(c) && !done.contains(c);
                 shard = Some(blocks.get(&next, &later).await?);
             }
         }
