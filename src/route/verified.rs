@@ -539,13 +539,15 @@ pub async fn agreed(chain: &Chain, call: &Call<'_>, need: Need) -> Result<Checke
             )),
             Err(_) => return None,
         }
-        let votes: Vec<(&str, Value)> = answers
+        // Borrowed: every reply asks again, and cloning every answer so far each time
+        // was quadratic in large answers (blocks, logs).
+        let votes: Vec<(&str, &Value)> = answers
             .iter()
-            .map(|(u, v, _)| (u.operator.as_str(), v.clone()))
+            .map(|(u, v, _)| (u.operator.as_str(), v))
             .collect();
         verify::quorum::agree(&votes, quorum).map(|(value, dissenters)| {
             (
-                value,
+                value.clone(),
                 dissenters
                     .into_iter()
                     .map(str::to_owned)
