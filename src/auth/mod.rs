@@ -31,6 +31,22 @@ use gcra::{Rate, Table};
 use glob::Methods;
 use keys::Key;
 
+/// The network a client address stands for when it is counted (its rate budget, its
+/// connections, its filters): an IPv4 address (also when mapped into IPv6), or an IPv6
+/// address's /64, which one host usually holds whole and could otherwise walk through
+/// for a fresh budget at every address.
+pub fn network(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(a) => match a.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from_bits(
+                a.to_bits() & !u128::from(u64::MAX),
+            )),
+        },
+    }
+}
+
 /// Why a request is not let in.
 #[derive(Debug, thiserror::Error)]
 pub enum Refused {
@@ -237,7 +253,7 @@ impl Access {
             ),
             Caller::Anonymous(ip) => match gate.anonymous {
                 Some(rate) => (
-                    format!("ip:{ip}"),
+                    format!("ip:{}", network(*ip)),
                     rate,
                     "a caller without a key".to_owned(),
                 ),
@@ -357,5 +373,32 @@ mod tests {
         assert_eq!(bearer(&h), Some(&b"abc"[..]));
         h.insert(header::AUTHORIZATION, "Basic abc".parse().expect("header"));
         assert_eq!(bearer(&h), None);
+    }
+
+    #[test]
+    fn an_ipv6_client_is_counted_by_its_64() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("an address");
+        assert_eq!(network(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+        assert_eq!(network(ip("2001:db8:1:2:ffff:ffff:ffff:ffff")), ip("2001:db8:1:2::"));
+        assert_ne!(network(ip("2001:db8:1:3::1")), ip("2001:db8:1:2::"));
+        assert_eq!(network(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(network(ip("192.0.2.7")), ip("192.0.2.7"));
+    }
+
+    #[tokio::test]
+    async fn addresses_of_one_ipv6_64_share_one_budget() {
+        let config = config::load_str(
+            "[auth]\nanonymous_rps = 1\nanonymous_burst = 2\n\n[[chains]]\nname = \"c\"\nchain_id = 1\n\n\
+             [[chains.upstreams]]\nname = \"u\"\nurl = \"http://127.0.0.1:9\"\noperator = \"o\"\n",
+        )
+        .expect("config");
+        let access = Access::new(&config);
+        let caller = |s: &str| Caller::Anonymous(s.parse().expect("an address"));
+        // Two calls (the burst) from two addresses of one /64, then a third is refused.
+        for a in ["2001:db8::1", "2001:db8::ffff:2"] {
+            assert!(access.charge(&caller(a), 1).await.is_ok(), "{a}");
+        }
+        assert!(access.charge(&caller("2001:db8::3"), 1).await.is_err());
+        assert!(access.charge(&caller("2001:db8:0:1::1"), 1).await.is_ok(), "another /64");
     }
 }

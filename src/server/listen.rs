@@ -291,6 +291,8 @@ impl Counts {
             return Err(Cap::Total);
         }
         if !hygiene.trusts(ip) {
+            // An IPv6 client's /64 counts as one address (`auth::network`).
+            let ip = crate::auth::network(ip);
             let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
             let n = per_ip.entry(ip).or_insert(0);
             if *n >= hygiene.max_connections_per_ip {

@@ -121,14 +121,9 @@ pub enum Owner {
 
 impl Owner {
     pub fn of(caller: &Caller, address: std::net::IpAddr) -> Owner {
-        use std::net::{IpAddr, Ipv6Addr};
-        match (caller, address) {
-            (Caller::Key(key), _) => Owner::Key(key.name.clone()),
-            (_, IpAddr::V4(a)) => Owner::Address(IpAddr::V4(a)),
-            (_, IpAddr::V6(a)) => Owner::Address(match a.to_ipv4_mapped() {
-                Some(v4) => IpAddr::V4(v4),
-                None => IpAddr::V6(Ipv6Addr::from_bits(a.to_bits() & !u128::from(u64::MAX))),
-            }),
+        match caller {
+            Caller::Key(key) => Owner::Key(key.name.clone()),
+            _ => Owner::Address(crate::auth::network(address)),
         }
     }
 }
