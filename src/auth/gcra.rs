@@ -64,14 +64,28 @@ impl Table {
         let now = u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX);
         // Each change is one insert under the lock: a poisoned lock holds whole values.
         let mut tats = self.tats.lock().unwrap_or_else(|e| e.into_inner());
-        if tats.len() >= MAX_BUDGETS {
+        if tats.len() >= MAX_BUDGETS && !tats.contains_key(budget) {
             tats.retain(|_, tat| *tat > now);
+            if tats.len() >= MAX_BUDGETS {
+                forget_nearest_full(&mut tats);
+            }
         }
         let tat = tats.get(budget).copied().unwrap_or(now);
         let next = gcra(tat, now, rate, cost)?;
         tats.insert(budget.to_owned(), next);
         Ok(())
     }
+}
+
+/// With every budget in use, the tenth nearest to full burst (the earliest TATs) are
+/// forgotten: such a caller starts again with a little more than it had, and the next
+/// tenth of `MAX_BUDGETS` new callers each cost an insert, where each cost a pass over
+/// the whole table and the table grew past its bound.
+fn forget_nearest_full(tats: &mut HashMap<String, u64>) {
+    let mut all: Vec<u64> = tats.values().copied().collect();
+    let cut = all.len() / 10;
+    let (_, &mut below, _) = all.select_nth_unstable(cut);
+    tats.retain(|_, tat| *tat > below);
 }
 
 #[cfg(test)]
@@ -115,5 +129,17 @@ mod tests {
         assert!(t.charge("a", rate, 1).is_ok());
         assert!(t.charge("a", rate, 1).is_err());
         assert!(t.charge("b", rate, 2).is_ok());
+    }
+
+    #[test]
+    fn a_table_of_budgets_all_in_use_stays_within_its_bound() {
+        let table = Table::default();
+        let rate = Rate::new(1, Some(1_000)); // every budget stays in use for the test
+        for i in 0..MAX_BUDGETS + 5_000 {
+            assert!(table.charge(&format!("ip:{i}"), rate, 1).is_ok(), "{i}");
+        }
+        let kept = table.tats.lock().expect("lock").len();
+        assert!(kept <= MAX_BUDGETS, "{kept} budgets kept");
+        assert!(kept >= MAX_BUDGETS * 9 / 10, "only a tenth forgotten: {kept}");
     }
 }
