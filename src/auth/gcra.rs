@@ -140,6 +140,9 @@ mod tests {
         }
         let kept = table.tats.lock().expect("lock").len();
         assert!(kept <= MAX_BUDGETS, "{kept} budgets kept");
-        assert!(kept >= MAX_BUDGETS * 9 / 10, "only a tenth forgotten: {kept}");
+        assert!(
+            kept >= MAX_BUDGETS * 9 / 10,
+            "only a tenth forgotten: {kept}"
+        );
     }
 }

@@ -379,7 +379,10 @@ mod tests {
     fn an_ipv6_client_is_counted_by_its_64() {
         let ip = |s: &str| s.parse::<IpAddr>().expect("an address");
         assert_eq!(network(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
-        assert_eq!(network(ip("2001:db8:1:2:ffff:ffff:ffff:ffff")), ip("2001:db8:1:2::"));
+        assert_eq!(
+            network(ip("2001:db8:1:2:ffff:ffff:ffff:ffff")),
+            ip("2001:db8:1:2::")
+        );
         assert_ne!(network(ip("2001:db8:1:3::1")), ip("2001:db8:1:2::"));
         assert_eq!(network(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
         assert_eq!(network(ip("192.0.2.7")), ip("192.0.2.7"));
@@ -399,6 +402,9 @@ mod tests {
             assert!(access.charge(&caller(a), 1).await.is_ok(), "{a}");
         }
         assert!(access.charge(&caller("2001:db8::3"), 1).await.is_err());
-        assert!(access.charge(&caller("2001:db8:0:1::1"), 1).await.is_ok(), "another /64");
+        assert!(
+            access.charge(&caller("2001:db8:0:1::1"), 1).await.is_ok(),
+            "another /64"
+        );
     }
 }

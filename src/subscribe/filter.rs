@@ -157,9 +157,8 @@ impl LogFilter {
 
     /// Does a log with this (lowercased) address and these (lowercased) topics match?
     pub fn matches(&self, address: &str, topics: &[String]) -> bool {
-        let within = |set: &[String], item: &str| {
-            set.binary_search_by(|x| x.as_str().cmp(item)).is_ok()
-        };
+        let within =
+            |set: &[String], item: &str| set.binary_search_by(|x| x.as_str().cmp(item)).is_ok();
         if !self.addresses.is_empty() && !within(&self.addresses, address) {
             return false;
         }

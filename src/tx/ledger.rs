@@ -228,11 +228,17 @@ mod tests {
         let (old, new) = (sent(9), sent(4));
         // Recorded (and pruned) now; the old one was first sent past `keep` ago.
         ledger.record(1, &new);
-        let long_ago = Instant::now().checked_sub(keep * 2).expect("the clock goes back");
+        let long_ago = Instant::now()
+            .checked_sub(keep * 2)
+            .expect("the clock goes back");
         ledger.record_since(1, &old, long_ago);
         assert_eq!(ledger.pending_nonce(1, SENDER, 0), 5, "nonce 9 expired");
         assert!(ledger.transaction(1, *old.inner().tx_hash()).is_none());
         assert!(ledger.transaction(1, *new.inner().tx_hash()).is_some());
-        assert_eq!(ledger.pending_nonce(1, SENDER, 7), 7, "the upstream's is more");
+        assert_eq!(
+            ledger.pending_nonce(1, SENDER, 7),
+            7,
+            "the upstream's is more"
+        );
     }
 }

@@ -39,7 +39,11 @@ mod tests {
 
     #[test]
     fn a_quorum_of_distinct_operators_decides_and_names_dissenters() {
-        let (x, y, zero) = (json!({"x": 1, "y": 2}), json!({"y": 2, "x": 1}), json!("0x0"));
+        let (x, y, zero) = (
+            json!({"x": 1, "y": 2}),
+            json!({"y": 2, "x": 1}),
+            json!("0x0"),
+        );
         let answers = [("a", &x), ("b", &y), ("c", &zero)];
         let (value, dissent) = agree(&answers, 2).expect("a and b agree");
         assert_eq!(*value, json!({"x": 1, "y": 2}));
