@@ -19,6 +19,10 @@ pub const DAG_PB: u64 = 0x70;
 const IDENTITY: u64 = 0x00;
 /// Inlined content larger than this is refused (the spec's limit for identity CIDs).
 const MAX_IDENTITY: usize = 128;
+/// The shortest digest a block is checked against. Multihash allows truncated digests,
+/// down to none: against a few bytes, or none, any data "verifies", so a gateway could
+/// serve anything for such a CID. 20 bytes is SHA-1's length and RIPEMD-160's.
+const MIN_DIGEST: usize = 20;
 /// Characters of a refused path echoed back in its error.
 const SHOWN: usize = 200;
 
@@ -167,6 +171,11 @@ pub fn check_supported(cid: &Cid) -> Result<(), String> {
         return Err(format!(
             "hash function 0x{code:x} is not supported, so its blocks could not be checked"
         ));
+    } else if cid.hash().digest().len() < MIN_DIGEST {
+        return Err(format!(
+            "its digest is truncated to {} bytes: too short to check a block against (at least {MIN_DIGEST})",
+            cid.hash().digest().len()
+        ));
     }
     Ok(())
 }
@@ -202,11 +211,13 @@ pub fn verify(cid: &Cid, data: &[u8]) -> Result<(), Mismatch> {
         hash.digest() == data
     } else {
         match Code::try_from(hash.code()) {
-            Ok(code) => {
+            // Truncated digests (a shorter size than the function's) compare the prefix,
+            // when there is enough of it to mean anything.
+            Ok(code) if hash.digest().len() >= MIN_DIGEST => {
                 let got = code.digest(data);
-                // Truncated digests (a shorter size than the function's) compare the prefix.
-                got.digest().get(..hash.size() as usize) == Some(hash.digest())
+                got.digest().get(..hash.digest().len()) == Some(hash.digest())
             }
+            Ok(_) => false,
             Err(_) => false,
         }
     };
@@ -433,5 +444,36 @@ mod tests {
                 prop_assert!(verify(&cid, &longer).is_err());
             }
         }
+    }
+
+    #[test]
+    fn a_truncated_digest_too_short_to_mean_anything_is_refused() {
+        let data = b"any data at all";
+        let full = Code::Sha2_256.digest(data);
+        let cut = |n: usize| {
+            let hash = cid::multihash::Multihash::<64>::wrap(full.code(), &full.digest()[..n])
+                .expect("a digest");
+            Cid::new_v1(RAW, hash)
+        };
+        for n in [0, 4, MIN_DIGEST - 1] {
+            let short = cut(n);
+            assert!(
+                verify(&short, b"something else entirely").is_err(),
+                "{n} bytes"
+            );
+            assert!(verify(&short, data).is_err(), "{n} bytes prove nothing");
+            assert!(
+                matches!(
+                    parse(&short.to_string()),
+                    Err(StorageError::Unsupported { .. })
+                ),
+                "{n} bytes"
+            );
+        }
+        // Long enough: checked over what there is.
+        let enough = cut(MIN_DIGEST);
+        assert!(verify(&enough, data).is_ok());
+        assert!(verify(&enough, b"something else entirely").is_err());
+        assert!(parse(&enough.to_string()).is_ok());
     }
 }
