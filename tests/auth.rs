@@ -151,12 +151,7 @@ async fn a_key_over_its_budget_gets_429_with_retry_after_and_minus_32005() {
     let (status, _, body) = post(&url, &[], call("eth_chainId")).await;
     assert_eq!(status, 200, "{body}");
 
-    let metrics = reqwest::get(o.url("/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = o.metrics().await;
     assert!(
         metrics.contains(r#"outlast_auth_calls_total{key="wallet",outcome="limited"}"#),
         "per key name"
@@ -374,12 +369,7 @@ async fn two_instances_on_one_redis_enforce_one_budget_and_fall_back_when_it_die
         said.as_str().unwrap_or("").contains("Redis unavailable"),
         "{said}"
     );
-    let metrics = reqwest::get(a.url("/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = a.metrics().await;
     assert!(
         metrics.contains("outlast_rate_limits_shared 0"),
         "visible in metrics"

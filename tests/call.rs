@@ -331,12 +331,7 @@ async fn an_eth_call_is_executed_here_with_at_most_max_call_gas() {
             .is_some_and(|m| m.contains(said)),
         "{reply} should carry the nodes' {said:?}"
     );
-    let metrics = reqwest::get(outlast.url("/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = outlast.metrics().await;
     assert!(
         metrics.contains("outlast_limits_exceeded_total{limit=\"call_gas\"} 1"),
         "the capped call is counted: {metrics}"

@@ -555,12 +555,7 @@ async fn a_filter_entry_forged_moved_or_edited_in_redis_is_refused() {
     set(key(&id), edited).await;
     let reply = rpc(&ub, "eth_getFilterChanges", json!([id])).await;
     assert_eq!(reply["error"]["code"], -32000, "edited: {reply}");
-    let metrics = reqwest::get(a.url("/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = a.metrics().await;
     assert!(
         metrics.contains("outlast_cache_redis_rejected_total{reason=\"tag\"}"),
         "refusals are counted"
@@ -606,12 +601,7 @@ async fn each_client_holds_at_most_max_filters_per_client() {
         json!(true)
     );
     rpc_result(&alice, "eth_newFilter", json!([{}])).await;
-    let metrics = reqwest::get(o.url("/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = o.metrics().await;
     assert!(
         metrics.contains("outlast_limits_exceeded_total{limit=\"filters\"}"),
         "refusals are counted"

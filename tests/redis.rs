@@ -301,12 +301,7 @@ async fn an_entry_edited_or_forged_in_redis_is_never_served() {
         assert_eq!(&r.json()["result"], answer, "{block}");
         assert_ne!(r.json()["result"], "0x0", "{block}: the lie was served");
     }
-    let metrics = reqwest::get(second.url("/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("body");
+    let metrics = second.metrics().await;
     let refused: f64 = metrics
         .lines()
         .find(|l| l.starts_with("outlast_cache_redis_rejected_total{reason=\"tag\"}"))

@@ -219,6 +219,16 @@ impl Outlast {
         format!("{}{}", self.base, path)
     }
 
+    /// The `/metrics` scrape, as text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.url("/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    }
+
     /// Upstream `name` of the first chain, as `GET /api/v1/status` shows it.
     pub async fn upstream_status(&self, name: &str) -> Value {
         let text = reqwest::get(self.url("/api/v1/status"))
