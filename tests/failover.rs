@@ -285,13 +285,7 @@ async fn status_api_explains_each_upstreams_state_and_rank() {
         outlast
             .call("/local", "eth_getBlockByNumber", json!(["0x1", false]))
             .await;
-        let text = reqwest::get(outlast.url("/api/v1/status"))
-            .await
-            .expect("GET")
-            .text()
-            .await
-            .expect("body");
-        status = serde_json::from_str(&text).expect("JSON");
+        status = outlast.status().await;
         if status["chains"][0]["upstreams"][2]["state"] != "ready" {
             break;
         }

@@ -46,16 +46,6 @@ async fn lie(fleet: &Fleet, i: usize) {
     assert_eq!(lied, "0x0", "node {i} now lies");
 }
 
-async fn status(outlast: &Outlast) -> Value {
-    let text = reqwest::get(outlast.url("/api/v1/status"))
-        .await
-        .expect("GET")
-        .text()
-        .await
-        .expect("body");
-    serde_json::from_str(&text).expect("JSON")
-}
-
 async fn balance(outlast: &Outlast) -> (Value, Option<String>, String) {
     let r = outlast
         .post("/local", json!({"jsonrpc":"2.0","id":1,"method":"eth_getBalance","params":[ACCOUNT1_ADDRESS, "latest"]}).to_string())
@@ -75,7 +65,7 @@ async fn the_zero_balance_lie_is_never_served_and_the_liar_is_banned() {
         assert_eq!(reply["result"], GENESIS_HEX, "{reply}");
         assert_eq!(verified, "proof");
     }
-    let s = status(&outlast).await;
+    let s = outlast.status().await;
     let liar = &s["chains"][0]["upstreams"][0];
     assert_eq!(liar["state"], "banned", "{liar}");
     assert!(
@@ -143,7 +133,7 @@ async fn a_forged_header_is_detected_and_its_provider_banned() {
         let (reply, _, verified) = balance(&outlast).await;
         assert_eq!(reply["result"], GENESIS_HEX, "{reply}");
         assert_eq!(verified, "proof");
-        forger = status(&outlast).await["chains"][0]["upstreams"][0].clone();
+        forger = outlast.status().await["chains"][0]["upstreams"][0].clone();
         if last_error_says(&forger, "forged header") {
             break;
         }
@@ -212,7 +202,7 @@ async fn a_forged_transaction_in_a_full_block_is_detected_and_its_provider_banne
         for level in honest_block_2(&outlast, &honest["result"], true).await {
             assert_ne!(level.as_deref(), Some("none"), "the body was verified");
         }
-        forger = status(&outlast).await["chains"][0]["upstreams"][0].clone();
+        forger = outlast.status().await["chains"][0]["upstreams"][0].clone();
         if last_error_says(&forger, "forged body") {
             break;
         }

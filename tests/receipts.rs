@@ -256,14 +256,7 @@ async fn receipts_from_one_block_in_a_batch_fetch_and_prove_it_once() {
     // Five transfers, mined together in one block.
     let mut hashes = Vec::new();
     for nonce in 0..5u64 {
-        let tx = json!({"from": ACCOUNT0_ADDRESS, "to": ACCOUNT1_ADDRESS, "value": "0x1",
-            "nonce": format!("{nonce:#x}"), "gas": "0x5208", "gasPrice": "0x77359400"});
-        let mut sent = Vec::new();
-        for url in fleet.urls() {
-            sent.push(rpc_result(&url, "eth_sendTransaction", json!([tx.clone()])).await);
-        }
-        assert!(sent.iter().all(|h| *h == sent[0]), "{sent:?}");
-        hashes.push(sent[0].as_str().expect("hash").to_owned());
+        hashes.push(fleet.transfer_on_every_node(nonce).await);
     }
     fleet.mine(1).await;
     let asked = Arc::new(AtomicUsize::new(0));

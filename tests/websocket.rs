@@ -1059,17 +1059,6 @@ async fn pending_transactions_keep_coming_when_their_source_fails() {
     );
 }
 
-/// `GET /api/v1/status`.
-async fn status_json(outlast: &Outlast) -> Value {
-    let text = reqwest::get(outlast.url("/api/v1/status"))
-        .await
-        .expect("GET /api/v1/status")
-        .text()
-        .await
-        .expect("body");
-    serde_json::from_str(&text).expect("JSON")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_block_only_one_upstream_pushes_is_never_sent() {
     let mut fleet = Fleet::start(3).await;
@@ -1081,7 +1070,7 @@ async fn a_block_only_one_upstream_pushes_is_never_sent() {
     // upstream's first head, the head is the others' best guess, unconfirmed.)
     let mut status = Value::Null;
     for _ in 0..400 {
-        status = status_json(&outlast).await;
+        status = outlast.status().await;
         let chain = &status["chains"][0];
         let all_told = chain["upstreams"]
             .as_array()
@@ -1113,7 +1102,7 @@ async fn a_block_only_one_upstream_pushes_is_never_sent() {
     }
     // Outlast has seen them (it is u0's head) and kept them out of the consensus.
     for _ in 0..400 {
-        status = status_json(&outlast).await;
+        status = outlast.status().await;
         if status["chains"][0]["upstreams"][0]["head"] == h + 3 {
             break;
         }
@@ -1129,7 +1118,7 @@ async fn a_block_only_one_upstream_pushes_is_never_sent() {
     // for three block times, at least a second, loses its vote to the ones moving on —
     // but a majority of operators is never outvoted by one.
     while told.elapsed() < Duration::from_secs(3) {
-        let status = status_json(&outlast).await;
+        let status = outlast.status().await;
         assert_eq!(status["chains"][0]["head"]["number"], h, "{status}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

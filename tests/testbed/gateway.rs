@@ -229,15 +229,20 @@ impl Outlast {
             .expect("text")
     }
 
-    /// Upstream `name` of the first chain, as `GET /api/v1/status` shows it.
-    pub async fn upstream_status(&self, name: &str) -> Value {
+    /// `GET /api/v1/status`, as JSON.
+    pub async fn status(&self) -> Value {
         let text = reqwest::get(self.url("/api/v1/status"))
             .await
             .expect("GET /api/v1/status")
             .text()
             .await
             .expect("body");
-        let status: Value = serde_json::from_str(&text).expect("JSON");
+        serde_json::from_str(&text).expect("JSON")
+    }
+
+    /// Upstream `name` of the first chain, as `GET /api/v1/status` shows it.
+    pub async fn upstream_status(&self, name: &str) -> Value {
+        let status = self.status().await;
         status["chains"][0]["upstreams"]
             .as_array()
             .and_then(|ups| ups.iter().find(|u| u["name"] == name).cloned())
