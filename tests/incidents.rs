@@ -483,21 +483,22 @@ async fn a_liar_caught_by_verification_opens_an_incident_until_its_ban_ends() {
         ));
     }
     let outlast = Outlast::start(&config).await;
-    rpc_result(
-        &fleet.url(0),
-        "anvil_setBalance",
-        json!([ACCOUNT1_ADDRESS, "0x0"]),
-    )
-    .await;
-    for _ in 0..10 {
+    // The liar zeroes every funded account. Each balance asked is a fresh race (a cached
+    // answer never reaches an upstream); the liar, asked first, can still lose one to a
+    // hedged honest answer when it is slow, so accounts are asked until its lie is caught.
+    let accounts = rpc_result(&fleet.url(1), "eth_accounts", json!([])).await;
+    let accounts = accounts.as_array().expect("eth_accounts is a list").clone();
+    for account in &accounts {
+        rpc_result(&fleet.url(0), "anvil_setBalance", json!([account, "0x0"])).await;
+    }
+    for account in &accounts {
         let (reply, _) = outlast
-            .call(
-                "/local",
-                "eth_getBalance",
-                json!([ACCOUNT1_ADDRESS, "latest"]),
-            )
+            .call("/local", "eth_getBalance", json!([account, "latest"]))
             .await;
         assert_ne!(reply["result"], "0x0", "the lie is never served: {reply}");
+        if outlast.status().await["chains"][0]["upstreams"][0]["bans"] == 1 {
+            break;
+        }
     }
     let list = wait_incidents(&outlast, "a liar incident", WITHIN, |l| {
         open_of_kind(l, "upstream_lying") == 1
@@ -515,12 +516,11 @@ async fn a_liar_caught_by_verification_opens_an_incident_until_its_ban_ends() {
         "a banned upstream is a liar, not down: {list:#?}"
     );
     // It tells the truth again; once the ban is over it is back, and the incident ends.
-    rpc_result(
-        &fleet.url(0),
-        "anvil_setBalance",
-        json!([ACCOUNT1_ADDRESS, "0x21e19e0c9bab2400000"]),
-    )
-    .await;
+    for account in &accounts {
+        let truth = json!([account, "latest"]);
+        let balance = rpc_result(&fleet.url(1), "eth_getBalance", truth).await;
+        rpc_result(&fleet.url(0), "anvil_setBalance", json!([account, balance])).await;
+    }
     wait_incidents(&outlast, "the ban over", WITHIN, |l| {
         resolved_of_kind(l, "upstream_lying") == 1
     })
