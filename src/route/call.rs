@@ -14,9 +14,9 @@
 //!    reverted", the revert data — what nodes answer).
 //!
 //! Execution is CPU for as long as the call's gas lasts, so its gas is capped (`[limits]
-//! max_call_gas`, as geth caps it) and it runs on a thread of tokio's blocking pool, at
-//! most half the cores at once: on a serving thread it would stall every connection that
-//! thread drives (a client's endless loop stalled them for good).
+//! max_call_gas`, as geth caps it) and it runs off the serving threads (`offload`): on
+//! one it would stall every connection that thread drives (a client's endless loop
+//! stalled them for good).
 //!
 //! What cannot be done this way (state overrides, `BLOCKHASH`, no upstream serving
 //! proofs for that block, a halt whose wording only nodes know) goes to a quorum of
@@ -24,7 +24,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    sync::{Arc, LazyLock},
+    sync::Arc,
     time::Instant,
 };
 
@@ -40,10 +40,10 @@ use revm::{
     state::AccountInfo,
 };
 use serde_json::{Value, value::RawValue};
-use tokio::sync::Semaphore;
 
 use super::{
     ask::{Shape, ask},
+    offload,
     race::{Claim, NotProven, Unproven, race},
     resolve::Need,
     select,
@@ -67,14 +67,6 @@ const MAX_ACCOUNTS: usize = 256;
 const MAX_SLOTS: usize = 1024;
 /// Upstreams asked for one batch of proofs before giving up on proofs.
 const PROOF_ATTEMPTS: usize = 4;
-
-/// Executions running at once, over all chains: half the cores, so the serving threads
-/// keep the rest whatever clients ask. Calls wait their turn in order (within the
-/// request's deadline); only verified `eth_call`s wait, nothing else a gateway serves.
-static EXECUTORS: LazyLock<Arc<Semaphore>> = LazyLock::new(|| {
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    Arc::new(Semaphore::new((cores / 2).max(1)))
-});
 
 /// Answers an `eth_call` at block `number` by executing it on proven state, with at
 /// most `max_gas`.
@@ -132,19 +124,14 @@ pub async fn executed(
                 }
             }
         }
-        // The semaphore is never closed.
-        let Ok(executor) = EXECUTORS.clone().acquire_owned().await else {
-            break;
-        };
         let tx = tx.clone();
-        let ran = tokio::task::spawn_blocking(move || {
+        let ran = offload::run(move || {
             let ran = run(&state, &header, tx);
-            drop(executor);
             (state, ran)
         })
         .await;
         // A panic in revm: a quorum answers.
-        let Ok((back, ran)) = ran else { break };
+        let Some((back, ran)) = ran else { break };
         state = back;
         match ran {
             Run::Done(answer) => {
@@ -393,13 +380,14 @@ async fn prove(
         check: "proof",
         about: "proof",
     };
+    let (header, todo) = (*header, todo.to_vec());
     match race(
         chain,
         header.number,
         &refs,
         PROOF_ATTEMPTS,
         claim,
-        |answers| check(header, todo, answers),
+        move |answers| check(&header, &todo, answers),
     )
     .await
     {

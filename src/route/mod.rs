@@ -4,7 +4,7 @@
 //! that walks that order, hedging slow reads within the chain's retry `budget`
 //! (`forward`), and the same resilience for what verification asks (`ask`), with the
 //! race for a proof that asks a false answer's upstream again before banning it
-//! (`race`).
+//! (`race`); work an outsider sizes runs off the serving threads (`offload`).
 
 pub mod ask;
 pub mod budget;
@@ -13,6 +13,7 @@ pub mod chain;
 pub mod forward;
 
 pub mod logs;
+pub mod offload;
 pub mod proven_logs;
 pub mod race;
 pub mod receipt;

@@ -18,6 +18,7 @@ use super::{
     Chain,
     ask::{Shape, ask},
     forward::note_failure,
+    offload,
     resolve::Need,
     select,
     verified::ban,
@@ -64,86 +65,120 @@ pub(super) struct Claim<'a> {
     pub about: &'a str,
 }
 
+/// Answers at least this large are checked off the serving threads (`offload`): their
+/// check takes as long as what a provider sent (a block's body and receipts, proofs of
+/// many slots), where a state proof of one account (a few KB, ~20 µs to check) is
+/// quicker checked in place than handed over.
+const OFFLOAD_BYTES: usize = 32 * 1024;
+
 /// Asks upstreams that have block `number`, best first and at most `attempts`, for
 /// `calls` until one's answers prove (`check`): that upstream and what they proved.
 /// Upstreams that answered falsely meanwhile are asked again, alone; those false again
 /// are banned (`claim`).
-pub(super) async fn race<T>(
+pub(super) async fn race<T: Send + 'static>(
     chain: &Chain,
     number: u64,
     calls: &[&Call<'_>],
     attempts: usize,
     claim: Claim<'_>,
-    check: impl Fn(&[Option<Answer>]) -> Result<T, NotProven>,
+    check: impl Fn(&[Option<Answer>]) -> Result<T, NotProven> + Send + Sync + 'static,
 ) -> Result<(Arc<Upstream>, T), Unproven> {
-    let shape = Shape {
-        width: 1,
-        max: attempts,
-        wait_for_late: true,
-    };
+    let check = Arc::new(check);
     let mut problems = Vec::new();
     let mut suspects: Vec<(Arc<Upstream>, String)> = Vec::new();
     let mut second_look = false;
     let found = loop {
         problems.clear();
         suspects.clear();
-        let plan = select::plan(chain, Need::Block(number), std::time::Instant::now());
-        let found = ask(chain, plan.order, shape, calls, |up, reply| {
-            let answers = reply.ok()?;
-            match check(&answers) {
-                Ok(value) => Some((up.clone(), value)),
+        let mut order = select::plan(chain, Need::Block(number), std::time::Instant::now()).order;
+        let mut left = attempts;
+        // The first answer from any of `order`, judged; then the next, from the rest.
+        let found = loop {
+            if left == 0 || order.is_empty() {
+                break None;
+            }
+            let shape = Shape {
+                width: 1,
+                max: left,
+                wait_for_late: true,
+            };
+            let answered = ask(chain, order.clone(), shape, calls, |up, reply| {
+                Some((up.clone(), reply.ok()?))
+            })
+            .await;
+            let Ok((up, answers)) = answered else {
+                break None;
+            };
+            order.retain(|o| !Arc::ptr_eq(o, &up));
+            left -= 1;
+            match judge(&check, answers).await {
+                Ok(value) => break Some((up, value)),
                 Err(NotProven::False(why)) => {
                     problems.push(format!("{}: false {} ({why})", up.name, claim.check));
-                    suspects.push((up.clone(), why));
-                    None
+                    suspects.push((up, why));
                 }
                 Err(NotProven::Missing(why)) => {
                     problems.push(format!("{}: no {} ({why})", up.name, claim.check));
-                    None
                 }
             }
-        })
-        .await;
-        if found.is_ok() || suspects.is_empty() || second_look {
+        };
+        if found.is_some() || suspects.is_empty() || second_look {
             break found;
         }
         second_look = true;
         tokio::time::sleep(SECOND_LOOK).await;
     };
     match found {
-        Ok(found) => {
+        Some(found) => {
             let asked = suspects
                 .iter()
                 .map(|(suspect, why)| again(chain, suspect, calls, &claim, &check, why));
             futures_util::future::join_all(asked).await;
             Ok(found)
         }
-        Err(_) if suspects.is_empty() => Err(Unproven::Missing),
-        Err(_) => Err(Unproven::False { problems }),
+        None if suspects.is_empty() => Err(Unproven::Missing),
+        None => Err(Unproven::False { problems }),
     }
+}
+
+/// `check` on `answers`: in place when they are small, else off the serving threads.
+async fn judge<T: Send + 'static, C>(
+    check: &Arc<C>,
+    answers: Vec<Option<Answer>>,
+) -> Result<T, NotProven>
+where
+    C: Fn(&[Option<Answer>]) -> Result<T, NotProven> + Send + Sync + 'static,
+{
+    let size: usize = answers.iter().flatten().map(Answer::size).sum();
+    if size < OFFLOAD_BYTES {
+        return check(&answers);
+    }
+    let check = check.clone();
+    offload::run(move || check(&answers))
+        .await
+        .unwrap_or_else(|| Err(NotProven::Missing("its check failed here".into())))
 }
 
 /// Asks `suspect`, whose answer was false while another's proved (or went against an
 /// agreed quorum), once more: banned if false again; else it was a node's moment (the
 /// module's doc), logged and let be.
-pub(super) async fn again<T>(
+pub(super) async fn again<T: Send + 'static, C>(
     chain: &Chain,
     suspect: &Arc<Upstream>,
     calls: &[&Call<'_>],
     claim: &Claim<'_>,
-    check: &impl Fn(&[Option<Answer>]) -> Result<T, NotProven>,
+    check: &Arc<C>,
     first: &str,
-) {
+) where
+    C: Fn(&[Option<Answer>]) -> Result<T, NotProven> + Send + Sync + 'static,
+{
     let shape = Shape {
         width: 1,
         max: 1,
         wait_for_late: true,
     };
     let second = ask(chain, vec![suspect.clone()], shape, calls, |_, reply| {
-        Some(match reply {
-            Ok(answers) => check(&answers),
-            Err(e) => Err(NotProven::Missing(e.to_string())),
-        })
+        Some(reply)
     });
     let Ok(second) = tokio::time::timeout(AGAIN_WITHIN, second).await else {
         let why = format!(
@@ -154,6 +189,11 @@ pub(super) async fn again<T>(
         tracing::warn!(upstream = %suspect.name, "{why} (not banned): {first}");
         note_failure(suspect, &UpstreamError::Slow(why));
         return;
+    };
+    let second = match second {
+        Ok(Ok(answers)) => Ok(judge(check, answers).await),
+        Ok(Err(e)) => Ok(Err(NotProven::Missing(e.to_string()))),
+        Err(exhausted) => Err(exhausted),
     };
     match second {
         Ok(Err(NotProven::False(why))) => ban(
@@ -297,6 +337,32 @@ mod tests {
         // Asked once, then once more after the second look.
         assert_eq!((a.requests(), b.requests()), (2, 2));
         assert!(!banned(&a) && !banned(&b));
+    }
+
+    #[tokio::test]
+    async fn a_large_answer_is_checked_off_the_serving_thread_a_small_one_in_place() {
+        let large = serde_json::Value::String(format!("0x{}", "00".repeat(OFFLOAD_BYTES)));
+        for (answer, offloaded) in [(json!("0x5"), false), (large, true)] {
+            let up = fake::upstream("test", "a", "op-a", move |_, _| Act::result(answer.clone()));
+            let chain = chain("proofs", 1, &[&up]);
+            let p = params("[]");
+            let c = call("eth_getProof", &p);
+            let checked_on = Arc::new(std::sync::Mutex::new(None));
+            let on = checked_on.clone();
+            let found = race(&chain, 1, &[&c], 1, CLAIM, move |_| {
+                *on.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    Some(std::thread::current().id());
+                Ok(())
+            })
+            .await;
+            assert!(found.is_ok(), "proved");
+            let on = checked_on.lock().ok().and_then(|t| *t);
+            assert_eq!(
+                on.is_some_and(|t| t != std::thread::current().id()),
+                offloaded,
+                "checked on {on:?}"
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]

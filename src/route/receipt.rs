@@ -157,8 +157,8 @@ pub(super) enum Failure {
 /// The proven receipts of the last few blocks asked for, and of those being proven, by
 /// block hash. A batch of receipts from one block (an indexer's, a wallet's after a
 /// send) or log queries over the same blocks then fetch and prove each block once,
-/// where each call fetched its whole block again and proved it again (~50 ms of a
-/// serving thread for a mainnet block). A failure is not kept: the next call tries anew.
+/// where each call fetched its whole block again and proved it again (~50 ms of CPU
+/// for a mainnet block). A failure is not kept: the next call tries anew.
 #[derive(Default)]
 pub struct RecentReceipts(Mutex<VecDeque<(B256, Arc<ReceiptsCell>)>>);
 
@@ -226,19 +226,20 @@ async fn prove_receipts(chain: &Chain, header: &CheckedHeader) -> Result<BlockRe
         check: "block",
         about: "block",
     };
+    let header = *header;
     let proven = race(
         chain,
         header.number,
         &refs,
         BODY_ATTEMPTS,
         claim,
-        |answers| {
+        move |answers| {
             let (Some(Some(Answer::Result(block))), Some(Some(Answer::Result(receipts)))) =
                 (answers.first(), answers.get(1))
             else {
                 return Err(NotProven::Missing("no block and receipts".into()));
             };
-            let txs = match verify::body::transactions(block, header) {
+            let txs = match verify::body::transactions(block, &header) {
                 Ok(Transactions::Proven(txs)) => txs,
                 Ok(Transactions::ForeignTypes) => return Ok(BlockReceipts::Foreign),
                 Ok(Transactions::HashesOnly) => {
@@ -246,7 +247,7 @@ async fn prove_receipts(chain: &Chain, header: &CheckedHeader) -> Result<BlockRe
                 }
                 Err(e) => return Err(NotProven::False(format!("block body: {e}"))),
             };
-            verify::receipts::check(receipts, header, &txs)
+            verify::receipts::check(receipts, &header, &txs)
                 .map(|r| BlockReceipts::Proven(r.into()))
                 .map_err(|e| NotProven::False(format!("receipts: {e}")))
         },

@@ -343,9 +343,15 @@ pub async fn proven(
         check: "proof",
         about: &format!("proof of {}", read.what()),
     };
-    let proven = race(chain, number, &refs, PROOF_ATTEMPTS, claim, |answers| {
-        check_proof(&header, read, answers)
-    })
+    let owned = read.clone();
+    let proven = race(
+        chain,
+        number,
+        &refs,
+        PROOF_ATTEMPTS,
+        claim,
+        move |answers| check_proof(&header, &owned, answers),
+    )
     .await;
     match proven {
         Ok((upstream, result)) => Ok(Checked {
@@ -569,14 +575,15 @@ pub async fn agreed(chain: &Chain, call: &Call<'_>, need: Need) -> Result<Checke
             };
             // A dissenter is asked again before it is banned (`race::again`): a node
             // busy with its next block can answer from another state for a moment.
-            let same_again = |answers: &[Option<Answer>]| match answers.first() {
+            let agreed = value.clone();
+            let same_again = Arc::new(move |answers: &[Option<Answer>]| match answers.first() {
                 Some(Some(answer)) => match comparable(answer) {
-                    Some(v) if v == value => Ok(()),
+                    Some(v) if v == agreed => Ok(()),
                     Some(v) => Err(NotProven::False(format!("said {v}"))),
                     None => Err(NotProven::Missing("unreadable".into())),
                 },
                 _ => Err(NotProven::Missing("no answer".into())),
-            };
+            });
             for (up, v, _) in &answers {
                 if dissenters.contains(&up.operator) && *v != value {
                     again(chain, up, &calls, &claim, &same_again, &format!("said {v}")).await;

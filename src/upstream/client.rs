@@ -81,6 +81,13 @@ pub enum Answer {
 }
 
 impl Answer {
+    /// Bytes of the raw answer, as the upstream sent them.
+    pub fn size(&self) -> usize {
+        match self {
+            Answer::Result(raw) | Answer::Error { raw, .. } => raw.len(),
+        }
+    }
+
     pub fn blame(&self) -> Option<Blame> {
         match self {
             Answer::Result(_) => None,
