@@ -18,9 +18,10 @@
 //! one it would stall every connection that thread drives (a client's endless loop
 //! stalled them for good).
 //!
+//! A call that runs out of gas is answered "out of gas" (-32000), as geth answers it.
 //! What cannot be done this way (state overrides, `BLOCKHASH`, no upstream serving
-//! proofs for that block, a halt whose wording only nodes know) goes to a quorum of
-//! operators instead (`verified::agreed`): never a single provider's word.
+//! proofs for that block, other halts, whose wording only nodes know) goes to a quorum
+//! of operators instead (`verified::agreed`): never a single provider's word.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -34,7 +35,10 @@ use bytes::Bytes;
 use revm::{
     Context, Database, ExecuteEvm, MainBuilder, MainContext,
     bytecode::Bytecode,
-    context::{BlockEnv, TxEnv, result::ExecutionResult},
+    context::{
+        BlockEnv, TxEnv,
+        result::{ExecutionResult, HaltReason},
+    },
     context_interface::block::BlobExcessGasAndPrice,
     primitives::{TxKind, hardfork::SpecId},
     state::AccountInfo,
@@ -166,7 +170,7 @@ fn parse(params: Option<&RawValue>) -> Option<TransactionRequest> {
 
 /// The call as a transaction, with `eth_call`'s defaults: no gas price (and then no base
 /// fee, as nodes do), the block's gas limit, the zero address as sender; and at most
-/// `max_gas` (a call that runs out of it halts, and a quorum answers).
+/// `max_gas` (a call that runs out of it is answered "out of gas", as geth caps gas).
 fn tx_env(r: &TransactionRequest, header: &CheckedHeader, chain_id: u64, max_gas: u64) -> TxEnv {
     let priced = r.gas_price.is_some() || r.max_fee_per_gas.is_some();
     TxEnv {
@@ -462,8 +466,8 @@ enum Run {
     Done(Answer),
     /// The call touched state that was not proven: prove these and run again.
     Missing(Vec<(Address, Option<U256>)>),
-    /// Something revm cannot be fed here (BLOCKHASH), or a halt whose wording differs
-    /// between nodes: a quorum answers instead.
+    /// Something revm cannot be fed here (BLOCKHASH), or a halt other than out of gas,
+    /// whose wording differs between nodes: a quorum answers instead.
     Unsupported,
 }
 
@@ -512,6 +516,12 @@ fn run(state: &Proven, header: &CheckedHeader, tx: TxEnv) -> Run {
                 format!("\"{}\"", output.data()),
             ))),
             ExecutionResult::Revert { output, .. } => Run::Done(reverted(&output)),
+            // Whatever ran out (the call's own gas, or `max_gas`, as geth's gas cap),
+            // every node answers this call so: retrying it elsewhere cannot help.
+            ExecutionResult::Halt {
+                reason: HaltReason::OutOfGas(_),
+                ..
+            } => Run::Done(out_of_gas()),
             ExecutionResult::Halt { .. } => Run::Unsupported,
         },
         Err(_) => Run::Unsupported,
@@ -530,6 +540,17 @@ fn reverted(output: &AlloyBytes) -> Answer {
         raw: Bytes::from(error.to_string()),
         code: 3,
         message,
+    }
+}
+
+/// Out of gas as geth answers it (its `vm.ErrOutOfGas`, under the catch-all code).
+fn out_of_gas() -> Answer {
+    let message = "out of gas";
+    let error = serde_json::json!({ "code": -32000, "message": message });
+    Answer::Error {
+        raw: Bytes::from(error.to_string()),
+        code: -32000,
+        message: message.to_owned(),
     }
 }
 
