@@ -311,11 +311,40 @@ async fn an_entry_edited_or_forged_in_redis_is_never_served() {
     assert!(refused >= 4.0, "{refused}");
 }
 
+/// A value under a cache key longer than any Outlast writes (someone else's, or a
+/// hostile writer's) is not read whole on every request for that key: refused after
+/// the longest an entry can be, and the call goes upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_longer_than_any_entry_is_refused_unread() {
+    use redis::AsyncCommands;
+    let redis = Redis::start().await;
+    let mut fleet = Fleet::start(3).await;
+    fleet.mine(HEIGHT).await;
+    let outlast = outlast_verifying(&fleet, &redis, "proofs").await;
+    read_final_block(&outlast).await;
+    let mut conn = connect(&redis).await;
+    // Longer than the longest entry (an 8 MiB answer, its tag and header).
+    let huge = vec![b'x'; (8 << 20) + ANSWER + 1];
+    let () = conn.set(balance_key("0x2"), huge).await.expect("SET");
+    let r = outlast
+        .post(
+            "/local",
+            json!({"jsonrpc": "2.0", "id": 1, "method": "eth_getBalance",
+                "params": [testbed::ACCOUNT0_ADDRESS, "0x2"]})
+            .to_string(),
+        )
+        .await;
+    assert_ne!(r.upstream.as_deref(), Some("cache"), "{}", r.text);
+    assert_eq!(r.verified.as_deref(), Some("proof"), "{}", r.text);
+    let metrics = outlast.metrics().await;
+    assert!(
+        metrics.contains("outlast_cache_redis_rejected_total{reason=\"too_large\"} 1"),
+        "{metrics}"
+    );
+}
+
 async fn upstream_state(o: &Outlast, name: &str) -> serde_json::Value {
-    let r = reqwest::get(o.url("/api/v1/status")).await.expect("status");
-    let s: serde_json::Value =
-        serde_json::from_slice(&r.bytes().await.expect("body")).expect("json");
-    s["chains"][0]["upstreams"]
+    o.status().await["chains"][0]["upstreams"]
         .as_array()
         .and_then(|ups| ups.iter().find(|u| u["name"] == name).cloned())
         .unwrap_or_default()

@@ -2,7 +2,8 @@
 //! Stores what the memory tier stores, under `key_prefix` + key, encoded as a 32-byte
 //! tag, one byte of lifetime, one of verification level, eight of when it was stored
 //! (Unix ms), then the raw answer. Head-tied entries carry Redis' own expiry. Every call
-//! is bounded by `timeout_ms`; Redis being down only makes this tier miss, and each
+//! is bounded by `timeout_ms`, and every read by the longest value written here (an
+//! answer of at most 8 MiB); Redis being down only makes this tier miss, and each
 //! change up/down is logged once.
 //!
 //! Whoever can write to Redis is not trusted with answers: the tag is an HMAC-SHA256,
@@ -125,10 +126,22 @@ impl RedisTier {
     pub async fn get(&self, key: &str) -> Option<Entry> {
         let mut conn = self.manager()?;
         let full = format!("{}{key}", self.prefix);
-        let got: Option<Vec<u8>> = self
-            .report(tokio::time::timeout(self.timeout, conn.get(&full)).await)
-            .flatten();
-        match decode(&self.mac, &full, &got?) {
+        // At most one byte past the largest value written here: whoever else writes a
+        // huge value under a key is not read whole on every request for it.
+        let mut range = redis::cmd("GETRANGE");
+        range.arg(&full).arg(0).arg(MAX_VALUE);
+        let got: Vec<u8> = self.report(
+            tokio::time::timeout(self.timeout, range.query_async::<Vec<u8>>(&mut conn)).await,
+        )?;
+        // GETRANGE reads an absent key as empty; nothing written here is.
+        if got.is_empty() {
+            return None;
+        }
+        if got.len() > MAX_VALUE {
+            self.refused(Refused::TooLarge);
+            return None;
+        }
+        match decode(&self.mac, &full, &got) {
             Ok(entry) => Some(entry),
             Err(why) => {
                 self.refused(why);
@@ -162,8 +175,12 @@ impl RedisTier {
         }
     }
 
-    /// `keep`: Redis' expiry for the entry (`None`: kept until Redis evicts it).
+    /// `keep`: Redis' expiry for the entry (`None`: kept until Redis evicts it). An
+    /// answer over `MAX_ANSWER` is not shared.
     pub async fn set(&self, key: &str, entry: &Entry, keep: Option<Duration>) {
+        if entry.body.len() > MAX_ANSWER {
+            return;
+        }
         let Some(mut conn) = self.manager() else {
             return;
         };
@@ -302,6 +319,8 @@ enum Refused {
     Tag,
     /// A valid tag on bytes this version cannot read (a newer format).
     Format,
+    /// Longer than anything written here (`MAX_VALUE`): not read past that.
+    TooLarge,
 }
 
 impl Refused {
@@ -309,6 +328,7 @@ impl Refused {
         match self {
             Refused::Tag => "tag",
             Refused::Format => "format",
+            Refused::TooLarge => "too_large",
         }
     }
 }
@@ -317,6 +337,11 @@ impl Refused {
 const TAG: usize = 32;
 /// Bytes after the tag and before the answer: lifetime, level, time stored.
 const HEADER: usize = 10;
+/// The largest answer shared through Redis (a block with its transactions is a few
+/// MiB); a larger one is kept in memory only. Bounds what a read takes from Redis too.
+const MAX_ANSWER: usize = 8 << 20;
+/// The longest value written here: tag, header, answer.
+const MAX_VALUE: usize = TAG + HEADER + MAX_ANSWER;
 /// Bound into every tag, so a tag made for anything else (another format, another use
 /// of the same secret) never verifies here.
 const DOMAIN: &[u8] = b"outlast cache entry v1\0";

@@ -368,8 +368,9 @@ pub fn cache_lookup_runs(chain: &str) -> Runs<'_, (&'static str, &'static str)> 
 
 /// For the Redis cache tier: an entry refused, counted in
 /// `outlast_cache_redis_rejected_total`; `reason` is `tag` (missing or wrong: forged,
-/// edited, or written with another `[redis] secret`) or `format` (valid tag, unknown
-/// layout). Such an entry is a miss, never an answer.
+/// edited, or written with another `[redis] secret`), `format` (valid tag, unknown
+/// layout) or `too_large` (longer than any entry Outlast writes: not read whole). Such
+/// an entry is a miss, never an answer.
 pub fn cache_redis_rejected(reason: &'static str) {
     counter!("outlast_cache_redis_rejected_total", "reason" => reason).increment(1);
 }
