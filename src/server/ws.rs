@@ -214,6 +214,8 @@ impl Session {
         let mut last_pong = Instant::now();
         let mut calls: JoinSet<Answered> = JoinSet::new();
         let mut out: Vec<Message> = Vec::new();
+        // Events received, rendered only as they are written (`write`).
+        let mut events: Vec<Arc<Published>> = Vec::new();
         let end = loop {
             let kicked = client.kicked.clone();
             tokio::select! {
@@ -242,10 +244,10 @@ impl Session {
                             "too slow: over {buffer} events waited for you; reconnect and resubscribe"
                         ));
                     };
-                    self.render(&event, &mut out);
+                    events.push(event);
                     // Whatever else is queued goes out in the same flush.
-                    while out.len() < 256 && let Ok(event) = client.events.try_recv() {
-                        self.render(&event, &mut out);
+                    while events.len() < 256 && let Ok(event) = client.events.try_recv() {
+                        events.push(event);
                     }
                 }
                 msg = socket.recv(), if calls.len() < MAX_IN_FLIGHT => match msg {
@@ -287,10 +289,12 @@ impl Session {
                     out.push(Message::Ping(bytes::Bytes::new()));
                 }
             }
-            if !out.is_empty() {
-                match write(&mut socket, &mut out, &client.kicked).await {
-                    Ok(()) => {}
-                    Err(end) => break end,
+            if !out.is_empty() || !events.is_empty() {
+                let written = write(&mut socket, &mut out, &events, &self.subs, &client.kicked);
+                let written = written.await;
+                events.clear();
+                if let Err(end) = written {
+                    break end;
                 }
             }
         };
@@ -491,37 +495,38 @@ impl Session {
         }
         Some(all)
     }
+}
 
-    /// The notifications `event` makes for this connection's subscriptions.
-    fn render(&self, published: &Published, out: &mut Vec<Message>) {
-        for sub in self.subs.iter().filter(|s| published.seq >= s.since) {
-            match (&published.event, &sub.kind) {
-                (Event::Block { header, .. }, Kind::NewHeads) => {
-                    out.push(notification(&sub.id, header));
-                }
-                (
-                    Event::Block {
-                        logs: Some(logs),
-                        logs_as_of,
-                        ..
-                    },
-                    Kind::Logs(f),
-                ) if sub.epoch <= *logs_as_of => {
-                    for log in logs.iter().filter(|l| f.matches(&l.address, &l.topics)) {
-                        out.push(notification(&sub.id, &log.raw));
-                    }
-                }
-                (Event::Removed { of, logs }, Kind::Logs(f)) if sub.epoch <= *of => {
-                    for log in logs.iter().filter(|l| f.matches(&l.address, &l.topics)) {
-                        out.push(notification(&sub.id, &log.raw));
-                    }
-                }
-                (Event::Pending { hash }, Kind::NewPendingTransactions) => {
-                    out.push(notification(&sub.id, hash));
-                }
-                _ => {}
+/// The notifications `published` makes for subscription `sub`.
+fn render(sub: &Sub, published: &Published, out: &mut Vec<Message>) {
+    if published.seq < sub.since {
+        return;
+    }
+    match (&published.event, &sub.kind) {
+        (Event::Block { header, .. }, Kind::NewHeads) => {
+            out.push(notification(&sub.id, header));
+        }
+        (
+            Event::Block {
+                logs: Some(logs),
+                logs_as_of,
+                ..
+            },
+            Kind::Logs(f),
+        ) if sub.epoch <= *logs_as_of => {
+            for log in logs.iter().filter(|l| f.matches(&l.address, &l.topics)) {
+                out.push(notification(&sub.id, &log.raw));
             }
         }
+        (Event::Removed { of, logs }, Kind::Logs(f)) if sub.epoch <= *of => {
+            for log in logs.iter().filter(|l| f.matches(&l.address, &l.topics)) {
+                out.push(notification(&sub.id, &log.raw));
+            }
+        }
+        (Event::Pending { hash }, Kind::NewPendingTransactions) => {
+            out.push(notification(&sub.id, hash));
+        }
+        _ => {}
     }
 }
 
@@ -537,16 +542,29 @@ enum Part {
     Nothing,
 }
 
-/// Writes `out` (emptying it), flushed once; gives up when the client is cut off or a
-/// write stalls.
+/// Writes `out` (emptying it), then the notifications `events` make for `subs`, flushed
+/// once; gives up when the client is cut off or a write stalls. Notifications are
+/// rendered one subscription's at a time, as they are written: a connection's many
+/// subscriptions to every log of a large block would otherwise hold all their copies
+/// at once (100 of them, up to ~100 MB for a mainnet block).
 async fn write(
     socket: &mut WebSocket,
     out: &mut Vec<Message>,
+    events: &[Arc<Published>],
+    subs: &[Sub],
     kicked: &tokio_util::sync::CancellationToken,
 ) -> Result<(), End> {
     let burst = async {
         for msg in out.drain(..) {
             socket.feed(msg).await?;
+        }
+        for event in events {
+            for sub in subs {
+                render(sub, event, out);
+                for msg in out.drain(..) {
+                    socket.feed(msg).await?;
+                }
+            }
         }
         socket.flush().await
     };
