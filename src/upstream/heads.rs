@@ -188,7 +188,10 @@ pub fn without_stalled(
 
 /// The newest (number, hash) that enough distinct operators have reported among their
 /// recent heads: `quorum` of them, or all voting operators when fewer vote (then the head
-/// is not `confirmed`). Without any agreement, the newest head reported, unconfirmed.
+/// is not `confirmed`). Without any agreement, the lower median of the operators' newest
+/// heads, unconfirmed: not the newest, since the head never goes back, and one operator
+/// claiming a block far above the chain would have set `latest` there for good (every
+/// read pinned to a block nobody has).
 pub fn consensus(views: &[(&str, HeadView)], quorum: usize) -> Option<Consensus> {
     let mut support: BTreeMap<(u64, &str), HashSet<&str>> = BTreeMap::new();
     for (operator, view) in views {
@@ -216,9 +219,18 @@ pub fn consensus(views: &[(&str, HeadView)], quorum: usize) -> Option<Consensus>
             confirmed: ops.len() >= quorum,
         });
     agreed.or_else(|| {
-        // Best available: the highest head that any upstream currently reports, with
-        // the hash most operators give at that height.
-        let top = views.iter().filter_map(|(_, v)| v.latest).max()?;
+        // Best available: the lower median of each operator's newest head, with the
+        // hash most operators give at that height.
+        let mut newest: BTreeMap<&str, u64> = BTreeMap::new();
+        for (operator, view) in views {
+            if let Some(n) = view.latest {
+                let e = newest.entry(operator).or_insert(n);
+                *e = (*e).max(n);
+            }
+        }
+        let mut tops: Vec<u64> = newest.into_values().collect();
+        tops.sort_unstable();
+        let top = *tops.get(tops.len().checked_sub(1)? / 2)?;
         let (hash, _) = support
             .range((top, "")..)
             .filter(|((n, _), _)| *n == top)
@@ -292,7 +304,8 @@ mod tests {
             2,
             Some((11, "x", true)),
         );
-        // Two upstreams of the same operator are one vote.
+        // Two upstreams of the same operator are one vote: no agreement, and then the
+        // lower of the two operators' heads.
         check(
             &[
                 ("a", &[(12, "y")]),
@@ -300,7 +313,7 @@ mod tests {
                 ("b", &[(11, "x")]),
             ],
             2,
-            Some((12, "y", false)),
+            Some((11, "x", false)),
         );
         // Disagreeing hashes at the top: the quorum falls back to the last agreed block.
         check(
@@ -354,6 +367,21 @@ mod tests {
             consensus(&voting, 2).map(|c| (c.number, c.hash, c.confirmed)),
             Some((5, Arc::from("x"), true))
         );
+    }
+
+    #[test]
+    fn one_operator_claiming_a_block_far_ahead_does_not_move_the_head_there() {
+        let head = ChainHead::default();
+        let honest = |n: u64| ("a", view(&[(n, "x")]));
+        let liar = ("liar", view(&[(u64::MAX - 1, "forged")]));
+        let moved = head.update(&[honest(100), liar.clone()], 2);
+        assert_eq!(moved.map(|c| (c.number, c.confirmed)), Some((100, false)));
+        // The honest chain still moves it; the liar's height never becomes `latest`.
+        head.update(&[honest(101), liar.clone()], 2);
+        assert_eq!(head.latest(), Some(101));
+        // Among three, the lower median: the honest pair's heads, not the liar's.
+        let three = [("a", view(&[(102, "p")])), ("b", view(&[(103, "q")])), liar];
+        assert_eq!(consensus(&three, 2).map(|c| c.number), Some(103));
     }
 
     #[test]
