@@ -1,7 +1,7 @@
 //! `eth_sendRawTransaction` to several upstreams of distinct operators at once
 //! (`[tx] broadcast_to`). The first acceptance answers the client, with the hash
-//! Outlast computed from the raw bytes (an upstream answering another hash is not
-//! believed); the other sends go on in the background so the transaction reaches every
+//! Outlast computed from the raw transaction (an upstream answering another hash is
+//! not believed); the other sends go on in the background so the transaction reaches every
 //! operator's mempool. A duplicate is an acceptance in every wording providers use, and
 //! so is "nonce too low" when that upstream has the very transaction. When nobody
 //! accepts, the client gets the upstreams' own reason — never silence; `-32002` only
@@ -56,7 +56,13 @@ pub async fn broadcast(
     let bytes = raw_hex
         .as_deref()
         .and_then(|h| alloy_primitives::hex::decode(h).ok());
-    let hash = bytes.as_deref().map(keccak256);
+    let envelope = bytes.as_deref().and_then(decoded);
+    let hash = match (&envelope, bytes.as_deref()) {
+        (Some(tx), _) => Some(*tx.tx_hash()),
+        // Not a transaction Outlast can read: the hash of its bytes, what nodes answer
+        // for every type but a blob transaction sent with its blobs.
+        (None, bytes) => bytes.map(keccak256),
+    };
     let params: Arc<RawValue> = match call.params {
         Some(p) => Arc::from(p.to_owned()),
         None => Arc::from(RawValue::from_string("[]".into()).unwrap_or_else(|_| {
@@ -65,7 +71,7 @@ pub async fn broadcast(
     };
     match send(chain, to, params, hash).await {
         Sent::Accepted(upstream) => {
-            let tx = bytes.as_deref().and_then(recovered);
+            let tx = envelope.and_then(|e| e.try_into_recovered().ok());
             if let Some(tx) = &tx {
                 ledger.record(chain.chain_id, tx);
             }
@@ -167,8 +173,14 @@ pub async fn send(chain: &Chain, to: usize, params: Arc<RawValue>, hash: Option<
 
 /// The transaction in `raw` with its signer, when alloy can decode and recover it.
 pub fn recovered(raw: &[u8]) -> Option<alloy_consensus::transaction::Recovered<TxEnvelope>> {
-    let envelope = TxEnvelope::decode_2718(&mut &raw[..]).ok()?;
-    envelope.try_into_recovered().ok()
+    decoded(raw)?.try_into_recovered().ok()
+}
+
+/// The transaction in `raw` (EIP-2718; a blob transaction with or without its blobs).
+/// Its `tx_hash` is what nodes answer and index it by: for a blob transaction sent with
+/// its blobs, the hash without them, not the hash of the bytes sent.
+fn decoded(raw: &[u8]) -> Option<TxEnvelope> {
+    TxEnvelope::decode_2718(&mut &raw[..]).ok()
 }
 
 /// Sends on its own task: the send goes on after the client has its answer.
@@ -336,5 +348,59 @@ mod seam_tests {
                 Sent::Unavailable(t) => format!("unavailable: {t:?}"),
             }
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_blob_transaction_sent_with_its_blobs_is_known_by_its_hash_without_them() {
+        use alloy_consensus::{
+            SignableTransaction, Signed, TxEip4844, TxEip4844Variant, TxEip4844WithSidecar,
+        };
+        use alloy_eips::{
+            eip2718::Encodable2718,
+            eip4844::{Blob, BlobTransactionSidecar, Bytes48},
+            eip7594::BlobTransactionSidecarVariant,
+        };
+        let tx = TxEip4844 {
+            chain_id: 1,
+            blob_versioned_hashes: vec![B256::repeat_byte(1)],
+            ..TxEip4844::default()
+        };
+        let signature = alloy_primitives::Signature::test_signature();
+        // What nodes answer and index it by: the transaction without its blobs.
+        let hash = *tx.clone().into_signed(signature).hash();
+        let sidecar = BlobTransactionSidecarVariant::Eip4844(BlobTransactionSidecar {
+            blobs: vec![Blob::default()],
+            commitments: vec![Bytes48::default()],
+            proofs: vec![Bytes48::default()],
+        });
+        let with_blobs = TxEip4844Variant::TxEip4844WithSidecar(
+            TxEip4844WithSidecar::from_tx_and_sidecar(tx, sidecar),
+        );
+        let raw =
+            TxEnvelope::Eip4844(Signed::new_unchecked(with_blobs, signature, hash)).encoded_2718();
+        assert_ne!(keccak256(&raw), hash, "the blobs are in what is sent");
+
+        let answered = format!("{hash:#x}");
+        let node = fake::upstream("test", "node", "op-a", move |_, _| {
+            Act::result(json!(answered))
+        });
+        let chain = chain("off", 1, &[&node]);
+        let params = RawValue::from_string(
+            json!([alloy_primitives::hex::encode_prefixed(&raw)]).to_string(),
+        )
+        .expect("JSON");
+        let call = Call {
+            id: None,
+            method: "eth_sendRawTransaction".into(),
+            params: Some(&params),
+        };
+        let ledger = Ledger::new(std::time::Duration::from_secs(60));
+        match broadcast(&chain, &ledger, 1, None, &call).await {
+            Outcome::Answered {
+                answer: Answer::Result(r),
+                ..
+            } => assert_eq!(&r[..], format!("\"{hash:#x}\"").as_bytes()),
+            _ => panic!("the node's answer, its real hash, was not taken"),
+        }
     }
 }
