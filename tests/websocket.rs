@@ -671,6 +671,15 @@ async fn limits_close_cleanly_and_subscriptions_are_capped() {
     let frame = close.expect("a close frame with a code");
     assert_eq!(frame.code, CloseCode::Size);
     assert!(frame.reason.contains("max_frame_bytes"), "{}", frame.reason);
+    let metrics = outlast.metrics().await;
+    for limit in ["ws_subscriptions", "ws_frame"] {
+        assert!(
+            metrics.contains(&format!(
+                "outlast_limits_exceeded_total{{limit=\"{limit}\"}} 1"
+            )),
+            "{limit} counted: {metrics}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -822,6 +831,11 @@ async fn a_slow_consumer_is_cut_off_and_the_others_miss_nothing() {
     let frame = close.expect("a close code");
     assert_eq!(frame.code, CloseCode::Policy, "{}", frame.reason);
     assert!(frame.reason.contains("too slow"), "{}", frame.reason);
+    let metrics = outlast.metrics().await;
+    assert!(
+        metrics.contains("outlast_limits_exceeded_total{limit=\"ws_client_buffer\"} 1"),
+        "the cut-off is counted: {metrics}"
+    );
     assert!(
         got < 50 * (last - from) as usize,
         "it was cut off early ({got} messages)"
@@ -943,6 +957,11 @@ async fn a_client_that_answers_no_ping_is_closed_with_1011_and_the_others_stay()
     };
     assert_eq!(code, 1011, "closed with {code} after {pings} pings");
     assert!(pings >= 1, "closed before any ping went unanswered");
+    let metrics = outlast.metrics().await;
+    assert!(
+        metrics.contains("outlast_limits_exceeded_total{limit=\"ws_ping\"} 1"),
+        "{metrics}"
+    );
     // The client that answers its pings was pinged as long, and is still served.
     let _ = done.send(());
     let mut alive = reading.await.expect("the live client's reader");

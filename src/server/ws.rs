@@ -223,11 +223,7 @@ impl Session {
                 _ = hub.closing().cancelled() => {
                     break End::Close(close_code::AWAY, "Outlast is shutting down; reconnect".into());
                 }
-                _ = kicked.cancelled() => {
-                    break End::Close(close_code::POLICY, format!(
-                        "too slow: over {buffer} events waited for you; reconnect and resubscribe"
-                    ));
-                }
+                _ = kicked.cancelled() => break cut_off(buffer),
                 Some(done) = calls.join_next() => {
                     if let Ok((reply, created)) = done {
                         if let Some(reply) = reply {
@@ -240,9 +236,7 @@ impl Session {
                 event = client.events.recv() => {
                     // The hub drops a client's queue only when it cuts the client off.
                     let Some(event) = event else {
-                        break End::Close(close_code::POLICY, format!(
-                            "too slow: over {buffer} events waited for you; reconnect and resubscribe"
-                        ));
+                        break cut_off(buffer);
                     };
                     events.push(event);
                     // Whatever else is queued goes out in the same flush.
@@ -282,6 +276,7 @@ impl Session {
                 },
                 _ = ping.tick() => {
                     if last_pong.elapsed() > ping_every * 2 {
+                        crate::metrics::limit_exceeded("ws_ping");
                         break End::Close(close_code::ERROR, format!(
                             "no pong for {} s; reconnect", last_pong.elapsed().as_secs()
                         ));
@@ -452,6 +447,7 @@ impl Session {
         let kind = filter::kind(call.params).map_err(|e| RpcError::InvalidParams(e.0))?;
         let max = self.gw.limits().max_subscriptions;
         if self.subs.len() >= max {
+            crate::metrics::limit_exceeded("ws_subscriptions");
             return Err(RpcError::LimitExceeded(format!(
                 "this connection has {max} subscriptions ([limits] max_subscriptions); unsubscribe one or open another connection"
             )));
@@ -572,13 +568,25 @@ async fn write(
         r = tokio::time::timeout(WRITE_TIMEOUT, burst) => match r {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(End::Gone),
-            Err(_) => Err(End::Close(close_code::POLICY, format!(
-                "too slow: a write took over {} s", WRITE_TIMEOUT.as_secs()
-            ))),
+            Err(_) => {
+                crate::metrics::limit_exceeded("ws_write_timeout");
+                Err(End::Close(close_code::POLICY, format!(
+                    "too slow: a write took over {} s", WRITE_TIMEOUT.as_secs()
+                )))
+            }
         },
         // The close reason is sent by the caller, which sees the token too.
         _ = kicked.cancelled() => Ok(()),
     }
+}
+
+/// The end of a client whose queue of `buffer` events filled: it reads too slowly.
+fn cut_off(buffer: usize) -> End {
+    crate::metrics::limit_exceeded("ws_client_buffer");
+    End::Close(
+        close_code::POLICY,
+        format!("too slow: over {buffer} events waited for you; reconnect and resubscribe"),
+    )
 }
 
 fn read_error(e: axum::Error, max: usize) -> End {
@@ -587,6 +595,7 @@ fn read_error(e: axum::Error, max: usize) -> End {
         .downcast_ref::<tokio_tungstenite::tungstenite::Error>()
         .is_some_and(|e| matches!(e, tokio_tungstenite::tungstenite::Error::Capacity(_)));
     if too_big {
+        crate::metrics::limit_exceeded("ws_frame");
         End::Close(
             close_code::SIZE,
             format!("message over {max} bytes ([limits] max_frame_bytes)"),
