@@ -354,3 +354,51 @@ async fn hostile_clients_get_exact_answers_while_a_good_client_is_served() {
     assert!(rss_kib(pid) > 0, "alive at the end");
     outlast.stop().await;
 }
+
+/// A flood of connections over a cap: each is refused (and counted), but only a bounded
+/// number are held for their 503 at once, so the flood cannot take the file descriptors
+/// kept for upstreams beyond the cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_over_the_connection_cap_holds_few_descriptors() {
+    const FLOOD: usize = 300;
+    let server = "max_connections_per_ip = 1\n";
+    let fleet = Fleet::start(1).await;
+    let outlast = Outlast::start_process_with_server(server, &config(&fleet.urls())).await;
+    let pid = outlast.pid().expect("a process");
+    let addr: SocketAddr = outlast
+        .base
+        .trim_start_matches("http://")
+        .parse()
+        .expect("addr");
+    let descriptors = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    // The one connection the cap allows the attacker's address, held open.
+    let _held = attacker_socket(addr).await.expect("connect");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = descriptors();
+    // Sockets that never read nor close: a refusal waits up to a second for each.
+    let mut flood = Vec::with_capacity(FLOOD);
+    for _ in 0..FLOOD {
+        flood.push(attacker_socket(addr).await.expect("connect"));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let during = descriptors();
+    assert!(
+        during < before + FLOOD / 3,
+        "{} descriptors held for {FLOOD} refused connections",
+        during.saturating_sub(before)
+    );
+    let metrics = outlast.metrics().await;
+    let refused: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("outlast_limits_exceeded_total{limit=\"connections_per_ip\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no refusal counted:\n{metrics}"));
+    assert!(refused >= FLOOD as f64, "{refused} counted of {FLOOD}");
+    drop(flood);
+    outlast.stop().await;
+}

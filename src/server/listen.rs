@@ -36,7 +36,7 @@ use ipnet::IpNet;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
     net::{TcpListener, TcpStream},
-    sync::oneshot,
+    sync::{Semaphore, oneshot},
     time::Instant,
 };
 use tokio_util::{
@@ -170,6 +170,7 @@ pub async fn serve<H: Handler>(
     let hygiene = Arc::new(hygiene);
     let counts = Arc::new(Counts::default());
     let conns = TaskTracker::new();
+    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
     let draining = CancellationToken::new();
     let closing = CancellationToken::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -203,7 +204,13 @@ pub async fn serve<H: Handler>(
         match counts.admit(peer.ip(), &hygiene) {
             Err(cap) => {
                 crate::metrics::limit_exceeded(cap.label());
-                conns.spawn(refuse(stream, cap));
+                // Past `MAX_REFUSING` at once, closed without its 503.
+                if let Ok(permit) = refusing.clone().try_acquire_owned() {
+                    conns.spawn(async move {
+                        refuse(stream, cap).await;
+                        drop(permit);
+                    });
+                }
             }
             Ok(guard) => {
                 let conn = Connection {
@@ -332,6 +339,12 @@ impl Drop for Slot {
         }
     }
 }
+
+/// Refusals in progress at most. Each holds its socket up to a second, so the client
+/// can read its 503; a flood of connections over a cap would otherwise hold a
+/// descriptor each beyond the cap, and take those `RESERVED_FDS` keeps for upstreams.
+/// Past it, a connection over a cap is closed at once (and still counted).
+const MAX_REFUSING: usize = 64;
 
 /// Over a cap: a 503 the client can read, then the connection is closed.
 async fn refuse(mut stream: TcpStream, cap: Cap) {
