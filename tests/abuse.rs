@@ -21,7 +21,7 @@ use std::{
 use serde_json::{Value, json};
 use testbed::{
     ACCOUNT0_ADDRESS, Fleet,
-    gateway::{Outlast, range_limited_upstream},
+    gateway::{Misbehaviour, Outlast, misbehaving_upstream, range_limited_upstream},
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -401,4 +401,53 @@ async fn a_flood_over_the_connection_cap_holds_few_descriptors() {
     assert!(refused >= FLOOD as f64, "{refused} counted of {FLOOD}");
     drop(flood);
     outlast.stop().await;
+}
+
+/// A client that asks for large answers and reads none of them: once its socket is full
+/// it must read at a minimum rate, or it is closed (after a grace of seconds), where each
+/// byte it read let it hold the connection and the answers for another idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_its_answers_is_closed_for_its_send_rate() {
+    // Each answer is 2 MiB: more than the sockets on both sides hold, after a few.
+    let (upstream, _) = misbehaving_upstream(Misbehaviour::Oversized).await;
+    let config = format!(
+        "[cache]\nsize_bytes = 0\n\n[[chains]]\nname = \"local\"\nchain_id = 31337\nverify = \"off\"\n\n[[chains.upstreams]]\nname = \"u0\"\nurl = \"{upstream}\"\noperator = \"op0\"\n"
+    );
+    let outlast = Outlast::start(&config).await;
+    let addr: SocketAddr = outlast
+        .base
+        .trim_start_matches("http://")
+        .parse()
+        .expect("addr");
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket
+        .set_recv_buffer_size(4096)
+        .expect("a small receive buffer");
+    let mut stream = socket.connect(addr).await.expect("connect");
+    let body =
+        json!({"jsonrpc":"2.0","id":1,"method":"eth_getBalance","params":[ACCOUNT0_ADDRESS,"0x1"]})
+            .to_string();
+    let one = format!(
+        "POST /local HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    // Eight requests in a row, their answers never read.
+    stream
+        .write_all(one.repeat(8).as_bytes())
+        .await
+        .expect("write");
+    // Closed within the grace and some: the idle timeout (60 s) would be later.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        let metrics = outlast.metrics().await;
+        if metrics.contains("outlast_limits_exceeded_total{limit=\"send_rate\"} 1") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still open, its answers unread: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    drop(stream);
 }

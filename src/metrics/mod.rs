@@ -62,7 +62,7 @@ pub const WEBHOOK_DELIVERIES: &str = "outlast_webhook_deliveries_total";
 pub const TX_REBROADCASTS: &str = "outlast_tx_rebroadcasts_total";
 /// Client requests refused or cut off by a limit: `limit` (`body`, `request` (batch
 /// size or nesting), `logs_range`, `logs_pieces`, `logs_budget`, `logs_bytes`, `connections`,
-/// `connections_per_ip`, `header_timeout`, `body_timeout`, `idle_timeout`,
+/// `connections_per_ip`, `header_timeout`, `body_timeout`, `idle_timeout`, `send_rate`,
 /// `request_timeout`, `drain`, `filters` (max_filters, max_filters_per_client),
 /// `filter_items`, `call_gas`, `host`, `origin`; WebSocket: `ws_frame`,
 /// `ws_subscriptions`, `ws_client_buffer`, `ws_write_timeout`, `ws_ping`).

@@ -503,17 +503,41 @@ fn too_slow(deadline: Duration) -> Response<Body> {
 }
 
 /// What a connection is doing, for its watchdog: requests in flight, when it last moved
-/// bytes or finished a request, and when the head of the next request started (the
-/// connection's start counts: a new connection owes its first request's headers).
-/// Times are milliseconds since `start`.
+/// bytes or finished a request, when the head of the next request started (the
+/// connection's start counts: a new connection owes its first request's headers), and
+/// whether an answer is stalled on a client that does not read it. Times are
+/// milliseconds since `start`.
 struct Activity {
     start: Instant,
     in_flight: AtomicUsize,
     last: AtomicU64,
     head_from: AtomicU64,
+    /// Bytes written to the client so far.
+    written: AtomicU64,
+    /// When a write last found the client's socket full with no whole write since
+    /// (`NO_STALL`: none), and `written` then.
+    stalled_at: AtomicU64,
+    written_at_stall: AtomicU64,
 }
 
 const NO_HEAD: u64 = u64::MAX;
+const NO_STALL: u64 = u64::MAX;
+
+/// The slowest a client may read an answer once its socket is full, on average since
+/// then, after `SEND_GRACE`: each write made progress resets only the idle deadline, so
+/// a client reading a few bytes a minute held a connection and a whole answer (up to a
+/// batch of large ones) in memory for as long as it liked. A phone on a poor link reads
+/// well above this.
+const MIN_SEND_RATE: u64 = 16 * 1024;
+const SEND_GRACE_MS: u64 = 10_000;
+
+/// When an answer stalled at `at` (ms), with `sent` bytes written since, has been read
+/// too slowly: `SEND_GRACE_MS` after the stall, or later as long as the client keeps
+/// up with `MIN_SEND_RATE`.
+fn send_deadline(at: u64, sent: u64) -> u64 {
+    let earned = sent.saturating_mul(1000) / MIN_SEND_RATE;
+    at.saturating_add(earned.max(SEND_GRACE_MS))
+}
 
 impl Activity {
     fn new() -> Self {
@@ -522,6 +546,27 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             last: AtomicU64::new(0),
             head_from: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            stalled_at: AtomicU64::new(NO_STALL),
+            written_at_stall: AtomicU64::new(0),
+        }
+    }
+
+    /// `n` bytes of `offered` were written.
+    fn wrote(&self, n: usize, offered: usize) {
+        self.moved(false);
+        self.written.fetch_add(n as u64, Ordering::Relaxed);
+        if n == offered {
+            self.stalled_at.store(NO_STALL, Ordering::Relaxed);
+        }
+    }
+
+    /// A write found the client's socket full.
+    fn stalled(&self) {
+        if self.stalled_at.load(Ordering::Relaxed) == NO_STALL {
+            let written = self.written.load(Ordering::Relaxed);
+            self.written_at_stall.store(written, Ordering::Relaxed);
+            self.stalled_at.store(self.now(), Ordering::Relaxed);
         }
     }
 
@@ -546,6 +591,8 @@ impl Activity {
     fn begin(self: &Arc<Self>) -> Busy {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.head_from.store(NO_HEAD, Ordering::Relaxed);
+        // The answer before was written whole (HTTP/1.1 answers in order).
+        self.stalled_at.store(NO_STALL, Ordering::Relaxed);
         Busy(self.clone())
     }
 
@@ -554,12 +601,24 @@ impl Activity {
         if self.in_flight.load(Ordering::Relaxed) > 0 {
             return (None, "");
         }
-        match self.head_from.load(Ordering::Relaxed) {
+        let (deadline, limit) = match self.head_from.load(Ordering::Relaxed) {
             NO_HEAD => (
-                Some(self.at(self.last.load(Ordering::Relaxed)) + h.idle_timeout),
+                self.at(self.last.load(Ordering::Relaxed)) + h.idle_timeout,
                 "idle_timeout",
             ),
-            from => (Some(self.at(from) + h.header_timeout), "header_timeout"),
+            from => (self.at(from) + h.header_timeout, "header_timeout"),
+        };
+        let stalled = match self.stalled_at.load(Ordering::Relaxed) {
+            NO_STALL => None,
+            at => {
+                let written = self.written.load(Ordering::Relaxed);
+                let sent = written.saturating_sub(self.written_at_stall.load(Ordering::Relaxed));
+                Some(self.at(send_deadline(at, sent)))
+            }
+        };
+        match stalled {
+            Some(by) if by < deadline => (Some(by), "send_rate"),
+            _ => (Some(deadline), limit),
         }
     }
 }
@@ -605,8 +664,10 @@ impl AsyncWrite for Watched {
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, data);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.moved(false);
+        match polled {
+            Poll::Ready(Ok(n)) if n > 0 => self.activity.wrote(n, data.len()),
+            Poll::Pending => self.activity.stalled(),
+            _ => {}
         }
         polled
     }
@@ -625,8 +686,13 @@ impl AsyncWrite for Watched {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.moved(false);
+        match polled {
+            Poll::Ready(Ok(n)) if n > 0 => {
+                let offered = bufs.iter().map(|b| b.len()).sum();
+                self.activity.wrote(n, offered);
+            }
+            Poll::Pending => self.activity.stalled(),
+            _ => {}
         }
         polled
     }
@@ -738,6 +804,35 @@ mod tests {
         drop(busy);
         let closed = tokio::time::timeout(Duration::from_secs(5), close).await;
         assert_eq!(closed.ok().and_then(Result::ok), Some("idle_timeout"));
+    }
+
+    #[test]
+    fn an_answer_stalled_on_a_client_must_be_read_at_the_minimum_rate() {
+        // Nothing read: the grace, then closed.
+        assert_eq!(send_deadline(1_000, 0), 1_000 + SEND_GRACE_MS);
+        // Read at the minimum rate: the deadline moves with what was read.
+        assert_eq!(send_deadline(1_000, 60 * MIN_SEND_RATE), 61_000);
+        // Far past it (a phone at 1 MB/s for a minute): far ahead.
+        assert!(send_deadline(0, 60 << 20) > 60_000 * 60);
+        assert_eq!(send_deadline(u64::MAX - 1, u64::MAX), u64::MAX);
+    }
+
+    #[tokio::test]
+    async fn a_connection_whose_answer_stalls_unread_is_closed_for_its_send_rate() {
+        let activity = Arc::new(Activity::new());
+        // A request answered; its answer's writing stalls on a client that reads nothing.
+        drop(activity.begin());
+        activity.stalled();
+        let (at, limit) = activity.deadline(&hygiene(&[]));
+        assert_eq!(
+            limit, "send_rate",
+            "the default idle timeout is after the grace"
+        );
+        let grace = Duration::from_millis(SEND_GRACE_MS);
+        assert!(at.is_some_and(|at| at <= Instant::now() + grace));
+        // A whole write ends the stall.
+        activity.wrote(10, 10);
+        assert_eq!(activity.deadline(&hygiene(&[])).1, "idle_timeout");
     }
 
     #[tokio::test]
