@@ -472,9 +472,10 @@ async fn a_head_that_stops_moving_opens_a_stalled_incident() {
 async fn a_liar_caught_by_verification_opens_an_incident_until_its_ban_ends() {
     let mut fleet = Fleet::start(3).await;
     fleet.mine(3).await;
-    // The liar (u0) is asked first (tier 1), and banned for 3 s only.
+    // The liar (u0) is asked first (tier 1), alone (no hedging: a slow liar would lose
+    // the race to an honest answer, its lie never seen), and banned for 3 s only.
     let mut config = format!(
-        "{FAST_ROUTING}liar_ban_secs = 3\n\n[status]\n{FAST_STATUS}\n[[chains]]\nname = \"local\"\nchain_id = 31337\nverify = \"proofs\"\nquorum = 2\n"
+        "{FAST_ROUTING}liar_ban_secs = 3\nhedge = false\n\n[status]\n{FAST_STATUS}\n[[chains]]\nname = \"local\"\nchain_id = 31337\nverify = \"proofs\"\nquorum = 2\n"
     );
     for (i, url) in fleet.urls().iter().enumerate() {
         let tier = if i == 0 { 1 } else { 2 };
@@ -484,8 +485,8 @@ async fn a_liar_caught_by_verification_opens_an_incident_until_its_ban_ends() {
     }
     let outlast = Outlast::start(&config).await;
     // The liar zeroes every funded account. Each balance asked is a fresh race (a cached
-    // answer never reaches an upstream); the liar, asked first, can still lose one to a
-    // hedged honest answer when it is slow, so accounts are asked until its lie is caught.
+    // answer never reaches an upstream): asked again, a liar slower than the half second
+    // it is given then is not banned that time, so accounts are asked until it is.
     let accounts = rpc_result(&fleet.url(1), "eth_accounts", json!([])).await;
     let accounts = accounts.as_array().expect("eth_accounts is a list").clone();
     for account in &accounts {
@@ -500,6 +501,8 @@ async fn a_liar_caught_by_verification_opens_an_incident_until_its_ban_ends() {
             break;
         }
     }
+    let liar = &outlast.status().await["chains"][0]["upstreams"][0];
+    assert_eq!(liar["bans"], 1, "the liar was never banned: {liar}");
     let list = wait_incidents(&outlast, "a liar incident", WITHIN, |l| {
         open_of_kind(l, "upstream_lying") == 1
     })
