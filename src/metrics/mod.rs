@@ -64,7 +64,7 @@ pub const TX_REBROADCASTS: &str = "outlast_tx_rebroadcasts_total";
 /// size or nesting), `logs_range`, `logs_pieces`, `logs_budget`, `logs_bytes`, `connections`,
 /// `connections_per_ip`, `header_timeout`, `body_timeout`, `idle_timeout`, `send_rate`,
 /// `request_timeout`, `drain`, `filters` (max_filters, max_filters_per_client),
-/// `filter_items`, `call_gas`, `host`, `origin`; WebSocket: `ws_frame`,
+/// `filter_items`, `call_gas`, `host`, `origin`, `tx_pending`; WebSocket: `ws_frame`,
 /// `ws_subscriptions`, `ws_client_buffer`, `ws_write_timeout`, `ws_ping`).
 pub const LIMITS_EXCEEDED: &str = "outlast_limits_exceeded_total";
 /// Client connections open now (HTTP and WebSocket).

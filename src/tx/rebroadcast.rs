@@ -39,6 +39,14 @@ use crate::{
     upstream::Answer,
 };
 
+/// Transactions kept for one sender on one chain at most: its next nonces (geth queues
+/// 64 a sender). The store is written whole on every change, before a client is
+/// answered, so what anyone may add to it is bounded.
+const MAX_PER_SENDER: usize = 64;
+/// Bytes of transactions kept at most, over all chains (a blob transaction with its
+/// blobs is ~130 KB a blob).
+const MAX_BYTES: usize = 64 << 20;
+
 /// The pending transactions of every chain, and their store.
 pub struct Pending {
     store: Arc<Store>,
@@ -98,8 +106,10 @@ impl Pending {
     }
 
     /// Keeps a transaction an upstream of `chain` just accepted, on disk before this
-    /// returns. One that cannot be decoded (so its sender and nonce are unknown) or
-    /// saved is logged as such: never dropped without a word.
+    /// returns; a newer one of the same sender and nonce (a fee bump) takes the place
+    /// of the one kept, since only one of them can be mined. One that cannot be decoded
+    /// (so its sender and nonce are unknown) or saved, or that the store has no room for
+    /// (`MAX_PER_SENDER`, `MAX_BYTES`), is logged as such: never dropped without a word.
     pub async fn accepted(
         &self,
         chain: &Chain,
@@ -128,6 +138,30 @@ impl Pending {
             {
                 return; // sent again by its client: already kept, since its first send
             }
+            let of_sender = |e: &Entry| e.chain_id == entry.chain_id && e.sender == entry.sender;
+            let replaced = |e: &Entry| of_sender(e) && e.nonce == entry.nonce;
+            let kept = entries
+                .iter()
+                .filter(|e| of_sender(e) && !replaced(e))
+                .count();
+            let bytes: usize = entries
+                .iter()
+                .filter(|e| !replaced(e))
+                .map(|e| e.raw.len())
+                .sum();
+            let full = if kept >= MAX_PER_SENDER {
+                Some(format!("{MAX_PER_SENDER} of its sender's are kept already"))
+            } else if bytes.saturating_add(entry.raw.len()) > MAX_BYTES {
+                Some(format!("the store holds {} MiB already", MAX_BYTES >> 20))
+            } else {
+                None
+            };
+            if let Some(why) = full {
+                crate::metrics::limit_exceeded("tx_pending");
+                tracing::warn!(chain = %chain.name, hash = %hash, sender = %entry.sender, "transaction accepted, but not kept for re-sending: {why}");
+                return;
+            }
+            entries.retain(|e| !replaced(e));
             entries.push(entry);
             entries.clone()
         };
@@ -387,4 +421,80 @@ fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use alloy_consensus::{Signed, TxLegacy};
+    use alloy_primitives::{Signature, U256};
+
+    use super::*;
+
+    fn accepted_tx(sender: Address, nonce: u64) -> Recovered<TxEnvelope> {
+        let tx = TxLegacy {
+            nonce,
+            ..TxLegacy::default()
+        };
+        let hash = B256::from(U256::from(nonce));
+        let signed = Signed::new_unchecked(tx, Signature::test_signature(), hash);
+        Recovered::new_unchecked(TxEnvelope::Legacy(signed), sender)
+    }
+
+    #[tokio::test]
+    async fn a_sender_s_kept_transactions_are_bounded_and_a_fee_bump_takes_the_old_one_s_place() {
+        let dir = std::env::temp_dir().join(format!("outlast-rebroadcast-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a scratch directory");
+        let config = crate::config::Tx {
+            rebroadcast: true,
+            store: Some(dir.join("tx.json").display().to_string()),
+            ..crate::config::Tx::default()
+        };
+        let pending = Pending::open(&config, &dir)
+            .expect("a store")
+            .expect("rebroadcast is on");
+        let chain = crate::route::testing::chain("off", 1, &[]);
+        let (a, b) = (Address::repeat_byte(0xa), Address::repeat_byte(0xb));
+        let keep = |sender: Address, nonce: u64, hash: B256| {
+            let tx = accepted_tx(sender, nonce);
+            let pending = pending.clone();
+            let chain = &chain;
+            async move {
+                pending
+                    .accepted(chain, Some(b"raw"), Some(hash), Some(&tx))
+                    .await
+            }
+        };
+        let hash = |sender: Address, nonce: u64, n: u8| {
+            let mut h = [n; 32];
+            h[..20].copy_from_slice(sender.as_slice());
+            h[20..28].copy_from_slice(&nonce.to_be_bytes());
+            B256::from(h)
+        };
+        for nonce in 0..=MAX_PER_SENDER as u64 {
+            keep(a, nonce, hash(a, nonce, 0)).await;
+        }
+        let of = |sender: Address| {
+            pending
+                .of_chain(1)
+                .into_iter()
+                .filter(|e| e.sender == sender)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            of(a).len(),
+            MAX_PER_SENDER,
+            "one past the bound is not kept"
+        );
+        // A fee bump of nonce 3: the new transaction in the old one's place.
+        keep(a, 3, hash(a, 3, 1)).await;
+        let kept = of(a);
+        assert_eq!(kept.len(), MAX_PER_SENDER);
+        let third: Vec<_> = kept.iter().filter(|e| e.nonce == 3).collect();
+        assert_eq!(third.len(), 1);
+        assert_eq!(third[0].hash, hash(a, 3, 1));
+        // Another sender is not held back by the first one's.
+        keep(b, 0, hash(b, 0, 0)).await;
+        assert_eq!(of(b).len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

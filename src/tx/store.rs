@@ -31,7 +31,8 @@ const VERSION: u32 = 1;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     pub chain_id: u64,
-    /// keccak of `raw`: what the client was answered.
+    /// The transaction's hash (a blob transaction's without its blobs): what the client
+    /// was answered.
     pub hash: B256,
     /// Recovered from the signature: whose nonce tells when it was replaced.
     pub sender: Address,
