@@ -229,6 +229,16 @@ impl Outlast {
             .expect("text")
     }
 
+    /// The value of one series of `/metrics` (its name and labels, as exposed), or
+    /// `None` when it is not there.
+    pub async fn counter(&self, series: &str) -> Option<f64> {
+        let metrics = self.metrics().await;
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|n| n.trim().parse().ok())
+    }
+
     /// `GET /api/v1/status`, as JSON.
     pub async fn status(&self) -> Value {
         let text = reqwest::get(self.url("/api/v1/status"))
