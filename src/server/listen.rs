@@ -524,10 +524,11 @@ const NO_HEAD: u64 = u64::MAX;
 const NO_STALL: u64 = u64::MAX;
 
 /// The slowest a client may read an answer once its socket is full, on average since
-/// then, after `SEND_GRACE`: each write made progress resets only the idle deadline, so
-/// a client reading a few bytes a minute held a connection and a whole answer (up to a
-/// batch of large ones) in memory for as long as it liked. A phone on a poor link reads
-/// well above this.
+/// then, after `SEND_GRACE_MS`: each write that made progress reset only the idle
+/// deadline, so a client reading a few bytes a minute held a connection and a whole
+/// answer (up to a batch of large ones) in memory for as long as it liked. A phone on a
+/// poor link reads well above this. The watchdog sees a stall at its next wake (within
+/// a second while a request is in flight, else at the idle deadline it slept for).
 const MIN_SEND_RATE: u64 = 16 * 1024;
 const SEND_GRACE_MS: u64 = 10_000;
 
