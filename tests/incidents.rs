@@ -487,6 +487,16 @@ async fn a_liar_caught_by_verification_opens_an_incident_until_its_ban_ends() {
     // The liar zeroes every funded account. Each balance asked is a fresh race (a cached
     // answer never reaches an upstream): asked again, a liar slower than the half second
     // it is given then is not banned that time, so accounts are asked until it is.
+    // The liar in the race: its head known (its first poll can come late under load, and
+    // an upstream whose head is not known is not asked for a proof).
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while outlast.upstream_status("u0").await["head"].as_u64() != Some(3) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "u0's head never known"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let accounts = rpc_result(&fleet.url(1), "eth_accounts", json!([])).await;
     let accounts = accounts.as_array().expect("eth_accounts is a list").clone();
     for account in &accounts {
@@ -497,11 +507,11 @@ async fn a_liar_caught_by_verification_opens_an_incident_until_its_ban_ends() {
             .call("/local", "eth_getBalance", json!([account, "latest"]))
             .await;
         assert_ne!(reply["result"], "0x0", "the lie is never served: {reply}");
-        if outlast.status().await["chains"][0]["upstreams"][0]["bans"] == 1 {
+        if outlast.upstream_status("u0").await["bans"] == 1 {
             break;
         }
     }
-    let liar = &outlast.status().await["chains"][0]["upstreams"][0];
+    let liar = outlast.upstream_status("u0").await;
     assert_eq!(liar["bans"], 1, "the liar was never banned: {liar}");
     let list = wait_incidents(&outlast, "a liar incident", WITHIN, |l| {
         open_of_kind(l, "upstream_lying") == 1

@@ -342,13 +342,6 @@ async fn a_value_longer_than_any_entry_is_refused_unread() {
     );
 }
 
-async fn upstream_state(o: &Outlast, name: &str) -> serde_json::Value {
-    o.status().await["chains"][0]["upstreams"]
-        .as_array()
-        .and_then(|ups| ups.iter().find(|u| u["name"] == name).cloned())
-        .unwrap_or_default()
-}
-
 /// One judgement everywhere: a provider caught lying by one instance (a false proof
 /// of a zero balance) is banned on a second instance that never asked it anything, with
 /// the evidence, through Redis.
@@ -359,7 +352,7 @@ async fn a_liar_caught_on_one_instance_is_banned_on_every_instance() {
     fleet.mine(3).await;
     let catcher = outlast_verifying(&fleet, &redis, "proofs").await;
     let other = outlast_verifying(&fleet, &redis, "proofs").await;
-    assert_eq!(upstream_state(&other, "u0").await["state"], "ready");
+    assert_eq!(other.upstream_status("u0").await["state"], "ready");
 
     testbed::rpc_result(
         &fleet.url(0),
@@ -372,7 +365,7 @@ async fn a_liar_caught_on_one_instance_is_banned_on_every_instance() {
     // matches the agreed header, so any proof of it is false).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let mut i = 0u64;
-    while upstream_state(&catcher, "u0").await["state"] != "banned" {
+    while catcher.upstream_status("u0").await["state"] != "banned" {
         assert!(tokio::time::Instant::now() < deadline, "u0 never caught");
         i += 1;
         let (r, _) = catcher
@@ -387,7 +380,7 @@ async fn a_liar_caught_on_one_instance_is_banned_on_every_instance() {
     // The second instance hears of it by itself.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let u0 = upstream_state(&other, "u0").await;
+        let u0 = other.upstream_status("u0").await;
         if u0["state"] == "banned" {
             let why = u0["last_error"].as_str().unwrap_or_default();
             assert!(
@@ -403,7 +396,7 @@ async fn a_liar_caught_on_one_instance_is_banned_on_every_instance() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(
-        upstream_state(&other, "u1").await["state"],
+        other.upstream_status("u1").await["state"],
         "ready",
         "only the liar"
     );
