@@ -298,6 +298,10 @@ enum BodyError {
     Read(String),
 }
 
+/// The most of a body's declared length reserved before its bytes arrive; a larger
+/// body grows as it comes.
+const RESERVED_BODY: u64 = 64 * 1024;
+
 /// The body, at most `max` bytes, arriving within `timeout`.
 async fn read_body<B>(
     body: B,
@@ -316,9 +320,11 @@ where
         return Err(BodyError::TooLarge);
     }
     let read = async {
-        let mut kept = bytes::BytesMut::with_capacity(
-            usize::try_from(declared.unwrap_or(0).min(max_u64)).unwrap_or(0),
-        );
+        // Sized by what the client declared, up to `RESERVED_BODY`: a declared length is
+        // only a claim, and one reserved whole was memory held for every connection
+        // that declares `max` and sends nothing.
+        let reserve = declared.unwrap_or(0).min(max_u64).min(RESERVED_BODY);
+        let mut kept = bytes::BytesMut::with_capacity(usize::try_from(reserve).unwrap_or(0));
         let mut seen: u64 = 0;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| BodyError::Read(e.to_string()))?;
