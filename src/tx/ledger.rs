@@ -206,19 +206,11 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use alloy_consensus::{Signed, TxLegacy};
-    use alloy_primitives::Signature;
 
     const SENDER: Address = Address::repeat_byte(1);
 
     fn sent(nonce: u64) -> Recovered<TxEnvelope> {
-        let tx = TxLegacy {
-            nonce,
-            gas_limit: 21_000,
-            ..TxLegacy::default()
-        };
-        let signed = Signed::new_unhashed(tx, Signature::test_signature());
-        Recovered::new_unchecked(TxEnvelope::Legacy(signed), SENDER)
+        crate::tx::sent_by(SENDER, nonce)
     }
 
     #[test]

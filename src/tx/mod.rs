@@ -15,3 +15,23 @@ pub mod store;
 pub use broadcast::broadcast;
 pub use ledger::Ledger;
 pub use rebroadcast::Pending;
+
+/// A legacy transaction from `sender` with `nonce`, taken as recovered: the unit tests
+/// of the ledger and the store need a sender and a nonce, not a key.
+#[cfg(test)]
+pub(crate) fn sent_by(
+    sender: alloy_primitives::Address,
+    nonce: u64,
+) -> alloy_consensus::transaction::Recovered<alloy_consensus::TxEnvelope> {
+    let tx = alloy_consensus::TxLegacy {
+        nonce,
+        gas_limit: 21_000,
+        ..alloy_consensus::TxLegacy::default()
+    };
+    let signed =
+        alloy_consensus::Signed::new_unhashed(tx, alloy_primitives::Signature::test_signature());
+    alloy_consensus::transaction::Recovered::new_unchecked(
+        alloy_consensus::TxEnvelope::Legacy(signed),
+        sender,
+    )
+}

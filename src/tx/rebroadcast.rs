@@ -425,20 +425,8 @@ fn unix_now() -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use alloy_consensus::{Signed, TxLegacy};
-    use alloy_primitives::{Signature, U256};
-
     use super::*;
-
-    fn accepted_tx(sender: Address, nonce: u64) -> Recovered<TxEnvelope> {
-        let tx = TxLegacy {
-            nonce,
-            ..TxLegacy::default()
-        };
-        let hash = B256::from(U256::from(nonce));
-        let signed = Signed::new_unchecked(tx, Signature::test_signature(), hash);
-        Recovered::new_unchecked(TxEnvelope::Legacy(signed), sender)
-    }
+    use crate::tx::sent_by;
 
     #[tokio::test]
     async fn a_sender_s_kept_transactions_are_bounded_and_a_fee_bump_takes_the_old_one_s_place() {
@@ -455,7 +443,7 @@ mod tests {
         let chain = crate::route::testing::chain("off", 1, &[]);
         let (a, b) = (Address::repeat_byte(0xa), Address::repeat_byte(0xb));
         let keep = |sender: Address, nonce: u64, hash: B256| {
-            let tx = accepted_tx(sender, nonce);
+            let tx = sent_by(sender, nonce);
             let pending = pending.clone();
             let chain = &chain;
             async move {
